@@ -1,0 +1,12 @@
+// One registration function per bound layer.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace fastmap::bindings {
+
+void bind_uapi(pybind11::module_& m);
+void bind_seam(pybind11::module_& m);
+void bind_sim(pybind11::module_& m);
+
+}  // namespace fastmap::bindings

@@ -1,0 +1,51 @@
+// The embedded simulated kernel: the other side of the ioctl seam.
+//
+// It owns a Machine (simulated PCI devices, IOMMU groups, IOMMU models) and a table of open
+// files. Paths it knows: /dev/iommu, /dev/vfio/devices/vfioN, /dev/vfio/vfio, /dev/vfio/N.
+// fds are numbered in the simulator's own namespace (lowest free from 3, like a fresh
+// process), and mean nothing to the real kernel.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "seam/kernel.h"
+#include "sim/config.h"
+#include "sim/file.h"
+
+namespace fastmap::sim {
+
+class Machine;
+
+class SimKernel final : public Kernel {
+ public:
+  explicit SimKernel(SimConfig config = {});
+  ~SimKernel() override;
+
+  int open(const char* path, int flags) noexcept override;
+  int close(int fd) noexcept override;
+  long ioctl(int fd, unsigned long request, void* arg) noexcept override;
+  ssize_t pread(int fd, void* buf, std::size_t count, std::uint64_t offset) noexcept override;
+  ssize_t pwrite(int fd, const void* buf, std::size_t count,
+                 std::uint64_t offset) noexcept override;
+  const char* name() const noexcept override { return "sim"; }
+
+  const SimConfig& config() const noexcept { return config_; }
+  Machine& machine() noexcept { return *machine_; }
+
+  // fget(): the file behind an fd, for calls that take another fd as an argument
+  // (BIND_IOMMUFD's iommufd, GROUP_SET_CONTAINER, MAP_FILE). nullptr for a bad fd.
+  std::shared_ptr<File> fget(int fd) const;
+  // Install an already-created file (GROUP_GET_DEVICE_FD returns a new fd): fd or -EMFILE.
+  int install(std::shared_ptr<File> file);
+
+ private:
+  SimConfig config_;
+  std::unique_ptr<Machine> machine_;
+  mutable std::mutex fd_mu_;
+  std::vector<std::shared_ptr<File>> fds_;
+};
+
+}  // namespace fastmap::sim
