@@ -87,7 +87,11 @@ def format_arguments(arguments: Mapping[str, object]) -> str:
     """`name=value` pairs; the size header and zero reserved fields are left out."""
     parts = []
     for name, value in arguments.items():
-        if name in SIZE_FIELDS or (name.startswith(("reserved", "pad")) and not value):
+        if name in SIZE_FIELDS:
+            continue
+        if name.startswith(("reserved", "pad")) and not (
+            any(value) if isinstance(value, list) else value
+        ):
             continue
         if isinstance(value, int) and not isinstance(value, bool):
             parts.append(f"{name}={value:#x}" if value > 9 else f"{name}={value}")

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
 from fastmap import _core, uapi
+from fastmap._layout import field_values
 from fastmap.errors import KernelError
 
 KernelKind = Literal["real", "sim"]
@@ -184,7 +185,7 @@ _TEST_OPS = {
 
 def _arguments(arg: object) -> dict[str, object]:
     if isinstance(arg, ctypes.Structure | ctypes.Union):
-        return {entry[0]: getattr(arg, entry[0]) for entry in arg._fields_}
+        return field_values(arg)
     if isinstance(arg, int):
         return {"arg": arg}
     return {}
