@@ -1,14 +1,18 @@
 // The embedded simulated kernel: the other side of the ioctl seam.
 //
-// It owns a Machine (simulated PCI devices, IOMMU groups, IOMMU models) and a table of open
-// files. Paths it knows: /dev/iommu, /dev/vfio/devices/vfioN, /dev/vfio/vfio, /dev/vfio/N.
-// fds are numbered in the simulator's own namespace (lowest free from 3, like a fresh
-// process), and mean nothing to the real kernel.
+// It keeps a table of device nodes (path -> a factory that opens a File, like a char
+// device's open()) and a table of open files. /dev/iommu is registered at construction; the
+// VFIO side registers /dev/vfio/vfio, /dev/vfio/N and /dev/vfio/devices/vfioN as it creates
+// devices. fds are numbered in the simulator's own namespace (lowest free from 3, like a
+// fresh process) and mean nothing to the real kernel. Thread-safe.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "seam/kernel.h"
@@ -16,8 +20,6 @@
 #include "sim/file.h"
 
 namespace fastmap::sim {
-
-class Machine;
 
 class SimKernel final : public Kernel {
  public:
@@ -33,7 +35,11 @@ class SimKernel final : public Kernel {
   const char* name() const noexcept override { return "sim"; }
 
   const SimConfig& config() const noexcept { return config_; }
-  Machine& machine() noexcept { return *machine_; }
+
+  // A char-device open(): a new File, or -errno through `*err`.
+  using NodeOpen = std::function<std::shared_ptr<File>(SimKernel&, int flags, int* err)>;
+  void register_node(const std::string& path, NodeOpen open);
+  void unregister_node(const std::string& path);
 
   // fget(): the file behind an fd, for calls that take another fd as an argument
   // (BIND_IOMMUFD's iommufd, GROUP_SET_CONTAINER, MAP_FILE). nullptr for a bad fd.
@@ -43,8 +49,8 @@ class SimKernel final : public Kernel {
 
  private:
   SimConfig config_;
-  std::unique_ptr<Machine> machine_;
-  mutable std::mutex fd_mu_;
+  mutable std::mutex fd_mu_;  // guards nodes_ and fds_
+  std::map<std::string, NodeOpen> nodes_;
   std::vector<std::shared_ptr<File>> fds_;
 };
 
