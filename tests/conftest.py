@@ -18,7 +18,7 @@ from fastmap import _core, uapi
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel, RealKernel
 
-TRANSPORTS = ["sim", "real"]
+TRANSPORTS = ["sim", pytest.param("real", marks=pytest.mark.real_kernel)]
 
 
 def make_kernel(kind: str) -> Kernel:

@@ -1,6 +1,11 @@
 """Type stubs for fastmap._core, the private C++ extension (csrc/bindings/)."""
 
+import numpy as np
+import numpy.typing as npt
 from typing_extensions import Buffer
+
+_U64s = npt.ArrayLike
+_BatchError = tuple[int, int, str, bool] | None
 
 # --- bind_uapi.cc -------------------------------------------------------------------------
 def uapi_structs() -> list[tuple[str, int, bool, list[tuple[str, int, int, str, int]]]]:
@@ -36,3 +41,35 @@ class SimKernel(Kernel):
     def __init__(self, config: SimConfig = ...) -> None: ...
     @property
     def config(self) -> SimConfig: ...
+
+# --- bind_mapper.cc -----------------------------------------------------------------------
+class Segment:
+    @property
+    def iova(self) -> int: ...
+    @property
+    def va(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def prot(self) -> int: ...
+    @property
+    def run_iova(self) -> int: ...
+
+class IoasMapper:
+    def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int) -> None: ...
+    @property
+    def ioas_id(self) -> int: ...
+    def map(
+        self,
+        vas: _U64s,
+        lengths: _U64s,
+        iovas: _U64s | None,
+        prot: int,
+        coalesce: bool = False,
+        threads: int = 1,
+    ) -> tuple[npt.NDArray[np.uint64], _BatchError]:
+        """-> (iovas, None | (errno, index, call, rollback_failed))"""
+    def unmap(self, iovas: _U64s, lengths: _U64s) -> _BatchError: ...
+    def unmap_all(self) -> int: ...
+    def __len__(self) -> int: ...
+    def segments(self) -> list[Segment]: ...

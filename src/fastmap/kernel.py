@@ -184,6 +184,14 @@ _TEST_OPS = {
 
 
 def _arguments(arg: object) -> dict[str, object]:
+    if isinstance(arg, uapi.STRUCTS["iommu_test_cmd"]):
+        # Show only the payload member that belongs to the operation, flattened.
+        op = _TEST_OPS.get(arg.op, "").lower().removeprefix("md_")
+        fields = {k: v for k, v in field_values(arg).items() if k not in ("u", "last")}
+        member = getattr(arg.u, op, None)
+        if isinstance(member, ctypes.Structure):
+            fields.update(field_values(member))
+        return fields
     if isinstance(arg, ctypes.Structure | ctypes.Union):
         return field_values(arg)
     if isinstance(arg, int):

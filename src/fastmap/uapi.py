@@ -55,6 +55,8 @@ iommu_test_cmd_payload: type[UapiUnion]
 iommu_test_cmd: type[UapiStruct]
 vfio_device_info: type[UapiStruct]
 vfio_region_info: type[UapiStruct]
+vfio_device_feature: type[UapiStruct]
+vfio_irq_info: type[UapiStruct]
 vfio_device_bind_iommufd: type[UapiStruct]
 vfio_device_attach_iommufd_pt: type[UapiStruct]
 vfio_device_detach_iommufd_pt: type[UapiStruct]
@@ -200,6 +202,19 @@ VFIO_DMA_UNMAP_FLAG_VADDR: int
 VFIO_IOMMU_DIRTY_PAGES_FLAG_START: int
 VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP: int
 VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: int
+VFIO_PCI_INTX_IRQ_INDEX: int
+VFIO_PCI_MSI_IRQ_INDEX: int
+VFIO_PCI_MSIX_IRQ_INDEX: int
+VFIO_PCI_ERR_IRQ_INDEX: int
+VFIO_PCI_REQ_IRQ_INDEX: int
+VFIO_IRQ_INFO_EVENTFD: int
+VFIO_IRQ_INFO_MASKABLE: int
+VFIO_IRQ_INFO_AUTOMASKED: int
+VFIO_IRQ_INFO_NORESIZE: int
+VFIO_DEVICE_FEATURE_MASK: int
+VFIO_DEVICE_FEATURE_GET: int
+VFIO_DEVICE_FEATURE_SET: int
+VFIO_DEVICE_FEATURE_PROBE: int
 
 STRUCTS: dict[str, type[UapiStruct | UapiUnion]] = build_structs(_core.uapi_structs())
 CONSTANTS: dict[str, int] = dict(_core.uapi_constants())
