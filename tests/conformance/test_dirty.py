@@ -167,3 +167,78 @@ def test_get_dirty_bitmap(dirty: Dirty, no_clear: bool) -> None:
 
     destroy(fd, stdev)
     destroy(fd, hwpt)
+
+
+def test_dirty_check_order(dirty: Dirty) -> None:
+    fd = dirty.fd
+    iova, length, ps = uapi.MOCK_APERTURE_START, dirty.buffer.length, MOCK_PAGE_SIZE
+    ioas_map(fd, dirty.ioas_id, dirty.buffer.addr, length, iova)
+    hwpt = hwpt_alloc(fd, dirty.idev_id, dirty.ioas_id, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    stdev, _, _ = mock_domain(fd, hwpt)
+    data = dirty.bitmap.addr
+
+    def get(**kw: int) -> None:
+        fields = {"hwpt_id": hwpt, "iova": iova, "length": length, "page_size": ps, "data": data}
+        fields.update(kw)
+        cmd = uapi.new(uapi.iommu_hwpt_get_dirty_bitmap, **fields)
+        fd.ioctl(uapi.IOMMU_HWPT_GET_DIRTY_BITMAP, cmd)
+
+    with raises_errno(errno.EOPNOTSUPP):
+        get(flags=2, hwpt_id=0xFFFF)
+    with raises_errno(errno.EOPNOTSUPP):
+        get(reserved=1, hwpt_id=0xFFFF)
+    with raises_errno(errno.ENOENT):
+        get(hwpt_id=0xFFFF, page_size=0)
+    with raises_errno(errno.ENOENT):  # an IOAS is not a HWPT
+        get(hwpt_id=dirty.ioas_id)
+    with raises_errno(errno.EOVERFLOW):
+        get(iova=1 << 63, length=(1 << 63) + ps, page_size=0)
+    with raises_errno(errno.EINVAL):  # not aligned to the IOAS's IOVA alignment
+        get(iova=iova + 1, page_size=0)
+    with raises_errno(errno.EINVAL):
+        get(page_size=0)
+    with raises_errno(errno.EINVAL):  # not aligned to page_size
+        get(length=length - ps, page_size=2 * ps)
+    with raises_errno(errno.EOPNOTSUPP):  # the mock domain's own HWPT cannot track
+        get(hwpt_id=dirty.hwpt_id)
+
+    # Tracking off, or holes in the range: success, nothing reported.
+    ctypes.memset(data, 0, dirty.bitmap_size)
+    get()
+    assert ctypes.string_at(data, dirty.bitmap_size) == bytes(dirty.bitmap_size)
+
+    set_cmd = uapi.new(uapi.iommu_hwpt_set_dirty_tracking, hwpt_id=hwpt, flags=2)
+    with raises_errno(errno.EOPNOTSUPP):
+        fd.ioctl(uapi.IOMMU_HWPT_SET_DIRTY_TRACKING, set_cmd)
+    with raises_errno(errno.EOPNOTSUPP):
+        set_dirty_tracking(fd, dirty.hwpt_id, True)
+    with raises_errno(errno.ENOENT):
+        set_dirty_tracking(fd, 0xFFFF, True)
+    destroy(fd, stdev)
+    destroy(fd, hwpt)
+
+
+def test_enable_clears_old_dirt(dirty: Dirty) -> None:
+    """Enabling tracking starts from a clean snapshot; reads only ever OR into the bitmap."""
+    fd = dirty.fd
+    iova, length, ps = uapi.MOCK_APERTURE_START, dirty.buffer.length, MOCK_PAGE_SIZE
+    ioas = ioas_alloc(fd)
+    ioas_map(fd, ioas, dirty.buffer.addr, length, iova)
+    hwpt = hwpt_alloc(fd, dirty.idev_id, ioas, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    stdev, _, _ = mock_domain(fd, hwpt)
+    size, data = dirty.bitmap_size, dirty.bitmap.addr
+    set_dirty_tracking(fd, hwpt, True)
+    ctypes.memset(data, 0xFF, size)
+    assert mock_set_dirty(fd, hwpt, iova, length, ps, data) == size * 8
+    set_dirty_tracking(fd, hwpt, False)
+    set_dirty_tracking(fd, hwpt, True)  # the earlier dirt is dropped here
+    ctypes.memset(data, 0, size)
+    get_dirty_bitmap(fd, hwpt, iova, length, ps, data)
+    assert ctypes.string_at(data, size) == bytes(size)
+
+    # The kernel never clears caller bits: a pre-set bitmap stays set.
+    ctypes.memset(data, 0x0F, size)
+    get_dirty_bitmap(fd, hwpt, iova, length, ps, data)
+    assert ctypes.string_at(data, size) == b"\x0f" * size
+    destroy(fd, stdev)
+    destroy(fd, hwpt)

@@ -20,12 +20,14 @@ from fastmap.kernel import Fd
 from .helpers import (
     MOCK_PAGE_SIZE,
     PAGE_SIZE,
+    RW,
     U64_MAX,
     Buffer,
     add_reserved,
     allow_iovas,
     destroy,
     hugepage_size,
+    hw_info,
     ioas_alloc,
     ioas_copy,
     ioas_map,
@@ -286,3 +288,113 @@ def test_ioas_align_change(ioas: Ioas) -> None:
         set_huge_pages(ioas.fd, ioas.ioas_id, 0)
     ioas.unmap(start + P, P)
     ioas.unmap(start, P)
+
+
+def test_hwpt_attach(ioas: Ioas) -> None:
+    if ioas.mock:  # a second mock device straight onto the existing HWPT
+        mock_domain(ioas.fd, ioas.hwpt_id)
+    else:
+        with raises_errno(errno.ENOENT):
+            mock_domain(ioas.fd, ioas.hwpt_id)
+
+
+def test_get_hw_info(ioas: Ioas) -> None:
+    if not ioas.mock:
+        with raises_errno(errno.ENOENT):
+            hw_info(ioas.fd, ioas.device_id)
+        return
+    info = hw_info(ioas.fd, ioas.device_id)  # data_len 0: type and length only
+    assert info.out_data_type == uapi.IOMMU_HW_INFO_TYPE_SELFTEST
+    kernel_len = info.data_len
+    assert kernel_len == 8  # struct iommu_test_hw_info {u32 flags; u32 test_reg}
+
+    # A larger buffer: the record, then zeros up to data_len.
+    big = (ctypes.c_uint8 * 16)(*([0xAA] * 16))
+    cmd = uapi.new(
+        uapi.iommu_hw_info, dev_id=ioas.device_id, data_len=16, data_uptr=ctypes.addressof(big)
+    )
+    ioas.fd.ioctl(uapi.IOMMU_GET_HW_INFO, cmd)
+    assert cmd.data_len == kernel_len
+    assert int.from_bytes(bytes(big[4:8]), "little") == uapi.IOMMU_HW_INFO_SELFTEST_REGVAL
+    assert bytes(big[8:]) == bytes(8)
+
+    # A smaller one gets what fits and nothing past it.
+    small = (ctypes.c_uint8 * 8)(*([0xAA] * 8))
+    cmd = uapi.new(
+        uapi.iommu_hw_info, dev_id=ioas.device_id, data_len=4, data_uptr=ctypes.addressof(small)
+    )
+    ioas.fd.ioctl(uapi.IOMMU_GET_HW_INFO, cmd)
+    assert bytes(small[4:]) == b"\xaa" * 4
+
+
+def test_copy_sweep(ioas: Ioas) -> None:
+    start = uapi.MOCK_APERTURE_START
+    dst = ioas_alloc(ioas.fd)
+    # The mock domain maps MOCK_PAGE_SIZE granules; with no domain any length maps.
+    last = start + ioas.buffer.length - (1 if ioas.mock else 2)
+    ioas.map(last - start + 1, start)
+    for iova in range(start - P, last + 1, 511):
+        if iova < start or iova + MOCK_PAGE_SIZE - 1 > last:
+            with raises_errno(errno.ENOENT):  # not fully covered by the source
+                ioas_copy(ioas.fd, dst, ioas.ioas_id, iova, MOCK_PAGE_SIZE, dst_iova=start)
+        else:
+            ioas_copy(ioas.fd, dst, ioas.ioas_id, iova, MOCK_PAGE_SIZE, dst_iova=start)
+            ioas_unmap(ioas.fd, dst, start, MOCK_PAGE_SIZE)
+    destroy(ioas.fd, dst)
+
+
+def test_unmap_is_not_atomic(ioas: Ioas) -> None:
+    base = ioas.base_iova
+    ioas.map(P, base + P)
+    ioas.map(2 * P, base + 3 * P)
+    # Covers the first area, cuts the second: ENOENT, but the first is already gone.
+    with raises_errno(errno.ENOENT):
+        ioas.unmap(base + P, 3 * P)
+    assert ioas.map(P, base + P) == base + P
+    assert ioas.unmap(0, U64_MAX) == 3 * P
+
+
+def test_map_check_order(ioas: Ioas) -> None:
+    fd, good = ioas.fd, ioas.ioas_id
+    va = ioas.buffer.addr
+
+    def raw_map(**kw: int) -> None:
+        fields = {"ioas_id": good, "flags": RW, "user_va": va, "length": P, "iova": 0}
+        fields.update(kw)
+        fd.ioctl(uapi.IOMMU_IOAS_MAP, uapi.new(uapi.iommu_ioas_map, **fields))
+
+    fixed = RW | uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+    bad_id = 0xFFFF
+    # Each row: the first failing check wins over every later one in the same call.
+    with raises_errno(errno.EOPNOTSUPP):  # unknown flags, before the id lookup
+        raw_map(flags=RW | 1 << 3, ioas_id=bad_id)
+    with raises_errno(errno.EOPNOTSUPP):
+        raw_map(reserved=1, ioas_id=bad_id)
+    with raises_errno(errno.EOVERFLOW):
+        raw_map(length=U64_MAX, ioas_id=bad_id)
+    with raises_errno(errno.EOVERFLOW):
+        raw_map(iova=U64_MAX, ioas_id=bad_id)
+    with raises_errno(errno.EINVAL):  # neither readable nor writeable
+        raw_map(flags=uapi.IOMMU_IOAS_MAP_FIXED_IOVA, ioas_id=bad_id)
+    with raises_errno(errno.ENOENT):
+        raw_map(ioas_id=bad_id, length=0)
+    with raises_errno(errno.EINVAL):
+        raw_map(length=0)
+    with raises_errno(errno.EOVERFLOW):  # user_va + length wraps
+        raw_map(user_va=U64_MAX - P + 2)
+    with raises_errno(errno.EOVERFLOW):  # iova + length - 1 wraps (iova itself aligned)
+        raw_map(flags=fixed, iova=U64_MAX + 1 - MOCK_PAGE_SIZE)
+    if ioas.mock:  # alignment is checked before the wrap
+        with raises_errno(errno.EINVAL):
+            raw_map(flags=fixed, iova=U64_MAX - P + 2)
+
+
+def test_unmap_check_order(ioas: Ioas) -> None:
+    with raises_errno(errno.ENOENT):
+        ioas_unmap(ioas.fd, 0xFFFF, 0, 0)
+    with raises_errno(errno.EINVAL):
+        ioas.unmap(ioas.base_iova, 0)
+    with raises_errno(errno.EOVERFLOW):
+        ioas.unmap(U64_MAX - P + 2, P)
+    with raises_errno(errno.EOVERFLOW):
+        ioas.unmap(P, U64_MAX)
