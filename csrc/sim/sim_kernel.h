@@ -7,6 +7,7 @@
 // fresh process) and mean nothing to the real kernel. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -54,7 +55,16 @@ class SimKernel final : public Kernel {
   // The simulated machine's PCI devices behind VFIO (empty until devices are added).
   vfio::Machine& machine() noexcept { return *machine_; }
 
+  // Pinned-memory accounting of the one simulated process and its user, in pages, checked
+  // against config().rlimit_memlock: iommufd charges the user's (default) or the mm's
+  // locked_vm (IOMMU_OPTION_RLIMIT_MODE), Type1 the mm's.
+  std::atomic<std::uint64_t>& locked_vm(bool per_mm) noexcept {
+    return per_mm ? mm_locked_vm_ : user_locked_vm_;
+  }
+
  private:
+  std::atomic<std::uint64_t> user_locked_vm_{0};
+  std::atomic<std::uint64_t> mm_locked_vm_{0};
   SimConfig config_;
   mutable std::mutex fd_mu_;  // guards nodes_ and fds_
   std::map<std::string, NodeOpen> nodes_;
