@@ -216,6 +216,7 @@ _HINTS: tuple[tuple[tuple[str, ...] | None, int, str], ...] = (
         "no such VFIO node: bind the device to vfio-pci (driver_override + drivers_probe) and "
         "check /sys/bus/pci/devices/<bdf>/vfio-dev/",
     ),
+    (("open(",), _errno.ENOENT, "no such device node"),
     (
         ("open(",),
         _errno.EACCES,

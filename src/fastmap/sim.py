@@ -60,5 +60,10 @@ class SimKernel(Kernel):
 
     @property
     def sim(self) -> _core.SimKernel:
-        """The C++ SimKernel (machine and device-model access)."""
+        """The C++ SimKernel."""
         return self._sim
+
+    @property
+    def machine(self) -> _core.SimMachine:
+        """The simulated machine: plug in PCI devices (`add_pci_device`), read its sysfs."""
+        return self._sim.machine
