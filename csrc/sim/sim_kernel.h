@@ -22,6 +22,10 @@
 
 namespace fastmap::sim {
 
+namespace vfio {
+class Machine;
+}
+
 class SimKernel final : public Kernel {
  public:
   explicit SimKernel(SimConfig config = {});
@@ -48,6 +52,9 @@ class SimKernel final : public Kernel {
   // Install an already-created file (GROUP_GET_DEVICE_FD returns a new fd): fd or -EMFILE.
   int install(std::shared_ptr<File> file);
 
+  // The simulated machine's PCI devices behind VFIO (empty until devices are added).
+  vfio::Machine& machine() noexcept { return *machine_; }
+
   // Pinned-memory accounting of the one simulated process and its user, in pages, checked
   // against config().rlimit_memlock: iommufd charges the user's (default) or the mm's
   // locked_vm (IOMMU_OPTION_RLIMIT_MODE), Type1 the mm's.
@@ -62,6 +69,8 @@ class SimKernel final : public Kernel {
   mutable std::mutex fd_mu_;  // guards nodes_ and fds_
   std::map<std::string, NodeOpen> nodes_;
   std::vector<std::shared_ptr<File>> fds_;
+  // Declared last so it goes first; the destructor has closed every file before that.
+  std::unique_ptr<vfio::Machine> machine_;
 };
 
 }  // namespace fastmap::sim
