@@ -75,6 +75,9 @@ void bind_mapper(py::module_& m) {
         }
         return to_tuple(err);
       }, py::arg("iovas"), py::arg("lengths"))
+      .def("adopt", [](PyMapper& p, std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
+        p.mapper.adopt(iova, length, prot);
+      }, py::arg("iova"), py::arg("length"), py::arg("prot"))
       .def("unmap_all", [](PyMapper& p) {
         py::gil_scoped_release nogil;
         return p.mapper.unmap_all();

@@ -250,14 +250,22 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     if (run_len != v.length) return fail(EINVAL, run_entry[run_iova], "coalesced");
   }
 
+  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  std::vector<Victim> order;
+  order.reserve(runs.size());
+  for (const auto& [run_iova, v] : runs) if (v.va != 0) order.push_back(v);
+  for (const auto& [run_iova, v] : runs) if (v.va == 0) order.push_back(v);
   std::vector<Victim> removed;
   removed.reserve(runs.size());
-  for (const auto& [run_iova, v] : runs) {
+  for (const Victim& v : order) {
+    const std::uint64_t run_iova = v.run_iova;
     if (int err = unmap_one(v.run_iova, v.length)) {
       BatchError e = fail(err, run_entry[run_iova], "IOMMU_IOAS_UNMAP");
       for (auto r = removed.rbegin(); r != removed.rend(); ++r) {
         std::uint64_t iova = r->run_iova;
-        if (map_one(r->va, r->length, &iova, true, r->prot) != 0) e.rollback_failed = true;
+        if (r->va == 0 || map_one(r->va, r->length, &iova, true, r->prot) != 0) {
+          e.rollback_failed = true;
+        }
       }
       return e;
     }
@@ -265,6 +273,11 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
   }
   for (const auto& [seg_iova, entry] : taken) segments_.erase(seg_iova);
   return {};
+}
+
+void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
+  std::lock_guard<std::mutex> g(mu_);
+  segments_[iova] = Segment{iova, 0, length, prot, iova};
 }
 
 long long IoasMapper::unmap_all() {

@@ -35,7 +35,7 @@ struct BatchOptions {
 // One mapping made through the engine, and the kernel area (run) that holds it.
 struct Segment {
   std::uint64_t iova;
-  std::uint64_t va;
+  std::uint64_t va;        // 0 for an adopted area (COPY, MAP_FILE): it cannot be re-mapped
   std::uint64_t length;
   std::uint32_t prot;      // IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE
   std::uint64_t run_iova;  // start of the kernel area holding this segment
@@ -57,6 +57,10 @@ class IoasMapper {
   // whole segments. A range that would split a coalesced kernel area is refused (EINVAL,
   // call "coalesced") before anything changes; a kernel failure re-maps what was removed.
   BatchError unmap(std::span<const std::uint64_t> iovas, std::span<const std::uint64_t> lengths);
+
+  // Records an area made by another call (IOAS_COPY, IOAS_MAP_FILE) so unmap knows it. Its
+  // unmap cannot be undone, so batches unmap such areas last.
+  void adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot);
 
   // Unmaps every segment; returns the bytes unmapped or a negative errno.
   long long unmap_all();
