@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         backend = None
         if not args.legacy:
             backend = stack.enter_context(IOMMUFDBackend(kernel=kernel))
-        dev = stack.enter_context(VFIODevice(bdf, kernel=kernel).attach(space, backend))
+        dev = VFIODevice(bdf, kernel=kernel)
+        dev = stack.enter_context(dev.attach(space, backend, hwpt_alloc=not args.kernel_domains))
         c = dev.container
         assert c is not None and dev.hiod is not None
         print(
@@ -173,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("real", "sim"),
         default=None,
         help="default: $FASTMAP_KERNEL, else real where /dev/iommu exists, else sim",
+    )
+    p.add_argument(
+        "--kernel-domains",
+        action="store_true",
+        help="IOMMUFD: attach to the IOAS and let the kernel create the domain instead of "
+        "IOMMU_HWPT_ALLOC (needed with virtio-iommu on Linux 6.12)",
     )
     p.add_argument("--bdf", help="the edu device's PCI address (default: the first edu)")
     p.add_argument("--size", type=int, default=4 * EDU_BUFFER_SIZE, help="bytes to copy")

@@ -135,9 +135,19 @@ class VFIODevice:
         return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_RESET)
 
     # --- attach / detach -----------------------------------------------------------------------
-    def attach(self, space: AddressSpace, backend: IOMMUFDBackend | None = None) -> VFIODevice:
+    def attach(
+        self,
+        space: AddressSpace,
+        backend: IOMMUFDBackend | None = None,
+        *,
+        hwpt_alloc: bool = True,
+    ) -> VFIODevice:
         """Attach to `space`: through IOMMUFD when `backend` is given, else legacy Type1.
-        Returns self (a context manager that detaches)."""
+        Returns self (a context manager that detaches).
+
+        IOMMUFD domains are allocated with IOMMU_HWPT_ALLOC as QEMU does; `hwpt_alloc=False`
+        attaches to the IOAS and lets the kernel make the domain instead (needed with
+        virtio-iommu on Linux 6.12, whose allocated domains have no aperture)."""
         from fastmap.vfio_iommufd import IommufdOps
         from fastmap.vfio_legacy import LegacyOps
 
@@ -151,7 +161,9 @@ class VFIODevice:
                     f"{self.name} is on the {self.kernel.name} kernel but the backend uses "
                     f"another ({backend.kernel.name}) kernel"
                 )
-        ops: IommufdOps | LegacyOps = IommufdOps(backend) if backend is not None else LegacyOps()
+        ops: IommufdOps | LegacyOps = (
+            IommufdOps(backend, hwpt_alloc=hwpt_alloc) if backend is not None else LegacyOps()
+        )
         ops.attach_device(self, space, self.sysfs)
         self.ops = ops
         self.space = space

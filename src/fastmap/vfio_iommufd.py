@@ -69,6 +69,9 @@ class Hwpt:
     id: int
     flags: int
     devices: list[VFIODevice] = field(default_factory=list)
+    #: Created by the kernel for an attach to the IOAS (hwpt_alloc=False): the kernel
+    #: destroys it with its last device, so it is never freed from here.
+    kernel_owned: bool = False
 
     @property
     def dirty_tracking(self) -> bool:
@@ -250,8 +253,13 @@ class IommufdOps:
 
     name = "iommufd"
 
-    def __init__(self, backend: IOMMUFDBackend) -> None:
+    def __init__(self, backend: IOMMUFDBackend, *, hwpt_alloc: bool = True) -> None:
+        """`hwpt_alloc=False` attaches devices to the IOAS itself and lets the kernel pick or
+        create the domain (what QEMU does for mdevs). That works around IOMMU drivers whose
+        IOMMU_HWPT_ALLOC domains get their aperture only when attached: with virtio-iommu
+        on Linux 6.12 such an IOAS offers the single IOVA 0, so no RAM can be mapped."""
         self.backend = backend
+        self.hwpt_alloc = hwpt_alloc
 
     def attach_device(self, dev: VFIODevice, space: AddressSpace, sysfs: Sysfs) -> None:
         be = self.backend
@@ -294,7 +302,7 @@ class IommufdOps:
             if not isinstance(c, IommufdContainer) or c.backend is not self.backend:
                 continue
             try:
-                _attach_container(dev, c)
+                _attach_container(dev, c, self.hwpt_alloc)
             except KernelError as e:
                 log.debug("%s: cannot join %r: %s", dev.name, c, e)
                 continue
@@ -310,7 +318,7 @@ class IommufdOps:
         space.containers.insert(0, container)
         undo.push("destroy the container", container.destroy)
 
-        _attach_container(dev, container)
+        _attach_container(dev, container, self.hwpt_alloc)
         undo.push("detach from the container", lambda: _detach_container(dev, container))
 
         try:
@@ -329,7 +337,16 @@ class IommufdOps:
             container.iova_ranges = ranges
             container.pgsizes = alignment
 
-        container.listener_register()
+        try:
+            container.listener_register()
+        except KernelError as e:
+            if container.iova_ranges == [IovaRange(0, 0)]:
+                e.add_note(
+                    f"IOAS {ioas.id} offers only IOVA 0: the IOMMU driver gave the allocated "
+                    "HWPT no aperture (virtio-iommu on Linux 6.12 does this); attach with "
+                    "hwpt_alloc=False to let the kernel create the domain"
+                )
+            raise
         container.initialized = True
         return container
 
@@ -345,9 +362,13 @@ class IommufdOps:
         _close_device_fd(dev)
 
 
-def _attach_container(dev: VFIODevice, container: IommufdContainer) -> None:
-    """QEMU's iommufd_cdev_autodomains_get (for a physical device)."""
+def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: bool) -> None:
+    """QEMU's iommufd_cdev_autodomains_get (for a physical device); with `hwpt_alloc`
+    False, QEMU's mdev path: ATTACH_PT to the IOAS, the kernel choosing the domain."""
     assert dev.fd is not None and dev.devid is not None and dev.hiod is not None
+    if not hwpt_alloc:
+        _attach_kernel_domain(dev, container)
+        return
     for hwpt in container.hwpts:
         try:
             attach_pt(dev.fd, hwpt.id)
@@ -382,6 +403,20 @@ def _attach_container(dev: VFIODevice, container: IommufdContainer) -> None:
         )
 
 
+def _attach_kernel_domain(dev: VFIODevice, container: IommufdContainer) -> None:
+    """Attach to the IOAS: the kernel reuses a compatible auto domain of it or makes one,
+    and says which HWPT that is."""
+    assert dev.fd is not None
+    hwpt_id = attach_pt(dev.fd, container.ioas_id)
+    hwpt = next((h for h in container.hwpts if h.id == hwpt_id), None)
+    if hwpt is None:
+        hwpt = Hwpt(hwpt_id, 0, kernel_owned=True)
+        container.hwpts.insert(0, hwpt)
+    hwpt.devices.insert(0, dev)
+    dev.hwpt = hwpt
+    dev.iommu_dirty_tracking = False
+
+
 def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
     """QEMU's iommufd_cdev_detach_container: DETACH_PT (failure only logged), then drop the
     device from its HWPT and free the HWPT with its last device."""
@@ -397,7 +432,8 @@ def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
     dev.hwpt = None
     if not hwpt.devices:
         container.hwpts.remove(hwpt)
-        container.backend.free_id(hwpt.id)
+        if not hwpt.kernel_owned:
+            container.backend.free_id(hwpt.id)
 
 
 def _close_device_fd(dev: VFIODevice) -> None:
