@@ -68,13 +68,13 @@ class FaultyKernel(Kernel):
     def pending_faults(self) -> list[str]:
         return [f.call for f in self._faults if f.seen < f.nth]
 
-    def _inject(self, name: str) -> None:
+    def _inject(self, name: str, detail: str = "") -> None:
         for f in self._faults:
             prefix = f.call.startswith("open(") and not f.call.endswith(")")
             if name == f.call or (prefix and name.startswith(f.call)):
                 f.seen += 1
                 if f.seen == f.nth:
-                    self.log.append(f"{name} INJECTED {_errno.errorcode[f.errno]}")
+                    self.log.append(f"{name}{detail} INJECTED {_errno.errorcode[f.errno]}")
                     raise KernelError.from_errno(f.errno, name)
 
     # --- the seam -----------------------------------------------------------------------------
@@ -94,15 +94,17 @@ class FaultyKernel(Kernel):
         name = uapi.request_name(request)
         if name == "VFIO_DEVICE_FEATURE|VFIO_IOMMU_DIRTY_PAGES":
             name = "VFIO_IOMMU_DIRTY_PAGES"
-        self._inject(name)
+        self._inject(name, f" fd {fd}")
         self.log.append(f"{name} fd {fd}" + _describe(arg))
         ret = self.inner.ioctl(fd, request, arg)
         if name == "VFIO_GROUP_GET_DEVICE_FD":
             self.open_fds.add(ret)
+            self.log[-1] += f" -> {ret}"
         for field in ("out_ioas_id", "out_hwpt_id", "out_devid"):
             value = getattr(arg, field, None)
             if isinstance(value, int) and value:
                 self.ids.add(value)
+                self.log[-1] += f" -> {field}={value}"
         override = self._overrides.get(name)
         if override is not None:
             ret = override(arg, ret)
