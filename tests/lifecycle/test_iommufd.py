@@ -328,11 +328,13 @@ def test_kernel_auto_domains(fk: FaultyKernel, space: AddressSpace) -> None:
     assert fk.open_fds == set()
 
 
-def test_iova_ranges_fallback_warns(fk: FaultyKernel, edu: str, space: AddressSpace) -> None:
+def test_iova_ranges_fallback_warns(
+    fk: FaultyKernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
     fk.fail("IOMMU_IOAS_IOVA_RANGES", errno.EFAULT)
     with IOMMUFDBackend(kernel=fk) as be:
         with pytest.warns(IovaRangesFallbackWarning, match="full 64-bit"):
-            dev = VFIODevice(edu, kernel=fk).attach(space, be, hwpt_alloc=True)
+            dev = VFIODevice(edu, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
         with dev:
             c = dev.container
             assert c is not None
@@ -340,8 +342,13 @@ def test_iova_ranges_fallback_warns(fk: FaultyKernel, edu: str, space: AddressSp
             assert c.pgsizes == PAGE and c.aw_bits == 64
 
 
-def test_iova_ranges_two_call_protocol(fk: FaultyKernel, edu: str, space: AddressSpace) -> None:
-    with IOMMUFDBackend(kernel=fk) as be, VFIODevice(edu, kernel=fk).attach(space, be) as dev:
+def test_iova_ranges_two_call_protocol(
+    fk: FaultyKernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    with (
+        IOMMUFDBackend(kernel=fk) as be,
+        VFIODevice(edu, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc) as dev,
+    ):
         calls = [e for e in fk.log if e.startswith("IOMMU_IOAS_IOVA_RANGES")]
         assert len(calls) == 2
         assert dev.container is not None and dev.container.iova_ranges
