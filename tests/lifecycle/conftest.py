@@ -65,6 +65,24 @@ def edu(kernel: Kernel) -> str:
 
 
 @pytest.fixture
+def two_edus(kernel: Kernel) -> tuple[str, str]:
+    """Two edu devices bound to vfio-pci, in IOMMU groups of their own: plugged into the
+    simulated machine, or the VM's when it has two (FASTMAP_VMTEST_EXTRA_EDU=1 in a local
+    tools/vmtest/run.sh that adds a second `-device edu`)."""
+    if kernel.name == "sim":
+        return add_sim_device(kernel), add_sim_device(kernel)
+    sysfs = HostSysfs()
+    bound = [
+        bdf
+        for bdf in sysfs.find_pci(EDU_VENDOR, EDU_DEVICE)
+        if sysfs.driver(f"/sys/bus/pci/devices/{bdf}") == "vfio-pci"
+    ]
+    if len(bound) < 2:
+        pytest.skip("the VM has one edu device")
+    return bound[0], bound[1]
+
+
+@pytest.fixture
 def fk(kernel: Kernel) -> FaultyKernel:
     return FaultyKernel(kernel)
 

@@ -83,8 +83,10 @@ def test_two_devices_in_one_group(fk: FaultyKernel, space: AddressSpace) -> None
     assert fk.open_fds == set() and open_groups(fk) == []
 
 
-def test_two_groups_share_one_container(fk: FaultyKernel, space: AddressSpace) -> None:
-    a, b = add_sim_device(fk), add_sim_device(fk)
+def test_two_groups_share_one_container(
+    fk: FaultyKernel, two_edus: tuple[str, str], space: AddressSpace
+) -> None:
+    a, b = two_edus
     da = VFIODevice(a, kernel=fk).attach(space)
     db = VFIODevice(b, kernel=fk).attach(space)
     c = da.container
@@ -109,8 +111,8 @@ def test_group_in_two_address_spaces_is_refused(kernel: Kernel) -> None:
         assert s2.containers == [] and dev.fd is None
 
 
-def test_address_spaces_get_their_own_containers(kernel: Kernel) -> None:
-    a, b = add_sim_device(kernel), add_sim_device(kernel)
+def test_address_spaces_get_their_own_containers(kernel: Kernel, two_edus: tuple[str, str]) -> None:
+    a, b = two_edus
     with AddressSpace() as s1, AddressSpace() as s2:
         s1.add_ram(PAGE, RAM_GPA)
         s2.add_ram(PAGE, RAM_GPA)
@@ -122,12 +124,14 @@ def test_address_spaces_get_their_own_containers(kernel: Kernel) -> None:
             assert s1.containers == [da.container] and s2.containers == [db.container]
 
 
-def test_legacy_and_iommufd_devices_in_one_space(kernel: Kernel, space: AddressSpace) -> None:
+def test_legacy_and_iommufd_devices_in_one_space(
+    kernel: Kernel, two_edus: tuple[str, str], space: AddressSpace, hwpt_alloc: bool
+) -> None:
     """Containers of both kinds serve one address space; each follows its RAM."""
-    a, b = add_sim_device(kernel), add_sim_device(kernel)
+    a, b = two_edus
     with (
         IOMMUFDBackend(kernel=kernel) as be,
-        VFIODevice(a, kernel=kernel).attach(space, be) as da,
+        VFIODevice(a, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as da,
         VFIODevice(b, kernel=kernel).attach(space) as db,
     ):
         assert type(da.container).__name__ == "IommufdContainer"

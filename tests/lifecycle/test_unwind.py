@@ -191,18 +191,18 @@ def test_sim_pinning_limit_fails_the_listener(space: AddressSpace) -> None:
 
 
 def test_failure_joining_second_container_keeps_the_first_device(
-    fk: FaultyKernel, space: AddressSpace
+    fk: FaultyKernel, two_edus: tuple[str, str], space: AddressSpace, hwpt_alloc: bool
 ) -> None:
-    a, b = add_sim_device(fk), add_sim_device(fk)
+    a, b = two_edus
     with IOMMUFDBackend(kernel=fk) as be:
-        da = VFIODevice(a, kernel=fk).attach(space, be)
+        da = VFIODevice(a, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
         c = da.container
         assert isinstance(c, IommufdContainer)
         hwpts = list(c.hwpts)
         fk.fail("VFIO_DEVICE_GET_INFO", errno.EIO)
         db = VFIODevice(b, kernel=fk)
         with pytest.raises(KernelError):
-            db.attach(space, be)
+            db.attach(space, be, hwpt_alloc=hwpt_alloc)
         assert space.containers == [c] and c.devices == [da] and c.hwpts == hwpts
         assert hwpts[0].devices == [da] and db.fd is None and be.users == 2
         assert len(c.ioas.segments()) == 1
@@ -211,15 +211,15 @@ def test_failure_joining_second_container_keeps_the_first_device(
 
 
 def test_existing_container_refusing_with_other_errno_is_skipped(
-    fk: FaultyKernel, space: AddressSpace
+    fk: FaultyKernel, two_edus: tuple[str, str], space: AddressSpace, hwpt_alloc: bool
 ) -> None:
     """A non-EINVAL error attaching to an existing container's HWPT skips that container
     (QEMU only traces it); the device gets a container of its own."""
-    a, b = add_sim_device(fk), add_sim_device(fk)
+    a, b = two_edus
     with IOMMUFDBackend(kernel=fk) as be:
-        da = VFIODevice(a, kernel=fk).attach(space, be)
+        da = VFIODevice(a, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
         fk.fail("VFIO_DEVICE_ATTACH_IOMMUFD_PT", errno.EBUSY)
-        db = VFIODevice(b, kernel=fk).attach(space, be)
+        db = VFIODevice(b, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
         assert db.container is not da.container
         assert space.containers == [db.container, da.container]
         db.detach()
