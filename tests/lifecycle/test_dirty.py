@@ -6,6 +6,7 @@ import errno
 import mmap
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from fastmap.address_space import AddressSpace
@@ -23,7 +24,7 @@ RAM_SIZE = 2 << 20
 EDU_BUFFER = 0x40000
 
 
-def bits(bitmap: np.ndarray, count: int) -> list[int]:  # type: ignore[type-arg]
+def bits(bitmap: npt.NDArray[np.uint64], count: int) -> list[int]:
     """Indices of the set bits among the first `count`."""
     flat = np.unpackbits(bitmap.view(np.uint8), bitorder="little")[:count]
     return [int(i) for i in np.flatnonzero(flat)]

@@ -220,7 +220,7 @@ def test_mock_iommu_device_needs_its_own_domain(fk: FaultyKernel) -> None:
         assert dv.container is dm.container and dv.hwpt is not dm.hwpt
         assert dm.hiod is not None and dm.hiod.type_name == "selftest"
         c = dm.container
-        assert c is not None and len(c.hwpts) == 2
+        assert isinstance(c, IommufdContainer) and len(c.hwpts) == 2
         for d in (dv, dm):
             d.enable_dma()
             assert roundtrip(d, space, MOCK_RAM_GPA, MOCK_RAM_GPA + PAGE)
@@ -273,7 +273,12 @@ def test_detach_order(fk: FaultyKernel, edu: str, hwpt_alloc: bool) -> None:
         assert isinstance(c, IommufdContainer) and dev.fd is not None and dev.hwpt is not None
         dev_fd, iommufd, hwpt, ioas = dev.fd.number, be.fd, dev.hwpt.id, c.ioas.id
         seen_mapped: list[int] = []
-        fk.override("IOMMU_DESTROY", lambda arg, ret: seen_mapped.append(len(c.ioas)) or ret)
+
+        def record_mappings(arg: object, ret: int) -> int:
+            seen_mapped.append(len(c.ioas))
+            return ret
+
+        fk.override("IOMMU_DESTROY", record_mappings)
         start = len(fk.log)
         dev.detach()
         expected = [f"VFIO_DEVICE_DETACH_IOMMUFD_PT fd {dev_fd}"]
