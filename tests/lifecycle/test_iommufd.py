@@ -14,6 +14,7 @@ from fastmap.backend import IOMMUFDBackend
 from fastmap.device import VFIODevice, find_pci_devices
 from fastmap.errors import KernelError
 from fastmap.kernel import Kernel
+from fastmap.ram import default_hugepage_size, free_hugepages
 from fastmap.sysfs import sysfs_for
 from fastmap.vfio_errors import DeviceNotFoundError, DirtyTrackingWarning, IovaRangesFallbackWarning
 from fastmap.vfio_iommufd import IommufdContainer
@@ -379,3 +380,20 @@ def test_find_pci_devices(kernel: Kernel, edu: str) -> None:
         b = machine.add_pci_device(vendor=0x1234, device=0x11E8)["bdf"]
         assert find_pci_devices(kernel, 0x1234, 0x11E8) == [edu, b]
         assert len(find_pci_devices(kernel, 0x8086, 0x1234)) == 1
+
+
+def test_hugetlb_guest_ram(kernel: Kernel, edu: str, hwpt_alloc: bool) -> None:
+    size = default_hugepage_size()
+    if free_hugepages(size) < 2:
+        pytest.skip(f"needs 2 free {size >> 10} KiB huge pages (vm.nr_hugepages)")
+    with (
+        AddressSpace() as space,
+        IOMMUFDBackend(kernel=kernel) as be,
+    ):
+        space.add_ram(size, size, "hugetlb")
+        with VFIODevice(edu, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as dev:
+            dev.enable_dma()
+            assert roundtrip(dev, space, size + PAGE, size + 2 * PAGE)
+            extra = space.add_ram(size, 4 * size, "hugetlb")
+            assert roundtrip(dev, space, 4 * size, size)
+            space.remove_ram(extra)

@@ -152,3 +152,31 @@ def test_address_space_close_refuses_while_attached(kernel: Kernel, edu: str) ->
     dev.detach()
     space.close()
     assert space.blocks == []
+
+
+def test_both_paths_see_the_same_iova_ranges(
+    kernel: Kernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    """Type1's IOVA-range capability and iommufd's IOAS_IOVA_RANGES describe the same
+    IOMMU: each path checks the other's parsing."""
+    with VFIODevice(sysfsdev=f"/sys/bus/pci/devices/{edu}", kernel=kernel).attach(space) as d:
+        assert d.name == edu and d.container is not None
+        legacy = d.container.iova_ranges
+    with (
+        IOMMUFDBackend(kernel=kernel) as be,
+        VFIODevice(edu, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as d,
+    ):
+        assert d.container is not None
+        assert d.container.iova_ranges == legacy
+        assert d.hiod is not None and d.hiod.aw_bits == max(r.last for r in legacy).bit_length()
+
+
+def test_dma_avail_comes_from_the_kernel(space: AddressSpace) -> None:
+    """The DMA_AVAIL capability is the Type1 entry limit (the simulator's knob)."""
+    from fastmap.sim import SimKernel
+
+    kernel = SimKernel(dma_entry_limit=1234)
+    bdf = add_sim_device(kernel)
+    with VFIODevice(bdf, kernel=kernel).attach(space) as dev:
+        assert isinstance(dev.container, LegacyContainer)
+        assert dev.container.dma_max_mappings == 1234
