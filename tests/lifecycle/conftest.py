@@ -16,10 +16,8 @@ from types import ModuleType
 
 import pytest
 
-from fastmap import uapi
 from fastmap.address_space import AddressSpace
 from fastmap.backend import IOMMUFDBackend
-from fastmap.errors import KernelError
 from fastmap.kernel import Kernel
 from fastmap.sysfs import HostSysfs
 from fastmap.vfio_iommufd import bind, open_cdev, query_iova_ranges
@@ -119,15 +117,3 @@ def hwpt_alloc(kernel: Kernel, edu: str) -> bool:
                 be.free_id(hwpt)
         _HWPT_ALLOC_WORKS[kernel.name] = any(r.last > 0 for r in ranges)
     return _HWPT_ALLOC_WORKS[kernel.name]
-
-
-def mock_domains_work(kernel: Kernel) -> bool:
-    """The iommufd selftest's mock domain can be created (not under VT-d, for instance)."""
-    with IOMMUFDBackend(kernel=kernel) as be, be.ioas() as ioas:
-        cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN, id=ioas.id)
-        try:
-            be.kernel.ioctl(be.fd, uapi.IOMMU_TEST_CMD, cmd)
-        except KernelError:
-            return False
-        be.free_id(int(cmd.u.mock_domain.out_stdev_id))
-        return True
