@@ -397,3 +397,28 @@ def test_hugetlb_guest_ram(kernel: Kernel, edu: str, hwpt_alloc: bool) -> None:
             extra = space.add_ram(size, 4 * size, "hugetlb")
             assert roundtrip(dev, space, 4 * size, size)
             space.remove_ram(extra)
+
+
+def test_region_access_and_reset(
+    kernel: Kernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    with (
+        IOMMUFDBackend(kernel=kernel) as be,
+        VFIODevice(edu, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as dev,
+    ):
+        cfg = dev.region_info(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+        assert cfg.readable and cfg.writable and cfg.size >= 256
+        assert dev.read_u16(cfg.index, 0) == 0x1234 and dev.read_u16(cfg.index, 2) == 0x11E8
+        bar0 = dev.region_info(uapi.VFIO_PCI_BAR0_REGION_INDEX)
+        assert bar0.size == 1 << 20
+        with pytest.raises(ValueError, match="outside region"):
+            dev.read(bar0.index, bar0.size - 2, 4)
+        cmd = dev.enable_dma()
+        assert cmd & 0x6 == 0x6
+        assert dev.read_u32(bar0.index, 0) == 0x010000ED
+        if dev.reset_works:
+            dev.reset()  # vfio-pci restores config space around the reset
+            assert dev.read_u32(bar0.index, 0) == 0x010000ED
+            assert roundtrip(dev, space, RAM_GPA, RAM_GPA + PAGE)
+    with pytest.raises(RuntimeError, match="not attached"):
+        dev.region_info(0)
