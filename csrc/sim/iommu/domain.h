@@ -61,11 +61,24 @@ class Domain {
   int mark_dirty(std::uint64_t iova) noexcept;
   // read_and_clear_dirty over [iova, iova+len): for every dirty IOPTE intersecting it, call
   // set_bits(first_byte_iova, last_byte_iova) of the IOPTE clipped to the range; clear the
-  // IOPTE's dirty bit unless no_clear. Bits only ever get set.
+  // IOPTE's dirty bit unless no_clear. Bits only ever get set. Dirty IOPTEs that are
+  // adjacent in IOVA may be reported as one call covering all of them (the walk is
+  // word-at-a-time). While tracking is off nothing is reported or cleared, as the VT-d and
+  // mock drivers refuse a read with a bitmap then.
   template <class F>
   void read_and_clear_dirty(std::uint64_t iova, std::uint64_t len, bool no_clear, F&& set_bits);
 
+  // The fault log, oldest first (bounded: the oldest entries go when it is full).
   std::size_t take_faults(DmaFault* out, std::size_t max) noexcept;
+  std::size_t fault_count() const noexcept;
+
+  // Introspection for tests and debugfs-like views: the size of the IOPTE that maps `iova`
+  // (0 when unmapped), total bytes mapped, number of IOPTEs, and the number of internal
+  // runs (the memory cost of the representation).
+  std::uint64_t iopte_size(std::uint64_t iova) const noexcept;
+  std::uint64_t mapped_bytes() const noexcept;
+  std::uint64_t iopte_count() const noexcept;
+  std::size_t run_count() const noexcept;
 
  private:
   struct Impl;
