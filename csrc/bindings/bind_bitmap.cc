@@ -5,7 +5,6 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <new>
 #include <optional>
@@ -41,15 +40,6 @@ void check_bits(const U64Array& a, std::uint64_t nbits) {
   }
 }
 
-// Hands the runs' malloc'd buffer to numpy as an (N, 2) array that frees it.
-py::array runs_array(bm::Runs runs) {
-  const auto n = static_cast<py::ssize_t>(runs.count);
-  if (n == 0) return U64Array(std::vector<py::ssize_t>{0, 2});
-  std::uint64_t* p = runs.data.release();
-  py::capsule owner(p, [](void* q) { std::free(q); });
-  return U64Array({n, py::ssize_t{2}}, {py::ssize_t{16}, py::ssize_t{8}}, p, owner);
-}
-
 // The harvester refers to its Kernel; the Python object keeps the kernel alive with it.
 struct PyHarvester {
   std::shared_ptr<Kernel> kernel;
@@ -80,14 +70,18 @@ void bind_bitmap(py::module_& m) {
 
   m.def("bitmap_to_ranges", [](const U64Array& a, std::uint64_t nbits) {
     check_bits(a, nbits);
-    bm::Runs runs;
-    bool ok;
+    std::optional<bm::RangeScan> scan;
     {
       py::gil_scoped_release nogil;
-      runs = bm::to_ranges(view(a), nbits, &ok);
+      scan.emplace(view(a), nbits);
     }
-    if (!ok) throw std::bad_alloc();
-    return runs_array(std::move(runs));
+    U64Array out({static_cast<py::ssize_t>(scan->count()), py::ssize_t{2}});
+    auto o = mutable_view(out);
+    {
+      py::gil_scoped_release nogil;
+      scan->write(o);
+    }
+    return out;
   }, py::arg("bm").noconvert(), py::arg("nbits"), "-> (N, 2) [first_page, page_count]");
 
   m.def("bitmap_from_ranges", [](const U64Array& pairs, std::uint64_t nbits) {
@@ -100,9 +94,9 @@ void bind_bitmap(py::module_& m) {
       std::fill(o.begin(), o.end(), 0);
       bad = bm::from_ranges(view(pairs), o, nbits);
     }
-    if (bad >= 0) throw py::value_error("range " + std::to_string(bad) + " exceeds nbits");
-    return out;
-  }, py::arg("ranges").noconvert(), py::arg("nbits"));
+    return std::make_tuple(out, bad);
+  }, py::arg("ranges").noconvert(), py::arg("nbits"),
+     "-> (bitmap, -1), or (unspecified, index of the first row that ends past nbits)");
 
   m.def("bitmap_converted_nbits", &bm::converted_nbits, py::arg("nbits"), py::arg("from_page"),
         py::arg("to_page"));

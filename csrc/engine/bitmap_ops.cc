@@ -33,10 +33,6 @@ constexpr std::uint64_t shifted_in(std::uint64_t w, std::uint64_t carry) noexcep
   return (w << 1) | carry;
 }
 
-// The bitmap is scanned in chunks that stay in L1: one pass counts the runs that start in the
-// chunk (so the output can grow before it is written), a second pass writes them.
-constexpr std::size_t kChunkWords = 2048;
-
 // Run starts in p[0..n), the word before p[0] having top bit `carry`. *edges is non-zero if
 // any run starts or ends there. The previous word is re-read instead of carried so that the
 // loop has no dependency between iterations.
@@ -59,8 +55,8 @@ std::uint64_t count_starts(const std::uint64_t* p, std::size_t n, std::uint64_t 
 }
 
 // Writes the runs of p[0..n) (bit 0 of p[0] is page `base`) into out as [first, count]
-// pairs. *starts/*ends count the pairs whose first/count are written; a run open at the end
-// of the chunk gets its count in a later chunk.
+// pairs. *starts/*ends count the pairs whose first/count are written; a run still open at
+// the end of p gets its count from a later call.
 FM_MULTIVERSION
 void write_runs(const std::uint64_t* p, std::size_t n, std::uint64_t base, std::uint64_t carry,
                 std::uint64_t* out, std::size_t* starts, std::size_t* ends) noexcept {
@@ -112,8 +108,6 @@ void for_each_run(std::span<const std::uint64_t> bm, std::uint64_t nbits, F&& f)
 
 }  // namespace
 
-void Runs::Free::operator()(std::uint64_t* p) const noexcept { std::free(p); }
-
 FM_MULTIVERSION
 void or_merge(std::span<std::uint64_t> dst, std::span<const std::uint64_t> src) noexcept {
   std::uint64_t* d = dst.data();
@@ -146,68 +140,85 @@ std::uint64_t popcount(std::span<const std::uint64_t> bm, std::uint64_t nbits) n
   return count_floor(bm.first(nw - 1)) + static_cast<std::uint64_t>(__builtin_popcountll(last));
 }
 
-Runs to_ranges(std::span<const std::uint64_t> bm, std::uint64_t nbits, bool* ok) noexcept {
-  *ok = true;
-  Runs runs;
-  const std::size_t nw = words_for(nbits);
-  if (nw == 0) return runs;
-  // Full words are read in place; the last word is masked into a copy.
-  const std::size_t full = nbits % 64 ? nw - 1 : nw;
-  const std::uint64_t last_masked = bm[nw - 1] & tail_mask(nbits);
-  const std::uint64_t max_runs = nbits / 2 + 1;
+namespace {
 
-  std::uint64_t* out = nullptr;
-  std::size_t capacity = 0;
-  std::size_t starts = 0, ends = 0;
-  std::uint64_t carry = 0;
-  for (std::size_t begin = 0; begin < nw; begin += kChunkWords) {
-    const std::size_t end = std::min(nw, begin + kChunkWords);
-    const std::size_t in_place = std::min(end, full) - begin;
-    const std::uint64_t* chunk = bm.data() + begin;
-    std::uint64_t edges = 0, tail_edges = 0;
-    std::uint64_t need = count_starts(chunk, in_place, carry, &edges);
-    const std::uint64_t carry_tail = in_place ? chunk[in_place - 1] >> 63 : carry;
-    const bool has_tail = end > full;
-    if (has_tail) need += count_starts(&last_masked, 1, carry_tail, &tail_edges);
-    if ((edges | tail_edges) == 0) {
-      carry = has_tail ? last_masked >> 63 : carry_tail;
-      continue;
-    }
-    if (starts + need > capacity) {
-      // Grow towards what the density seen so far predicts for the whole bitmap.
-      const std::uint64_t seen = starts + need;
-      const double predicted = static_cast<double>(seen) * static_cast<double>(nw) /
-                               static_cast<double>(end);
-      const double padded = predicted * 1.125 + 1024.0;
-      const std::uint64_t want = padded >= static_cast<double>(max_runs)
-                                     ? max_runs
-                                     : std::max(seen, static_cast<std::uint64_t>(padded));
-      auto* grown = static_cast<std::uint64_t*>(std::realloc(out, want * 2 * sizeof *out));
-      if (grown == nullptr) {
-        std::free(out);
-        *ok = false;
-        return Runs{};
-      }
-      out = grown;
-      capacity = want;
-    }
-    write_runs(chunk, in_place, 64 * begin, carry, out, &starts, &ends);
-    if (has_tail) write_runs(&last_masked, 1, 64 * full, carry_tail, out, &starts, &ends);
-    carry = has_tail ? last_masked >> 63 : carry_tail;
+// Whether a block of kBlockWords words holds a run edge, given the top bit of the word
+// before it. A block whose words are neither all zeros nor all ones holds a 0/1 transition;
+// a uniform block holds an edge only at its first bit. The AND/OR reductions vectorize,
+// which is what lets a bitmap that is mostly one long run be scanned at memory speed.
+template <std::size_t N>
+bool has_edge(const std::uint64_t* p, std::uint64_t carry) noexcept {
+  std::uint64_t all = kAllOnes, any = 0;
+  for (std::size_t i = 0; i < N; ++i) {
+    all &= p[i];
+    any |= p[i];
   }
-  if (carry) {
-    out[2 * ends + 1] = nbits - out[2 * ends];
-    ++ends;
+  if (any == 0) return carry != 0;
+  if (all == kAllOnes) return carry == 0;
+  return true;
+}
+
+FM_MULTIVERSION
+std::uint64_t scan_blocks(const std::uint64_t* p, std::size_t nblocks, std::uint64_t* active) noexcept {
+  constexpr std::size_t kWords = 64;
+  std::uint64_t runs = 0;
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint64_t* q = p + b * kWords;
+    const std::uint64_t carry = b ? q[-1] >> 63 : 0;
+    if (!has_edge<kWords>(q, carry)) continue;
+    active[b / 64] |= std::uint64_t{1} << (b % 64);
+    std::uint64_t edges;
+    runs += count_starts(q, kWords, carry, &edges);
   }
-  runs.count = starts;
-  if (starts == 0) {
-    std::free(out);
-    return runs;
-  }
-  // Shrinking never moves data on glibc (in place on the heap, mremap for mmapped blocks).
-  auto* fitted = static_cast<std::uint64_t*>(std::realloc(out, starts * 2 * sizeof *out));
-  runs.data.reset(fitted ? fitted : out);
   return runs;
+}
+
+}  // namespace
+
+RangeScan::RangeScan(std::span<const std::uint64_t> bm, std::uint64_t nbits)
+    : bm_(bm),
+      nbits_(nbits),
+      nwords_(words_for(nbits)),
+      nblocks_((nwords_ + kBlockWords - 1) / kBlockWords),
+      active_(new std::uint64_t[(nblocks_ + 63) / 64]()) {
+  if (nblocks_ == 0) return;
+  // Whole blocks are read in place; the last block (it holds the masked last word) is copied.
+  const std::size_t whole = nblocks_ - 1;
+  count_ = scan_blocks(bm_.data(), whole, active_.get());
+  std::uint64_t tail[kBlockWords];
+  const std::uint64_t* last = block(whole, tail);
+  const std::uint64_t carry = carry_into(whole);
+  std::uint64_t edges = 0;
+  count_ += count_starts(last, kBlockWords, carry, &edges);
+  if (edges) active_[whole / 64] |= std::uint64_t{1} << (whole % 64);
+}
+
+const std::uint64_t* RangeScan::block(std::size_t b, std::uint64_t* tail_copy) const noexcept {
+  const std::size_t first = b * kBlockWords;
+  if (b + 1 < nblocks_) return bm_.data() + first;
+  const std::size_t n = nwords_ - first;
+  std::copy_n(bm_.data() + first, n, tail_copy);
+  tail_copy[n - 1] &= tail_mask(nbits_);
+  std::fill(tail_copy + n, tail_copy + kBlockWords, 0);
+  return tail_copy;
+}
+
+std::uint64_t RangeScan::carry_into(std::size_t b) const noexcept {
+  return b ? bm_[b * kBlockWords - 1] >> 63 : 0;
+}
+
+void RangeScan::write(std::span<std::uint64_t> out) const noexcept {
+  std::size_t starts = 0, ends = 0;
+  std::uint64_t tail[kBlockWords];
+  for (std::size_t w = 0; w < (nblocks_ + 63) / 64; ++w) {
+    for (std::uint64_t bits = active_[w]; bits != 0; bits &= bits - 1) {
+      const std::size_t b = 64 * w + static_cast<std::size_t>(__builtin_ctzll(bits));
+      write_runs(block(b, tail), kBlockWords, 64 * kBlockWords * b, carry_into(b), out.data(),
+                 &starts, &ends);
+    }
+  }
+  // A run reaching the last bit has no end edge inside the bitmap.
+  if (ends < starts) out[2 * ends + 1] = nbits_ - out[2 * ends];
 }
 
 void set_range(std::span<std::uint64_t> bm, std::uint64_t first, std::uint64_t count) noexcept {

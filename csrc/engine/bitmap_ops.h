@@ -4,8 +4,8 @@
 // Everything here works a word at a time with popcount/ctz, and skips whole words that are
 // all zeros or all ones, because a migration bitmap is large (64 GiB of guest memory at 4 KiB
 // = 2 MiB of bitmap) and mostly one or the other. Bits at or past `nbits` in the last word are
-// ignored on input and left zero on output. No function allocates except to_ranges (which
-// returns its runs) and none throws.
+// ignored on input and left zero on output. Nothing here throws, except RangeScan's
+// constructor when memory runs out.
 #pragma once
 
 #include <cstddef>
@@ -31,18 +31,37 @@ std::uint64_t popcount(std::span<const std::uint64_t> bm, std::uint64_t nbits) n
 // Set bits in every word: one plain pass, the lower bound any whole-bitmap scan can reach.
 std::uint64_t count_floor(std::span<const std::uint64_t> bm) noexcept;
 
-// Runs of set bits as flat pairs [first_page, page_count, first_page, page_count, ...] in
-// increasing page order; adjacent set bits always form one run, so runs never touch.
-struct Runs {
-  struct Free {
-    void operator()(std::uint64_t* p) const noexcept;
-  };
-  std::unique_ptr<std::uint64_t[], Free> data;  // 2 * count words (malloc'd)
-  std::size_t count = 0;
-};
+// Runs of set bits, found in two passes so that the output can be allocated exactly once
+// (a large buffer that is grown and shrunk defeats malloc's reuse, and every call then pays
+// page faults for fresh memory). The constructor counts the runs and notes which 64-word
+// blocks hold a run edge; write() then visits only those blocks. Between the two the
+// bitmap must not change.
+class RangeScan {
+ public:
+  // Scans the first nbits of bm (nbits <= 64 * bm.size()). Allocates the block notes
+  // (one bit per 4096 pages); throws std::bad_alloc only for that.
+  RangeScan(std::span<const std::uint64_t> bm, std::uint64_t nbits);
 
-// The runs of set bits among the first nbits. `ok` is false only when memory ran out.
-Runs to_ranges(std::span<const std::uint64_t> bm, std::uint64_t nbits, bool* ok) noexcept;
+  // Number of runs of set bits.
+  std::uint64_t count() const noexcept { return count_; }
+
+  // Writes the runs as flat pairs [first_page, page_count, ...] in increasing page order
+  // (out.size() == 2 * count()). Adjacent set bits always form one run, so runs never touch.
+  void write(std::span<std::uint64_t> out) const noexcept;
+
+ private:
+  static constexpr std::size_t kBlockWords = 64;
+  // Block b's words; the last block is copied into tail_copy with bits past nbits cleared.
+  const std::uint64_t* block(std::size_t b, std::uint64_t* tail_copy) const noexcept;
+  std::uint64_t carry_into(std::size_t b) const noexcept;
+
+  std::span<const std::uint64_t> bm_;
+  std::uint64_t nbits_;
+  std::size_t nwords_;
+  std::size_t nblocks_;
+  std::uint64_t count_ = 0;
+  std::unique_ptr<std::uint64_t[]> active_;  // bit b: block b holds a run edge
+};
 
 // Sets bits [first, first+count) for every pair of `pairs` (flat [first, count, ...]) in bm,
 // a bitmap of nbits (bm.size() == words_for(nbits)). Overlapping pairs are fine. Returns

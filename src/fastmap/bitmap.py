@@ -82,17 +82,12 @@ def from_ranges(ranges: Any, nbits: int) -> Bitmap:
     """
     _check_count("nbits", nbits)
     pairs = _as_pairs(ranges)
-    if len(pairs):
-        first, count = pairs[:, 0], pairs[:, 1]
-        # first + count > nbits, written so that it cannot wrap.
-        bad = (first > nbits) | (count > np.uint64(nbits) - np.minimum(first, np.uint64(nbits)))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"ranges: row {i} [{int(first[i])}, {int(count[i])}] ends past nbits={nbits}"
-            )
-    result: Bitmap = _core.bitmap_from_ranges(pairs, nbits)
-    return result
+    result, bad = _core.bitmap_from_ranges(pairs, int(nbits))
+    if bad >= 0:
+        first, count = (int(x) for x in pairs[bad])
+        raise ValueError(f"ranges: row {bad} [{first}, {count}] ends past nbits={nbits}")
+    out: Bitmap = result
+    return out
 
 
 def converted_nbits(nbits: int, from_page: int, to_page: int) -> int:
