@@ -1,12 +1,229 @@
-// The simulated kernel's Python face: construction with its config.
+// The simulated kernel's Python face: construction with its config, the machine's PCI
+// devices and sysfs view, and the IOMMU models and domains for tests and benchmarks.
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <cstring>
 #include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "bindings/bindings.h"
+#include "sim/iommu/domain.h"
+#include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
+#include "sim/vfio/edu.h"
+#include "sim/vfio/machine.h"
 
 namespace py = pybind11;
 
 namespace fastmap::bindings {
+
+namespace {
+
+// -errno -> OSError(errno, strerror, what), which Python maps to FileNotFoundError etc.
+[[noreturn]] void raise_errno(int neg_errno, const std::string& what) {
+  int e = -neg_errno;
+  PyErr_SetObject(PyExc_OSError, py::make_tuple(e, std::strerror(e), what).ptr());
+  throw py::error_already_set();
+}
+
+const char* kind_name(sim::IommuModel::Kind k) {
+  switch (k) {
+    case sim::IommuModel::Kind::kVtd: return "vtd";
+    case sim::IommuModel::Kind::kMock: return "mock";
+    case sim::IommuModel::Kind::kVirtio: return "virtio";
+  }
+  return "?";
+}
+
+sim::IommuModel model_named(const std::string& name, bool dirty) {
+  if (name == "vtd") return sim::IommuModel::vtd(dirty);
+  if (name == "mock") return sim::IommuModel::mock(dirty);
+  throw py::value_error("iommu must be 'vtd' or 'mock', not '" + name + "'");
+}
+
+py::dict device_dict(const sim::vfio::PciDeviceInfo& i) {
+  py::dict d;
+  d["bdf"] = i.bdf;
+  d["index"] = i.index;
+  d["cdev"] = i.cdev;
+  d["group"] = i.group;
+  d["group_path"] = i.group_path;
+  d["sysfs"] = i.sysfs;
+  return d;
+}
+
+std::shared_ptr<sim::vfio::PciDevice> pci_or_raise(sim::vfio::Machine& m, const std::string& bdf) {
+  auto dev = m.pci_device(bdf);
+  if (!dev) raise_errno(-ENODEV, bdf);
+  return dev;
+}
+
+void bind_iommu(py::module_& m) {
+  py::class_<sim::IommuModel>(m, "IommuModel")
+      .def_static("vtd", &sim::IommuModel::vtd, py::arg("dirty_tracking") = false)
+      .def_static("mock", &sim::IommuModel::mock, py::arg("dirty_tracking") = true)
+      .def_property_readonly("kind", [](const sim::IommuModel& im) { return kind_name(im.kind); })
+      .def_readonly("aperture_start", &sim::IommuModel::aperture_start)
+      .def_readonly("aperture_last", &sim::IommuModel::aperture_last)
+      .def_readonly("pgsize_bitmap", &sim::IommuModel::pgsize_bitmap)
+      .def_readonly("dirty_tracking", &sim::IommuModel::dirty_tracking)
+      .def_readonly("enforce_cache_coherency", &sim::IommuModel::enforce_cache_coherency)
+      .def_readonly("hw_info_type", &sim::IommuModel::hw_info_type)
+      .def_property_readonly("reserved", [](const sim::IommuModel& im) {
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+        for (const auto& r : im.reserved) out.emplace_back(r.start, r.last);
+        return out;
+      })
+      .def_property_readonly("hw_info", [](const sim::IommuModel& im) {
+        return py::bytes(reinterpret_cast<const char*>(im.hw_info.data()), im.hw_info.size());
+      });
+
+  // A standalone IOMMU domain: map process memory and let "the device" read and write it.
+  py::class_<sim::Domain, std::shared_ptr<sim::Domain>>(m, "SimDomain")
+      .def(py::init([](const sim::IommuModel& model, std::optional<bool> dirty_capable) {
+             return std::make_shared<sim::Domain>(model, dirty_capable.value_or(model.dirty_tracking));
+           }),
+           py::arg("model"), py::arg("dirty_capable") = py::none())
+      .def_property_readonly("min_page_size", &sim::Domain::min_page_size)
+      .def_property_readonly("dirty_capable", &sim::Domain::dirty_capable)
+      .def_property_readonly("dirty_tracking", &sim::Domain::dirty_tracking)
+      .def_property_readonly("mapped_bytes", &sim::Domain::mapped_bytes)
+      .def_property_readonly("iopte_count", &sim::Domain::iopte_count)
+      .def_property_readonly("run_count", &sim::Domain::run_count)
+      .def("map", [](sim::Domain& d, std::uint64_t iova, std::uint64_t va, std::uint64_t length,
+                     int prot, bool largest_pages) {
+        py::gil_scoped_release nogil;
+        return d.map(iova, va, length, prot, largest_pages);
+      }, py::arg("iova"), py::arg("va"), py::arg("length"), py::arg("prot") = 3,
+         py::arg("largest_pages") = true)
+      .def("unmap", [](sim::Domain& d, std::uint64_t iova, std::uint64_t length) {
+        py::gil_scoped_release nogil;
+        return d.unmap(iova, length);
+      }, py::arg("iova"), py::arg("length"))
+      .def("dma_read", [](sim::Domain& d, std::uint64_t iova, std::size_t length) {
+        std::string buf(length, '\0');
+        int rc;
+        {
+          py::gil_scoped_release nogil;
+          rc = d.dma_read(iova, buf.data(), length);
+        }
+        return py::make_tuple(rc, py::bytes(buf));
+      }, py::arg("iova"), py::arg("length"))
+      .def("dma_write", [](sim::Domain& d, std::uint64_t iova, const py::buffer& data) {
+        py::buffer_info info = data.request();
+        const void* p = info.ptr;
+        auto n = static_cast<std::size_t>(info.size * info.itemsize);
+        py::gil_scoped_release nogil;
+        return d.dma_write(iova, p, n);
+      }, py::arg("iova"), py::arg("data"))
+      .def("translate", &sim::Domain::translate, py::arg("iova"), py::arg("prot") = 0)
+      .def("iopte_size", &sim::Domain::iopte_size, py::arg("iova"))
+      .def("set_dirty_tracking", &sim::Domain::set_dirty_tracking, py::arg("enable"))
+      .def("mark_dirty", &sim::Domain::mark_dirty, py::arg("iova"))
+      .def("read_and_clear_dirty", [](sim::Domain& d, std::uint64_t iova, std::uint64_t length,
+                                      bool no_clear) {
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+        {
+          py::gil_scoped_release nogil;
+          d.read_and_clear_dirty(iova, length, no_clear,
+                                 [&](std::uint64_t a, std::uint64_t b) { out.emplace_back(a, b); });
+        }
+        return out;
+      }, py::arg("iova"), py::arg("length"), py::arg("no_clear") = false,
+         "[(first_iova, last_iova)] of dirty IOPTEs, adjacent ones merged")
+      .def("count_dirty", [](sim::Domain& d, std::uint64_t iova, std::uint64_t length,
+                             std::uint64_t page_size, bool no_clear) {
+        // The harvest without building Python objects: pages of page_size reported dirty.
+        std::uint64_t pages = 0;
+        py::gil_scoped_release nogil;
+        d.read_and_clear_dirty(iova, length, no_clear, [&](std::uint64_t a, std::uint64_t b) {
+          pages += b / page_size - a / page_size + 1;
+        });
+        return pages;
+      }, py::arg("iova"), py::arg("length"), py::arg("page_size"), py::arg("no_clear") = false)
+      .def("take_faults", [](sim::Domain& d) {
+        std::vector<py::tuple> out;
+        sim::DmaFault buf[64];
+        for (;;) {
+          std::size_t n = d.take_faults(buf, 64);
+          for (std::size_t i = 0; i < n; ++i) {
+            out.push_back(py::make_tuple(buf[i].iova, buf[i].write, buf[i].error));
+          }
+          if (n < 64) break;
+        }
+        return out;
+      }, "[(iova, write, -errno)] oldest first; empties the log");
+}
+
+void bind_machine(py::module_& m) {
+  using sim::vfio::Machine;
+  py::class_<Machine>(m, "SimMachine")
+      .def("add_pci_device", [](Machine& mc, const std::string& bdf, std::uint16_t vendor,
+                                std::uint16_t device, std::optional<int> group,
+                                const std::string& iommu, bool dirty, const std::string& kind) {
+        sim::vfio::PciDeviceSpec spec;
+        spec.bdf = bdf;
+        spec.vendor = vendor;
+        spec.device = device;
+        spec.group = group.value_or(-1);
+        spec.iommu = model_named(iommu, dirty);
+        spec.kind = kind;
+        sim::vfio::PciDeviceInfo info;
+        if (int rc = mc.add_pci_device(spec, &info)) raise_errno(rc, bdf.empty() ? kind : bdf);
+        return device_dict(info);
+      }, py::arg("bdf") = "", py::arg("vendor") = 0x1234, py::arg("device") = 0x11e8,
+         py::arg("group") = py::none(), py::arg("iommu") = "vtd", py::arg("dirty") = false,
+         py::arg("kind") = "edu",
+         "Plug in a device bound to vfio-pci: {bdf, index, cdev, group, group_path, sysfs}")
+      .def("devices", [](Machine& mc) {
+        py::list out;
+        for (const auto& i : mc.devices()) out.append(device_dict(i));
+        return out;
+      })
+      .def("list_dir", [](Machine& mc, const std::string& path) {
+        std::vector<std::string> out;
+        if (int rc = mc.list_dir(path, &out)) raise_errno(rc, path);
+        return out;
+      }, py::arg("path"))
+      .def("read_file", [](Machine& mc, const std::string& path) {
+        std::string out;
+        if (int rc = mc.read_file(path, &out)) raise_errno(rc, path);
+        return out;
+      }, py::arg("path"))
+      .def("read_link", [](Machine& mc, const std::string& path) {
+        std::string out;
+        if (int rc = mc.read_link(path, &out)) raise_errno(rc, path);
+        return out;
+      }, py::arg("path"))
+      .def("dma_faults", [](Machine& mc, const std::string& bdf, bool clear) {
+        auto dev = pci_or_raise(mc, bdf);
+        py::list out;
+        for (const auto& f : clear ? dev->take_faults() : dev->faults()) {
+          py::dict d;
+          d["addr"] = f.addr;
+          d["len"] = f.len;
+          d["write"] = f.write;
+          d["errno"] = -f.error;
+          out.append(d);
+        }
+        return out;
+      }, py::arg("bdf"), py::arg("clear") = false,
+         "The device's failed DMAs, oldest first: [{addr, len, write, errno}]")
+      .def("pci_command", [](Machine& mc, const std::string& bdf) {
+        return pci_or_raise(mc, bdf)->command();
+      }, py::arg("bdf"))
+      .def("edu_buffer", [](Machine& mc, const std::string& bdf) {
+        auto edu = std::dynamic_pointer_cast<sim::vfio::EduDevice>(pci_or_raise(mc, bdf));
+        if (!edu) raise_errno(-EINVAL, bdf);
+        auto buf = edu->dma_buffer();
+        return py::bytes(reinterpret_cast<const char*>(buf.data()), buf.size());
+      }, py::arg("bdf"), "The edu device's 4 KiB DMA buffer");
+}
+
+}  // namespace
 
 void bind_sim(py::module_& m) {
   py::class_<sim::SimConfig>(m, "SimConfig")
@@ -19,9 +236,14 @@ void bind_sim(py::module_& m) {
       .def_readwrite("cap_ipc_lock", &sim::SimConfig::cap_ipc_lock)
       .def_readwrite("rlimit_memlock", &sim::SimConfig::rlimit_memlock);
 
+  bind_iommu(m);
+  bind_machine(m);
+
   py::class_<sim::SimKernel, Kernel, std::shared_ptr<sim::SimKernel>>(m, "SimKernel")
       .def(py::init<sim::SimConfig>(), py::arg("config") = sim::SimConfig{})
-      .def_property_readonly("config", &sim::SimKernel::config);
+      .def_property_readonly("config", &sim::SimKernel::config)
+      .def_property_readonly("machine", &sim::SimKernel::machine,
+                             py::return_value_policy::reference_internal);
 }
 
 }  // namespace fastmap::bindings

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "sim/iommufd/device_api.h"
+#include "sim/vfio/machine.h"
 
 namespace fastmap::sim {
 
@@ -13,7 +14,8 @@ constexpr int kFirstFd = 3;       // 0-2 are stdio in a fresh process
 constexpr int kMaxFds = 1 << 20;  // RLIMIT_NOFILE's usual hard limit
 }  // namespace
 
-SimKernel::SimKernel(SimConfig config) : config_(config) {
+SimKernel::SimKernel(SimConfig config)
+    : config_(config), machine_(std::make_unique<vfio::Machine>(*this)) {
   register_node("/dev/iommu", [](SimKernel& k, int, int*) { return iommufd_open(k); });
 }
 

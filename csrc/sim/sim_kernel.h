@@ -7,6 +7,7 @@
 // fresh process) and mean nothing to the real kernel. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -20,6 +21,10 @@
 #include "sim/file.h"
 
 namespace fastmap::sim {
+
+namespace vfio {
+class Machine;
+}
 
 class SimKernel final : public Kernel {
  public:
@@ -47,11 +52,25 @@ class SimKernel final : public Kernel {
   // Install an already-created file (GROUP_GET_DEVICE_FD returns a new fd): fd or -EMFILE.
   int install(std::shared_ptr<File> file);
 
+  // The simulated machine's PCI devices behind VFIO (empty until devices are added).
+  vfio::Machine& machine() noexcept { return *machine_; }
+
+  // Pinned-memory accounting of the one simulated process and its user, in pages, checked
+  // against config().rlimit_memlock: iommufd charges the user's (default) or the mm's
+  // locked_vm (IOMMU_OPTION_RLIMIT_MODE), Type1 the mm's.
+  std::atomic<std::uint64_t>& locked_vm(bool per_mm) noexcept {
+    return per_mm ? mm_locked_vm_ : user_locked_vm_;
+  }
+
  private:
+  std::atomic<std::uint64_t> user_locked_vm_{0};
+  std::atomic<std::uint64_t> mm_locked_vm_{0};
   SimConfig config_;
   mutable std::mutex fd_mu_;  // guards nodes_ and fds_
   std::map<std::string, NodeOpen> nodes_;
   std::vector<std::shared_ptr<File>> fds_;
+  // Declared last so it goes first; the destructor has closed every file before that.
+  std::unique_ptr<vfio::Machine> machine_;
 };
 
 }  // namespace fastmap::sim

@@ -65,6 +65,22 @@ inline constexpr u32 VFIO_PCI_CONFIG_REGION_INDEX = 7;
 inline constexpr u32 VFIO_PCI_VGA_REGION_INDEX = 8;
 inline constexpr u32 VFIO_PCI_NUM_REGIONS = 9;
 inline constexpr u32 VFIO_PCI_NUM_IRQS = 5;  // INTX, MSI, MSIX, ERR, REQ
+inline constexpr u32 VFIO_PCI_INTX_IRQ_INDEX = 0;
+inline constexpr u32 VFIO_PCI_MSI_IRQ_INDEX = 1;
+inline constexpr u32 VFIO_PCI_MSIX_IRQ_INDEX = 2;
+inline constexpr u32 VFIO_PCI_ERR_IRQ_INDEX = 3;
+inline constexpr u32 VFIO_PCI_REQ_IRQ_INDEX = 4;
+
+inline constexpr u32 VFIO_IRQ_INFO_EVENTFD = 1u << 0;
+inline constexpr u32 VFIO_IRQ_INFO_MASKABLE = 1u << 1;
+inline constexpr u32 VFIO_IRQ_INFO_AUTOMASKED = 1u << 2;
+inline constexpr u32 VFIO_IRQ_INFO_NORESIZE = 1u << 3;
+
+// VFIO_DEVICE_FEATURE flags: the low 16 bits name the feature.
+inline constexpr u32 VFIO_DEVICE_FEATURE_MASK = 0xffff;
+inline constexpr u32 VFIO_DEVICE_FEATURE_GET = 1u << 16;
+inline constexpr u32 VFIO_DEVICE_FEATURE_SET = 1u << 17;
+inline constexpr u32 VFIO_DEVICE_FEATURE_PROBE = 1u << 18;
 
 inline constexpr u32 VFIO_IOMMU_INFO_PGSIZES = 1u << 0;
 inline constexpr u32 VFIO_IOMMU_INFO_CAPS = 1u << 1;
@@ -106,6 +122,24 @@ struct vfio_region_info {
 };
 FM_UAPI_LAYOUT(vfio_region_info, 32, FM_F(argsz, 0), FM_F(flags, 4), FM_F(index, 8),
                FM_F(cap_offset, 12), FM_F(size, 16), FM_F(offset, 24))
+
+struct vfio_irq_info {
+  static constexpr const char kUapiName[] = "vfio_irq_info";
+  u32 argsz;
+  u32 flags;
+  u32 index;
+  u32 count;
+};
+FM_UAPI_LAYOUT(vfio_irq_info, 16, FM_F(argsz, 0), FM_F(flags, 4), FM_F(index, 8),
+               FM_F(count, 12))
+
+// Followed by the feature's data.
+struct vfio_device_feature {
+  static constexpr const char kUapiName[] = "vfio_device_feature";
+  u32 argsz;
+  u32 flags;
+};
+FM_UAPI_LAYOUT(vfio_device_feature, 8, FM_F(argsz, 0), FM_F(flags, 4))
 
 struct vfio_device_bind_iommufd {
   static constexpr const char kUapiName[] = "vfio_device_bind_iommufd";

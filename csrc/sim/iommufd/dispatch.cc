@@ -43,6 +43,20 @@ struct IoctlOp {
 constexpr std::array kOps = {
     FM_OP(0x80, iommu_destroy, id, iommufd_destroy, 602, false),
     FM_OP(0x81, iommu_ioas_alloc, out_ioas_id, iommufd_ioas_alloc, 602, false),
+    FM_OP(0x82, iommu_ioas_allow_iovas, allowed_iovas, iommufd_ioas_allow_iovas, 602, false),
+    FM_OP(0x83, iommu_ioas_copy, src_iova, iommufd_ioas_copy, 602, false),
+    FM_OP(0x84, iommu_ioas_iova_ranges, out_iova_alignment, iommufd_ioas_iova_ranges, 602, false),
+    FM_OP(0x85, iommu_ioas_map, iova, iommufd_ioas_map, 602, false),
+    FM_OP(0x86, iommu_ioas_unmap, length, iommufd_ioas_unmap, 602, false),
+    FM_OP(0x87, iommu_option, val64, iommufd_option, 602, false),
+    FM_OP(0x88, iommu_vfio_ioas, reserved, iommufd_vfio_ioas, 602, false),
+    FM_OP(0x89, iommu_hwpt_alloc, reserved, iommufd_hwpt_alloc, 606, false),
+    FM_OP(0x8a, iommu_hw_info, reserved, iommufd_get_hw_info, 606, false),
+    FM_OP(0x8b, iommu_hwpt_set_dirty_tracking, reserved, iommufd_hwpt_set_dirty_tracking, 607,
+          false),
+    FM_OP(0x8c, iommu_hwpt_get_dirty_bitmap, data, iommufd_hwpt_get_dirty_bitmap, 607, false),
+    FM_OP(0x8f, iommu_ioas_map_file, iova, iommufd_ioas_map_file, 613, false),
+    FM_OP(0xa0, iommu_test_cmd, last, iommufd_test, 602, true),
 };
 
 #undef FM_OP

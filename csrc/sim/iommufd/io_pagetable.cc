@@ -1,0 +1,319 @@
+#include "sim/iommufd/io_pagetable.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <limits>
+
+#include "sim/iommufd/ctx.h"
+#include "sim/user_memory.h"
+
+namespace fastmap::sim {
+
+namespace {
+constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+}
+
+std::uint64_t Area::page_offset() const noexcept { return start_byte % host_page_size(); }
+std::uint64_t Area::first_index() const noexcept { return start_byte / host_page_size(); }
+std::uint64_t Area::last_index() const noexcept {
+  return (start_byte + length() - 1) / host_page_size();
+}
+
+IoPagetable::~IoPagetable() {
+  for (auto& [iova, a] : areas_) {
+    unfill_area(a, domains_);
+    if (a.pinned) a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
+  }
+}
+
+// ---- interval queries -------------------------------------------------------------------
+
+const Area* IoPagetable::area_containing(std::uint64_t iova) const {
+  auto it = areas_.upper_bound(iova);
+  if (it == areas_.begin()) return nullptr;
+  --it;
+  return it->second.last >= iova ? &it->second : nullptr;
+}
+
+bool IoPagetable::area_intersects(std::uint64_t start, std::uint64_t last) const {
+  // Areas never overlap, so only the last one starting at or before `last` can reach back
+  // to `start`.
+  auto it = areas_.upper_bound(last);
+  if (it == areas_.begin()) return false;
+  --it;
+  return it->second.last >= start;
+}
+
+bool IoPagetable::allowed_intersects(std::uint64_t start, std::uint64_t last) const {
+  auto it = allowed_.upper_bound(last);
+  if (it == allowed_.begin()) return false;
+  --it;
+  return it->second >= start;
+}
+
+bool IoPagetable::reserved_intersects(std::uint64_t start, std::uint64_t last) const {
+  for (const auto& r : reserved_) {
+    if (r.start > last) break;
+    if (r.last >= start) return true;
+  }
+  return false;
+}
+
+std::vector<IovaSpan> IoPagetable::reserved_union() const {
+  std::vector<IovaSpan> out;
+  for (const auto& r : reserved_) {  // sorted by start
+    if (!out.empty() && (out.back().last == kMax || r.start <= out.back().last + 1)) {
+      out.back().last = std::max(out.back().last, r.last);
+    } else {
+      out.push_back({r.start, r.last});
+    }
+  }
+  return out;
+}
+
+std::vector<IovaSpan> IoPagetable::usable_ranges() const {
+  std::vector<IovaSpan> holes;
+  std::uint64_t cur = 0;
+  for (const auto& u : reserved_union()) {
+    if (u.start > cur) holes.push_back({cur, u.start - 1});
+    if (u.last == kMax) return holes;
+    cur = u.last + 1;
+  }
+  holes.push_back({cur, kMax});
+  return holes;
+}
+
+// ---- areas ------------------------------------------------------------------------------
+
+int IoPagetable::check_iova(std::uint64_t iova, std::uint64_t length) const {
+  if (iova & (iova_alignment_ - 1)) return -EINVAL;
+  if (iova + (length - 1) < iova) return -EOVERFLOW;
+  const std::uint64_t last = iova + (length - 1);
+  if (reserved_intersects(iova, last)) return -EINVAL;
+  if (area_intersects(iova, last)) return -EEXIST;
+  return 0;
+}
+
+int IoPagetable::fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains) {
+  if (domains.empty()) return 0;
+  bool pinned_here = false;
+  if (!a.pinned) {
+    if (int rc = a.pages->pin(ctx_.kernel, a.first_index(), a.last_index())) return rc;
+    a.pinned = pinned_here = true;
+  }
+  const std::uint64_t va = a.pages->va(a.start_byte);
+  for (std::size_t i = 0; i < domains.size(); ++i) {
+    int rc = domains[i]->map(a.iova, va, a.length(), a.prot, !disable_large_pages_);
+    if (rc) {
+      for (std::size_t j = 0; j < i; ++j) domains[j]->unmap(a.iova, a.length());
+      if (pinned_here) {
+        a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
+        a.pinned = false;
+      }
+      return rc;
+    }
+  }
+  return 0;
+}
+
+void IoPagetable::unfill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains) {
+  for (const auto& d : domains) d->unmap(a.iova, a.length());
+}
+
+int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t length,
+                           std::uint64_t* iova, int prot, bool alloc) {
+  if ((length & (iova_alignment_ - 1)) || length == 0) return -EINVAL;
+  int rc = alloc ? alloc_iova(slices.front().pages->hint(slices.front().start_byte), length, iova)
+                 : check_iova(*iova, length);
+  if (rc) return rc;
+
+  std::vector<std::uint64_t> inserted;
+  auto abort = [&](int err) {
+    for (auto key : inserted) areas_.erase(key);
+    return err;
+  };
+  std::uint64_t cur = *iova;
+  for (const auto& s : slices) {
+    if ((prot & kIommuWrite) && !s.pages->writable()) return abort(-EPERM);
+    Area a;
+    a.iova = cur;
+    a.pages = s.pages;
+    a.start_byte = s.start_byte;
+    a.prot = prot;
+    if (a.page_offset() & (iova_alignment_ - 1)) return abort(-EINVAL);
+    if (cur + (s.length - 1) < cur) return abort(-EOVERFLOW);
+    a.last = cur + (s.length - 1);
+    areas_.emplace(cur, std::move(a));
+    inserted.push_back(cur);
+    cur += s.length;
+  }
+  for (std::size_t i = 0; i < inserted.size(); ++i) {
+    rc = fill_area(areas_.at(inserted[i]), domains_);
+    if (rc) {
+      for (std::size_t j = 0; j < i; ++j) {
+        Area& a = areas_.at(inserted[j]);
+        unfill_area(a, domains_);
+        if (a.pinned) a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
+      }
+      return abort(rc);
+    }
+  }
+  return 0;
+}
+
+int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* unmapped) {
+  std::uint64_t bytes = 0;
+  int rc = 0;
+  for (;;) {
+    // The first area intersecting [start, last]; removed ones are gone, so always search
+    // from `start` again.
+    auto it = areas_.upper_bound(start);
+    if (it != areas_.begin() && std::prev(it)->second.last >= start) --it;
+    if (it == areas_.end() || it->first > last) break;
+    Area& a = it->second;
+    if (a.iova < start || a.last > last) {
+      rc = -ENOENT;  // unmap never splits an area; earlier removals stay done
+      break;
+    }
+    unfill_area(a, domains_);
+    if (a.pinned) a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
+    bytes += a.length();
+    areas_.erase(it);
+  }
+  *unmapped = bytes;
+  return rc;
+}
+
+int IoPagetable::get_pages(std::uint64_t iova, std::uint64_t length,
+                           std::vector<PagesSlice>* out) const {
+  if (length == 0) return -EINVAL;
+  if (iova + (length - 1) < iova) return -EOVERFLOW;
+  const std::uint64_t last = iova + (length - 1);
+  std::uint64_t cur = iova;
+  const Area* a = area_containing(cur);
+  while (a) {
+    const std::uint64_t l = std::min(last, a->last);
+    out->push_back({a->pages, a->start_byte_at(cur), l - cur + 1});
+    if (a->last >= last) return 0;
+    cur = a->last + 1;
+    auto next = areas_.find(cur);
+    a = next == areas_.end() ? nullptr : &next->second;
+  }
+  out->clear();
+  return -ENOENT;
+}
+
+// ---- allowed and reserved ranges ---------------------------------------------------------
+
+int IoPagetable::set_allowed(const std::vector<IovaSpan>& ranges) {
+  for (const auto& r : ranges) {
+    if (reserved_intersects(r.start, r.last)) return -EADDRINUSE;
+  }
+  allowed_.clear();
+  for (const auto& r : ranges) allowed_.emplace(r.start, r.last);
+  return 0;
+}
+
+int IoPagetable::reserve(std::uint64_t start, std::uint64_t last, const void* owner) {
+  if (area_intersects(start, last) || allowed_intersects(start, last)) return -EADDRINUSE;
+  auto pos = std::upper_bound(reserved_.begin(), reserved_.end(), start,
+                              [](std::uint64_t s, const Reserved& r) { return s < r.start; });
+  reserved_.insert(pos, Reserved{start, last, owner});
+  return 0;
+}
+
+void IoPagetable::remove_reserved(const void* owner) {
+  std::erase_if(reserved_, [owner](const Reserved& r) { return r.owner == owner; });
+}
+
+// ---- domains ------------------------------------------------------------------------------
+
+int IoPagetable::check_alignment(std::uint64_t align) const {
+  const std::uint64_t mask = align - 1;
+  for (const auto& [iova, a] : areas_) {
+    if ((a.iova & mask) || (a.length() & mask) || (a.page_offset() & mask)) return -EADDRINUSE;
+  }
+  return 0;
+}
+
+int IoPagetable::recalculate_alignment() {
+  std::uint64_t align = disable_large_pages_ ? host_page_size() : 1;
+  for (const auto& d : domains_) align = std::max(align, d->min_page_size());
+  if (align > iova_alignment_) {
+    if (int rc = check_alignment(align)) return rc;
+  }
+  iova_alignment_ = align;
+  return 0;
+}
+
+int IoPagetable::add_domain(const std::shared_ptr<Domain>& domain) {
+  // iommufd works in PAGE_SIZE units: a domain must accept PAGE_SIZE IOPTEs.
+  const std::uint64_t align = std::max(domain->min_page_size(), iova_alignment_);
+  if (align > host_page_size()) return -EINVAL;
+  if (align != iova_alignment_) {
+    if (int rc = check_alignment(align)) return rc;
+  }
+  const IommuModel& m = domain->model();
+  const void* owner = domain.get();
+  int rc = 0;
+  if (m.aperture_start != 0) rc = reserve(0, m.aperture_start - 1, owner);
+  if (!rc && m.aperture_last != kMax) rc = reserve(m.aperture_last + 1, kMax, owner);
+  if (rc) {
+    remove_reserved(owner);
+    return rc;
+  }
+  const std::vector<std::shared_ptr<Domain>> one{domain};
+  for (auto it = areas_.begin(); it != areas_.end(); ++it) {
+    rc = fill_area(it->second, one);
+    if (rc) {
+      for (auto u = areas_.begin(); u != it; ++u) {
+        unfill_area(u->second, one);
+        if (domains_.empty()) {
+          u->second.pages->unpin(ctx_.kernel, u->second.first_index(), u->second.last_index());
+          u->second.pinned = false;
+        }
+      }
+      remove_reserved(owner);
+      return rc;
+    }
+  }
+  iova_alignment_ = align;
+  domains_.push_back(domain);
+  return 0;
+}
+
+void IoPagetable::remove_domain(const Domain* domain) {
+  auto it = std::find_if(domains_.begin(), domains_.end(),
+                         [domain](const auto& d) { return d.get() == domain; });
+  if (it == domains_.end()) return;
+  std::shared_ptr<Domain> d = *it;
+  domains_.erase(it);
+  for (auto& [iova, a] : areas_) {
+    d->unmap(a.iova, a.length());
+    if (domains_.empty() && a.pinned) {
+      a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
+      a.pinned = false;
+    }
+  }
+  remove_reserved(domain);
+  recalculate_alignment();  // only ever shrinks here, so it cannot fail
+}
+
+int IoPagetable::disable_large_pages() {
+  if (disable_large_pages_) return 0;
+  // Domains may already hold large IOPTEs for existing areas.
+  if (!domains_.empty() && !areas_.empty()) return -EINVAL;
+  disable_large_pages_ = true;
+  if (int rc = recalculate_alignment()) {
+    disable_large_pages_ = false;
+    return rc;
+  }
+  return 0;
+}
+
+void IoPagetable::enable_large_pages() {
+  disable_large_pages_ = false;
+  recalculate_alignment();
+}
+
+}  // namespace fastmap::sim

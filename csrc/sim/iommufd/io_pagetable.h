@@ -1,0 +1,134 @@
+// The IOVA side of an IOAS (io_pagetable): three ordered trees and the attached domains.
+//
+//  - areas:    the mappings, [iova, last] -> a slice of an IoptPages. Never overlap.
+//  - allowed:  IOAS_ALLOW_IOVAS ranges; they only steer automatic IOVA allocation and block
+//              future reservations. Never overlap.
+//  - reserved: ranges that may never be mapped (a domain's aperture complement, a device's
+//              reserved regions, selftest ADD_RESERVED), each with an owner so it can be
+//              removed on detach. May overlap each other.
+//
+// std::map keyed by start gives ordered iteration and O(log n) lookup of the area that can
+// intersect a point. Areas hold a pin on their pages while at least one domain is attached
+// (pinning is lazy, as in the kernel: with no domain a map only records the area).
+//
+// Locking: only touched under the owning context's mutex; domains lock themselves.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "sim/iommu/domain.h"
+#include "sim/iommufd/pages.h"
+
+namespace fastmap::sim {
+
+class IommufdCtx;
+
+struct Area {
+  std::uint64_t iova = 0;
+  std::uint64_t last = 0;  // inclusive
+  std::shared_ptr<IoptPages> pages;
+  std::uint64_t start_byte = 0;  // offset of `iova`'s byte from the pages' first page
+  int prot = 0;                  // kIommuRead | kIommuWrite
+  bool pinned = false;
+
+  std::uint64_t length() const noexcept { return last - iova + 1; }
+  std::uint64_t page_offset() const noexcept;
+  std::uint64_t first_index() const noexcept;
+  std::uint64_t last_index() const noexcept;
+  // Byte offset into the pages of IOVA `a` (inside the area).
+  std::uint64_t start_byte_at(std::uint64_t a) const noexcept { return start_byte + (a - iova); }
+};
+
+// A piece of some pages that a map or copy turns into one area.
+struct PagesSlice {
+  std::shared_ptr<IoptPages> pages;
+  std::uint64_t start_byte;
+  std::uint64_t length;
+};
+
+struct IovaSpan {
+  std::uint64_t start;
+  std::uint64_t last;
+};
+
+class IoPagetable {
+ public:
+  explicit IoPagetable(IommufdCtx& ctx) : ctx_(ctx) {}
+  ~IoPagetable();
+  IoPagetable(const IoPagetable&) = delete;
+  IoPagetable& operator=(const IoPagetable&) = delete;
+
+  std::uint64_t iova_alignment() const noexcept { return iova_alignment_; }
+  bool large_pages_disabled() const noexcept { return disable_large_pages_; }
+  const std::map<std::uint64_t, Area>& areas() const noexcept { return areas_; }
+  bool has_domains() const noexcept { return !domains_.empty(); }
+
+  // iopt_map_pages: areas for `slices` laid out back to back at *iova (or at an allocated
+  // IOVA when `alloc`, *iova then set), filled into every domain. 0 or -errno; nothing is
+  // left behind on failure.
+  int map_pages(const std::vector<PagesSlice>& slices, std::uint64_t length, std::uint64_t* iova,
+                int prot, bool alloc);
+  // iopt_unmap_iova_range: removes whole areas inside [start, last]. *unmapped gets the
+  // bytes removed even on failure (-ENOENT for a partially covered area).
+  int unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* unmapped);
+  // iopt_get_pages: the slices covering [iova, iova+length), which must be contiguously
+  // mapped (-ENOENT otherwise).
+  int get_pages(std::uint64_t iova, std::uint64_t length, std::vector<PagesSlice>* out) const;
+
+  // IOAS_ALLOW_IOVAS: replace the allowed ranges (already validated as non-overlapping).
+  // -EADDRINUSE when one intersects a reservation.
+  int set_allowed(const std::vector<IovaSpan>& ranges);
+  // iopt_reserve_iova: -EADDRINUSE when [start, last] intersects an area or allowed range.
+  int reserve(std::uint64_t start, std::uint64_t last, const void* owner);
+  void remove_reserved(const void* owner);
+  // The holes of the reserved tree over the whole 64-bit space (IOAS_IOVA_RANGES).
+  std::vector<IovaSpan> usable_ranges() const;
+
+  // iopt_table_add_domain: alignment, aperture reservations, then pin and map every area.
+  int add_domain(const std::shared_ptr<Domain>& domain);
+  void remove_domain(const Domain* domain);
+
+  // IOMMU_OPTION_HUGE_PAGES.
+  int disable_large_pages();
+  void enable_large_pages();
+
+  // The automatic IOVA allocator (iova_alloc.cc). 0, -EOVERFLOW, -EINVAL, -ENOSPC.
+  int alloc_iova(std::uint64_t addr, std::uint64_t length, std::uint64_t* iova) const;
+
+  // Interval queries.
+  const Area* area_containing(std::uint64_t iova) const;
+  bool area_intersects(std::uint64_t start, std::uint64_t last) const;
+  bool allowed_intersects(std::uint64_t start, std::uint64_t last) const;
+  bool reserved_intersects(std::uint64_t start, std::uint64_t last) const;
+
+ private:
+  struct Reserved {
+    std::uint64_t start;
+    std::uint64_t last;
+    const void* owner;
+  };
+
+  int check_iova(std::uint64_t iova, std::uint64_t length) const;
+  int check_alignment(std::uint64_t align) const;
+  int recalculate_alignment();
+  // Pin an area (if no domain holds it yet) and map it into `domains`; undone on failure.
+  int fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains);
+  void unfill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains);
+  // The union of the reserved ranges, sorted and merged.
+  std::vector<IovaSpan> reserved_union() const;
+  template <class F>
+  bool for_each_hole(std::uint64_t start, std::uint64_t last, F&& fn) const;
+
+  IommufdCtx& ctx_;
+  std::map<std::uint64_t, Area> areas_;
+  std::map<std::uint64_t, std::uint64_t> allowed_;  // start -> last
+  std::vector<Reserved> reserved_;                  // few entries; kept sorted by start
+  std::vector<std::shared_ptr<Domain>> domains_;
+  std::uint64_t iova_alignment_ = 1;
+  bool disable_large_pages_ = false;
+};
+
+}  // namespace fastmap::sim

@@ -1,0 +1,135 @@
+#include "sim/iommufd/pages.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "sim/sim_kernel.h"
+#include "sim/user_memory.h"
+
+namespace fastmap::sim {
+
+std::shared_ptr<IoptPages> IoptPages::user(std::uint64_t uptr, std::uint64_t length,
+                                           bool writable, AccountMode mode) {
+  const std::uint64_t ps = host_page_size();
+  std::shared_ptr<IoptPages> p(new IoptPages());
+  p->account_mode = mode;
+  p->writable_ = writable;
+  p->base_ = uptr & ~(ps - 1);
+  p->first_byte_ = uptr - p->base_;
+  p->npages_ = (p->first_byte_ + length + ps - 1) / ps;
+  p->va_base_ = p->base_;
+  return p;
+}
+
+int IoptPages::file(int fd, std::uint64_t start, std::uint64_t length, bool writable,
+                    AccountMode mode, std::shared_ptr<IoptPages>* out) {
+  struct stat st;
+  if (fd < 0 || ::fstat(fd, &st) != 0) return -EBADF;
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0) return -EBADF;
+  // Like iopt_alloc_file_pages: a writable mapping needs a file opened for writing.
+  if (writable && (fl & O_ACCMODE) == O_RDONLY) return -EPERM;
+  // Hold our own reference to the file, as get_file() does: the caller may close its fd.
+  int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return -EMFILE;
+  const std::uint64_t ps = host_page_size();
+  std::shared_ptr<IoptPages> p(new IoptPages());
+  p->account_mode = mode;
+  p->writable_ = writable;
+  p->is_file_ = true;
+  p->fd_ = dup;
+  p->base_ = start & ~(ps - 1);
+  p->first_byte_ = start - p->base_;
+  p->npages_ = (p->first_byte_ + length + ps - 1) / ps;
+  *out = std::move(p);
+  return 0;
+}
+
+IoptPages::~IoptPages() {
+  if (map_) ::munmap(map_, npages_ * host_page_size());
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int IoptPages::check_pages(std::uint64_t first, std::uint64_t last) {
+  const std::uint64_t ps = host_page_size();
+  if (is_file_) {
+    // Pages past EOF cannot be pinned (and touching them through the mapping would raise
+    // SIGBUS), so they fail like GUP does.
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) return -EFAULT;
+    if (static_cast<std::uint64_t>(st.st_size) <= base_ + last * ps) return -EFAULT;
+    if (!map_) {
+      int prot = PROT_READ | (writable_ ? PROT_WRITE : 0);
+      void* m = ::mmap(nullptr, npages_ * ps, prot, MAP_SHARED, fd_,
+                       static_cast<off_t>(base_));
+      if (m == MAP_FAILED) return -EFAULT;
+      map_ = m;
+      va_base_ = reinterpret_cast<std::uint64_t>(m);
+    }
+    return 0;
+  }
+  return check_user_pages(va_base_ + first * ps, (last - first + 1) * ps, writable_);
+}
+
+std::uint64_t IoptPages::pinned_pages_with(std::pair<std::uint64_t, std::uint64_t> extra) const {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> v(pins_);
+  if (extra.first <= extra.second) v.push_back(extra);
+  std::sort(v.begin(), v.end());
+  std::uint64_t total = 0, cur_first = 0, cur_last = 0;
+  bool open = false;
+  for (const auto& [f, l] : v) {
+    if (open && f <= cur_last + 1) {
+      cur_last = std::max(cur_last, l);
+      continue;
+    }
+    if (open) total += cur_last - cur_first + 1;
+    cur_first = f;
+    cur_last = l;
+    open = true;
+  }
+  if (open) total += cur_last - cur_first + 1;
+  return total;
+}
+
+int IoptPages::charge(SimKernel& kernel, std::uint64_t npages) {
+  if (npages == 0 || account_mode == AccountMode::kNone) return 0;
+  // incr_locked_vm / io_uring-style: an atomic compare against RLIMIT_MEMLOCK.
+  const std::uint64_t limit = kernel.config().rlimit_memlock / host_page_size();
+  auto& counter = kernel.locked_vm(account_mode == AccountMode::kMm);
+  std::uint64_t cur = counter.load();
+  do {
+    if (cur + npages > limit) return -ENOMEM;
+  } while (!counter.compare_exchange_weak(cur, cur + npages));
+  charged_ += npages;
+  return 0;
+}
+
+void IoptPages::uncharge(SimKernel& kernel, std::uint64_t npages) {
+  if (npages == 0 || account_mode == AccountMode::kNone) return;
+  kernel.locked_vm(account_mode == AccountMode::kMm).fetch_sub(npages);
+  charged_ -= npages;
+}
+
+int IoptPages::pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
+  if (int rc = check_pages(first, last)) return rc;
+  const std::uint64_t before = pinned_pages_with({1, 0});
+  const std::uint64_t after = pinned_pages_with({first, last});
+  if (int rc = charge(kernel, after - before)) return rc;
+  pins_.emplace_back(first, last);
+  return 0;
+}
+
+void IoptPages::unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
+  auto it = std::find(pins_.begin(), pins_.end(), std::make_pair(first, last));
+  if (it == pins_.end()) return;
+  const std::uint64_t before = pinned_pages_with({1, 0});
+  pins_.erase(it);
+  uncharge(kernel, before - pinned_pages_with({1, 0}));
+}
+
+}  // namespace fastmap::sim

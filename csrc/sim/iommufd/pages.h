@@ -1,0 +1,72 @@
+// The memory side of an IOAS (iopt_pages): one user VA range or one file range that areas
+// point into. COPY makes several areas (possibly in several IOASes) share one IoptPages, so
+// pinning and RLIMIT_MEMLOCK charging happen here, once per page, not per area.
+//
+// "Pinning" in the simulator means: the pages are checked to really exist (and be writable
+// for a writable mapping) the way GUP would, and are charged. The simulator's "physical"
+// address is the process VA, so a pinned user range is used in place; a file range is
+// mmap()ed MAP_SHARED once and that mapping lives as long as this object.
+//
+// Locking: only touched under the owning context's mutex.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "sim/iommufd/ctx.h"
+
+namespace fastmap::sim {
+
+class IoptPages {
+ public:
+  // IOPT_ADDRESS_USER: the page-aligned VA range holding [uptr, uptr+length). The caller
+  // has checked length and overflow.
+  static std::shared_ptr<IoptPages> user(std::uint64_t uptr, std::uint64_t length,
+                                         bool writable, AccountMode mode);
+  // IOPT_ADDRESS_FILE: a duplicate of the process fd `fd`, range [start, start+length) of
+  // the file. 0 or -errno (EBADF, EPERM for a writable map of a file not open for writing).
+  static int file(int fd, std::uint64_t start, std::uint64_t length, bool writable,
+                  AccountMode mode, std::shared_ptr<IoptPages>* out);
+  ~IoptPages();
+  IoptPages(const IoptPages&) = delete;
+  IoptPages& operator=(const IoptPages&) = delete;
+
+  // Byte offset of the caller's first byte from the first page (what areas' start_byte
+  // counts from).
+  std::uint64_t first_byte() const noexcept { return first_byte_; }
+  bool writable() const noexcept { return writable_; }
+  // The allocator's alignment hint for byte `start_byte`: the user VA, or the file offset.
+  std::uint64_t hint(std::uint64_t start_byte) const noexcept { return base_ + start_byte; }
+  // The process VA holding byte `start_byte` (valid once pinned).
+  std::uint64_t va(std::uint64_t start_byte) const noexcept { return va_base_ + start_byte; }
+
+  // Pin pages [first, last] (page indices) for one area: check they can be pinned, then
+  // charge the pages no other pin already holds. 0, -EFAULT, -ENOMEM.
+  int pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+  // Undo one pin(first, last), uncharging the pages nobody pins any more.
+  void unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+
+  AccountMode account_mode;  // a per-mm context upgrades user mode to mm, as iommufd does
+
+ private:
+  IoptPages() = default;
+  int check_pages(std::uint64_t first, std::uint64_t last);
+  std::uint64_t pinned_pages_with(std::pair<std::uint64_t, std::uint64_t> extra) const;
+  int charge(SimKernel& kernel, std::uint64_t npages);
+  void uncharge(SimKernel& kernel, std::uint64_t npages);
+
+  bool writable_ = false;
+  bool is_file_ = false;
+  std::uint64_t base_ = 0;        // page-aligned user VA or file offset of page 0
+  std::uint64_t first_byte_ = 0;  // offset of the mapped range's first byte in page 0
+  std::uint64_t npages_ = 0;
+  std::uint64_t va_base_ = 0;     // process VA of page 0 (user: base_; file: our mmap)
+  int fd_ = -1;                   // file: our duplicate
+  void* map_ = nullptr;           // file: MAP_SHARED mapping of all npages_ pages
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> pins_;  // one [first,last] per pin
+  std::uint64_t charged_ = 0;     // pages charged to account_mode
+};
+
+}  // namespace fastmap::sim

@@ -1,0 +1,312 @@
+#include "sim/vfio/device_file.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <new>
+#include <vector>
+
+#include "sim/iommufd/device_api.h"
+#include "sim/sim_kernel.h"
+#include "sim/user_memory.h"
+#include "uapi/vfio.h"
+
+namespace fastmap::sim::vfio {
+
+namespace {
+
+using namespace fastmap::uapi;
+
+std::uint64_t uptr(const void* p) { return reinterpret_cast<std::uint64_t>(p); }
+
+constexpr unsigned kRegionShift = 40;  // vfio-pci: region index << 40 is its file offset
+constexpr std::uint64_t kRegionOffsetMask = (1ull << kRegionShift) - 1;
+// Larger than any region here; bounds the bounce buffer of one pread/pwrite (the result
+// is the same: a BAR access is cut at the BAR's end, a config access past 256 fails).
+constexpr std::size_t kMaxRegionIo = 16u << 20;
+
+// VFIO_DEVICE_FEATURE numbers that need migration or dirty-logging ops; vfio-pci's own
+// features (low power, VF token) are not modelled either, so every feature is ENOTTY.
+constexpr std::uint32_t kFeatureFlagsKnown = VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_GET |
+                                             VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
+
+}  // namespace
+
+VfioDeviceFile::VfioDeviceFile(SimKernel& kernel, std::shared_ptr<VfioDevice> dev)
+    : kernel_(kernel), dev_(std::move(dev)) {}
+
+std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(SimKernel& kernel,
+                                                                std::shared_ptr<VfioDevice> dev,
+                                                                std::shared_ptr<File> group_file,
+                                                                int* err) {
+  // The caller holds the group lock and has checked the container (vfio_df_group_open).
+  std::shared_ptr<VfioDeviceFile> f;
+  try {
+    f = std::make_shared<VfioDeviceFile>(kernel, dev);
+  } catch (const std::bad_alloc&) {
+    *err = -ENOMEM;
+    return nullptr;
+  }
+  f->group_file_ = std::move(group_file);
+  std::lock_guard<std::mutex> g(dev->mu);
+  if (dev->open_count++ == 0) {
+    // First open: the device starts using the group's container, and vfio-pci enables
+    // and resets the function.
+    dev->group->container_users++;
+    dev->pci->reset();
+  }
+  f->access_granted_ = true;
+  *err = 0;
+  return f;
+}
+
+VfioDeviceFile::~VfioDeviceFile() {
+  if (!access_granted_) return;
+  if (group_file_) {
+    VfioGroup& grp = *dev_->group;
+    std::lock_guard<std::mutex> gg(grp.mu);
+    std::lock_guard<std::mutex> g(dev_->mu);
+    if (--dev_->open_count == 0) {
+      dev_->pci->reset();  // vfio-pci disables the function: bus mastering off
+      grp.container_users--;
+    }
+    return;  // group_file_ drops its reference after this
+  }
+  {
+    std::lock_guard<std::mutex> g(dev_->mu);
+    if (--dev_->open_count == 0) dev_->pci->reset();
+    attached_ = false;
+    iommufd_device_unbind(*ictx_, devid_);  // detaches first
+  }
+  std::lock_guard<std::mutex> gg(dev_->group->mu);
+  dev_->group->cdev_device_open_cnt--;
+}
+
+long VfioDeviceFile::ioctl(unsigned long request, void* arg) noexcept {
+  if (request == VFIO_DEVICE_BIND_IOMMUFD) return bind_iommufd(arg);
+  if (!access_granted_) return -EINVAL;
+  if (!group_file_) {
+    if (request == VFIO_DEVICE_ATTACH_IOMMUFD_PT) return attach_pt(arg);
+    if (request == VFIO_DEVICE_DETACH_IOMMUFD_PT) return detach_pt(arg);
+  }
+  switch (request) {
+    case VFIO_DEVICE_FEATURE: return device_feature(arg);
+    case VFIO_DEVICE_GET_INFO: return get_info(arg);
+    case VFIO_DEVICE_GET_REGION_INFO: return get_region_info(arg);
+    case VFIO_DEVICE_GET_IRQ_INFO: return get_irq_info(arg);
+    case VFIO_DEVICE_RESET: return reset();
+    default: return -ENOTTY;  // vfio-pci's answer to an ioctl it does not know
+  }
+}
+
+long VfioDeviceFile::bind_iommufd(void* arg) noexcept {
+  vfio_device_bind_iommufd bind{};
+  constexpr std::size_t minsz = sizeof bind;  // offsetofend(out_devid)
+  if (copy_from_user(&bind, uptr(arg), minsz)) return -EFAULT;
+  if (bind.argsz < minsz || bind.flags != 0 || bind.iommufd < 0) return -EINVAL;
+  if (group_file_) return -EINVAL;  // BIND is for cdev fds only
+
+  VfioGroup& grp = *dev_->group;
+  {
+    // vfio_device_block_group: an open group and a bound cdev exclude each other.
+    std::lock_guard<std::mutex> gg(grp.mu);
+    if (grp.opened) return -EBUSY;
+    grp.cdev_device_open_cnt++;
+  }
+  int rc = 0;
+  {
+    std::lock_guard<std::mutex> g(dev_->mu);
+    std::shared_ptr<IommufdCtx> ictx;
+    std::uint32_t devid = 0;
+    if (access_granted_) {
+      rc = -EINVAL;  // one fd cannot be bound twice
+    } else if (auto file = kernel_.fget(bind.iommufd); !file) {
+      rc = -EBADF;
+    } else if (ictx = iommufd_ctx_from_file(file); !ictx) {
+      rc = -EBADFD;
+    } else if (dev_->open_count != 0) {
+      rc = -EINVAL;  // only the group path may open a device more than once
+    } else if ((rc = iommufd_device_bind(*ictx, dev_->pci, &devid)) == 0) {
+      dev_->open_count++;
+      dev_->pci->reset();  // vfio-pci's open_device enables and resets the function
+      if (copy_to_user(uptr(arg) + offsetof(vfio_device_bind_iommufd, out_devid), &devid,
+                       sizeof devid)) {
+        dev_->open_count--;
+        dev_->pci->reset();
+        iommufd_device_unbind(*ictx, devid);
+        rc = -EFAULT;
+      } else {
+        ictx_ = std::move(ictx);
+        devid_ = devid;
+        access_granted_ = true;
+      }
+    }
+  }
+  if (rc != 0) {
+    std::lock_guard<std::mutex> gg(grp.mu);
+    grp.cdev_device_open_cnt--;
+  }
+  return rc;
+}
+
+long VfioDeviceFile::attach_pt(void* arg) noexcept {
+  vfio_device_attach_iommufd_pt attach{};
+  constexpr std::size_t minsz = sizeof attach;  // offsetofend(pt_id)
+  if (copy_from_user(&attach, uptr(arg), minsz)) return -EFAULT;
+  if (attach.argsz < minsz || attach.flags != 0) return -EINVAL;
+  std::lock_guard<std::mutex> g(dev_->mu);
+  // iommufd_device_attach replaces the domain when the device is already attached.
+  int rc = iommufd_device_attach(*ictx_, devid_, &attach.pt_id);
+  if (rc != 0) return rc;
+  attached_ = true;
+  if (copy_to_user(uptr(arg) + offsetof(vfio_device_attach_iommufd_pt, pt_id), &attach.pt_id,
+                   sizeof attach.pt_id)) {
+    iommufd_device_detach(*ictx_, devid_);
+    attached_ = false;
+    return -EFAULT;
+  }
+  return 0;
+}
+
+long VfioDeviceFile::detach_pt(void* arg) noexcept {
+  vfio_device_detach_iommufd_pt detach{};
+  constexpr std::size_t minsz = sizeof detach;  // offsetofend(flags)
+  if (copy_from_user(&detach, uptr(arg), minsz)) return -EFAULT;
+  if (detach.argsz < minsz || detach.flags != 0) return -EINVAL;
+  std::lock_guard<std::mutex> g(dev_->mu);
+  if (attached_) {
+    iommufd_device_detach(*ictx_, devid_);
+    attached_ = false;
+  }
+  return 0;
+}
+
+long VfioDeviceFile::get_info(void* arg) noexcept {
+  vfio_device_info info{};
+  constexpr std::size_t minsz = offsetof(vfio_device_info, cap_offset);  // offsetofend(num_irqs)
+  if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
+  if (info.argsz < minsz) return -EINVAL;
+  const std::size_t out = std::min<std::size_t>(info.argsz, sizeof info);
+  info.flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
+  info.num_regions = VFIO_PCI_NUM_REGIONS;
+  info.num_irqs = VFIO_PCI_NUM_IRQS;
+  return copy_to_user(uptr(arg), &info, out) ? -EFAULT : 0;
+}
+
+long VfioDeviceFile::get_region_info(void* arg) noexcept {
+  vfio_region_info info{};
+  constexpr std::size_t minsz = sizeof info;  // offsetofend(offset)
+  if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
+  if (info.argsz < minsz) return -EINVAL;
+  const PciDevice& pci = *dev_->pci;
+  info.cap_offset = 0;
+  if (info.index == VFIO_PCI_CONFIG_REGION_INDEX) {
+    info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
+    info.size = PciDevice::kConfigSize;
+    info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+  } else if (info.index <= VFIO_PCI_BAR5_REGION_INDEX) {
+    info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
+    info.size = pci.bar_size(info.index);
+    info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) : 0;
+  } else if (info.index == VFIO_PCI_ROM_REGION_INDEX) {
+    info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
+    info.size = 0;  // no option ROM
+    info.flags = 0;
+  } else {
+    return -EINVAL;  // no VGA region, no device-specific regions
+  }
+  return copy_to_user(uptr(arg), &info, minsz) ? -EFAULT : 0;
+}
+
+long VfioDeviceFile::get_irq_info(void* arg) noexcept {
+  vfio_irq_info info{};
+  constexpr std::size_t minsz = sizeof info;  // offsetofend(count)
+  if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
+  if (info.argsz < minsz || info.index >= VFIO_PCI_NUM_IRQS) return -EINVAL;
+  // A conventional PCI function: INTx (pin A), one MSI vector, no MSI-X; the error IRQ
+  // exists only for PCI Express devices.
+  switch (info.index) {
+    case VFIO_PCI_INTX_IRQ_INDEX:
+      info.count = 1;
+      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
+      break;
+    case VFIO_PCI_MSI_IRQ_INDEX:
+      info.count = 1;
+      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
+      break;
+    case VFIO_PCI_MSIX_IRQ_INDEX:
+      info.count = 0;
+      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
+      break;
+    case VFIO_PCI_REQ_IRQ_INDEX:
+      info.count = 1;
+      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
+      break;
+    default:
+      return -EINVAL;
+  }
+  return copy_to_user(uptr(arg), &info, minsz) ? -EFAULT : 0;
+}
+
+long VfioDeviceFile::device_feature(void* arg) noexcept {
+  vfio_device_feature feature{};
+  if (copy_from_user(&feature, uptr(arg), sizeof feature)) return -EFAULT;
+  if (feature.argsz < sizeof feature) return -EINVAL;
+  if (feature.flags & ~kFeatureFlagsKnown) return -EINVAL;
+  if (!(feature.flags & VFIO_DEVICE_FEATURE_PROBE) && (feature.flags & VFIO_DEVICE_FEATURE_SET) &&
+      (feature.flags & VFIO_DEVICE_FEATURE_GET)) {
+    return -EINVAL;
+  }
+  // No migration, no device dirty logging, no low-power or VF-token support.
+  return -ENOTTY;
+}
+
+long VfioDeviceFile::reset() noexcept {
+  // pci_try_reset_function saves and restores config space around the reset, so the
+  // command register and BARs survive; only the device's own state is reset (QEMU's edu
+  // has no reset handler, so for it nothing changes).
+  dev_->pci->function_reset();
+  return 0;
+}
+
+ssize_t VfioDeviceFile::region_rw(char* buf, std::size_t count, std::uint64_t off,
+                                  bool write) noexcept {
+  const std::uint64_t index = off >> kRegionShift;
+  const std::uint64_t pos = off & kRegionOffsetMask;
+  PciDevice& pci = *dev_->pci;
+  if (index == VFIO_PCI_CONFIG_REGION_INDEX) return pci.config_rw(buf, count, pos, write);
+  if (index <= VFIO_PCI_BAR5_REGION_INDEX) {
+    return pci.bar_rw(static_cast<unsigned>(index), buf, count, pos, write);
+  }
+  return -EINVAL;  // no ROM, no VGA, no device-specific regions
+}
+
+ssize_t VfioDeviceFile::pread(void* buf, std::size_t count, std::uint64_t off) noexcept {
+  if (!access_granted_) return -EINVAL;
+  if (count == 0) return 0;
+  count = std::min(count, kMaxRegionIo);
+  try {
+    std::vector<char> tmp(count);
+    ssize_t n = region_rw(tmp.data(), count, off, false);
+    if (n <= 0) return n;
+    if (copy_to_user(uptr(buf), tmp.data(), static_cast<std::size_t>(n))) return -EFAULT;
+    return n;
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+}
+
+ssize_t VfioDeviceFile::pwrite(const void* buf, std::size_t count, std::uint64_t off) noexcept {
+  if (!access_granted_) return -EINVAL;
+  if (count == 0) return 0;
+  count = std::min(count, kMaxRegionIo);
+  try {
+    std::vector<char> tmp(count);
+    if (copy_from_user(tmp.data(), uptr(buf), count)) return -EFAULT;
+    return region_rw(tmp.data(), count, off, true);
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+}
+
+}  // namespace fastmap::sim::vfio

@@ -1,0 +1,65 @@
+// An open VFIO device file (struct vfio_device_file). Two ways to get one, as in the
+// kernel: open the cdev /dev/vfio/devices/vfioN (unbound: every ioctl except
+// VFIO_DEVICE_BIND_IOMMUFD, and pread/pwrite, fail with EINVAL until it is bound to an
+// iommufd), or VFIO_GROUP_GET_DEVICE_FD on a group with a Type1 container (usable at once;
+// DMA goes through the container's domain). The two paths exclude each other: a bound cdev
+// keeps its group from being opened and an open group makes BIND fail with EBUSY.
+//
+// Regions are reached with pread/pwrite at index << 40 (config space and BAR0). BAR0 does
+// not offer mmap in the simulator, so its region info has no MMAP flag.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "sim/file.h"
+#include "sim/vfio/vfio_device.h"
+
+namespace fastmap::sim {
+class SimKernel;
+class IommufdCtx;
+}  // namespace fastmap::sim
+
+namespace fastmap::sim::vfio {
+
+class VfioDeviceFile final : public File {
+ public:
+  // open() of the cdev.
+  VfioDeviceFile(SimKernel& kernel, std::shared_ptr<VfioDevice> dev);
+  // GROUP_GET_DEVICE_FD: `group_file` stays referenced (the group counts as open) until
+  // this file is closed. Fails with -errno through *err.
+  static std::shared_ptr<VfioDeviceFile> open_from_group(SimKernel& kernel,
+                                                         std::shared_ptr<VfioDevice> dev,
+                                                         std::shared_ptr<File> group_file,
+                                                         int* err);
+  ~VfioDeviceFile() override;
+
+  long ioctl(unsigned long request, void* arg) noexcept override;
+  ssize_t pread(void* buf, std::size_t count, std::uint64_t off) noexcept override;
+  ssize_t pwrite(const void* buf, std::size_t count, std::uint64_t off) noexcept override;
+
+ private:
+  long bind_iommufd(void* arg) noexcept;
+  long attach_pt(void* arg) noexcept;
+  long detach_pt(void* arg) noexcept;
+  long get_info(void* arg) noexcept;
+  long get_region_info(void* arg) noexcept;
+  long get_irq_info(void* arg) noexcept;
+  long device_feature(void* arg) noexcept;
+  long reset() noexcept;
+  ssize_t region_rw(char* buf, std::size_t count, std::uint64_t off, bool write) noexcept;
+
+  SimKernel& kernel_;
+  std::shared_ptr<VfioDevice> dev_;
+  std::shared_ptr<File> group_file_;  // set when opened through the group
+  // Set once the file may be used (bound, or opened through the group); read without the
+  // device lock by every ioctl, as the kernel's smp_load_acquire does.
+  std::atomic<bool> access_granted_{false};
+  // cdev binding, guarded by dev_->mu.
+  std::shared_ptr<IommufdCtx> ictx_;
+  std::uint32_t devid_ = 0;
+  bool attached_ = false;
+};
+
+}  // namespace fastmap::sim::vfio

@@ -1,0 +1,105 @@
+// A simulated conventional PCI function as vfio-pci exposes it: 256 bytes of config space
+// (IDs, the command register that gates memory decoding and bus mastering, BAR0, an MSI
+// capability) and a memory BAR0 whose registers a device model implements. DMA goes
+// through the Device's current Domain and is allowed only while bus mastering is on.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "sim/device.h"
+
+namespace fastmap::sim::vfio {
+
+inline constexpr std::uint16_t kPciCommandIo = 1u << 0;
+inline constexpr std::uint16_t kPciCommandMemory = 1u << 1;
+inline constexpr std::uint16_t kPciCommandMaster = 1u << 2;
+
+// One DMA the device could not complete, as the device saw it.
+struct DeviceDmaFault {
+  std::uint64_t addr;  // bus address (IOVA) the device used
+  std::uint64_t len;
+  bool write;  // true: device to memory
+  // -EFAULT / -EPERM: the IOMMU refused (also in the domain's fault log); -EIO: bus
+  // mastering is off, the transfer never left the device; -ERANGE: the device's own
+  // bounds check refused it (edu buffer range).
+  int error;
+};
+
+struct PciIds {
+  std::uint16_t vendor = 0x1234;
+  std::uint16_t device = 0x11e8;
+  std::uint8_t revision = 0x10;
+  std::uint32_t class_code = 0x00ff00;  // base class 0xff (PCI_CLASS_OTHERS)
+  // QEMU gives every device Red Hat's subsystem IDs.
+  std::uint16_t subsystem_vendor = 0x1af4;
+  std::uint16_t subsystem = 0x1100;
+};
+
+class PciDevice : public Device {
+ public:
+  static constexpr std::uint32_t kConfigSize = 256;  // conventional PCI
+
+  PciDevice(std::string bdf, IommuModel model, PciIds ids, std::uint64_t bar0_size,
+            std::uint32_t bar0_addr);
+  ~PciDevice() override = default;
+
+  const PciIds& ids() const noexcept { return ids_; }
+  std::uint64_t bar_size(unsigned bar) const noexcept { return bar == 0 ? bar0_size_ : 0; }
+
+  // vfio-pci region accesses; `pos` is the offset inside the region. Bytes moved or
+  // -errno: config space beyond its end -EFAULT; a BAR access past the end -EINVAL, with
+  // memory decoding off -EIO. Accesses are split as vfio-pci splits them (naturally
+  // aligned 4/2/1 bytes for config, 8/4/2/1 for BARs).
+  ssize_t config_rw(char* buf, std::size_t count, std::uint64_t pos, bool write) noexcept;
+  ssize_t bar_rw(unsigned bar, char* buf, std::size_t count, std::uint64_t pos,
+                 bool write) noexcept;
+
+  // Function reset (VFIO_DEVICE_RESET, open and last close of the vfio device): config
+  // space back to power-on values (memory decoding and bus mastering off).
+  void reset() noexcept;
+  // VFIO_DEVICE_RESET: the kernel saves and restores config space around the reset, so
+  // only the device model's own state is reset.
+  void function_reset() noexcept;
+
+  std::uint16_t command() const noexcept;
+  // The device's DMA fault log, oldest first; take_ empties it.
+  std::vector<DeviceDmaFault> faults() const;
+  std::vector<DeviceDmaFault> take_faults();
+
+ protected:
+  // The device model: one access of `size` (1, 2, 4 or 8) bytes at BAR0 offset `off`,
+  // called with mu_ held.
+  virtual std::uint64_t mmio_read(std::uint64_t off, unsigned size) = 0;
+  virtual void mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) = 0;
+  // What the model itself does on a function reset (may be nothing), with mu_ held.
+  virtual void model_reset() {}
+
+  // Bus-master DMA for device models (called with mu_ held): 0 or -errno, failures logged.
+  int bus_read(std::uint64_t addr, void* dst, std::size_t len);
+  int bus_write(std::uint64_t addr, const void* src, std::size_t len);
+  void log_fault(std::uint64_t addr, std::uint64_t len, bool write, int error);
+
+  mutable std::mutex mu_;  // config space, device registers, the fault log
+
+ private:
+  void config_init();
+  std::uint32_t config_read(std::uint32_t off, unsigned size) const;
+  void config_write(std::uint32_t off, std::uint32_t val, unsigned size);
+
+  PciIds ids_;
+  std::uint64_t bar0_size_;
+  std::uint32_t bar0_addr_;
+  std::array<std::uint8_t, kConfigSize> cfg_{};
+  std::array<std::uint8_t, kConfigSize> wmask_{};  // writable bits of each byte
+  std::deque<DeviceDmaFault> faults_;
+};
+
+}  // namespace fastmap::sim::vfio
