@@ -15,7 +15,7 @@ value; the work itself runs in C++ without the GIL.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,7 +51,7 @@ def or_merge(dst: Bitmap, src: Bitmap) -> None:
     _core.bitmap_or_merge(dst, np.ascontiguousarray(src))
 
 
-def popcount(bm: Bitmap, nbits: int | None = None) -> int:
+def popcount(bm: Bitmap, nbits: SupportsIndex | None = None) -> int:
     """Set bits among the first ``nbits`` (default: every bit of ``bm``)."""
     bm, nbits = _bitmap_and_bits(bm, nbits)
     return int(_core.bitmap_popcount(bm, nbits))
@@ -67,14 +67,14 @@ def count_floor(bm: Bitmap) -> int:
     return int(_core.bitmap_count_floor(np.ascontiguousarray(bm)))
 
 
-def to_ranges(bm: Bitmap, nbits: int | None = None) -> NDArray[np.uint64]:
+def to_ranges(bm: Bitmap, nbits: SupportsIndex | None = None) -> NDArray[np.uint64]:
     """Runs of set bits among the first ``nbits`` as ``(N, 2)`` ``[first_page, page_count]``."""
     bm, nbits = _bitmap_and_bits(bm, nbits)
     result: NDArray[np.uint64] = _core.bitmap_to_ranges(bm, nbits)
     return result
 
 
-def from_ranges(ranges: Any, nbits: int) -> Bitmap:
+def from_ranges(ranges: Any, nbits: SupportsIndex) -> Bitmap:
     """A new bitmap of ``nbits`` bits with the pages of every ``[first_page, page_count]``.
 
     ``ranges`` is anything numpy reads as ``(N, 2)`` non-negative integers; runs may overlap
@@ -142,7 +142,7 @@ def _check_bitmap(name: str, bm: object, writable: bool = False) -> None:
         raise ValueError(f"{name}: must be writable and contiguous (it is updated in place)")
 
 
-def _bitmap_and_bits(bm: object, nbits: int | None) -> tuple[Bitmap, int]:
+def _bitmap_and_bits(bm: object, nbits: SupportsIndex | None) -> tuple[Bitmap, int]:
     _check_bitmap("bm", bm)
     assert isinstance(bm, np.ndarray)
     if nbits is None:

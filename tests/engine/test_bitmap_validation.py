@@ -18,11 +18,11 @@ def fr(rows: object, nbits: int = 16) -> Callable[[], object]:
 
 CASES = [
     (lambda: bitmap.popcount(np.zeros(2, dtype=np.int64)), r"bm: .*dtype=int64"),
-    (lambda: bitmap.popcount([1, 2]), r"bm: expected a numpy.uint64 array, got list"),
+    (lambda: bitmap.popcount([1, 2]), r"bm: expected a numpy.uint64 array, got list"),  # type: ignore[arg-type]
     (lambda: bitmap.to_ranges(np.zeros((2, 2), dtype=np.uint64)), r"bm: .*shape=\(2, 2\)"),
     (lambda: bitmap.to_ranges(U64, 129), r"nbits: 129 bits need 3 words, bm has 2"),
     (lambda: bitmap.to_ranges(U64, -1), r"nbits: expected 0 <= nbits < 2\*\*64, got -1"),
-    (lambda: bitmap.popcount(U64, 1.5), r"nbits: expected an int, got 1.5"),
+    (lambda: bitmap.popcount(U64, 1.5), r"nbits: expected an int, got 1.5"),  # type: ignore[arg-type]
     (lambda: bitmap.popcount(U64, True), r"nbits: expected an int, got True"),
     (lambda: bitmap.count_floor(np.zeros(2, dtype=np.uint32)), r"bm: .*dtype=uint32"),
     (
