@@ -94,7 +94,7 @@ class DirtyHarvester:
     @staticmethod
     def bitmap_words(length: int, page_size: int) -> int:
         """u64 words of bitmap a range of ``length`` bytes needs at ``page_size``."""
-        return bitmap.words_for(-(-length // page_size))
+        return _words(length, page_size)
 
     def buffer(self, ranges: Any, page_size: int = 4096) -> U64:
         """A zeroed buffer that holds the bitmaps of ``ranges`` (for ``harvest(out=...)``)."""
@@ -150,8 +150,11 @@ class DirtyHarvester:
                     "range_index": index,
                 },
             )
-        bounds = np.cumsum([self.bitmap_words(int(n), page_size) for n in lengths])
-        bitmaps = np.split(out, bounds[:-1]) if len(bounds) else []
+        bitmaps, start = [], 0
+        for n in lengths.tolist():
+            end = start + _words(n, page_size)
+            bitmaps.append(out[start:end])
+            start = end
         return Harvest(page_size, iovas, lengths, bitmaps, out)
 
 
@@ -170,17 +173,24 @@ def _ranges(ranges: Any, page_size: int) -> tuple[U64, U64]:
         raise ValueError(f"page_size: expected an int, got {page_size!r}")
     if page_size <= 0 or page_size & (page_size - 1):
         raise ValueError(f"page_size: expected a power of two, got {page_size}")
-    rows = [(int(r[0]), int(r[1])) for r in ranges]
+    rows = [(int(iova), int(length)) for iova, length in ranges]
     for i, (iova, length) in enumerate(rows):
-        where = f"ranges: row {i} (iova={iova:#x}, length={length:#x})"
         if length <= 0 or iova < 0 or iova + length > 1 << 64:
-            raise ValueError(f"{where} is empty or outside the 64-bit IOVA space")
+            raise ValueError(f"{_row(i, iova, length)} is empty or outside the 64-bit IOVA space")
         if iova % page_size or length % page_size:
-            raise ValueError(f"{where} is not a multiple of page_size={page_size:#x}")
-    iovas = np.array([r[0] for r in rows], dtype=np.uint64)
-    lengths = np.array([r[1] for r in rows], dtype=np.uint64)
-    return iovas, lengths
+            raise ValueError(f"{_row(i, iova, length)} is not a multiple of {page_size=:#x}")
+    pairs = np.array(rows, dtype=np.uint64).reshape(-1, 2)
+    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+
+
+def _row(i: int, iova: int, length: int) -> str:
+    return f"ranges: row {i} (iova={iova:#x}, length={length:#x})"
+
+
+def _words(length: int, page_size: int) -> int:
+    # One bit per page, a partial last page included; whole u64 words.
+    return (-(-length // page_size) + 63) // 64
 
 
 def _total_words(lengths: U64, page_size: int) -> int:
-    return sum(DirtyHarvester.bitmap_words(int(n), page_size) for n in lengths)
+    return sum(_words(n, page_size) for n in lengths.tolist())
