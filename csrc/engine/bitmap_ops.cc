@@ -1,8 +1,6 @@
 #include "engine/bitmap_ops.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 // The hot loops are compiled several times and picked at load time (an ifunc), because the
 // build targets baseline x86-64, where __builtin_popcountll is a library call, not POPCNT.
@@ -41,6 +39,7 @@ std::uint64_t count_starts(const std::uint64_t* p, std::size_t n, std::uint64_t 
                            std::uint64_t* edges) noexcept {
   std::uint64_t starts = 0;
   std::uint64_t any = 0;
+  *edges = 0;
   if (n == 0) return 0;
   std::uint64_t prev = shifted_in(p[0], carry);
   starts += static_cast<std::uint64_t>(__builtin_popcountll(p[0] & ~prev));
@@ -69,7 +68,8 @@ void write_runs(const std::uint64_t* p, std::size_t n, std::uint64_t base, std::
     std::uint64_t s = w & ~prev;
     std::uint64_t e = ~w & prev;
     if ((s | e) == 0) continue;
-    // Starts first: the run an end closes started earlier in this word or before it.
+    // Starts first: the run an end closes started earlier in this word or before it, so its
+    // first page is already in out[2k] when the count is computed from it.
     for (; s != 0; s &= s - 1) {
       out[2 * ns++] = base + static_cast<std::uint64_t>(__builtin_ctzll(s));
     }
@@ -158,9 +158,12 @@ bool has_edge(const std::uint64_t* p, std::uint64_t carry) noexcept {
   return true;
 }
 
+// Counts the runs starting in whole blocks p[0 .. nblocks * kWords) and sets bit b of
+// `active` for every block b that holds an edge.
 FM_MULTIVERSION
-std::uint64_t scan_blocks(const std::uint64_t* p, std::size_t nblocks, std::uint64_t* active) noexcept {
-  constexpr std::size_t kWords = 64;
+std::uint64_t scan_blocks(const std::uint64_t* p, std::size_t nblocks,
+                          std::uint64_t* active) noexcept {
+  constexpr std::size_t kWords = RangeScan::kBlockWords;
   std::uint64_t runs = 0;
   for (std::size_t b = 0; b < nblocks; ++b) {
     const std::uint64_t* q = p + b * kWords;

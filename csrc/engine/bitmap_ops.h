@@ -49,8 +49,10 @@ class RangeScan {
   // (out.size() == 2 * count()). Adjacent set bits always form one run, so runs never touch.
   void write(std::span<std::uint64_t> out) const noexcept;
 
- private:
+  // Words per block: one note covers 4096 pages, and a block stays in L1 between passes.
   static constexpr std::size_t kBlockWords = 64;
+
+ private:
   // Block b's words; the last block is copied into tail_copy with bits past nbits cleared.
   const std::uint64_t* block(std::size_t b, std::uint64_t* tail_copy) const noexcept;
   std::uint64_t carry_into(std::size_t b) const noexcept;
