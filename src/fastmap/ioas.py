@@ -63,13 +63,23 @@ def _prot(readable: bool, writeable: bool) -> int:
 
 
 def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
-    arr = np.asarray(values)
+    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
+    if isinstance(values, np.ndarray):
+        arr = values
+        if arr.size and arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
+            raise ValueError(f"{name} has negative entries")
+    else:
+        # Element by element: mixing numpy uint64 with Python ints would promote to float.
+        try:
+            arr = np.array([int(v) for v in values], dtype=np.uint64)  # type: ignore[union-attr]
+        except OverflowError as e:
+            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
+        except TypeError as e:
+            raise TypeError(f"{name} must be a sequence of integers") from e
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind in "iu" and arr.dtype.kind == "i" and (arr < 0).any():
-        raise ValueError(f"{name} has negative entries")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
