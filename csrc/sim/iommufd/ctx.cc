@@ -22,7 +22,7 @@ IommufdCtx::~IommufdCtx() {
     }
     if (leaves.empty()) break;  // a refcount bug; drop the rest without callbacks
     for (auto& obj : leaves) {
-      if (obj->users != 0 || !objects.find(obj->id)) continue;  // changed by an earlier destroy
+      if (obj->users != 0 || !objects.find_any(obj->id)) continue;  // changed by an earlier destroy
       objects.erase(obj->id);
       obj->destroy(*this);
     }
@@ -45,7 +45,7 @@ int IommufdCtx::destroy_object(std::uint32_t id) {
 }
 
 void IommufdCtx::remove_object(const std::shared_ptr<Object>& obj) {
-  if (objects.find(obj->id) != obj) return;
+  if (objects.find_any(obj->id) != obj) return;
   objects.erase(obj->id);
   if (vfio_ioas_id == obj->id) vfio_ioas_id = 0;
   obj->destroy(*this);

@@ -32,7 +32,7 @@ constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
 
 // A run of zero words at least this long splits the read-modify-write of a window, so a
 // sparse result does not rewrite the untouched bitmap in between.
-constexpr std::size_t kSplitGapWords = 64;
+constexpr std::size_t kSplitGapWords = 512;
 
 // How many pages from `page` on (at most `max`) could be pinned for writing, like a
 // partial pin_user_pages_fast.
@@ -151,15 +151,22 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
             ? last
             : win_start + static_cast<std::uint64_t>(span - 1);
 
-    auto set_bits = [&](std::uint64_t a, std::uint64_t b) {
-      std::uint64_t lo = ((a - cmd.iova) >> shift) - static_cast<std::uint64_t>(base);
-      std::uint64_t hi = ((b - cmd.iova) >> shift) - static_cast<std::uint64_t>(base);
-      for (std::uint64_t w = lo / 64; w <= hi / 64; ++w) {
-        std::uint64_t mask = ~0ull;
-        if (w == lo / 64) mask &= ~0ull << (lo % 64);
-        if (w == hi / 64) mask &= ~0ull >> (63 - hi % 64);
-        words[w] |= mask;
+    // Locals, so the compiler need not reload them after every store into `words`.
+    const std::uint64_t req_iova = cmd.iova;
+    const std::uint64_t bit_base = static_cast<std::uint64_t>(base) * 64;
+    std::uint64_t* const w = words.data();
+    auto set_bits = [w, req_iova, bit_base, shift](std::uint64_t a, std::uint64_t b) {
+      const std::uint64_t lo = ((a - req_iova) >> shift) - bit_base;
+      const std::uint64_t hi = ((b - req_iova) >> shift) - bit_base;
+      const std::uint64_t wl = lo >> 6, wh = hi >> 6;
+      const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
+      if (wl == wh) {
+        w[wl] |= head & tail;
+        return;
       }
+      w[wl] |= head;
+      for (std::uint64_t i = wl + 1; i < wh; ++i) w[i] = ~0ull;
+      w[wh] |= tail;
     };
 
     // Walk the areas contiguously from the window start; a hole ends everything.

@@ -6,7 +6,7 @@ namespace {
 constexpr std::uint32_t kMaxId = 0x7fffffff;  // xa_limit_31b
 }
 
-std::uint32_t ObjectTable::insert(std::shared_ptr<Object> obj) {
+std::uint32_t ObjectTable::insert(std::shared_ptr<Object> obj, bool finalized) {
   std::uint32_t id;
   if (!holes_.empty()) {
     id = *holes_.begin();
@@ -16,6 +16,7 @@ std::uint32_t ObjectTable::insert(std::shared_ptr<Object> obj) {
     id = next_++;
   }
   obj->id = id;
+  obj->finalized = finalized;
   objects_.emplace(id, std::move(obj));
   return id;
 }
@@ -39,6 +40,11 @@ std::shared_ptr<Object> ObjectTable::erase(std::uint32_t id) {
 }
 
 std::shared_ptr<Object> ObjectTable::find(std::uint32_t id) const {
+  auto it = objects_.find(id);
+  return it == objects_.end() || !it->second->finalized ? nullptr : it->second;
+}
+
+std::shared_ptr<Object> ObjectTable::find_any(std::uint32_t id) const {
   auto it = objects_.find(id);
   return it == objects_.end() ? nullptr : it->second;
 }

@@ -29,6 +29,9 @@ class Object {
 
   const ObjType type;
   std::uint32_t id = 0;
+  // False between creation and iommufd_object_finalize: the id is taken but lookups do
+  // not see the object yet (the kernel's XA_ZERO_ENTRY).
+  bool finalized = true;
   // References from other objects or from a binding (a HWPT on its IOAS, a device on its
   // HWPT, VFIO's bind on a device). DESTROY answers EBUSY while non-zero.
   int users = 0;
@@ -36,11 +39,16 @@ class Object {
 
 class ObjectTable {
  public:
-  // The lowest free id for `obj`, or 0 when the 31-bit space is full.
-  std::uint32_t insert(std::shared_ptr<Object> obj);
+  // The lowest free id for `obj`, or 0 when the 31-bit space is full. Unless `finalized`,
+  // the object stays invisible to find/get until finalize().
+  std::uint32_t insert(std::shared_ptr<Object> obj, bool finalized = true);
+  void finalize(Object& obj) noexcept { obj.finalized = true; }
   // Removes the id (no destroy callback); the object's shared_ptr is returned.
   std::shared_ptr<Object> erase(std::uint32_t id);
+  // The finalized object with this id, or nullptr.
   std::shared_ptr<Object> find(std::uint32_t id) const;
+  // Includes objects still being created.
+  std::shared_ptr<Object> find_any(std::uint32_t id) const;
   bool empty() const noexcept { return objects_.empty(); }
   const std::map<std::uint32_t, std::shared_ptr<Object>>& all() const noexcept {
     return objects_;

@@ -58,8 +58,10 @@ std::shared_ptr<Device> mock_dev_create(std::uint32_t flags, int* err) {
 int mock_domain(Ucmd& u, iommu_test_cmd& cmd) {
   IommufdCtx& ctx = u.ctx;
   // Ids come out in creation order: stdev, then idev, then (for an IOAS) the auto HWPT.
+  // The stdev id is taken now but the object stays invisible until the end, so `id`
+  // cannot name it.
   auto sobj = std::make_shared<SelftestObj>();
-  if (!ctx.objects.insert(sobj)) return -ENOSPC;
+  if (!ctx.objects.insert(sobj, false)) return -ENOSPC;
   const std::uint32_t flags =
       cmd.op == IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS ? cmd.u.mock_domain_flags.dev_flags : 0;
   int rc = 0;
@@ -90,6 +92,7 @@ int mock_domain(Ucmd& u, iommu_test_cmd& cmd) {
     ctx.remove_object(sobj);  // detaches and unbinds
     return rc;
   }
+  ctx.objects.finalize(*sobj);
   return 0;
 }
 

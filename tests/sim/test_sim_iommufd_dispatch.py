@@ -1,0 +1,184 @@
+"""The /dev/iommu dispatcher: request numbers, struct sizes, object ids (doc §1.1, §1.4)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+import pytest
+from _raw import MOCK_PAGE, PAGE, Iommufd, K, S, anon, make
+
+from fastmap import _core
+
+# (request, struct, min_size, sizeof) from the kernel's op table (doc §1.1): min_size is the
+# offsetofend of the last mandatory field.
+TABLE = [
+    ("IOMMU_DESTROY", "iommu_destroy", 8, 8),
+    ("IOMMU_IOAS_ALLOC", "iommu_ioas_alloc", 12, 12),
+    ("IOMMU_IOAS_ALLOW_IOVAS", "iommu_ioas_allow_iovas", 24, 24),
+    ("IOMMU_IOAS_COPY", "iommu_ioas_copy", 40, 40),
+    ("IOMMU_IOAS_IOVA_RANGES", "iommu_ioas_iova_ranges", 32, 32),
+    ("IOMMU_IOAS_MAP", "iommu_ioas_map", 40, 40),
+    ("IOMMU_IOAS_UNMAP", "iommu_ioas_unmap", 24, 24),
+    ("IOMMU_OPTION", "iommu_option", 24, 24),
+    ("IOMMU_VFIO_IOAS", "iommu_vfio_ioas", 12, 12),
+    ("IOMMU_HWPT_ALLOC", "iommu_hwpt_alloc", 24, 48),
+    ("IOMMU_GET_HW_INFO", "iommu_hw_info", 32, 40),
+    ("IOMMU_HWPT_SET_DIRTY_TRACKING", "iommu_hwpt_set_dirty_tracking", 16, 16),
+    ("IOMMU_HWPT_GET_DIRTY_BITMAP", "iommu_hwpt_get_dirty_bitmap", 48, 48),
+    ("IOMMU_IOAS_MAP_FILE", "iommu_ioas_map_file", 40, 40),
+    ("IOMMU_TEST_CMD", "iommu_test_cmd", 68, 72),
+]
+
+
+def raw_call(f: Iommufd, req: str, size: int, nbytes: int, fill: int = 0,
+             fill_from: int = 0) -> tuple[int, bytes]:
+    """Call `req` with a zeroed buffer of nbytes whose first u32 says `size`; bytes from
+    `fill_from` on hold `fill`. Returns (rc, buffer after the call)."""
+    buf = (ctypes.c_uint8 * nbytes)()
+    for i in range(fill_from, nbytes):
+        buf[i] = fill
+    ctypes.c_uint32.from_buffer(buf).value = size
+    rc = f.ioctl(req, buf)
+    return rc, bytes(buf)
+
+
+@pytest.mark.parametrize(("req", "struct", "min_size", "size"), TABLE)
+def test_cmd_length(req: str, struct: str, min_size: int, size: int) -> None:
+    """Like the selftest's cmd_length: min_size-1 -> EINVAL, a non-zero tail -> E2BIG, a
+    zero tail behaves exactly like the exact size."""
+    f = Iommufd()
+    assert ctypes.sizeof(S[struct]) == size
+    assert raw_call(f, req, min_size - 1, size + 1, 0xFF, size)[0] == -errno.EINVAL
+    assert raw_call(f, req, size + 1, size + 1, 0xFF, size)[0] == -errno.E2BIG
+    assert raw_call(f, req, size + 4096, size + 4096, 0xFF, size + 4095)[0] == -errno.E2BIG
+    # Two fresh contexts so that object-creating commands see the same state.
+    exact = raw_call(Iommufd(), req, size, size + 1)[0]
+    assert raw_call(Iommufd(), req, size + 1, size + 1)[0] == exact
+    assert raw_call(Iommufd(), req, size + 4096, size + 4096)[0] == exact
+
+
+def test_cmd_fail() -> None:
+    f = Iommufd()
+    assert f.destroy(0) == -errno.ENOENT
+    assert f.ioctl("IOMMU_IOAS_ALLOC", None) == -errno.EFAULT
+    assert f.ioctl("IOMMU_DESTROY", 1) == -errno.EFAULT  # a bad pointer, not NULL
+    # Unused slots inside the table read the size first, then answer ENOTTY.
+    s = make("iommu_destroy", id=1)
+    for nr in (0x8D, 0x8E, 0x90, 0x91, 0x92, 0x99):
+        assert f.ioctl(0x3B00 | nr, s) == -errno.ENOTTY, hex(nr)
+    assert f.ioctl(0x3B00 | 0x99, None) == -errno.EFAULT
+    # Past the table: straight to the compat handler, which knows nothing there.
+    assert f.ioctl(0x3B00 | 0xA1, None) == -errno.ENOTTY
+    assert f.ioctl(0x3B00 | 0xFF, s) == -errno.ENOTTY
+
+
+def test_request_must_be_exact() -> None:
+    f = Iommufd()
+    s = make("iommu_ioas_alloc")
+    # Direction/size bits or another type make it a different command.
+    for req in (0xC00C3B81, 0x40003B81, 0x3C81, 0x13B81):
+        assert f.ioctl(req, s) == -errno.ENOTTY, hex(req)
+    assert f.ioctl(0x3B81, s) == 0
+
+
+def test_legacy_numbers_without_compat_answer_enotty() -> None:
+    f = Iommufd()
+    for nr in (0x00, 0x40, 0x7F):
+        assert f.ioctl(0x3B00 | nr, None) == -errno.ENOTTY
+
+
+def test_map_file_needs_613() -> None:
+    fd = os.memfd_create("t")
+    os.ftruncate(fd, PAGE)
+    try:
+        for version, expect_enotty in ((612, True), (613, False)):
+            f = Iommufd(kernel_version=version)
+            ioas = f.ioas()
+            rc, _ = f.map_file(ioas, fd, 0, PAGE)
+            assert (rc == -errno.ENOTTY) == expect_enotty
+            if not expect_enotty:
+                assert rc == 0
+    finally:
+        os.close(fd)
+
+
+def test_test_cmd_needs_config() -> None:
+    assert Iommufd(iommufd_test=False).test_cmd("MOCK_DOMAIN", 1)[0] == -errno.ENOTTY
+    assert Iommufd(iommufd_test=True).test_cmd("MOCK_DOMAIN", 1)[0] == -errno.ENOENT
+
+
+def test_ids_lowest_free_first() -> None:
+    f = Iommufd()
+    assert [f.ioas() for _ in range(4)] == [1, 2, 3, 4]
+    assert f.destroy(2) == 0
+    assert f.destroy(3) == 0
+    assert f.ioas() == 2
+    assert f.ioas() == 3
+    assert f.ioas() == 5
+    assert f.destroy(2) == 0
+    assert f.destroy(2) == -errno.ENOENT
+
+
+def test_one_namespace_and_ebusy() -> None:
+    f = Iommufd()
+    ioas = f.ioas()
+    rc, stdev, hwpt, idev = f.mock_domain(ioas)
+    assert rc == 0
+    assert (stdev, idev, hwpt) == (2, 3, 4)  # creation order: stdev, idev, auto hwpt
+    assert f.destroy(ioas) == -errno.EBUSY  # the hwpt uses it
+    assert f.destroy(hwpt) == -errno.EBUSY  # the device is attached
+    assert f.destroy(idev) == -errno.EBUSY  # bound
+    assert f.destroy(stdev) == 0  # unbinds; the auto hwpt goes with its last device
+    assert f.destroy(hwpt) == -errno.ENOENT
+    assert f.destroy(idev) == -errno.ENOENT
+    assert f.destroy(ioas) == 0
+
+
+def test_wrong_type_is_enoent() -> None:
+    f = Iommufd()
+    ioas = f.ioas()
+    _, stdev, hwpt, idev = f.mock_domain(ioas)
+    for obj in (stdev, hwpt, idev, 99):
+        assert f.map(obj, 1 << 31, PAGE)[0] == -errno.ENOENT
+
+
+def test_reply_copies_min_of_sizes() -> None:
+    """HWPT_ALLOC with the pre-6.11 size (40): bytes past 40 are neither read nor written."""
+    f = Iommufd()
+    ioas = f.ioas()
+    _, _, _, idev = f.mock_domain(ioas)
+    buf = (ctypes.c_uint8 * 56)(*([0] * 40 + [0xAB] * 16))
+    s = S["iommu_hwpt_alloc"].from_buffer(buf)
+    s.size, s.dev_id, s.pt_id = 40, idev, ioas
+    assert f.ioctl("IOMMU_HWPT_ALLOC", buf) == 0
+    assert s.out_hwpt_id == 5
+    assert bytes(buf[40:]) == b"\xab" * 16
+
+
+def test_smaller_size_is_zero_extended() -> None:
+    """GET_HW_INFO at its min_size (32): out_capabilities (offset 32) is not part of the
+    user's struct, so it is neither required nor written."""
+    f = Iommufd()
+    ioas = f.ioas()
+    _, _, _, idev = f.mock_domain(ioas)
+    buf = (ctypes.c_uint8 * 48)(*([0] * 32 + [0xCD] * 16))
+    s = S["iommu_hw_info"].from_buffer(buf)
+    s.size, s.dev_id = 32, idev
+    assert f.ioctl("IOMMU_GET_HW_INFO", buf) == 0
+    assert s.out_data_type == K["IOMMU_HW_INFO_TYPE_SELFTEST"]
+    assert bytes(buf[32:]) == b"\xcd" * 16
+
+
+def test_close_releases_everything() -> None:
+    k = _core.SimKernel()
+    f = Iommufd(k)
+    ioas = f.ioas()
+    va = anon(4 * PAGE)
+    f.mock_domain(ioas)
+    assert f.map(ioas, va, 4 * PAGE)[0] == 0
+    f.close()
+    # A second context of the same kernel starts from id 1 again.
+    assert Iommufd(k).ioas() == 1
+    assert MOCK_PAGE == PAGE // 2
