@@ -458,6 +458,29 @@ void Domain::for_each_dirty(std::uint64_t iova, std::uint64_t len, bool no_clear
   if (pending) cb(ctx, p_first, p_last);
 }
 
+void Domain::for_each_dirty_words(std::uint64_t iova, std::uint64_t len, bool no_clear,
+                                  DirtyWordsFn fn, void* ctx) {
+  if (len == 0) return;
+  const std::uint64_t last = iova + (len - 1) < iova ? kAllOnes : iova + (len - 1);
+  Impl& d = *impl_;
+  std::unique_lock<std::shared_mutex> g(d.mu);
+  if (!d.tracking) return;
+  for (auto it = d.first_ending_at_or_after(iova); it != d.runs.end() && it->first <= last; ++it) {
+    Run& r = it->second;
+    const std::uint64_t key = it->first;
+    const std::uint64_t lo = (std::max(iova, key) - key) >> r.shift;
+    const std::uint64_t hi = (std::min(last, Impl::last_of(it)) - key) >> r.shift;
+    fn(ctx, key, r.shift, r.dirty.data(), lo, hi);
+    if (no_clear) continue;
+    for (std::uint64_t w = lo / 64; w <= hi / 64; ++w) {
+      unsigned b_lo = w == lo / 64 ? static_cast<unsigned>(lo % 64) : 0;
+      unsigned b_hi = w == hi / 64 ? static_cast<unsigned>(hi % 64) : 63;
+      std::uint64_t& word = r.dirty[static_cast<std::size_t>(w)];
+      if (word) word &= ~word_mask(b_lo, b_hi);  // clean words are not written back
+    }
+  }
+}
+
 std::size_t Domain::take_faults(DmaFault* out, std::size_t max) noexcept {
   std::lock_guard<std::mutex> g(impl_->fault_mu);
   std::size_t n = std::min(max, impl_->faults.size());
