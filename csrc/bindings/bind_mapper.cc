@@ -10,6 +10,7 @@
 
 #include "bindings/bindings.h"
 #include "engine/map_engine.h"
+#include "engine/map_floor.h"
 
 namespace py = pybind11;
 
@@ -75,12 +76,30 @@ void bind_mapper(py::module_& m) {
         }
         return to_tuple(err);
       }, py::arg("iovas"), py::arg("lengths"))
+      .def("adopt", [](PyMapper& p, std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
+        p.mapper.adopt(iova, length, prot);
+      }, py::arg("iova"), py::arg("length"), py::arg("prot"))
       .def("unmap_all", [](PyMapper& p) {
         py::gil_scoped_release nogil;
         return p.mapper.unmap_all();
       })
       .def("__len__", [](const PyMapper& p) { return p.mapper.segment_count(); })
       .def("segments", [](const PyMapper& p) { return p.mapper.segments(); });
+
+  m.def("map_loop", [](const std::shared_ptr<Kernel>& k, int fd, std::uint32_t ioas,
+                       const U64Array& vas, const U64Array& lengths, const U64Array& iovas,
+                       std::uint32_t prot) {
+    py::gil_scoped_release nogil;
+    return engine::map_loop(*k, fd, ioas, view(vas), view(lengths), view(iovas), prot);
+  }, py::arg("kernel"), py::arg("iommufd"), py::arg("ioas_id"), py::arg("vas"),
+     py::arg("lengths"), py::arg("iovas"), py::arg("prot"),
+     "The benchmark floor: a bare C++ loop of fixed-IOVA IOMMU_IOAS_MAP; 0 or -errno");
+  m.def("unmap_loop", [](const std::shared_ptr<Kernel>& k, int fd, std::uint32_t ioas,
+                         const U64Array& iovas, const U64Array& lengths) {
+    py::gil_scoped_release nogil;
+    return engine::unmap_loop(*k, fd, ioas, view(iovas), view(lengths));
+  }, py::arg("kernel"), py::arg("iommufd"), py::arg("ioas_id"), py::arg("iovas"),
+     py::arg("lengths"));
 }
 
 }  // namespace fastmap::bindings

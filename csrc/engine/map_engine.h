@@ -35,7 +35,7 @@ struct BatchOptions {
 // One mapping made through the engine, and the kernel area (run) that holds it.
 struct Segment {
   std::uint64_t iova;
-  std::uint64_t va;
+  std::uint64_t va;        // 0 for an adopted area (COPY, MAP_FILE): it cannot be re-mapped
   std::uint64_t length;
   std::uint32_t prot;      // IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE
   std::uint64_t run_iova;  // start of the kernel area holding this segment
@@ -57,6 +57,10 @@ class IoasMapper {
   // whole segments. A range that would split a coalesced kernel area is refused (EINVAL,
   // call "coalesced") before anything changes; a kernel failure re-maps what was removed.
   BatchError unmap(std::span<const std::uint64_t> iovas, std::span<const std::uint64_t> lengths);
+
+  // Records an area made by another call (IOAS_COPY, IOAS_MAP_FILE) so unmap knows it. Its
+  // unmap cannot be undone, so batches unmap such areas last.
+  void adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot);
 
   // Unmaps every segment; returns the bytes unmapped or a negative errno.
   long long unmap_all();
@@ -87,11 +91,17 @@ class IoasMapper {
   bool rollback_runs(const std::vector<Run>& runs, std::size_t count,
                      const std::vector<char>* mapped);
 
+  // Folds pending_ into segments_; callers hold mu_.
+  void index_pending() const;
+
   Kernel& kernel_;
   int fd_;
   std::uint32_t ioas_id_;
-  mutable std::mutex mu_;  // guards segments_ (the kernel serializes the ioctls themselves)
-  std::map<std::uint64_t, Segment> segments_;  // keyed by segment iova
+  mutable std::mutex mu_;  // guards the tables (the kernel serializes the ioctls themselves)
+  // Segments keyed by IOVA. Batches append to pending_ (a flat array: the map path stays
+  // close to the bare ioctl loop) and the ordered index is built when it is first needed.
+  mutable std::map<std::uint64_t, Segment> segments_;
+  mutable std::vector<Segment> pending_;
 };
 
 }  // namespace fastmap::engine

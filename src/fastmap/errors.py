@@ -312,3 +312,37 @@ def hint_for(call: str, err: int) -> str | None:
         if e == err and (prefixes is None or call.startswith(prefixes)):
             return hint
     return None
+
+
+class BatchError(KernelError):
+    """A batch map/unmap failed at one entry; the batch was rolled back.
+
+    Attributes beyond KernelError's: `index` (the failing entry), `rollback_failed` (undoing
+    the entries before it failed too, so the IOAS is not as it was: very rare, e.g. memory
+    freed under a rollback). `arguments` holds the entry's iova/va/length.
+    """
+
+    def __init__(
+        self,
+        err: int,
+        call: str,
+        index: int,
+        arguments: Mapping[str, object] | None = None,
+        hint: str | None = None,
+        rollback_failed: bool = False,
+    ) -> None:
+        super().__init__(err, call, {"entry": index, **(arguments or {})}, hint)
+        self.index = index
+        self.rollback_failed = rollback_failed
+
+    def __str__(self) -> str:
+        undone = (
+            "rollback FAILED: the IOAS is not as it was"
+            if self.rollback_failed
+            else f"rolled back: nothing of the batch is {'un' if 'UNMAP' in self.call else ''}mapped"
+        )
+        return f"{super().__str__()}; {undone}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = {k: v for k, v in self.arguments.items() if k != "entry"}
+        return (type(self), (self.errno, self.call, self.index, args, self.hint, self.rollback_failed))

@@ -46,8 +46,8 @@ std::uint64_t pinnable_pages(std::uint64_t page, std::uint64_t max) {
 
 // OR words[first..last] into the user bitmap at word index `base + first`.
 void or_into_user(std::uint64_t data, std::uint64_t base, const std::uint64_t* words,
-                  std::size_t first, std::size_t last, std::vector<std::uint64_t>& tmp) {
-  const std::size_t n = last - first + 1;
+                  std::uint64_t first, std::uint64_t last, std::vector<std::uint64_t>& tmp) {
+  const std::size_t n = static_cast<std::size_t>(last - first + 1);
   tmp.resize(n);
   const std::uint64_t uaddr = data + (base + first) * 8;
   // The window's pages were checked to be pinnable; a fault here is a race with munmap and
@@ -57,14 +57,16 @@ void or_into_user(std::uint64_t data, std::uint64_t base, const std::uint64_t* w
   copy_to_user(uaddr, tmp.data(), n * 8);
 }
 
-void flush_window(std::uint64_t data, std::uint64_t base, std::vector<std::uint64_t>& words,
-                  std::size_t nwords, std::vector<std::uint64_t>& tmp) {
-  std::size_t i = 0;
-  while (i < nwords) {
-    while (i < nwords && words[i] == 0) ++i;
-    if (i == nwords) break;
-    std::size_t first = i, last = i, gap = 0;
-    for (++i; i < nwords; ++i) {
+// Write words[lo..hi] into the user bitmap at word `base`, skipping long zero gaps, and
+// leave those words zero again for the next window.
+void flush_window(std::uint64_t data, std::uint64_t base, std::uint64_t* words,
+                  std::uint64_t lo, std::uint64_t hi, std::vector<std::uint64_t>& tmp) {
+  std::uint64_t i = lo;
+  while (i <= hi) {
+    while (i <= hi && words[i] == 0) ++i;
+    if (i > hi) break;
+    std::uint64_t first = i, last = i, gap = 0;
+    for (++i; i <= hi; ++i) {
       if (words[i]) {
         last = i;
         gap = 0;
@@ -72,9 +74,87 @@ void flush_window(std::uint64_t data, std::uint64_t base, std::vector<std::uint6
         break;
       }
     }
-    or_into_user(data, base, words.data(), first, last, tmp);
+    or_into_user(data, base, words, first, last, tmp);
+    std::fill(words + first, words + last + 1, 0);
   }
-  std::fill(words.begin(), words.begin() + static_cast<std::ptrdiff_t>(nwords), 0);
+}
+
+// Where one window's bits go while the domain's dirty runs are walked.
+struct WindowSink {
+  std::uint64_t* words;     // the window's part of the bitmap
+  std::uint64_t req_iova;   // IOVA of bit 0 of the whole bitmap
+  std::uint64_t bit_base;   // bit number of words[0] bit 0 in the whole bitmap
+  unsigned pshift;          // __ffs(page_size)
+  std::uint64_t first;      // the IOVA range being walked: IOPTEs are clipped to it
+  std::uint64_t last;
+  std::uint64_t touched_lo; // the words that may hold bits
+  std::uint64_t touched_hi;
+};
+
+void touch(WindowSink& s, std::uint64_t lo_word, std::uint64_t hi_word) {
+  s.touched_lo = std::min(s.touched_lo, lo_word);
+  s.touched_hi = std::max(s.touched_hi, hi_word);
+}
+
+// Set the bits of the bitmap pages holding IOVAs [a, b].
+void set_iova_bits(WindowSink& s, std::uint64_t a, std::uint64_t b) {
+  const std::uint64_t lo = ((a - s.req_iova) >> s.pshift) - s.bit_base;
+  const std::uint64_t hi = ((b - s.req_iova) >> s.pshift) - s.bit_base;
+  const std::uint64_t wl = lo >> 6, wh = hi >> 6;
+  touch(s, wl, wh);
+  const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
+  if (wl == wh) {
+    s.words[wl] |= head & tail;
+    return;
+  }
+  s.words[wl] |= head;
+  for (std::uint64_t i = wl + 1; i < wh; ++i) s.words[i] = ~0ull;
+  s.words[wh] |= tail;
+}
+
+// OR bits [lo, hi] of src into dst starting at bit dpos, 64 at a time.
+void or_bit_block(const std::uint64_t* src, std::uint64_t lo, std::uint64_t hi,
+                  std::uint64_t* dst, std::uint64_t dpos) {
+  const std::uint64_t n = hi - lo + 1;
+  const std::uint64_t last_word = hi >> 6;
+  for (std::uint64_t k = 0; k < n; k += 64) {
+    const std::uint64_t p = lo + k, w = p >> 6;
+    const unsigned off = static_cast<unsigned>(p & 63);
+    std::uint64_t x = src[w] >> off;
+    if (off && w + 1 <= last_word) x |= src[w + 1] << (64 - off);
+    if (n - k < 64) x &= (1ull << (n - k)) - 1;
+    if (!x) continue;
+    const std::uint64_t q = dpos + k, dw = q >> 6;
+    const unsigned sh = static_cast<unsigned>(q & 63);
+    dst[dw] |= x << sh;
+    if (sh && (x >> (64 - sh))) dst[dw + 1] |= x >> (64 - sh);
+  }
+}
+
+// Domain::for_each_dirty_words callback: one run of equally sized IOPTEs.
+void collect_run(void* ctx, std::uint64_t run_iova, unsigned shift, const std::uint64_t* src,
+                 std::uint64_t lo, std::uint64_t hi) {
+  WindowSink& s = *static_cast<WindowSink*>(ctx);
+  if (shift == s.pshift) {
+    // One IOPTE per bitmap page, both aligned alike: move whole words.
+    const std::uint64_t dpos = ((run_iova + (lo << shift) - s.req_iova) >> shift) - s.bit_base;
+    touch(s, dpos >> 6, (dpos + (hi - lo)) >> 6);
+    or_bit_block(src, lo, hi, s.words, dpos);
+    return;
+  }
+  // IOPTEs larger or smaller than a bitmap page: each dirty IOPTE sets the bits of the
+  // pages it covers, clipped to the range (a 2 MiB IOPTE read at 4 KiB sets 512 bits).
+  const std::uint64_t size_m1 = (1ull << shift) - 1;
+  for (std::uint64_t w = lo >> 6; w <= hi >> 6; ++w) {
+    std::uint64_t bits = src[w];
+    if (w == lo >> 6) bits &= ~0ull << (lo & 63);
+    if (w == hi >> 6) bits &= ~0ull >> (63 - (hi & 63));
+    for (; bits; bits &= bits - 1) {
+      const std::uint64_t i = w * 64 + static_cast<std::uint64_t>(std::countr_zero(bits));
+      const std::uint64_t start = run_iova + (i << shift);
+      set_iova_bits(s, std::max(s.first, start), std::min(s.last, start + size_m1));
+    }
+  }
 }
 
 std::shared_ptr<Hwpt> get_hwpt(IommufdCtx& ctx, std::uint32_t id) {
@@ -122,8 +202,10 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
   // A window holds at most max_window_pages pages of bitmap.
   const std::uint64_t max_words = static_cast<std::uint64_t>(
       std::min<unsigned __int128>(total_words, max_window_pages * ps / 8));
-  std::vector<std::uint64_t> words(max_words, 0);
-  std::vector<std::uint64_t> tmp;
+  // Reused per thread: a window's buffer is 2 MiB and is left all-zero after each flush.
+  static thread_local std::vector<std::uint64_t> words;
+  static thread_local std::vector<std::uint64_t> tmp;
+  if (words.size() < max_words) words.resize(max_words, 0);
   unsigned __int128 base = 0;  // word index of the window start
   bool first_window = true;
   while (base < total_words) {
@@ -151,23 +233,8 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
             ? last
             : win_start + static_cast<std::uint64_t>(span - 1);
 
-    // Locals, so the compiler need not reload them after every store into `words`.
-    const std::uint64_t req_iova = cmd.iova;
-    const std::uint64_t bit_base = static_cast<std::uint64_t>(base) * 64;
-    std::uint64_t* const w = words.data();
-    auto set_bits = [w, req_iova, bit_base, shift](std::uint64_t a, std::uint64_t b) {
-      const std::uint64_t lo = ((a - req_iova) >> shift) - bit_base;
-      const std::uint64_t hi = ((b - req_iova) >> shift) - bit_base;
-      const std::uint64_t wl = lo >> 6, wh = hi >> 6;
-      const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
-      if (wl == wh) {
-        w[wl] |= head & tail;
-        return;
-      }
-      w[wl] |= head;
-      for (std::uint64_t i = wl + 1; i < wh; ++i) w[i] = ~0ull;
-      w[wh] |= tail;
-    };
+    WindowSink sink{words.data(), cmd.iova, static_cast<std::uint64_t>(base) * 64, shift,
+                    0, 0, ~0ull, 0};
 
     // Walk the areas contiguously from the window start; a hole ends everything.
     bool hole = false;
@@ -179,13 +246,18 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
         break;
       }
       const std::uint64_t l = std::min(win_last, a->last);
-      hwpt->domain->read_and_clear_dirty(cur, l - cur + 1, no_clear, set_bits);
+      sink.first = cur;
+      sink.last = l;
+      hwpt->domain->for_each_dirty_words(cur, l - cur + 1, no_clear, collect_run, &sink);
       if (l == win_last) break;
       cur = l + 1;
       auto next = iopt.areas().find(cur);
       a = next == iopt.areas().end() ? nullptr : &next->second;
     }
-    flush_window(cmd.data, static_cast<std::uint64_t>(base), words, nwords, tmp);
+    if (sink.touched_lo <= sink.touched_hi) {
+      flush_window(cmd.data, static_cast<std::uint64_t>(base), words.data(), sink.touched_lo,
+                   sink.touched_hi, tmp);
+    }
     if (hole) break;
     base += nwords;
   }
