@@ -1,7 +1,7 @@
-"""fastmap.dirty_bench: its baselines agree with fastmap, and it returns sensible rows.
+"""fastmap.bench_dirty: its baselines agree with fastmap, and it returns sensible rows.
 
 No timing is asserted (benchmarks/ times things); this only checks that the library behind
-`fastmap bench dirty` works, in its quick mode.
+`fastmap bench dirty` works, on shrunk sizes.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from fastmap import bitmap
-from fastmap.dirty_bench import (
+from fastmap.bench_dirty import (
     BenchRow,
     MiB,
     MockDirtyBed,
-    bench_dirty,
     numpy_to_ranges,
     python_to_ranges,
     random_bitmap,
+    run_dirty_benchmark,
 )
 
 
@@ -49,8 +49,8 @@ def test_mock_bed_marks_whole_pages() -> None:
         assert [x.dirty_pages() for x in bed.harvest_all(h, outs)] == [0, 0]
 
 
-def test_bench_dirty_quick_rows() -> None:
-    rows = bench_dirty(quick=True)
+def test_run_dirty_benchmark_quick_rows() -> None:
+    rows = run_dirty_benchmark(repeat=2, scale=1 / 64)
     assert all(isinstance(r, BenchRow) for r in rows)
     groups = {r.group for r in rows}
     assert len(groups) == 4

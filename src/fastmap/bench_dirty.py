@@ -1,5 +1,8 @@
 """Dirty-tracking benchmarks as data, for `fastmap bench dirty` (this module prints nothing).
 
+    rows = run_dirty_benchmark()              # full sizes, on the simulated kernel
+    rows = run_dirty_benchmark(scale=1 / 64)  # a quick pass
+
 Two families, each a list of `BenchRow`:
 
 * `bitmap_rows`: dirty bitmap -> runs of dirty pages (`fastmap.bitmap.to_ranges`) for
@@ -13,6 +16,7 @@ Two families, each a list of `BenchRow`:
   under 2 GiB, so 1 TiB is 1024 IOASes with 1 GiB each (one dirty-tracking HWPT apiece,
   all mapping the same untouched 1 GiB of address space), harvested one after another.
 
+`scale` shrinks every size (guest memory, and the number of IOASes for the 1 TiB case).
 The workloads (`random_bitmap`, `MockDirtyBed`) and the baselines (`numpy_to_ranges`,
 `python_to_ranges`) are public so that benchmarks/ can time them with pytest-benchmark.
 """
@@ -37,12 +41,12 @@ from fastmap.kernel import Fd, Kernel
 __all__ = [
     "BenchRow",
     "MockDirtyBed",
-    "bench_dirty",
     "bitmap_rows",
     "harvest_rows",
     "numpy_to_ranges",
     "python_to_ranges",
     "random_bitmap",
+    "run_dirty_benchmark",
 ]
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -161,13 +165,18 @@ BITMAP_CASES = (
 )
 
 
-def bitmap_rows(quick: bool = False, rounds: int = 20) -> list[BenchRow]:
-    """to_ranges vs numpy, a Python loop and count_floor. quick: 1/64 of the sizes."""
+def bitmap_rows(scale: float = 1.0, repeat: int = 20) -> list[BenchRow]:
+    """to_ranges vs numpy, a Python loop and count_floor, best of `repeat` (numpy: of fewer).
+
+    `scale` < 1 shrinks the bitmaps (and times the Python loop on a larger share of them)."""
     rows = []
+    rounds = repeat
     for case in BITMAP_CASES:
-        if quick:
-            case = dataclasses.replace(case, guest_bytes=case.guest_bytes // 64, python_shrink=4)
-            rounds = min(rounds, 3)
+        if scale != 1.0:
+            size = max(64 * PAGE, int(case.guest_bytes * scale) // (64 * PAGE) * (64 * PAGE))
+            case = dataclasses.replace(
+                case, guest_bytes=size, python_shrink=max(1, int(case.python_shrink * scale))
+            )
         nbits = case.nbits
         bm = random_bitmap(nbits, case.density)
         best, med = measure(partial(bitmap.to_ranges, bm, nbits), rounds)
@@ -382,23 +391,26 @@ class MockDirtyBed:
         self.close()
 
 
-def harvest_rows(quick: bool = False, rounds: int = 10) -> list[BenchRow]:
-    """Harvest throughput (1 GiB, 1/10/100 % dirty) and 1 TiB at 1 % on the simulator.
+def harvest_rows(
+    kernel: Kernel | None = None, scale: float = 1.0, repeat: int = 10
+) -> list[BenchRow]:
+    """Harvest throughput (1 GiB; 1/10/100 % dirty) and 1 TiB at 1 %, best of `repeat`.
 
-    quick: 64 MiB windows and 16 of them instead of 1 GiB and 1024."""
-    window = 64 * MiB if quick else GiB
-    rounds = min(rounds, 3) if quick else rounds
+    `kernel` must offer the iommufd selftest (default: a new simulated kernel). `scale`
+    shrinks the window (to a multiple of 2 MiB) and the number of IOASes of the 1 TiB case."""
+    window = max(2 * MiB, int(GiB * scale) // (2 * MiB) * (2 * MiB))
+    count = max(1, int(1024 * scale))
+    rounds = repeat
     rows = []
-    with MockDirtyBed(window=window) as bed:
+    with MockDirtyBed(kernel, window=window) as bed:
         h, outs = bed.harvester()
-        group = f"harvest {_size(window)}@4K (sim, mock HWPT, 2 KiB IOPTEs)"
+        group = f"harvest {_size(window)}@4K ({bed.kernel.name}, mock HWPT, 2 KiB IOPTEs)"
         for density in (0.01, 0.10, 1.00):
             marks = bed.marks(density)
             harvest, mark = partial(bed.harvest_all, h, outs), partial(bed.mark, marks)
             best, med = measure(harvest, rounds, setup=mark)
             rows.append(BenchRow(group, f"{density:.0%} dirty", best, med, rounds, window))
-    count = 16 if quick else 1024
-    with MockDirtyBed(count=count, window=window) as bed:
+    with MockDirtyBed(kernel, count=count, window=window) as bed:
         h, outs = bed.harvester()
         marks = bed.marks(0.01)
         group = f"harvest {_size(bed.guest_bytes)}@4K 1% dirty ({count} IOASes x {_size(window)})"
@@ -411,7 +423,7 @@ def harvest_rows(quick: bool = False, rounds: int = 10) -> list[BenchRow]:
                 med,
                 rounds,
                 bed.guest_bytes,
-                target=None if quick else 0.1,
+                target=0.1 if bed.guest_bytes == TiB else None,
             )
         )
         clean, clean_med = measure(lambda: bed.harvest_all(h, outs), rounds)
@@ -428,9 +440,12 @@ def harvest_rows(quick: bool = False, rounds: int = 10) -> list[BenchRow]:
     return rows
 
 
-def bench_dirty(quick: bool = False) -> list[BenchRow]:
-    """Every dirty-tracking benchmark: `bitmap_rows` then `harvest_rows`."""
-    return bitmap_rows(quick) + harvest_rows(quick)
+def run_dirty_benchmark(
+    kernel: Kernel | None = None, repeat: int = 10, scale: float = 1.0
+) -> list[BenchRow]:
+    """Every dirty-tracking benchmark: `bitmap_rows` then `harvest_rows` (on `kernel`,
+    which needs the iommufd selftest; default: a new simulated kernel)."""
+    return bitmap_rows(scale, repeat=2 * repeat) + harvest_rows(kernel, scale, repeat)
 
 
 def _size(n: int) -> str:
