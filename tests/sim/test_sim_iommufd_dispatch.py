@@ -83,7 +83,7 @@ def test_request_must_be_exact() -> None:
     assert f.ioctl(0x3B81, s) == 0
 
 
-def test_legacy_numbers_without_compat_answer_enotty() -> None:
+def test_unknown_legacy_numbers_answer_enotty() -> None:
     f = Iommufd()
     for nr in (0x00, 0x40, 0x7F):
         assert f.ioctl(0x3B00 | nr, None) == -errno.ENOTTY
