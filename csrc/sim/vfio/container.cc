@@ -7,6 +7,7 @@
 #include <limits>
 #include <new>
 
+#include "sim/sim_kernel.h"
 #include "sim/user_memory.h"
 #include "uapi/vfio.h"
 
@@ -89,10 +90,31 @@ T* cap_add(std::vector<std::uint8_t>& buf, std::size_t size, std::uint16_t id,
 
 }  // namespace
 
-Container::Container(const SimConfig& config)
-    : config_(config), dma_avail_(config.dma_entry_limit), pgsize_bitmap_(page_mask()) {}
+Container::Container(SimKernel& kernel)
+    : kernel_(kernel),
+      config_(kernel.config()),
+      dma_avail_(config_.dma_entry_limit),
+      pgsize_bitmap_(page_mask()) {}
 
-Container::~Container() = default;
+Container::~Container() { uncharge(locked_pages_); }
+
+bool Container::charge(std::uint64_t npages) {
+  // vfio_lock_acct: the mm's locked_vm against RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
+  auto& locked = kernel_.locked_vm(true);
+  const std::uint64_t limit = config_.rlimit_memlock / page_size();
+  std::uint64_t cur = locked.load();
+  do {
+    if (!config_.cap_ipc_lock && cur + npages > limit) return false;
+  } while (!locked.compare_exchange_weak(cur, cur + npages));
+  locked_pages_ += npages;
+  return true;
+}
+
+void Container::uncharge(std::uint64_t npages) {
+  if (npages == 0) return;
+  kernel_.locked_vm(true).fetch_sub(npages);
+  locked_pages_ -= npages;
+}
 
 std::uint64_t Container::min_pgsize() const { return low_bit(pgsize_bitmap_); }
 
@@ -199,7 +221,6 @@ void Container::release_backend() {
   pgsize_bitmap_ = page_mask();
   iova_list_.clear();
   dirty_tracking_ = false;
-  locked_pages_ = 0;
 }
 
 int Container::attach_to_domain(VfioGroup& group) {
@@ -228,7 +249,7 @@ int Container::attach_to_domain(VfioGroup& group) {
       if (rc != 0) {
         if (first) {
           for (Dma* d : done) {
-            locked_pages_ -= d->size / page_size();
+            uncharge(d->size / page_size());
             d->iommu_mapped = false;
           }
         }
@@ -292,24 +313,26 @@ void Container::recompute_geometry() {
 int Container::pin_and_map(Dma& dma, const std::vector<Domain*>& domains, bool account) {
   const std::uint64_t npages = dma.size / page_size();
   const bool write = (dma.prot & kIommuWrite) != 0;
-  if (account && !config_.cap_ipc_lock) {
+  if (account && !charge(npages)) {
     // Pages are pinned in order and charged as they go: a bad page before the limit is
     // reached is EFAULT, reaching RLIMIT_MEMLOCK first is ENOMEM.
     const std::uint64_t limit = config_.rlimit_memlock / page_size();
-    const std::uint64_t room = locked_pages_ >= limit ? 0 : limit - locked_pages_;
-    if (npages > room) {
-      if (room != 0 && check_user_pages(dma.vaddr, room * page_size(), write)) return -EFAULT;
-      return -ENOMEM;
-    }
+    const std::uint64_t cur = kernel_.locked_vm(true).load();
+    const std::uint64_t room = cur >= limit ? 0 : limit - cur;
+    if (room != 0 && check_user_pages(dma.vaddr, room * page_size(), write)) return -EFAULT;
+    return -ENOMEM;
   }
-  if (check_user_pages(dma.vaddr, dma.size, write)) return -EFAULT;
+  if (check_user_pages(dma.vaddr, dma.size, write)) {
+    if (account) uncharge(npages);
+    return -EFAULT;
+  }
   for (std::size_t i = 0; i < domains.size(); ++i) {
     if (int rc = domains[i]->map(dma.iova, dma.vaddr, dma.size, dma.prot)) {
       for (std::size_t j = 0; j < i; ++j) domains[j]->unmap(dma.iova, dma.size);
+      if (account) uncharge(npages);
       return rc;
     }
   }
-  if (account) locked_pages_ += npages;
   dma.iommu_mapped = true;
   return 0;
 }
@@ -317,7 +340,7 @@ int Container::pin_and_map(Dma& dma, const std::vector<Domain*>& domains, bool a
 void Container::unmap_and_unpin(const Dma& dma) {
   if (!dma.iommu_mapped) return;
   for (DomainSlot& s : domains_) s.domain->unmap(dma.iova, dma.size);
-  locked_pages_ -= dma.size / page_size();
+  uncharge(dma.size / page_size());
 }
 
 std::map<std::uint64_t, Container::Dma>::iterator Container::find_dma(std::uint64_t start,

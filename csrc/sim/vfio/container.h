@@ -10,7 +10,8 @@
 //
 // Not modelled: VFIO_UPDATE_VADDR / the VADDR flags (CHECK_EXTENSION says 0, the flags are
 // refused with EINVAL), mdev (emulated IOMMU) groups, nesting. Pinned pages are charged
-// to this container, not to a process-wide locked_vm.
+// to the process's mm locked_vm (shared with iommufd's per-mm accounting mode) unless the
+// caller has CAP_IPC_LOCK.
 #pragma once
 
 #include <cstdint>
@@ -24,11 +25,15 @@
 #include "sim/iommu/domain.h"
 #include "sim/vfio/vfio_device.h"
 
+namespace fastmap::sim {
+class SimKernel;
+}
+
 namespace fastmap::sim::vfio {
 
 class Container {
  public:
-  explicit Container(const SimConfig& config);
+  explicit Container(SimKernel& kernel);
   ~Container();
   Container(const Container&) = delete;
   Container& operator=(const Container&) = delete;
@@ -74,6 +79,8 @@ class Container {
   void release_backend();
   void recompute_geometry();
   int pin_and_map(Dma& dma, const std::vector<Domain*>& domains, bool account);
+  bool charge(std::uint64_t npages);
+  void uncharge(std::uint64_t npages);
   void unmap_and_unpin(const Dma& dma);
   std::map<std::uint64_t, Dma>::iterator find_dma(std::uint64_t start, std::uint64_t size);
   bool iova_valid(std::uint64_t first, std::uint64_t last) const;
@@ -81,6 +88,7 @@ class Container {
                          std::uint64_t pgsize) const;
   std::uint64_t min_pgsize() const;
 
+  SimKernel& kernel_;
   const SimConfig config_;
   mutable std::mutex mu_;  // container->group_lock and iommu->lock in one
   std::vector<VfioGroup*> groups_;
@@ -92,7 +100,7 @@ class Container {
   std::uint64_t pgsize_bitmap_;
   std::vector<IovaRange> iova_list_;  // empty until the first domain
   bool dirty_tracking_ = false;
-  std::uint64_t locked_pages_ = 0;
+  std::uint64_t locked_pages_ = 0;  // what this container charged to locked_vm
 };
 
 // An open /dev/vfio/vfio.

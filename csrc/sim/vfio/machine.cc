@@ -29,7 +29,13 @@ std::string device_dir(const std::string& bdf) { return "/sys/devices/pci0000:00
 
 }  // namespace
 
-Machine::Machine(SimKernel& kernel) : kernel_(kernel) {}
+Machine::Machine(SimKernel& kernel) : kernel_(kernel) {
+  // What a host shows before any device is bound to vfio-pci.
+  sysfs_.add_dir("/sys/bus/pci/devices");
+  sysfs_.add_dir("/sys/bus/pci/drivers/vfio-pci");
+  sysfs_.add_dir("/sys/kernel/iommu_groups");
+  sysfs_.add_dir("/sys/class/iommu");
+}
 
 Machine::~Machine() = default;
 
@@ -123,7 +129,7 @@ int Machine::add_pci_device(const PciDeviceSpec& spec, PciDeviceInfo* out) {
   });
   if (!container_node_) {
     kernel_.register_node("/dev/vfio/vfio", [](SimKernel& k, int, int*) -> std::shared_ptr<File> {
-      return std::make_shared<ContainerFile>(std::make_shared<Container>(k.config()));
+      return std::make_shared<ContainerFile>(std::make_shared<Container>(k));
     });
     container_node_ = true;
   }
