@@ -6,14 +6,13 @@
 // Each window's IOVA range is walked over contiguous areas; a hole ends the whole walk
 // (the kernel's callback error stops iova_bitmap_for_each and its return value is then
 // ignored), so the call still succeeds with the bits found so far. Bits are only ever OR-ed
-// into the user's bitmap: each window is collected in a kernel buffer first, and then only
-// the span of words that got bits is read, OR-ed and written back, in chunks, through
-// copy_from_user/copy_to_user.
+// into the user's bitmap: each window is collected in a kernel buffer first, and then the
+// stretches of words that got bits are read, OR-ed and written back, a few large copies per
+// window, through copy_from_user/copy_to_user.
 #include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "sim/iommufd/ctx.h"
@@ -27,8 +26,6 @@ namespace fastmap::sim {
 using namespace fastmap::uapi;
 
 namespace {
-
-constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
 
 // A block of this many zero words splits the read-modify-write of a window, so a sparse
 // result does not rewrite the untouched bitmap in between.
@@ -47,8 +44,7 @@ std::uint64_t pinnable_pages(std::uint64_t page, std::uint64_t max) {
 // OR words[first..last] into the user bitmap at word index `base + first`.
 void or_into_user(std::uint64_t data, std::uint64_t base, const std::uint64_t* words,
                   std::uint64_t first, std::uint64_t last, std::vector<std::uint64_t>& tmp) {
-  const std::size_t n = static_cast<std::size_t>(last - first + 1);
-  tmp.resize(n);
+  const std::size_t n = static_cast<std::size_t>(last - first + 1);  // <= tmp.size()
   const std::uint64_t uaddr = data + (base + first) * 8;
   // The window's pages were checked to be pinnable; a fault here is a race with munmap and
   // is dropped like a failed walk.
@@ -230,10 +226,12 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
   // A window holds at most max_window_pages pages of bitmap.
   const std::uint64_t max_words = static_cast<std::uint64_t>(
       std::min<unsigned __int128>(total_words, max_window_pages * ps / 8));
-  // Reused per thread: a window's buffer is 2 MiB and is left all-zero after each flush.
+  // Reused per thread (at most 2 MiB each). `words` is all-zero between windows; both are
+  // sized up front so nothing can fail to allocate half way through a window.
   static thread_local std::vector<std::uint64_t> words;
   static thread_local std::vector<std::uint64_t> tmp;
   if (words.size() < max_words) words.resize(max_words, 0);
+  if (tmp.size() < max_words) tmp.resize(max_words);
   unsigned __int128 base = 0;  // word index of the window start
   bool first_window = true;
   while (base < total_words) {
