@@ -114,7 +114,8 @@ def test_map_cmd_and_unmap_cmd(compat: tuple[Iommufd, int, int]) -> None:
     assert map_dma(f, va, base, 8 * PAGE) == 0
     assert map_dma(f, va, base, PAGE) == -errno.EEXIST
     assert unmap_dma(f, base, PAGE, argsz=23)[0] == -errno.EINVAL
-    assert unmap_dma(f, base, PAGE, flags=K["VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP"])[0] == -errno.EINVAL
+    get_bitmap = K["VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP"]
+    assert unmap_dma(f, base, PAGE, flags=get_bitmap)[0] == -errno.EINVAL
     assert unmap_dma(f, base, PAGE, flags=K["VFIO_DMA_UNMAP_FLAG_ALL"])[0] == -errno.EINVAL
     # An empty range succeeds through compat (unlike IOAS_UNMAP).
     assert unmap_dma(f, base + 32 * PAGE, PAGE) == (0, 0)
@@ -134,7 +135,7 @@ def test_map_cmd_and_unmap_cmd(compat: tuple[Iommufd, int, int]) -> None:
 
 
 def test_get_info(compat: tuple[Iommufd, int, int]) -> None:
-    f, ioas, version = compat
+    f, _ioas, _version = compat
     info_t = S["vfio_iommu_type1_info"]
     # Too small for the caps: argsz tells the full size, no cap_offset.
     info = make("vfio_iommu_type1_info", argsz=ctypes.sizeof(info_t))

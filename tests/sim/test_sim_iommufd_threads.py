@@ -17,7 +17,7 @@ def run_threads(fns: list) -> list[BaseException]:
     def wrap(fn) -> None:  # type: ignore[no-untyped-def]
         try:
             fn()
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=wrap, args=(fn,)) for fn in fns]
@@ -58,7 +58,7 @@ def test_concurrent_map_unmap_attach_and_harvest() -> None:
 
     def attacher() -> None:
         for _ in range(rounds // 3):
-            rc, stdev, pt, _ = f.mock_domain(ioas)
+            rc, stdev, _pt, _ = f.mock_domain(ioas)
             assert rc == 0, rc
             assert f.destroy(stdev) == 0
 

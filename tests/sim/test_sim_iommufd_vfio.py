@@ -57,7 +57,7 @@ def test_reserved_region_conflicts() -> None:
     assert f.allow(ioas, [(MSI[0] - PAGE, MSI[0] + PAGE)]) == 0
     assert attach(r.devs[0], ioas)[0] == -errno.EADDRINUSE
     assert f.allow(ioas, []) == 0
-    rc, pt = attach(r.devs[0], ioas)
+    rc, _pt = attach(r.devs[0], ioas)
     assert rc == 0
     assert f.map(ioas, 1 << 31, PAGE, iova=MSI[0])[0] == -errno.EINVAL  # reserved now
 
