@@ -6,14 +6,13 @@
 // Each window's IOVA range is walked over contiguous areas; a hole ends the whole walk
 // (the kernel's callback error stops iova_bitmap_for_each and its return value is then
 // ignored), so the call still succeeds with the bits found so far. Bits are only ever OR-ed
-// into the user's bitmap: each window is collected in a kernel buffer first, and then only
-// the span of words that got bits is read, OR-ed and written back, in chunks, through
-// copy_from_user/copy_to_user.
+// into the user's bitmap: each window is collected in a kernel buffer first, and then the
+// stretches of words that got bits are read, OR-ed and written back, a few large copies per
+// window, through copy_from_user/copy_to_user.
 #include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "sim/iommufd/ctx.h"
@@ -28,10 +27,8 @@ using namespace fastmap::uapi;
 
 namespace {
 
-constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
-
-// A run of zero words at least this long splits the read-modify-write of a window, so a
-// sparse result does not rewrite the untouched bitmap in between.
+// A block of this many zero words splits the read-modify-write of a window, so a sparse
+// result does not rewrite the untouched bitmap in between.
 constexpr std::size_t kSplitGapWords = 512;
 
 // How many pages from `page` on (at most `max`) could be pinned for writing, like a
@@ -47,36 +44,47 @@ std::uint64_t pinnable_pages(std::uint64_t page, std::uint64_t max) {
 // OR words[first..last] into the user bitmap at word index `base + first`.
 void or_into_user(std::uint64_t data, std::uint64_t base, const std::uint64_t* words,
                   std::uint64_t first, std::uint64_t last, std::vector<std::uint64_t>& tmp) {
-  const std::size_t n = static_cast<std::size_t>(last - first + 1);
-  tmp.resize(n);
+  const std::size_t n = static_cast<std::size_t>(last - first + 1);  // <= tmp.size()
   const std::uint64_t uaddr = data + (base + first) * 8;
   // The window's pages were checked to be pinnable; a fault here is a race with munmap and
   // is dropped like a failed walk.
   if (copy_from_user(tmp.data(), uaddr, n * 8)) return;
-  for (std::size_t i = 0; i < n; ++i) tmp[i] |= words[first + i];
+  std::uint64_t* __restrict t = tmp.data();
+  const std::uint64_t* __restrict src = words + first;
+  for (std::size_t i = 0; i < n; ++i) t[i] |= src[i];
   copy_to_user(uaddr, tmp.data(), n * 8);
 }
 
-// Write words[lo..hi] into the user bitmap at word `base`, skipping long zero gaps, and
-// leave those words zero again for the next window.
-void flush_window(std::uint64_t data, std::uint64_t base, std::uint64_t* words,
+// Write words[lo..hi] into the user bitmap at word `base`, and leave those words zero again
+// for the next window. The range is taken in blocks of kSplitGapWords: an all-zero block
+// ends a read-modify-write run, and runs are trimmed to their first and last non-zero word.
+void flush_window(std::uint64_t data, std::uint64_t base, std::uint64_t* __restrict words,
                   std::uint64_t lo, std::uint64_t hi, std::vector<std::uint64_t>& tmp) {
-  std::uint64_t i = lo;
-  while (i <= hi) {
-    while (i <= hi && words[i] == 0) ++i;
-    if (i > hi) break;
-    std::uint64_t first = i, last = i, gap = 0;
-    for (++i; i <= hi; ++i) {
-      if (words[i]) {
-        last = i;
-        gap = 0;
-      } else if (++gap >= kSplitGapWords) {
-        break;
-      }
-    }
+  auto any = [words](std::uint64_t a, std::uint64_t b) {  // OR of words[a, b)
+    std::uint64_t acc = 0;
+    for (std::uint64_t i = a; i < b; ++i) acc |= words[i];
+    return acc != 0;
+  };
+  auto emit = [&](std::uint64_t first, std::uint64_t last) {
+    while (words[first] == 0) ++first;
+    while (words[last] == 0) --last;
     or_into_user(data, base, words, first, last, tmp);
     std::fill(words + first, words + last + 1, 0);
+  };
+  bool open = false;
+  std::uint64_t run_first = 0, run_last = 0;
+  for (std::uint64_t b = lo; b <= hi; b += kSplitGapWords) {
+    const std::uint64_t e = std::min(hi + 1, b + kSplitGapWords);
+    if (any(b, e)) {
+      if (!open) run_first = b;
+      open = true;
+      run_last = e - 1;
+    } else if (open) {
+      emit(run_first, run_last);
+      open = false;
+    }
   }
+  if (open) emit(run_first, run_last);
 }
 
 // Where one window's bits go while the domain's dirty runs are walked.
@@ -113,9 +121,25 @@ void set_iova_bits(WindowSink& s, std::uint64_t a, std::uint64_t b) {
 }
 
 // OR bits [lo, hi] of src into dst starting at bit dpos, 64 at a time.
-void or_bit_block(const std::uint64_t* src, std::uint64_t lo, std::uint64_t hi,
-                  std::uint64_t* dst, std::uint64_t dpos) {
+void or_bit_block(const std::uint64_t* __restrict src, std::uint64_t lo, std::uint64_t hi,
+                  std::uint64_t* __restrict dst, std::uint64_t dpos) {
   const std::uint64_t n = hi - lo + 1;
+  if (((dpos ^ lo) & 63) == 0) {
+    // Same bit position in both: whole words line up (the usual case of a map whose IOVA
+    // is 64 pages aligned relative to the request).
+    std::uint64_t sw = lo >> 6, dw = dpos >> 6;
+    const std::uint64_t sw_last = hi >> 6;
+    const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
+    if (sw == sw_last) {
+      dst[dw] |= src[sw] & head & tail;
+      return;
+    }
+    dst[dw++] |= src[sw++] & head;
+    const std::uint64_t full = sw_last - sw;
+    for (std::uint64_t i = 0; i < full; ++i) dst[dw + i] |= src[sw + i];
+    dst[dw + full] |= src[sw_last] & tail;
+    return;
+  }
   const std::uint64_t last_word = hi >> 6;
   for (std::uint64_t k = 0; k < n; k += 64) {
     const std::uint64_t p = lo + k, w = p >> 6;
@@ -202,10 +226,12 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
   // A window holds at most max_window_pages pages of bitmap.
   const std::uint64_t max_words = static_cast<std::uint64_t>(
       std::min<unsigned __int128>(total_words, max_window_pages * ps / 8));
-  // Reused per thread: a window's buffer is 2 MiB and is left all-zero after each flush.
+  // Reused per thread (at most 2 MiB each). `words` is all-zero between windows; both are
+  // sized up front so nothing can fail to allocate half way through a window.
   static thread_local std::vector<std::uint64_t> words;
   static thread_local std::vector<std::uint64_t> tmp;
   if (words.size() < max_words) words.resize(max_words, 0);
+  if (tmp.size() < max_words) tmp.resize(max_words);
   unsigned __int128 base = 0;  // word index of the window start
   bool first_window = true;
   while (base < total_words) {
