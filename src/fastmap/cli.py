@@ -52,7 +52,36 @@ def cmd_bench_map(args: argparse.Namespace) -> int:
     return 0
 
 
-_BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"map": cmd_bench_map}
+def cmd_bench_dirty(args: argparse.Namespace) -> int:
+    from fastmap.bench_dirty import run_dirty_benchmark
+
+    kernel = _kernel(args)
+    rows = run_dirty_benchmark(kernel, repeat=max(1, args.repeat), scale=args.scale)
+    print(f"dirty tracking on the {kernel.name} kernel (harvest through the selftest mock domain)")
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("met" if ok else "MISSED")
+
+    print(
+        _table(
+            ["group", "case", "best ms", "median ms", "GiB/s", "target ms", "target", "note"],
+            [
+                (
+                    r.group, r.name, f"{r.seconds * 1e3:.3f}", f"{r.median * 1e3:.3f}",
+                    f"{r.gib_per_s:,.0f}", "-" if r.target is None else f"{r.target * 1e3:g}",
+                    verdict(r.meets_target), r.note,
+                )
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
+_BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
+    "map": cmd_bench_map,
+    "dirty": cmd_bench_dirty,
+}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
