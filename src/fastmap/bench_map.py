@@ -64,29 +64,43 @@ _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 _PROT = uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE
 
 
-def _naive(kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) -> None:
+def _naive(
+    kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray
+) -> None:
     for va, length, iova in zip(vas.tolist(), lengths.tolist(), iovas.tolist(), strict=True):
         cmd = uapi.iommu_ioas_map(
-            size=40, flags=_PROT | uapi.IOMMU_IOAS_MAP_FIXED_IOVA, ioas_id=ioas.id,
-            user_va=va, length=length, iova=iova,
+            size=40,
+            flags=_PROT | uapi.IOMMU_IOAS_MAP_FIXED_IOVA,
+            ioas_id=ioas.id,
+            user_va=va,
+            length=length,
+            iova=iova,
         )
         kernel.ioctl(fd, uapi.IOMMU_IOAS_MAP, cmd)
 
 
-def _single(kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) -> None:
+def _single(
+    kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray
+) -> None:
     for va, length, iova in zip(vas.tolist(), lengths.tolist(), iovas.tolist(), strict=True):
         ioas.map(va, length, iova)
 
 
-def _batch(kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) -> None:
+def _batch(
+    kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray
+) -> None:
     ioas.map_batch(vas, lengths, iovas)
 
 
-def _batch_parallel(kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) -> None:
+def _batch_parallel(
+    kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray
+) -> None:
     ioas.map_batch(vas, lengths, iovas, threads=_THREADS)
 
 
-def _floor(kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) -> None:
+def _floor(
+    kernel: Kernel, fd: int, ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray
+) -> None:
     rc = _core.map_loop(kernel.core, fd, ioas.id, vas, lengths, iovas, _PROT)
     if rc < 0:
         raise OSError(-rc, "map_loop failed")

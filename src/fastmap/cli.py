@@ -40,11 +40,16 @@ def cmd_bench_map(args: argparse.Namespace) -> int:
 
     kernel = _kernel(args)
     rows = run_map_benchmark(kernel, SIZES, repeat=args.repeat, scale=args.scale)
-    print(f"map throughput on the {kernel.name} kernel (no device attached: bookkeeping + call cost)")
+    print(
+        f"map throughput on the {kernel.name} kernel (no device attached: bookkeeping + call cost)"
+    )
     print(
         _table(
             ["size", "method", "entries", "ms", "maps/s"],
-            [(r.size, r.method, r.entries, f"{r.seconds * 1e3:.2f}", f"{r.maps_per_second:,.0f}") for r in rows],
+            [
+                (r.size, r.method, r.entries, f"{r.seconds * 1e3:.2f}", f"{r.maps_per_second:,.0f}")
+                for r in rows
+            ],
         )
     )
     for size, rs in ratios(rows).items():
@@ -67,9 +72,14 @@ def cmd_bench_dirty(args: argparse.Namespace) -> int:
             ["group", "case", "best ms", "median ms", "GiB/s", "target ms", "target", "note"],
             [
                 (
-                    r.group, r.name, f"{r.seconds * 1e3:.3f}", f"{r.median * 1e3:.3f}",
-                    f"{r.gib_per_s:,.0f}", "-" if r.target is None else f"{r.target * 1e3:g}",
-                    verdict(r.meets_target), r.note,
+                    r.group,
+                    r.name,
+                    f"{r.seconds * 1e3:.3f}",
+                    f"{r.median * 1e3:.3f}",
+                    f"{r.gib_per_s:,.0f}",
+                    "-" if r.target is None else f"{r.target * 1e3:g}",
+                    verdict(r.meets_target),
+                    r.note,
                 )
                 for r in rows
             ],
@@ -95,7 +105,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastmap", description=__doc__.split("\n")[0])
-    parser.add_argument("--kernel", choices=("real", "sim"), default=None, help="which kernel to use")
+    parser.add_argument(
+        "--kernel", choices=("real", "sim"), default=None, help="which kernel to use"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="map memory, DMA through a simulated device, unmap")
     demo.set_defaults(func=cmd_demo)

@@ -73,7 +73,8 @@ def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
     else:
         # Element by element: mixing numpy uint64 with Python ints would promote to float.
         try:
-            arr = np.array([int(v) for v in values], dtype=np.uint64)  # type: ignore[union-attr]
+            items: Iterable[Any] = values  # type: ignore[assignment]
+            arr = np.array([int(v) for v in items], dtype=np.uint64)
         except OverflowError as e:
             raise ValueError(f"{name} has entries outside 0..2**64-1") from e
         except TypeError as e:
@@ -161,7 +162,9 @@ class Ioas:
         """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
         ret = self._mapper.unmap_all()
         if ret < 0:
-            raise KernelError.from_errno(-ret, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True})
+            raise KernelError.from_errno(
+                -ret, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
+            )
         self._release_pins(list(self._pins))
         return ret
 
@@ -396,7 +399,9 @@ class Ioas:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+        return (
+            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+        )
 
     # --- helpers -------------------------------------------------------------------------------
     def _resolve(

@@ -100,10 +100,12 @@ def test_failure_at_every_position_rolls_back(
 
 def test_unmap_batch_failure_restores_everything(ioas: Ioas, memory: np.ndarray) -> None:
     va = memory.ctypes.data
-    iovas = ioas.map_batch([va + i * PAGE for i in range(6)], [PAGE] * 6, [BASE + i * 2 * PAGE for i in range(6)])
+    iovas = ioas.map_batch(
+        [va + i * PAGE for i in range(6)], [PAGE] * 6, [BASE + i * 2 * PAGE for i in range(6)]
+    )
     before = [(s.iova, s.va, s.length) for s in ioas.segments()]
     # Entry 4 names nothing: the kernel would say ENOENT. Entries 0-3 must come back.
-    request = list(iovas[:4]) + [BASE + 1000 * PAGE]
+    request = [*list(iovas[:4]), BASE + 1000 * PAGE]
     with pytest.raises(BatchError) as info:
         ioas.unmap_batch(request, [PAGE] * 5)
     assert (info.value.errno, info.value.index) == (errno.ENOENT, 4)
@@ -143,11 +145,16 @@ def test_auto_iova_batch_matches_single_maps(kernel: Kernel, memory: np.ndarray)
     assert batch == single
 
 
-def test_coalesced_run_is_one_area_and_remembers_its_segments(ioas: Ioas, memory: np.ndarray) -> None:
+def test_coalesced_run_is_one_area_and_remembers_its_segments(
+    ioas: Ioas, memory: np.ndarray
+) -> None:
     va = memory.ctypes.data
     n = 16
     iovas = ioas.map_batch(
-        [va + i * PAGE for i in range(n)], [PAGE] * n, [BASE + i * PAGE for i in range(n)], coalesce=True
+        [va + i * PAGE for i in range(n)],
+        [PAGE] * n,
+        [BASE + i * PAGE for i in range(n)],
+        coalesce=True,
     )
     assert iovas.tolist() == [BASE + i * PAGE for i in range(n)]
     segs = ioas.segments()

@@ -44,18 +44,36 @@ def _require_vm() -> None:
         pytest.skip(message)
 
 
-def _run_in_vm(iommu: str, pytest_args: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
+def _run_in_vm(
+    iommu: str, pytest_args: list[str], timeout: int
+) -> subprocess.CompletedProcess[str]:
     cmd = [
-        str(RUNNER), "--iommu", iommu, "--timeout", str(timeout), "--",
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
-        "-m", "not vm", *pytest_args,
+        str(RUNNER),
+        "--iommu",
+        iommu,
+        "--timeout",
+        str(timeout),
+        "--",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfEs",
+        "-m",
+        "not vm",
+        *pytest_args,
     ]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 120)
 
 
 def _report(result: subprocess.CompletedProcess[str]) -> str:
     tail = "\n".join(result.stdout.splitlines()[-60:])
-    return f"exit {result.returncode}\n--- guest output (tail) ---\n{tail}\n--- runner ---\n{result.stderr[-3000:]}"
+    runner = result.stderr[-3000:]
+    return (
+        f"exit {result.returncode}\n--- guest output (tail) ---\n{tail}\n--- runner ---\n{runner}"
+    )
 
 
 def test_suites_pass_on_linux_6_12_with_virtio_iommu() -> None:
@@ -70,7 +88,9 @@ def test_suites_pass_on_linux_6_12_with_virtio_iommu() -> None:
 def test_edu_dma_through_emulated_vtd() -> None:
     """The VFIO paths again behind emulated Intel VT-d, the IOMMU real hosts have."""
     _require_vm()
-    result = _run_in_vm("vtd", ["tests", "-k", "real and (vfio or edu or cdev or lifecycle)"], timeout=1800)
+    result = _run_in_vm(
+        "vtd", ["tests", "-k", "real and (vfio or edu or cdev or lifecycle)"], timeout=1800
+    )
     print(result.stdout)
     assert result.returncode == 0, _report(result)
     assert " passed" in result.stdout
