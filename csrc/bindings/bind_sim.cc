@@ -13,6 +13,7 @@
 #include "sim/iommu/domain.h"
 #include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
+#include "sim/vfio/device_file.h"
 #include "sim/vfio/edu.h"
 #include "sim/vfio/machine.h"
 
@@ -243,7 +244,17 @@ void bind_sim(py::module_& m) {
       .def(py::init<sim::SimConfig>(), py::arg("config") = sim::SimConfig{})
       .def_property_readonly("config", &sim::SimKernel::config)
       .def_property_readonly("machine", &sim::SimKernel::machine,
-                             py::return_value_policy::reference_internal);
+                             py::return_value_policy::reference_internal)
+      .def("chardev_of", [](const sim::SimKernel& k, int fd) -> py::object {
+        // fstat(fd).st_rdev for the files that are char devices userspace checks (VFIO
+        // cdevs); None for any other file, OSError(EBADF) for a closed fd.
+        auto file = k.fget(fd);
+        if (!file) raise_errno(-EBADF, "fd " + std::to_string(fd));
+        auto dev = std::dynamic_pointer_cast<sim::vfio::VfioDeviceFile>(file);
+        unsigned major = 0, minor = 0;
+        if (!dev || !dev->cdev_devt(&major, &minor)) return py::none();
+        return py::make_tuple(major, minor);
+      }, py::arg("fd"), "(major, minor) of the char device behind fd, or None");
 }
 
 }  // namespace fastmap::bindings

@@ -125,6 +125,8 @@ class SimKernel(Kernel):
     def config(self) -> SimConfig: ...
     @property
     def machine(self) -> SimMachine: ...
+    def chardev_of(self, fd: int) -> tuple[int, int] | None:
+        """(major, minor) of the char device behind fd (fstat st_rdev), or None"""
 
 # --- bind_mapper.cc -----------------------------------------------------------------------
 class Segment:

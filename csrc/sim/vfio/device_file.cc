@@ -82,6 +82,13 @@ VfioDeviceFile::~VfioDeviceFile() {
   dev_->group->cdev_device_open_cnt--;
 }
 
+bool VfioDeviceFile::cdev_devt(unsigned* major, unsigned* minor) const noexcept {
+  if (group_file_) return false;
+  *major = kVfioDevMajor;
+  *minor = dev_->index;
+  return true;
+}
+
 long VfioDeviceFile::ioctl(unsigned long request, void* arg) noexcept {
   if (request == VFIO_DEVICE_BIND_IOMMUFD) return bind_iommufd(arg);
   if (!access_granted_) return -EINVAL;

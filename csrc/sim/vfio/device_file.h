@@ -39,6 +39,12 @@ class VfioDeviceFile final : public File {
   ssize_t pread(void* buf, std::size_t count, std::uint64_t off) noexcept override;
   ssize_t pwrite(const void* buf, std::size_t count, std::uint64_t off) noexcept override;
 
+  // What fstat() reports as st_rdev: the cdev's (major, minor) when the file was opened
+  // from /dev/vfio/devices/vfioN; false for a GROUP_GET_DEVICE_FD file, which is an
+  // anonymous inode and not a char device. Userspace (QEMU's open_cdev) checks this
+  // against sysfs vfio-dev/vfioN/dev to be sure it opened the device it meant.
+  bool cdev_devt(unsigned* major, unsigned* minor) const noexcept;
+
  private:
   long bind_iommufd(void* arg) noexcept;
   long attach_pt(void* arg) noexcept;

@@ -14,7 +14,6 @@ namespace fastmap::sim::vfio {
 
 namespace {
 
-constexpr unsigned kVfioDevMajor = 511;       // dynamic char majors are handed out from here
 constexpr unsigned kFirstAutoSlot = 3;        // 00:00.0 host bridge, 00:01.0 VGA, 00:02.0 NIC
 constexpr unsigned kMaxSlot = 0x1f;
 constexpr std::uint32_t kBarBase = 0xf0000000;  // BAR0s in the 32-bit MMIO hole, 1 MiB apart

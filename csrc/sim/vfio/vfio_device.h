@@ -15,6 +15,10 @@ namespace fastmap::sim::vfio {
 class Container;
 struct VfioGroup;
 
+// The char major of /dev/vfio/devices/vfioN (the kernel hands vfio a dynamic major; the
+// simulator always uses this one). The minor is N.
+inline constexpr unsigned kVfioDevMajor = 511;
+
 struct VfioDevice {
   std::shared_ptr<PciDevice> pci;
   unsigned index = 0;         // N of /dev/vfio/devices/vfioN

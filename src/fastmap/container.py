@@ -1,0 +1,139 @@
+"""What every VFIO container has in common (QEMU's VFIOContainerBase).
+
+A container is one I/O address space shared by the devices attached to it: an iommufd IOAS
+(`fastmap.vfio_iommufd.IommufdContainer`) or a legacy Type1 container
+(`fastmap.vfio_legacy.LegacyContainer`). It listens to an `AddressSpace` and keeps every
+RAM block mapped at IOVA = GPA for as long as it has devices.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmap.ioas import IovaRange
+from fastmap.ram import PAGE_SIZE, RamBlock
+
+if TYPE_CHECKING:
+    from fastmap.address_space import AddressSpace
+    from fastmap.device import VFIODevice
+
+log = logging.getLogger("fastmap.vfio")
+
+U64_MAX = (1 << 64) - 1
+#: What a container assumes when it cannot learn its IOVA ranges.
+FULL_IOVA_RANGE = (IovaRange(0, U64_MAX),)
+
+
+def bitmap_words(size: int, page_size: int) -> int:
+    """uint64 words of a dirty bitmap for `size` bytes at `page_size` (QEMU rounds the page
+    count up to 64)."""
+    pages = -(-size // page_size)
+    return (pages + 63) // 64
+
+
+class Container(ABC):
+    """An I/O address space serving devices of one AddressSpace."""
+
+    def __init__(self, space: AddressSpace) -> None:
+        self.space = space
+        #: Attached devices, newest first.
+        self.devices: list[VFIODevice] = []
+        self.iova_ranges: list[IovaRange] = list(FULL_IOVA_RANGE)
+        #: Supported IOMMU page sizes as a bitmap (the smallest is the mapping granule).
+        self.pgsizes = PAGE_SIZE
+        self.dirty_pages_supported = False
+        self.dirty_tracking = False
+        self.initialized = False
+
+    # --- the memory listener -----------------------------------------------------------
+    def region_add(self, sections: Sequence[RamBlock]) -> None:
+        """Map RAM sections at IOVA = GPA, all or nothing."""
+        self._map_sections(sections)
+
+    def region_del(self, sections: Sequence[RamBlock]) -> None:
+        """Unmap RAM sections; failures are logged (QEMU reports and carries on)."""
+        for s in sections:
+            try:
+                self.dma_unmap(s.gpa, s.size)
+            except Exception as e:
+                log.error("%r: unmapping %r failed: %s", self, s, e)
+
+    def listener_register(self) -> None:
+        """Follow the address space: map all its RAM now, and later blocks as they come."""
+        self.space.register_listener(self)
+
+    def listener_unregister(self) -> None:
+        """Stop following the address space, unmapping all its RAM."""
+        self.space.unregister_listener(self)
+
+    @property
+    def listening(self) -> bool:
+        return self.space.listening(self)
+
+    # --- per-kind operations -------------------------------------------------------------
+    @abstractmethod
+    def _map_sections(self, sections: Sequence[RamBlock]) -> None:
+        """Map every section (readonly ones read-only); on failure unmap what was mapped
+        and raise."""
+
+    @abstractmethod
+    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
+        """Map one range."""
+
+    @abstractmethod
+    def dma_unmap(self, iova: int, size: int) -> None:
+        """Unmap one range; unmapping nothing is not an error."""
+
+    @abstractmethod
+    def set_dirty_page_tracking(self, start: bool) -> None:
+        """Start (clearing) or stop dirty tracking in the IOMMU."""
+
+    @abstractmethod
+    def _query_dirty_bitmap(self, iova: int, size: int, bitmap: npt.NDArray[np.uint64]) -> None:
+        """OR the dirty bits of [iova, iova+size) at the host page size into `bitmap`."""
+
+    # --- dirty pages -----------------------------------------------------------------------
+    def get_dirty_bitmap(self, iova: int, size: int) -> npt.NDArray[np.uint64]:
+        """Dirty bits of [iova, iova+size), one per host page (bit i = iova + i*PAGE).
+
+        As QEMU's vfio_get_dirty_bitmap: a container whose IOMMU cannot track dirty pages
+        reports every page dirty (the caller must assume the device wrote anywhere).
+        """
+        words = bitmap_words(size, PAGE_SIZE)
+        bitmap = np.zeros(max(words, 1), np.uint64)
+        if not self.dirty_pages_supported:
+            pages = -(-size // PAGE_SIZE)
+            _set_bits(bitmap, pages)
+            return bitmap
+        self._query_dirty_bitmap(iova, size, bitmap)
+        return bitmap
+
+    # --- geometry --------------------------------------------------------------------------
+    @property
+    def min_page_size(self) -> int:
+        """The mapping granule: the smallest page size in `pgsizes`."""
+        return self.pgsizes & -self.pgsizes if self.pgsizes else PAGE_SIZE
+
+    @property
+    def aw_bits(self) -> int:
+        """Address width implied by the IOVA ranges (last range's top bit + 1)."""
+        if not self.iova_ranges:
+            return 64
+        return max(r.last for r in self.iova_ranges).bit_length()
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Release the container when it has no devices left (no-op otherwise)."""
+
+
+def _set_bits(bitmap: npt.NDArray[np.uint64], count: int) -> None:
+    full, rest = divmod(count, 64)
+    bitmap[:full] = np.uint64(U64_MAX)
+    if rest:
+        bitmap[full] = np.uint64((1 << rest) - 1)

@@ -1,0 +1,203 @@
+"""Guest RAM blocks: host memory of this process placed at a guest physical address.
+
+A `RamBlock` owns its memory (an mmap) and, for the file-backed kinds, the file:
+
+* "anon":    private anonymous memory (what QEMU uses for plain `-m` RAM);
+* "memfd":   a sealed-size memfd mapped shared (QEMU's memory-backend-memfd); `fd` is kept
+             so the memory can also be mapped with IOMMU_IOAS_MAP_FILE;
+* "hugetlb": a memfd on hugetlbfs (MFD_HUGETLB), where the host has free huge pages.
+
+The memory is the same whichever kernel the devices use: the simulated kernel runs in
+this process and pins and translates these very pages.
+
+Lifetime: devices may DMA into a block while it is mapped in a container. `close()` (or
+`AddressSpace.remove_ram`, which unmaps it from every container first) releases it; after
+that its address must not be used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+from types import TracebackType
+from typing import Literal
+
+RamKind = Literal["anon", "memfd", "hugetlb"]
+RAM_KINDS: tuple[RamKind, ...] = ("anon", "memfd", "hugetlb")
+PAGE_SIZE = mmap.PAGESIZE
+_HUGE_SHIFT = 26  # MFD_HUGE_SHIFT: log2(page size) goes in bits 26..31 of the flags
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.restype = ctypes.c_int
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class RamUnavailableError(OSError):
+    """The requested kind of memory cannot be had here (e.g. no free huge pages)."""
+
+
+def default_hugepage_size() -> int:
+    """The kernel's default huge page size (Hugepagesize in /proc/meminfo), or 2 MiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Hugepagesize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2 << 20
+
+
+def free_hugepages(page_size: int) -> int:
+    """How many huge pages of `page_size` are free (0 when the size is not supported)."""
+    path = f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/free_hugepages"
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+class RamBlock:
+    """`size` bytes of host memory that a guest sees at `gpa` (IOVA = GPA for devices)."""
+
+    def __init__(
+        self,
+        size: int,
+        gpa: int,
+        kind: RamKind = "anon",
+        *,
+        name: str | None = None,
+        readonly: bool = False,
+        hugepage_size: int | None = None,
+    ) -> None:
+        if kind not in RAM_KINDS:
+            raise ValueError(f"RAM kind must be one of {RAM_KINDS}, not {kind!r}")
+        self.kind: RamKind = kind
+        self.page_size = PAGE_SIZE
+        if kind == "hugetlb":
+            self.page_size = hugepage_size or default_hugepage_size()
+        if size <= 0 or size % self.page_size:
+            raise ValueError(
+                f"RAM size {size:#x} must be a positive multiple of {self.page_size:#x}"
+            )
+        if gpa < 0 or gpa % self.page_size:
+            raise ValueError(f"guest address {gpa:#x} must be aligned to {self.page_size:#x}")
+        self.size = size
+        self.gpa = gpa
+        self.readonly = readonly
+        self.name = name or f"{kind}@{gpa:#x}"
+        self.fd: int | None = None
+        self._va: int | None = None
+        self._allocate()
+
+    def _allocate(self) -> None:
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        if self.kind == "anon":
+            flags, fd = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1
+        else:
+            mfd_flags = os.MFD_CLOEXEC
+            if self.kind == "hugetlb":
+                needed = self.size // self.page_size
+                free = free_hugepages(self.page_size)
+                if free < needed:
+                    sysfs = f"/sys/kernel/mm/hugepages/hugepages-{self.page_size // 1024}kB"
+                    raise RamUnavailableError(
+                        errno.ENOMEM,
+                        f"hugetlb RAM needs {needed} free {self.page_size >> 10} KiB huge pages, "
+                        f"the host has {free}; reserve some as root "
+                        f"(echo {needed} > {sysfs}/nr_hugepages) or use kind='anon'/'memfd'",
+                    )
+                mfd_flags |= os.MFD_HUGETLB | (self.page_size.bit_length() - 1) << _HUGE_SHIFT
+            fd = os.memfd_create(self.name, mfd_flags)
+            try:
+                os.ftruncate(fd, self.size)
+            except OSError:
+                os.close(fd)
+                raise
+            flags = mmap.MAP_SHARED
+            self.fd = fd
+        va = _libc.mmap(None, self.size, prot, flags, fd, 0)
+        if va in (None, _MAP_FAILED):
+            err = ctypes.get_errno()
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            raise RamUnavailableError(
+                err, f"mmap of {self.size:#x} bytes of {self.kind} RAM: {os.strerror(err)}"
+            )
+        self._va = int(va)
+
+    # --- access --------------------------------------------------------------------------
+    @property
+    def va(self) -> int:
+        """The host virtual address of the block's first byte."""
+        if self._va is None:
+            raise ValueError(f"RAM block {self.name} is closed")
+        return self._va
+
+    @property
+    def closed(self) -> bool:
+        return self._va is None
+
+    @property
+    def end(self) -> int:
+        """The first guest address after the block."""
+        return self.gpa + self.size
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        return self.gpa <= gpa and gpa + length <= self.end
+
+    def _check(self, offset: int, length: int) -> int:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(
+                f"[{offset:#x}, +{length:#x}) is outside RAM block {self.name} "
+                f"({self.size:#x} bytes)"
+            )
+        return self.va + offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` into the block."""
+        return ctypes.string_at(self._check(offset, length), length)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` into the block at `offset`."""
+        payload = bytes(data)
+        ctypes.memmove(self._check(offset, len(payload)), payload, len(payload))
+
+    # --- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the memory (idempotent). Unmap it from every device first."""
+        va, self._va = self._va, None
+        if va is not None:
+            _libc.munmap(va, self.size)
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> RamBlock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ro = " ro" if self.readonly else ""
+        return f"<RamBlock {self.name} gpa [{self.gpa:#x}, {self.end:#x}) {self.kind}{ro}>"
