@@ -13,7 +13,8 @@ undoes exactly the steps before it):
    the container's HWPTs, EINVAL meaning "incompatible, try the next"; else HWPT_ALLOC,
    with DIRTY_TRACKING when the IOMMU has it, and attach to it), learn the IOVA ranges
    (two IOAS_IOVA_RANGES calls; on failure warn and assume 64 bits), register the memory
-   listener, which maps all guest RAM through the batch engine;
+   listener, which maps all guest RAM through the batch engine. (`hwpt_alloc=False`
+   attaches to the IOAS instead and lets the kernel make the domain: see IommufdOps.)
 6. VFIO_DEVICE_GET_INFO.
 
 Detach, in QEMU's order: unlink the device, DETACH_IOMMUFD_PT (a failure is only logged),
