@@ -8,5 +8,6 @@ namespace fastmap::bindings {
 void bind_uapi(pybind11::module_& m);
 void bind_seam(pybind11::module_& m);
 void bind_sim(pybind11::module_& m);
+void bind_engine(pybind11::module_& m);
 
 }  // namespace fastmap::bindings
