@@ -61,7 +61,6 @@ std::uint32_t IovaAllocator::new_node(std::uint64_t start, std::uint64_t last,
   x = Node{};
   x.start = x.min_start = start;
   x.last = x.max_last = last;
-  x.height = 1;
   x.reserved = reserved;
   return n;
 }
@@ -74,50 +73,78 @@ void IovaAllocator::release_node(std::uint32_t n) noexcept {
 
 // ---- AVL tree with gap augmentation -----------------------------------------------------
 
-void IovaAllocator::pull(std::uint32_t t) noexcept {
-  Node& n = nodes_[t];
-  const Node& l = nodes_[n.left];
-  const Node& r = nodes_[n.right];
-  n.height = static_cast<std::int8_t>(1 + std::max(l.height, r.height));
-  n.min_start = n.left != kNil ? l.min_start : n.start;
-  n.max_last = n.right != kNil ? r.max_last : n.last;
-  std::uint64_t gap = std::max(l.max_gap, r.max_gap);
-  // Neighbouring ranges never overlap, so these differences cannot underflow.
-  if (n.left != kNil) gap = std::max(gap, n.start - l.max_last - 1);
-  if (n.right != kNil) gap = std::max(gap, r.min_start - n.last - 1);
-  n.max_gap = gap;
+std::int8_t IovaAllocator::height(std::uint32_t t) const noexcept {
+  if (t == kNil) return 0;
+  return static_cast<std::int8_t>(1 + std::max(nodes_[t].left_height, nodes_[t].right_height));
 }
 
+std::uint64_t IovaAllocator::max_gap(std::uint32_t t) const noexcept {
+  return std::max(nodes_[t].left_gap, nodes_[t].right_gap);  // nil: 0
+}
+
+// Neighbouring ranges never overlap, so the gap differences below cannot underflow.
+void IovaAllocator::set_left(std::uint32_t t, std::uint32_t child) noexcept {
+  Node& n = nodes_[t];
+  n.left = child;
+  if (child == kNil) {
+    n.left_height = 0;
+    n.left_gap = 0;
+    n.min_start = n.start;
+    return;
+  }
+  const Node& c = nodes_[child];
+  n.left_height = height(child);
+  n.left_gap = std::max(max_gap(child), n.start - c.max_last - 1);
+  n.min_start = c.min_start;
+}
+
+void IovaAllocator::set_right(std::uint32_t t, std::uint32_t child) noexcept {
+  Node& n = nodes_[t];
+  n.right = child;
+  if (child == kNil) {
+    n.right_height = 0;
+    n.right_gap = 0;
+    n.max_last = n.last;
+    return;
+  }
+  const Node& c = nodes_[child];
+  n.right_height = height(child);
+  n.right_gap = std::max(max_gap(child), c.min_start - n.last - 1);
+  n.max_last = c.max_last;
+}
+
+void IovaAllocator::pull(std::uint32_t t) noexcept {
+  set_left(t, nodes_[t].left);
+  set_right(t, nodes_[t].right);
+}
+
+// A rotation changes one side of each of the two nodes; only those sides are refreshed, and
+// the lower node first because the upper one reads it.
 std::uint32_t IovaAllocator::rotate_left(std::uint32_t t) noexcept {
   const std::uint32_t r = nodes_[t].right;
-  nodes_[t].right = nodes_[r].left;
-  nodes_[r].left = t;
-  pull(t);
-  pull(r);
+  set_right(t, nodes_[r].left);
+  set_left(r, t);
   return r;
 }
 
 std::uint32_t IovaAllocator::rotate_right(std::uint32_t t) noexcept {
   const std::uint32_t l = nodes_[t].left;
-  nodes_[t].left = nodes_[l].right;
-  nodes_[l].right = t;
-  pull(t);
-  pull(l);
+  set_left(t, nodes_[l].right);
+  set_right(l, t);
   return l;
 }
 
 std::uint32_t IovaAllocator::rebalance(std::uint32_t t) noexcept {
-  pull(t);
   Node& n = nodes_[t];
-  const int balance = nodes_[n.left].height - nodes_[n.right].height;
+  const int balance = n.left_height - n.right_height;
   if (balance > 1) {
     const Node& l = nodes_[n.left];
-    if (nodes_[l.left].height < nodes_[l.right].height) n.left = rotate_left(n.left);
+    if (l.left_height < l.right_height) set_left(t, rotate_left(n.left));
     return rotate_right(t);
   }
   if (balance < -1) {
     const Node& r = nodes_[n.right];
-    if (nodes_[r.right].height < nodes_[r.left].height) n.right = rotate_right(n.right);
+    if (r.right_height < r.left_height) set_right(t, rotate_right(n.right));
     return rotate_left(t);
   }
   return t;
@@ -126,11 +153,9 @@ std::uint32_t IovaAllocator::rebalance(std::uint32_t t) noexcept {
 std::uint32_t IovaAllocator::insert_node(std::uint32_t t, std::uint32_t n) noexcept {
   if (t == kNil) return n;
   if (nodes_[n].start < nodes_[t].start) {
-    const std::uint32_t child = insert_node(nodes_[t].left, n);
-    nodes_[t].left = child;
+    set_left(t, insert_node(nodes_[t].left, n));
   } else {
-    const std::uint32_t child = insert_node(nodes_[t].right, n);
-    nodes_[t].right = child;
+    set_right(t, insert_node(nodes_[t].right, n));
   }
   return rebalance(t);
 }
@@ -140,30 +165,33 @@ std::uint32_t IovaAllocator::erase_min(std::uint32_t t, std::uint32_t* min) noex
     *min = t;
     return nodes_[t].right;
   }
-  const std::uint32_t child = erase_min(nodes_[t].left, min);
-  nodes_[t].left = child;
+  set_left(t, erase_min(nodes_[t].left, min));
   return rebalance(t);
 }
 
 std::uint32_t IovaAllocator::erase_key(std::uint32_t t, std::uint64_t start,
-                                       std::uint32_t* erased) noexcept {
+                                       bool keep_reserved, std::uint32_t* erased,
+                                       bool* refused) noexcept {
   if (t == kNil) return kNil;
   if (start < nodes_[t].start) {
-    const std::uint32_t child = erase_key(nodes_[t].left, start, erased);
-    nodes_[t].left = child;
+    set_left(t, erase_key(nodes_[t].left, start, keep_reserved, erased, refused));
   } else if (start > nodes_[t].start) {
-    const std::uint32_t child = erase_key(nodes_[t].right, start, erased);
-    nodes_[t].right = child;
+    set_right(t, erase_key(nodes_[t].right, start, keep_reserved, erased, refused));
   } else {
+    if (keep_reserved && nodes_[t].reserved) {
+      *refused = true;
+      return t;
+    }
     *erased = t;
     const std::uint32_t l = nodes_[t].left;
     const std::uint32_t r = nodes_[t].right;
     if (l == kNil) return r;
     if (r == kNil) return l;
+    // The successor takes t's place.
     std::uint32_t m = kNil;
     const std::uint32_t rest = erase_min(r, &m);
-    nodes_[m].left = l;
-    nodes_[m].right = rest;
+    set_right(m, rest);
+    set_left(m, l);
     return rebalance(m);
   }
   return rebalance(t);
@@ -214,26 +242,33 @@ std::uint32_t IovaAllocator::first_overlap(std::uint64_t start,
 // ---- mutation with the best-fit index kept in step ----------------------------------------
 
 void IovaAllocator::occupy(std::uint64_t start, std::uint64_t last, bool reserved) noexcept {
-  if (gap_index_active_) {
-    const IovaRange g = enclosing_gap(start, last);
-    gap_index_remove(g.start, g.last);
-    if (start > g.start) gap_index_add(g.start, start - 1);
-    if (last < g.last) gap_index_add(last + 1, g.last);
-  }
+  if (gap_index_active_) index_occupied(start, last, enclosing_gap(start, last));
   const std::uint32_t n = new_node(start, last, reserved);
   root_ = insert_node(root_, n);
   ++size_;
   if (!reserved) ++allocated_count_;
 }
 
+void IovaAllocator::index_occupied(std::uint64_t start, std::uint64_t last,
+                                   IovaRange gap) noexcept {
+  gap_index_remove(gap.start, gap.last);
+  if (start > gap.start) gap_index_add(gap.start, start - 1);
+  if (last < gap.last) gap_index_add(last + 1, gap.last);
+}
+
 void IovaAllocator::vacate(std::uint32_t node) noexcept {
+  std::uint32_t erased = kNil;
+  bool refused = false;
+  root_ = erase_key(root_, nodes_[node].start, false, &erased, &refused);
+  forget(erased);
+}
+
+void IovaAllocator::forget(std::uint32_t node) noexcept {
   const std::uint64_t start = nodes_[node].start;
   const std::uint64_t last = nodes_[node].last;
-  std::uint32_t erased = kNil;
-  root_ = erase_key(root_, start, &erased);
   --size_;
-  if (!nodes_[erased].reserved) --allocated_count_;
-  release_node(erased);
+  if (!nodes_[node].reserved) --allocated_count_;
+  release_node(node);
   if (gap_index_active_) {
     const IovaRange g = enclosing_gap(start, last);
     if (start > g.start) gap_index_remove(g.start, start - 1);
@@ -381,30 +416,46 @@ int IovaAllocator::constraint(const AllocRequest& req, std::uint64_t* modulus,
   return 0;
 }
 
-// Lowest-address fit among the gaps of subtree t, whose neighbours outside the subtree leave
-// [lo, hi] (lo <= min_start, max_last <= hi). A subtree is entered only if some gap in it is
-// at least `length` bytes, so with no alignment rejections the walk is one path: O(log n).
-// Each gap that is long enough but loses to alignment costs one more O(log n) detour.
-std::optional<IovaAllocator::Placement> IovaAllocator::first_fit(
-    std::uint32_t t, std::uint64_t lo, std::uint64_t hi, std::uint64_t length,
-    std::uint64_t modulus, std::uint64_t phase) const noexcept {
-  const Node& n = nodes_[t];
-  const bool maybe = n.max_gap >= length ||
-                     (n.min_start > lo && n.min_start - lo >= length) ||
-                     (hi > n.max_last && hi - n.max_last >= length);
-  if (!maybe) return std::nullopt;
-  if (n.left != kNil) {
-    if (auto p = first_fit(n.left, lo, n.start - 1, length, modulus, phase)) return p;
-  } else if (n.start > lo) {
-    if (auto x = place_in_gap(lo, n.start - 1, length, modulus, phase))
-      return Placement{*x, lo, n.start - 1};
+// First-fit and insertion in one descent. Finds the lowest-address fit among the gaps of
+// subtree t, whose neighbours outside the subtree leave [lo, hi] (lo <= min_start,
+// max_last <= hi; for an empty subtree [lo, hi] is one gap), links a new leaf there and
+// returns the subtree's new root; *placed says where, or stays empty if nothing fits.
+// A side is entered only if some gap there is at least `length` bytes, judged from t's own
+// cached fields, so the walk reads only the nodes it descends into. With no alignment
+// rejections it is one path: O(log n); each gap that is long enough but loses to alignment
+// costs one more O(log n) detour. Needs a node from ensure_nodes().
+std::uint32_t IovaAllocator::first_fit_insert(std::uint32_t t, std::uint64_t lo,
+                                              std::uint64_t hi, std::uint64_t length,
+                                              std::uint64_t modulus, std::uint64_t phase,
+                                              std::optional<Placement>* placed) noexcept {
+  if (t == kNil) {
+    const auto x = place_in_gap(lo, hi, length, modulus, phase);
+    if (!x) return kNil;
+    *placed = Placement{*x, lo, hi};
+    return new_node(*x, *x + (length - 1), false);
   }
-  if (n.right != kNil) return first_fit(n.right, n.last + 1, hi, length, modulus, phase);
-  if (n.last < hi) {
-    if (auto x = place_in_gap(n.last + 1, hi, length, modulus, phase))
-      return Placement{*x, n.last + 1, hi};
+  const Node& n = nodes_[t];  // new_node() cannot reallocate: capacity was reserved
+  const bool try_left =
+      n.left != kNil ? n.left_gap >= length || n.min_start - lo >= length : n.start > lo;
+  if (try_left) {
+    const std::uint32_t c =
+        first_fit_insert(n.left, lo, n.start - 1, length, modulus, phase, placed);
+    if (*placed) {
+      set_left(t, c);
+      return rebalance(t);
+    }
   }
-  return std::nullopt;
+  const bool try_right =
+      n.right != kNil ? n.right_gap >= length || hi - n.max_last >= length : n.last < hi;
+  if (try_right) {
+    const std::uint32_t c =
+        first_fit_insert(n.right, n.last + 1, hi, length, modulus, phase, placed);
+    if (*placed) {
+      set_right(t, c);
+      return rebalance(t);
+    }
+  }
+  return t;
 }
 
 // Smallest gap that fits, lowest address on ties: the gap index is ordered exactly so.
@@ -425,19 +476,24 @@ int IovaAllocator::alloc(const AllocRequest& req, std::uint64_t* iova) noexcept 
   std::uint64_t phase;
   if (int err = constraint(req, &modulus, &phase); err != 0) return err;
   if (!ensure_nodes(1)) return -ENOMEM;
-  std::optional<Placement> p;
+  const std::uint64_t span = req.length - 1;
   if (req.fit == Fit::kBest) {
     if (!gap_index_active_ && !build_gap_index()) return -ENOMEM;
-    p = best_fit(req.length, modulus, phase);
-  } else if (root_ == kNil) {
-    if (auto x = place_in_gap(0, kU64Max, req.length, modulus, phase))
-      p = Placement{*x, 0, kU64Max};
+    const auto p = best_fit(req.length, modulus, phase);
+    if (!p) return -ENOSPC;
+    index_occupied(p->iova, p->iova + span, {p->gap_start, p->gap_last});
+    root_ = insert_node(root_, new_node(p->iova, p->iova + span, false));
+    *iova = p->iova;
   } else {
-    p = first_fit(root_, 0, kU64Max, req.length, modulus, phase);
+    std::optional<Placement> p;
+    const std::uint32_t root = first_fit_insert(root_, 0, kU64Max, req.length, modulus, phase, &p);
+    if (!p) return -ENOSPC;
+    root_ = root;
+    if (gap_index_active_) index_occupied(p->iova, p->iova + span, {p->gap_start, p->gap_last});
+    *iova = p->iova;
   }
-  if (!p) return -ENOSPC;
-  occupy(p->iova, p->iova + (req.length - 1), false);
-  *iova = p->iova;
+  ++size_;
+  ++allocated_count_;
   return 0;
 }
 
@@ -454,11 +510,14 @@ int IovaAllocator::alloc_fixed(std::uint64_t iova, std::uint64_t length) noexcep
 }
 
 int IovaAllocator::free(std::uint64_t iova, IovaRange* freed) noexcept {
-  const std::uint32_t t = floor_node(iova);
-  if (t == kNil || nodes_[t].start != iova) return -ENOENT;
-  if (nodes_[t].reserved) return -EPERM;
-  if (freed) *freed = IovaRange{nodes_[t].start, nodes_[t].last};
-  vacate(t);
+  // One descent finds and unlinks the node.
+  std::uint32_t erased = kNil;
+  bool refused = false;
+  root_ = erase_key(root_, iova, true, &erased, &refused);
+  if (refused) return -EPERM;
+  if (erased == kNil) return -ENOENT;
+  if (freed) *freed = IovaRange{nodes_[erased].start, nodes_[erased].last};
+  forget(erased);
   return 0;
 }
 
@@ -538,27 +597,27 @@ bool IovaAllocator::contains(std::uint64_t iova) const noexcept {
 std::optional<IovaRange> IovaAllocator::largest_free_gap() const noexcept {
   if (root_ == kNil) return IovaRange{0, kU64Max};
   const Node& r = nodes_[root_];
-  const std::uint64_t lead = r.min_start;          // bytes in [0, min_start - 1]
+  const std::uint64_t lead = r.min_start;            // bytes in [0, min_start - 1]
   const std::uint64_t trail = kU64Max - r.max_last;  // bytes in [max_last + 1, 2^64 - 1]
-  const std::uint64_t best = std::max({lead, r.max_gap, trail});
+  const std::uint64_t best = std::max({lead, max_gap(root_), trail});
   if (best == 0) return std::nullopt;
   if (lead == best) return IovaRange{0, r.min_start - 1};
-  if (r.max_gap == best) {
+  if (max_gap(root_) == best) {
     // Descend to the lowest internal gap of that size.
     std::uint32_t t = root_;
     for (;;) {
       const Node& n = nodes_[t];
-      const Node& l = nodes_[n.left];
-      const Node& rt = nodes_[n.right];
-      if (n.left != kNil && l.max_gap == best) {
-        t = n.left;
-      } else if (n.left != kNil && n.start - l.max_last - 1 == best) {
-        return IovaRange{l.max_last + 1, n.start - 1};
-      } else if (n.right != kNil && rt.min_start - n.last - 1 == best) {
-        return IovaRange{n.last + 1, rt.min_start - 1};
-      } else {
-        t = n.right;
+      if (n.left_gap == best) {
+        if (max_gap(n.left) == best) {
+          t = n.left;
+          continue;
+        }
+        return IovaRange{nodes_[n.left].max_last + 1, n.start - 1};
       }
+      // Then right_gap == best.
+      if (nodes_[n.right].min_start - n.last - 1 == best)
+        return IovaRange{n.last + 1, nodes_[n.right].min_start - 1};
+      t = n.right;
     }
   }
   return IovaRange{r.max_last + 1, kU64Max};
@@ -570,8 +629,6 @@ bool IovaAllocator::check_subtree(std::uint32_t t, std::uint64_t* count, bool* f
                                   std::uint64_t* prev_last) const noexcept {
   if (t == kNil) return true;
   const Node& n = nodes_[t];
-  const Node& l = nodes_[n.left];
-  const Node& r = nodes_[n.right];
   if (!check_subtree(n.left, count, first, prev_last)) return false;
   if (n.start > n.last) return false;
   if (!*first && *prev_last >= n.start) return false;  // order and disjointness
@@ -579,14 +636,16 @@ bool IovaAllocator::check_subtree(std::uint32_t t, std::uint64_t* count, bool* f
   *prev_last = n.last;
   ++*count;
   if (!check_subtree(n.right, count, first, prev_last)) return false;
-  if (n.height != 1 + std::max(l.height, r.height)) return false;
-  if (std::abs(l.height - r.height) > 1) return false;
+  // Every cached field against a recomputation from the children themselves.
+  if (n.left_height != height(n.left) || n.right_height != height(n.right)) return false;
+  if (std::abs(n.left_height - n.right_height) > 1) return false;
+  const Node& l = nodes_[n.left];
+  const Node& r = nodes_[n.right];
   if (n.min_start != (n.left != kNil ? l.min_start : n.start)) return false;
   if (n.max_last != (n.right != kNil ? r.max_last : n.last)) return false;
-  std::uint64_t gap = std::max(l.max_gap, r.max_gap);
-  if (n.left != kNil) gap = std::max(gap, n.start - l.max_last - 1);
-  if (n.right != kNil) gap = std::max(gap, r.min_start - n.last - 1);
-  return n.max_gap == gap;
+  const std::uint64_t lg = n.left != kNil ? std::max(max_gap(n.left), n.start - l.max_last - 1) : 0;
+  const std::uint64_t rg = n.right != kNil ? std::max(max_gap(n.right), r.min_start - n.last - 1) : 0;
+  return n.left_gap == lg && n.right_gap == rg;
 }
 
 bool IovaAllocator::check_invariants() const noexcept {
