@@ -78,6 +78,40 @@ ROUNDS = {"fastmap-batch": 5, "fastmap-single": 5, "reference": 3, "intervaltree
 LIVE = [1_000, 100_000, 1_000_000]
 
 
+RATES: dict[tuple[int, str], float] = {}
+
+
+class RateTable:
+    """Rounds hold different numbers of pairs per backend, so pytest-benchmark's per-round
+    times do not compare across rows; this adds pairs per second side by side to the end
+    of the run (a plugin hook, so output capture does not swallow it)."""
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:  # type: ignore[no-untyped-def]
+        if not RATES:
+            return
+        tr = terminalreporter
+        tr.section("alloc+free pairs per second (best round; x = speed-up over the reference)")
+        tr.write_line(f"{'live ranges':>12} " + " ".join(f"{name:>22}" for name in BACKENDS))
+        for live in LIVE:
+            ref = RATES.get((live, "reference"))
+            cells = []
+            for name in BACKENDS:
+                rate = RATES.get((live, name))
+                if rate is None:
+                    cells.append(f"{'-':>22}")
+                    continue
+                x = f" ({rate / ref:,.{0 if rate >= 10 * ref else 2}f}x)" if ref else ""
+                cells.append(f"{f'{rate:,.0f}{x}':>22}")
+            tr.write_line(f"{live:>12,} " + " ".join(cells))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rate_table(request):  # type: ignore[no-untyped-def]
+    pm = request.config.pluginmanager
+    if not pm.has_plugin("fastmap-alloc-rates"):
+        pm.register(RateTable(), "fastmap-alloc-rates")
+
+
 @pytest.mark.parametrize("live", LIVE, ids=lambda n: f"{n:,}live")
 @pytest.mark.parametrize("impl", list(BACKENDS))
 def test_alloc_free(benchmark, impl: str, live: int) -> None:  # type: ignore[no-untyped-def]
@@ -98,4 +132,6 @@ def test_alloc_free(benchmark, impl: str, live: int) -> None:  # type: ignore[no
     benchmark.pedantic(backend.run, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     benchmark.extra_info["pairs_per_round"] = steps
     if not benchmark.disabled:
-        benchmark.extra_info["pairs_per_second"] = round(steps / benchmark.stats.stats.min)
+        rate = steps / benchmark.stats.stats.min
+        benchmark.extra_info["pairs_per_second"] = round(rate)
+        RATES[(live, impl)] = rate

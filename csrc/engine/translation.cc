@@ -89,15 +89,19 @@ std::optional<Mapping> TranslationMap::find_iova(std::uint64_t iova) const noexc
   return m ? std::optional<Mapping>(*m) : std::nullopt;
 }
 
+// Consecutive addresses usually fall in the same mapping (the pages of one buffer), so the
+// bulk lookups first try the mapping that answered the previous one.
 std::size_t TranslationMap::translate_va_bulk(std::span<const std::uint64_t> in,
                                               std::span<std::uint64_t> out,
                                               std::span<std::uint8_t> found) const noexcept {
   std::size_t hits = 0;
+  const Mapping* m = nullptr;
   for (std::size_t i = 0; i < in.size(); ++i) {
-    const auto r = translate_va(in[i]);
-    out[i] = r.value_or(0);
-    found[i] = r.has_value();
-    hits += r.has_value();
+    const std::uint64_t va = in[i];
+    if (!m || va - m->va > m->length - 1) m = holding_va(va);
+    out[i] = m ? m->iova + (va - m->va) : 0;
+    found[i] = m != nullptr;
+    hits += m != nullptr;
   }
   return hits;
 }
@@ -106,11 +110,13 @@ std::size_t TranslationMap::translate_iova_bulk(std::span<const std::uint64_t> i
                                                 std::span<std::uint64_t> out,
                                                 std::span<std::uint8_t> found) const noexcept {
   std::size_t hits = 0;
+  const Mapping* m = nullptr;
   for (std::size_t i = 0; i < in.size(); ++i) {
-    const auto r = translate_iova(in[i]);
-    out[i] = r.value_or(0);
-    found[i] = r.has_value();
-    hits += r.has_value();
+    const std::uint64_t iova = in[i];
+    if (!m || iova - m->iova > m->length - 1) m = holding_iova(iova);
+    out[i] = m ? m->va + (iova - m->iova) : 0;
+    found[i] = m != nullptr;
+    hits += m != nullptr;
   }
   return hits;
 }
