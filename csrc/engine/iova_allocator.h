@@ -64,10 +64,10 @@ class IovaAllocator {
   // sizes default to 2 MiB and 1 GiB (x86-64 and arm64 with 4 KiB pages).
   IovaAllocator() noexcept;
 
+  // Pinned in place (a moved-from pool would lose its nil sentinel); hold it by pointer to
+  // move it.
   IovaAllocator(const IovaAllocator&) = delete;
   IovaAllocator& operator=(const IovaAllocator&) = delete;
-  IovaAllocator(IovaAllocator&&) noexcept = default;
-  IovaAllocator& operator=(IovaAllocator&&) noexcept = default;
 
   // Only the union of `allowed` stays usable: the rest becomes reserved. -EINVAL for a range
   // with start > last, -EEXIST if an allocation lies outside the union (nothing changes).
