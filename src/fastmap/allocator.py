@@ -250,15 +250,29 @@ class IovaAllocator:
             return
         e = -err
         rng = f"[{start:#x}, {last:#x}]"
-        if e in (errno.EINVAL, errno.EOVERFLOW):
-            raise InvalidRequestError(f"{what} {rng}: {errno.errorcode[e]}", e, index)
+        if e == errno.EOVERFLOW:
+            raise InvalidRequestError(
+                f"{what} at {start:#x}: the range runs past the end of the 64-bit space", e, index
+            )
+        if e == errno.EINVAL:
+            raise InvalidRequestError(f"{what} at {start:#x}: the length is 0", e, index)
         if e == errno.EEXIST:
+            hit = self._first_allocation_in(start, last)
             raise RangeInUseError(
-                f"{what} {rng} overlaps an allocation", e, space="iova", start=start, last=last
+                f"{what} {rng} overlaps the allocation {hit!r}; free it first or pick another "
+                "address",
+                e,
+                space="iova",
+                start=start,
+                last=last,
             )
         if e == errno.EADDRNOTAVAIL:
+            hit = next(
+                (r for r in self.reserved_ranges() if r.start <= last and start <= r.last), None
+            )
             raise ReservedRangeError(
-                f"{what} {rng} touches a reserved range or lies outside the allowed ranges",
+                f"{what} {rng} touches the reserved range {hit!r} (a reserved region such as "
+                "an MSI window, or space outside the allowed IOVA ranges)",
                 e,
                 index,
             )
@@ -273,6 +287,13 @@ class IovaAllocator:
         if e == errno.ENOMEM:
             raise MemoryError(f"{what}: out of host memory for allocator nodes")
         raise AllocatorError(f"{what}: {errno.errorcode.get(e, e)}", e, index)
+
+    def _first_allocation_in(self, start: int, last: int) -> IovaRange | None:
+        starts, lasts = self.ranges()
+        i = int(np.searchsorted(lasts, np.uint64(start)))
+        if i < starts.size and int(starts[i]) <= last:
+            return IovaRange(int(starts[i]), int(lasts[i]))
+        return None
 
     def _no_space(
         self, length: int, align: int, hint_va: int | None, fit: Fit, index: int | None
@@ -327,10 +348,21 @@ class IovaAllocator:
         i = _u64("iova", iova)
         if length is None:
             err, start, last = self._a.free(i)
+            if err == -errno.ENOENT:
+                raise RangeNotFoundError(
+                    f"free: no allocation starts at {i:#x} (freed already, or not the start of "
+                    "an allocation: find() names the range holding an address)",
+                    address=i,
+                )
             self._raise(err, "free", i, i)
             return IovaRange(start, last)
         n = _u64("length", length)
-        self._raise(self._a.free_range(i, n), "free", i, i + max(n, 1) - 1)
+        err = self._a.free_range(i, n)
+        if err == -errno.ENOENT:
+            raise RangeNotFoundError(
+                f"free: [{i:#x}, {i + n - 1:#x}] does not lie inside one allocation", address=i
+            )
+        self._raise(err, "free", i, i + max(n, 1) - 1)
         return IovaRange(i, i + n - 1)
 
     def bulk_alloc(
