@@ -1,14 +1,15 @@
 // IovaAllocator: hands out IOVA ranges for mappings.
 //
-// The allocated ranges live in an AVL tree keyed by start. Every subtree also knows its
-// lowest start, highest last byte and the largest free gap *between* its ranges, so a search
-// can skip any subtree whose gaps are all too small: first-fit is one root-to-leaf walk,
-// which links the new node on its way (and free is one walk too). Alignment can make a gap
-// that is long enough unusable; each such gap costs one extra O(log n) detour.
+// The ranges in use live in a RangeBTree (range_btree.h): a B+tree keyed by start whose
+// inner nodes know, per child subtree, the lowest start, the highest last byte and the
+// largest free gap between its ranges. A first-fit search skips every subtree whose gaps are
+// all too small, so it is one root-to-leaf walk, which inserts the new range on its way;
+// free is one walk too. Alignment can make a gap that is long enough unusable; each such gap
+// costs one extra O(log n) detour.
 // Free space is never stored; it is whatever lies between two ranges, so freeing a range
 // merges it with its neighbouring free space by construction.
 //
-// Space outside the allowed ranges, and every reserved range, is held by "reserved" nodes
+// Space outside the allowed ranges, and every reserved range, is held by "reserved" entries
 // that are never freed, so searches need no separate allowed/reserved bookkeeping.
 //
 // Best-fit needs the smallest sufficient gap, which a max-gap augmentation cannot find, so a
@@ -28,6 +29,8 @@
 #include <span>
 #include <utility>
 #include <vector>
+
+#include "engine/range_btree.h"
 
 namespace fastmap::engine {
 
@@ -64,8 +67,6 @@ class IovaAllocator {
   // sizes default to 2 MiB and 1 GiB (x86-64 and arm64 with 4 KiB pages).
   IovaAllocator() noexcept;
 
-  // Pinned in place (a moved-from pool would lose its nil sentinel); hold it by pointer to
-  // move it.
   IovaAllocator(const IovaAllocator&) = delete;
   IovaAllocator& operator=(const IovaAllocator&) = delete;
 
@@ -110,7 +111,7 @@ class IovaAllocator {
   std::optional<IovaRange> largest_free_gap() const noexcept;
 
   std::size_t allocated_count() const noexcept { return allocated_count_; }
-  std::size_t reserved_count() const noexcept { return size_ - allocated_count_; }
+  std::size_t reserved_count() const noexcept { return tree_.size() - allocated_count_; }
 
   // Calls f(const IovaEntry&) for every range in address order.
   template <typename F>
@@ -121,95 +122,33 @@ class IovaAllocator {
   bool check_invariants() const noexcept;
 
  private:
-  static constexpr std::uint32_t kNil = 0;
-
-  // One cache line per node. Each node caches what it needs of its children (their heights,
-  // and the largest gap on each side, including the gap between that child subtree and the
-  // node itself), so rebalancing and searching read only nodes on the path being walked,
-  // never a sibling: at 10^5+ ranges, sibling reads were most of the cache misses.
-  struct alignas(64) Node {
-    std::uint64_t start = 0;
-    std::uint64_t last = 0;
-    std::uint64_t min_start = 0;  // of the subtree
-    std::uint64_t max_last = 0;   // of the subtree
-    std::uint64_t left_gap = 0;   // largest gap in the left subtree or between it and start
-    std::uint64_t right_gap = 0;  // largest gap in the right subtree or between last and it
-    std::uint32_t left = kNil;
-    std::uint32_t right = kNil;
-    std::int8_t left_height = 0;
-    std::int8_t right_height = 0;
-    bool reserved = false;
-  };
-
-  // A candidate position found by a search, with the gap it lies in.
-  struct Placement {
-    std::uint64_t iova;
-    std::uint64_t gap_start;
-    std::uint64_t gap_last;
-  };
-
-  // Node pool: nodes_[0] is the nil sentinel (height 0, max_gap 0). Released nodes form an
-  // intrusive free list through `left`, so releasing never allocates.
-  // ensure_nodes(k): room for k new nodes without allocating, or false (out of memory).
-  bool ensure_nodes(std::size_t k) noexcept;
-  std::uint32_t new_node(std::uint64_t start, std::uint64_t last, bool reserved) noexcept;
-  void release_node(std::uint32_t n) noexcept;
-
-  std::int8_t height(std::uint32_t t) const noexcept;
-  std::uint64_t max_gap(std::uint32_t t) const noexcept;  // largest gap inside the subtree
-  // Refresh t's cache of one child (reading only that child), or of both.
-  void set_left(std::uint32_t t, std::uint32_t child) noexcept;
-  void set_right(std::uint32_t t, std::uint32_t child) noexcept;
-  void pull(std::uint32_t t) noexcept;
-  std::uint32_t rotate_left(std::uint32_t t) noexcept;
-  std::uint32_t rotate_right(std::uint32_t t) noexcept;
-  std::uint32_t rebalance(std::uint32_t t) noexcept;
-  std::uint32_t insert_node(std::uint32_t t, std::uint32_t n) noexcept;
-  std::uint32_t erase_min(std::uint32_t t, std::uint32_t* min) noexcept;
-  // Unlinks the node whose start is `start` (*erased; kNil if none). With keep_reserved, a
-  // reserved node stays and *refused is set.
-  std::uint32_t erase_key(std::uint32_t t, std::uint64_t start, bool keep_reserved,
-                          std::uint32_t* erased, bool* refused) noexcept;
-
-  std::uint32_t floor_node(std::uint64_t key) const noexcept;  // greatest start <= key
-  std::uint32_t ceil_node(std::uint64_t key) const noexcept;   // least start >= key
   // The free gap around [start, last], which must be free: from the predecessor's last + 1
   // to the successor's start - 1.
   IovaRange enclosing_gap(std::uint64_t start, std::uint64_t last) const noexcept;
+  // The lowest range overlapping [start, last], if any.
+  std::optional<RangeEntry> first_overlap(std::uint64_t start, std::uint64_t last) const noexcept;
 
-  std::uint32_t first_fit_insert(std::uint32_t t, std::uint64_t lo, std::uint64_t hi,
-                                 std::uint64_t length, std::uint64_t modulus,
-                                 std::uint64_t phase, std::optional<Placement>* placed) noexcept;
-  std::optional<Placement> best_fit(std::uint64_t length, std::uint64_t modulus,
-                                    std::uint64_t phase) noexcept;
+  std::optional<GapPlacement> best_fit(std::uint64_t length, std::uint64_t modulus,
+                                       std::uint64_t phase) noexcept;
   int constraint(const AllocRequest& req, std::uint64_t* modulus,
                  std::uint64_t* phase) const noexcept;
 
-  // The lowest range overlapping [start, last], if any.
-  std::uint32_t first_overlap(std::uint64_t start, std::uint64_t last) const noexcept;
-  // Inserts an allocation or reserved node over a known-free range, keeping the gap index.
-  // Needs a node from ensure_nodes(); cannot fail then.
+  // Inserts an allocation or reserved range over known-free space, keeping the gap index.
+  // Needs room from tree_.reserve_for_insert(); cannot fail then.
   void occupy(std::uint64_t start, std::uint64_t last, bool reserved) noexcept;
+  // Removes the range starting at `start` (reserved or not), keeping the gap index.
+  void vacate(std::uint64_t start) noexcept;
+  // Bookkeeping once `e` has left the tree: counts and the gap index.
+  void forget(const RangeEntry& e) noexcept;
   // Gap-index update for [start, last] taken out of the free gap `gap`.
   void index_occupied(std::uint64_t start, std::uint64_t last, IovaRange gap) noexcept;
-  // Removes `node` from the tree, keeping the gap index.
-  void vacate(std::uint32_t node) noexcept;
-  // Bookkeeping once `node`, just unlinked, is gone: counts, node pool, gap index.
-  void forget(std::uint32_t node) noexcept;
 
   // Best-fit index of free gaps, keyed (last - start, start).
   bool build_gap_index() noexcept;
   void gap_index_remove(std::uint64_t start, std::uint64_t last) noexcept;
   void gap_index_add(std::uint64_t start, std::uint64_t last) noexcept;
 
-  bool check_subtree(std::uint32_t t, std::uint64_t* count, bool* first,
-                     std::uint64_t* prev_last) const noexcept;
-
-  std::vector<Node> nodes_;
-  std::uint32_t free_head_ = kNil;
-  std::size_t free_count_ = 0;
-  std::uint32_t root_ = kNil;
-  std::size_t size_ = 0;
+  RangeBTree tree_;
   std::size_t allocated_count_ = 0;
   std::vector<std::uint64_t> huge_sizes_;
 
@@ -219,20 +158,7 @@ class IovaAllocator {
 
 template <typename F>
 void IovaAllocator::for_each(F&& f) const {
-  // Iterative in-order walk; the tree height is at most ~1.44 log2(n) < 64.
-  std::uint32_t stack[96];
-  int depth = 0;
-  std::uint32_t t = root_;
-  while (t != kNil || depth > 0) {
-    while (t != kNil) {
-      stack[depth++] = t;
-      t = nodes_[t].left;
-    }
-    t = stack[--depth];
-    const Node& n = nodes_[t];
-    f(IovaEntry{n.start, n.last, n.reserved});
-    t = n.right;
-  }
+  tree_.for_each([&](const RangeEntry& e) { f(IovaEntry{e.start, e.last, e.reserved}); });
 }
 
 }  // namespace fastmap::engine

@@ -395,3 +395,55 @@ def test_error_classes_share_a_base() -> None:
         ReservedRangeError,
     ):
         assert issubclass(cls, AllocatorError)
+
+
+# ---- tree shapes: splits and merges on every level ----------------------------------------------
+
+
+@pytest.mark.parametrize("reserved", [False, True], ids=["plain", "with_reserved"])
+@pytest.mark.parametrize("delete", ["random", "from_left", "from_right"])
+@pytest.mark.parametrize("insert", ["ascending", "descending", "random"])
+def test_grow_and_shrink_through_every_tree_level(insert: str, delete: str, reserved: bool) -> None:
+    """Ten thousand ranges make a tree several levels deep; filling it in various orders
+    (so nodes end up with various fills) and emptying it in others exercises every split,
+    merge and refill path, with reserved ranges riding along. A set is the model."""
+    n = 12_000
+    rng = random.Random(f"{insert}-{delete}-{reserved}")
+    a = IovaAllocator([(0, 1 << 40)])
+    slots = [i * 2 * K for i in range(n)]  # a free page between neighbours
+    kept = set(slots[::5]) if reserved else set()  # reserved: never freed
+    order = list(slots)
+    if insert == "descending":
+        order.reverse()
+    elif insert == "random":
+        rng.shuffle(order)
+    for s in order:
+        if s in kept:
+            a.reserve(s, s + K - 1)
+        else:
+            a.alloc_fixed(s, K)
+    assert a.check_invariants()
+    victims = [s for s in slots if s not in kept]
+    if delete == "random":
+        rng.shuffle(victims)
+    elif delete == "from_right":
+        victims.reverse()
+    live = set(victims)
+    for k, s in enumerate(victims[:-3]):
+        a.free(s)
+        live.discard(s)
+        if k % 997 == 0:
+            assert a.check_invariants()
+            assert [r.start for r in a] == sorted(live)
+    assert [r.start for r in a] == sorted(live) and a.check_invariants()
+    beyond = IovaRange((1 << 40) + 1, U64_MAX)  # outside the allowed range
+    assert a.reserved_ranges() == [IovaRange(s, s + K - 1) for s in sorted(kept)] + [beyond]
+    # Refill first-fit, one page at a time: the lowest free pages, in order.
+    out = a.bulk_alloc([K] * 3000)
+    taken, expect, page = live | kept, [], 0
+    while len(expect) < 3000:
+        if page not in taken:
+            expect.append(page)
+        page += K
+    assert out.tolist() == expect
+    assert a.check_invariants() and len(a) == 3003
