@@ -117,8 +117,8 @@ class IovaAllocator {
   template <typename F>
   void for_each(F&& f) const;
 
-  // Verifies every structural invariant (ordering, disjointness, AVL balance, augmented
-  // fields, the best-fit index); for tests. Returns false on the first violation.
+  // Verifies every structural invariant (ordering, disjointness, B+tree fill and depth,
+  // cached summaries, the best-fit index); for tests. Returns false on the first violation.
   bool check_invariants() const noexcept;
 
  private:

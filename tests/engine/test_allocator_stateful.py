@@ -9,6 +9,7 @@ both ends of the 64-bit space where overflow lurks.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -192,9 +193,36 @@ class WholeSpace(AllocatorMachine):
     LENGTHS = st.one_of(st.integers(1, 0x5000), st.just(U64_MAX), st.integers(1 << 62, U64_MAX))
 
 
+class Preloaded(AllocatorMachine):
+    """Starts from ~600 small ranges, so every step works on a tree several levels deep
+    (leaves hold 32 ranges), with splits and merges happening under the random steps."""
+
+    RANGES: ClassVar[list[tuple[int, int]] | None] = [(0x1000, 0x1_0FFF)]
+    RESERVED: ClassVar[list[tuple[int, int]]] = [(0x8000, 0x80FF)]
+    HUGE: ClassVar[tuple[int, ...]] = (0x100, 0x1000)
+    ADDRS = st.integers(0, 0x1_2000)
+    LENGTHS = st.one_of(st.integers(1, 0x40), st.integers(1, 8).map(lambda n: n * 0x20))
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = random.Random(0)
+        pos = 0x1000
+        while pos < 0x1_0F00 and len(self.ref.entries) < 600:
+            pos += rng.randint(1, 0x40)  # a free gap
+            length = rng.randint(1, 0x40)
+            try:
+                self.ref.alloc_fixed(pos, length)
+            except RefError:
+                continue
+            self.real.alloc_fixed(pos, length)
+            pos += length
+
+
 TestSmallWindows = SmallWindows.TestCase
 TestSmallWindows.settings = SETTINGS
 TestSpaceEdges = SpaceEdges.TestCase
 TestSpaceEdges.settings = SETTINGS
 TestWholeSpace = WholeSpace.TestCase
 TestWholeSpace.settings = SETTINGS
+TestPreloaded = Preloaded.TestCase
+TestPreloaded.settings = settings(SETTINGS, max_examples=80)
