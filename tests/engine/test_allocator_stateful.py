@@ -22,7 +22,7 @@ from fastmap.allocator import AllocatorError, IovaAllocator
 
 SETTINGS = settings(
     derandomize=True,
-    max_examples=300,
+    max_examples=200,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -225,4 +225,4 @@ TestSpaceEdges.settings = SETTINGS
 TestWholeSpace = WholeSpace.TestCase
 TestWholeSpace.settings = SETTINGS
 TestPreloaded = Preloaded.TestCase
-TestPreloaded.settings = settings(SETTINGS, max_examples=80)
+TestPreloaded.settings = settings(SETTINGS, max_examples=60)
