@@ -143,6 +143,10 @@ class Mapping(NamedTuple):
     length: int
 
 
+# tuple.__new__ skips the NamedTuple's Python-level __new__: the hot paths build many.
+_new_range = tuple.__new__
+
+
 # ---- argument checking -----------------------------------------------------------------------
 
 
@@ -325,6 +329,19 @@ class IovaAllocator:
         is <= length: iova ≡ hint_va (mod 2 MiB) for a 2 MiB+ buffer, so the mapping can use
         huge IOPTEs; ``align`` then acts as the page granule whose offset is kept.
         """
+        # Fast path for well-formed plain ints; anything else gets the full checks below.
+        if (
+            type(length) is int
+            and type(align) is int
+            and 0 < length <= U64_MAX
+            and 0 < align <= U64_MAX
+            and not align & (align - 1)
+            and (hint_va is None or (type(hint_va) is int and 0 <= hint_va <= U64_MAX))
+            and fit in _FITS
+        ):
+            err, iova = self._a.alloc(length, align, hint_va, _FITS[fit])
+            if err == 0:
+                return iova
         n = _u64("length", length)
         a = _check_align(align)
         h = None if hint_va is None else _u64("hint_va", hint_va)
@@ -345,6 +362,10 @@ class IovaAllocator:
         """Frees the allocation starting at ``iova`` or, with ``length``, the bytes
         [iova, iova + length - 1] inside one allocation (the rest of it stays allocated).
         Returns the range freed."""
+        if length is None and type(iova) is int and 0 <= iova <= U64_MAX:
+            err, start, last = self._a.free(iova)
+            if err == 0:
+                return _new_range(IovaRange, (start, last))
         i = _u64("iova", iova)
         if length is None:
             err, start, last = self._a.free(i)
