@@ -296,7 +296,7 @@ int IovaAllocator::bulk_alloc(std::span<const std::uint64_t> lengths, std::uint6
   *failed_index = 0;
   if (out.size() != lengths.size() || (!hint_vas.empty() && hint_vas.size() != lengths.size()))
     return -EINVAL;
-  if (!tree_.reserve_for_insert(lengths.size())) return -ENOMEM;
+  // Each alloc() makes its own room; undoing needs none (frees never allocate).
   for (std::size_t i = 0; i < lengths.size(); ++i) {
     AllocRequest req{lengths[i], align, std::nullopt, fit};
     if (!hint_vas.empty()) req.hint_va = hint_vas[i];
@@ -318,7 +318,8 @@ int IovaAllocator::bulk_free(std::span<const std::uint64_t> iovas,
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   }
-  // Room to put everything back, so that a failure can always be undone.
+  // Room to put everything back, so that a failure can always be undone. This is address
+  // space, not memory: the pools only touch what they use.
   if (!tree_.reserve_for_insert(iovas.size())) return -ENOMEM;
   for (std::size_t i = 0; i < iovas.size(); ++i) {
     IovaRange r;

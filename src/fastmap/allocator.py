@@ -245,6 +245,13 @@ class IovaAllocator:
         for r in reserved:
             self.reserve(*r)
 
+    def __repr__(self) -> str:
+        gap = self.largest_free_gap()
+        return (
+            f"<IovaAllocator: {len(self)} allocations, {self.reserved_count} reserved ranges, "
+            f"largest free gap {gap!r}>"
+        )
+
     # -- errors --
 
     def _raise(
