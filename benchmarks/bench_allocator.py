@@ -16,49 +16,18 @@ baselines need (intervaltree takes ~20 s to build 1M intervals).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from fastmap.bench_alloc import (
-    PAGE,
     AllocBackend,
     FastmapBatch,
     FastmapSingle,
     IntervalTreeFirstFit,
+    ReferenceModel,
     Workload,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine"))
-from reference_allocator import ReferenceAllocator
-
-
-class ReferenceModel:
-    """The tests' sorted-list model: linear scans, no index."""
-
-    name = "python reference"
-
-    def prefill(self, w: Workload) -> None:
-        self.ref = ReferenceAllocator([w.window])
-        lengths = w.prefill_lengths.tolist()
-        starts, pos = [], w.window[0]
-        for n in lengths:
-            starts.append(pos)
-            pos += n
-        # Bulk-built: a million single allocs would take hours on a linear model.
-        self.ref.entries = sorted(
-            self.ref.entries + [(s, s + n - 1, False) for s, n in zip(starts, lengths, strict=True)]
-        )
-        self.live = starts
-
-    def run(self, slots, lengths) -> None:  # type: ignore[no-untyped-def]
-        ref, live = self.ref, self.live
-        for s, n in zip(slots.tolist(), lengths.tolist(), strict=True):
-            ref.free(live[s])
-            live[s] = ref.alloc(n, PAGE)
-
 
 BACKENDS: dict[str, Callable[[], AllocBackend]] = {
     "fastmap-batch": FastmapBatch,

@@ -170,6 +170,34 @@ class IntervalTreeFirstFit:
             live[s], lens[s] = iova, n
 
 
+class ReferenceModel:
+    """fastmap.reference_allocator: the sorted-list model the tests check against (linear
+    scans, no index)."""
+
+    name = "python reference"
+
+    def prefill(self, w: Workload) -> None:
+        from fastmap.reference_allocator import ReferenceAllocator
+
+        self.ref = ReferenceAllocator([w.window])
+        lengths = w.prefill_lengths.tolist()
+        starts, pos = [], w.window[0]
+        for n in lengths:
+            starts.append(pos)
+            pos += n
+        # Bulk-built: a million single allocs would take hours on a linear model.
+        self.ref.entries = sorted(
+            self.ref.entries + [(s, s + n - 1, False) for s, n in zip(starts, lengths, strict=True)]
+        )
+        self.live = starts
+
+    def run(self, slots: U64Array, lengths: U64Array) -> None:
+        ref, live = self.ref, self.live
+        for s, n in zip(slots.tolist(), lengths.tolist(), strict=True):
+            ref.free(live[s])
+            live[s] = ref.alloc(n, PAGE)
+
+
 def default_backends() -> list[Callable[[], AllocBackend]]:
     """fastmap batch and single calls, and intervaltree when it is installed."""
     backends: list[Callable[[], AllocBackend]] = [FastmapBatch, FastmapSingle]

@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-from reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 from fastmap.allocator import (
     AllocationError,
@@ -21,6 +20,7 @@ from fastmap.allocator import (
     RangeNotFoundError,
     ReservedRangeError,
 )
+from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 K = 0x1000
 M2 = 1 << 21

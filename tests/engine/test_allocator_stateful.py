@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 from fastmap.allocator import AllocatorError, IovaAllocator
+from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 SETTINGS = settings(
     derandomize=True,

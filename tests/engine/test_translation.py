@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 
 from fastmap.allocator import (
     AllocatorError,
@@ -23,6 +22,7 @@ from fastmap.allocator import (
     RangeNotFoundError,
     TranslationMap,
 )
+from fastmap.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 
 K = 0x1000
 
