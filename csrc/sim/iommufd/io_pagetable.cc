@@ -85,6 +85,32 @@ std::vector<IovaSpan> IoPagetable::usable_ranges() const {
 
 // ---- areas ------------------------------------------------------------------------------
 
+void IoPagetable::occupy(std::uint64_t start, std::uint64_t last) {
+  // The gap holding the new area (areas never overlap, so one gap holds all of it).
+  auto it = std::prev(free_.upper_bound(start));
+  const std::uint64_t gap_start = it->first, gap_last = it->second;
+  free_.erase(it);
+  if (gap_start < start) free_.emplace(gap_start, start - 1);
+  if (last < gap_last) free_.emplace(last + 1, gap_last);
+}
+
+void IoPagetable::release(std::uint64_t start, std::uint64_t last) {
+  std::uint64_t s = start, l = last;
+  auto next = free_.upper_bound(start);
+  if (next != free_.end() && l != kMax && next->first == l + 1) {
+    l = next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->second + 1 == s) {
+      s = prev->first;
+      free_.erase(prev);
+    }
+  }
+  free_.emplace(s, l);
+}
+
 int IoPagetable::check_iova(std::uint64_t iova, std::uint64_t length) const {
   if (iova & (iova_alignment_ - 1)) return -EINVAL;
   if (iova + (length - 1) < iova) return -EOVERFLOW;
@@ -129,7 +155,11 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
 
   std::vector<std::uint64_t> inserted;
   auto abort = [&](int err) {
-    for (auto key : inserted) areas_.erase(key);
+    for (auto key : inserted) {
+      auto it = areas_.find(key);
+      release(it->second.iova, it->second.last);
+      areas_.erase(it);
+    }
     return err;
   };
   std::uint64_t cur = *iova;
@@ -143,6 +173,7 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
     if (a.page_offset() & (iova_alignment_ - 1)) return abort(-EINVAL);
     if (cur + (s.length - 1) < cur) return abort(-EOVERFLOW);
     a.last = cur + (s.length - 1);
+    occupy(a.iova, a.last);
     areas_.emplace(cur, std::move(a));
     inserted.push_back(cur);
     cur += s.length;
@@ -178,6 +209,7 @@ int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* u
     unfill_area(a, domains_);
     if (a.pinned) a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
     bytes += a.length();
+    release(a.iova, a.last);
     areas_.erase(it);
   }
   *unmapped = bytes;
