@@ -46,15 +46,17 @@ struct iommu_test_mock_domain {
 FM_UAPI_LAYOUT(iommu_test_mock_domain, 12, FM_F(out_stdev_id, 0), FM_F(out_hwpt_id, 4),
                FM_F(out_idev_id, 8))
 
+// mock_domain extended by dev_flags at the end (a 6.12 kernel writes out_idev_id at 8 and
+// reads dev_flags at 12; checked in the VM).
 struct iommu_test_mock_domain_flags {
   static constexpr const char kUapiName[] = "iommu_test_mock_domain_flags";
   u32 out_stdev_id;
   u32 out_hwpt_id;
-  u32 dev_flags;
   u32 out_idev_id;
+  u32 dev_flags;
 };
 FM_UAPI_LAYOUT(iommu_test_mock_domain_flags, 16, FM_F(out_stdev_id, 0),
-               FM_F(out_hwpt_id, 4), FM_F(dev_flags, 8), FM_F(out_idev_id, 12))
+               FM_F(out_hwpt_id, 4), FM_F(out_idev_id, 8), FM_F(dev_flags, 12))
 
 struct iommu_test_mock_domain_replace {
   static constexpr const char kUapiName[] = "iommu_test_mock_domain_replace";

@@ -226,10 +226,8 @@ struct vfio_iommu_type1_info_dma_avail {
   static constexpr const char kUapiName[] = "vfio_iommu_type1_info_dma_avail";
   vfio_info_cap_header header;
   u32 avail;
-  u32 pad;
 };
-FM_UAPI_LAYOUT(vfio_iommu_type1_info_dma_avail, 16, FM_F(header, 0), FM_F(avail, 8),
-               FM_F(pad, 12))
+FM_UAPI_LAYOUT(vfio_iommu_type1_info_dma_avail, 12, FM_F(header, 0), FM_F(avail, 8))
 
 struct vfio_iommu_type1_dma_map {
   static constexpr const char kUapiName[] = "vfio_iommu_type1_dma_map";

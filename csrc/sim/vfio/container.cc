@@ -385,7 +385,7 @@ long Container::get_info(void* arg) {
   }
   {
     auto* avail = cap_add<vfio_iommu_type1_info_dma_avail>(
-        caps, offsetof(vfio_iommu_type1_info_dma_avail, pad), VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1);
+        caps, sizeof(vfio_iommu_type1_info_dma_avail), VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1);
     avail->avail = dma_avail_;
   }
   if (!iova_list_.empty()) {

@@ -1,0 +1,46 @@
+# fastmap developer entry points. On a fresh machine:
+#   make demo   # builds fastmap into .venv and runs the demo on the simulated kernel
+#   make test   # builds, lints, runs the test suites (simulator, then a real kernel in a VM)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-sim test-vm lint bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the build inputs change (C++ sources, build files).
+$(STAMP): $(PY) pyproject.toml setup.py $(shell find csrc -name '*.cc' -o -name '*.h')
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fastmap demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy
+
+# The simulator tier: everything that runs without /dev/iommu.
+test-sim: $(STAMP)
+	-tools/kernel-headers.sh >/dev/null
+	$(PY) -m pytest -m "not vm"
+
+# The real-kernel tier: boots Linux 6.12 under QEMU and runs the suites there.
+test-vm: $(STAMP)
+	tools/vmtest/install-qemu.sh
+	tools/vmtest/kernel.sh >/dev/null
+	$(PY) -m pytest -m vm -s
+
+test: lint test-sim test-vm
+
+bench: $(STAMP)
+	$(VENV)/bin/fastmap bench all
+
+clean:
+	rm -rf build $(VENV) src/fastmap/*.so

@@ -1,0 +1,443 @@
+"""I/O address spaces: map memory for devices, one entry or a whole batch at a time.
+
+    with IOMMUFDBackend() as be, be.ioas() as ioas:
+        iova = ioas.map(buf)                        # any contiguous Python buffer, or a VA
+        iovas = ioas.map_batch(vas, lengths)        # numpy arrays: one crossing into C++
+        ioas.unmap(iova, len(buf))
+
+Every map goes through the C++ batch engine (`_core.IoasMapper`), which keeps a table of
+what it mapped, so batches are all or nothing and unmaps can be undone if a later one fails.
+
+Lifetime: a mapped Python buffer is pinned (its buffer export is held) until it is unmapped:
+it cannot be resized or freed while a device can reach it. Raw integer VAs are the caller's
+to keep alive. `close()` (or leaving the `with` block) unmaps everything, then destroys the
+IOAS, then releases the pins, in that order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmap import _core, uapi
+from fastmap.errors import BatchError, KernelError
+
+if TYPE_CHECKING:
+    from fastmap.kernel import Kernel
+
+Buffer: TypeAlias = Any  # anything exporting a contiguous PEP 3118 buffer
+U64Array: TypeAlias = npt.NDArray[np.uint64]
+
+_HINT_COALESCED = (
+    "the range covers part of a coalesced mapping: unmap the whole run (see segments()) "
+    "or map without coalesce=True"
+)
+
+
+@dataclass(frozen=True)
+class IovaRange:
+    """An IOVA range, `last` inclusive (as the uAPI reports it)."""
+
+    start: int
+    last: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.start + 1
+
+
+def _prot(readable: bool, writeable: bool) -> int:
+    if not (readable or writeable):
+        raise ValueError("a mapping must be readable, writeable or both")
+    return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
+        uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
+    )
+
+
+def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
+    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
+    if isinstance(values, np.ndarray):
+        arr = values
+        if arr.size and arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
+            raise ValueError(f"{name} has negative entries")
+    else:
+        # Element by element: mixing numpy uint64 with Python ints would promote to float.
+        try:
+            items: Iterable[Any] = values  # type: ignore[assignment]
+            arr = np.array([int(v) for v in items], dtype=np.uint64)
+        except OverflowError as e:
+            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
+        except TypeError as e:
+            raise TypeError(f"{name} must be a sequence of integers") from e
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.uint64)
+
+
+class Ioas:
+    """One IOAS of an iommufd. Allocate with `Ioas.allocate` or `IOMMUFDBackend.ioas()`."""
+
+    def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int, *, owned: bool = True) -> None:
+        self._kernel = kernel
+        self._fd = iommufd
+        self._id = ioas_id
+        self._owned = owned
+        self._mapper = _core.IoasMapper(kernel.core, iommufd, ioas_id)
+        self._pins: dict[int, _core.BufferPin] = {}  # segment iova -> pinned buffer
+        self._closed = False
+
+    @classmethod
+    def allocate(cls, kernel: Kernel, iommufd: int) -> Ioas:
+        """IOMMU_IOAS_ALLOC on `iommufd`."""
+        cmd = uapi.new(uapi.iommu_ioas_alloc)
+        kernel.ioctl(iommufd, uapi.IOMMU_IOAS_ALLOC, cmd)
+        return cls(kernel, iommufd, int(cmd.out_ioas_id))
+
+    @property
+    def id(self) -> int:
+        """The IOAS object id in its iommufd."""
+        return self._id
+
+    @property
+    def kernel(self) -> Kernel:
+        return self._kernel
+
+    @property
+    def iommufd(self) -> int:
+        return self._fd
+
+    # --- single mappings ---------------------------------------------------------------
+    def map(
+        self,
+        buffer_or_va: Buffer | int,
+        length: int | None = None,
+        iova: int | None = None,
+        *,
+        readable: bool = True,
+        writeable: bool = True,
+    ) -> int:
+        """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
+
+        With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
+        pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
+        """
+        prot = _prot(readable, writeable)
+        pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        try:
+            out = self._run_map(
+                np.array([va], np.uint64),
+                np.array([length], np.uint64),
+                None if iova is None else np.array([iova], np.uint64),
+                prot,
+                False,
+                1,
+            )
+        except BaseException:
+            if pin is not None:
+                pin.release()
+            raise
+        chosen = int(out[0])
+        if pin is not None:
+            self._pins[chosen] = pin
+        return chosen
+
+    def unmap(self, iova: int, length: int) -> None:
+        """Unmap every mapping inside [iova, iova+length); each must lie wholly inside.
+
+        Raises BatchError (ENOENT) when nothing is mapped there or a mapping sticks out.
+        """
+        self.unmap_batch([iova], [length])
+
+    def unmap_all(self) -> int:
+        """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
+        ret = self._mapper.unmap_all()
+        if ret < 0:
+            raise KernelError.from_errno(
+                -ret, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
+            )
+        self._release_pins(list(self._pins))
+        return ret
+
+    # --- batches ---------------------------------------------------------------------------
+    def map_batch(
+        self,
+        vas: npt.ArrayLike,
+        lengths: npt.ArrayLike,
+        iovas: npt.ArrayLike | None = None,
+        *,
+        readable: bool = True,
+        writeable: bool = True,
+        coalesce: bool = False,
+        threads: int = 1,
+    ) -> U64Array:
+        """Map entry i = `lengths[i]` bytes at raw VA `vas[i]` (at `iovas[i]` if given).
+
+        All or nothing: if entry k fails, entries 0..k-1 are unmapped again and BatchError
+        names entry k. `coalesce` merges neighbours contiguous in VA and IOVA into one kernel
+        area (fewer ioctls; such a run can only be unmapped whole). `threads` > 1 submits
+        fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
+        The caller keeps the memory at `vas` alive while mapped.
+        """
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
+        if v.shape != ln.shape:
+            raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
+        fixed = None
+        if iovas is not None:
+            fixed = _u64s("iovas", iovas)
+            if fixed.shape != v.shape:
+                raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
+        return self._run_map(v, ln, fixed, _prot(readable, writeable), coalesce, threads)
+
+    def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
+        """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
+        io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
+        if io.shape != ln.shape:
+            raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
+        before = {s.iova for s in self._mapper.segments()} if self._pins else set()
+        err = self._mapper.unmap(io, ln)
+        if err is not None:
+            errno_value, index, call, rollback_failed = err
+            hint = _HINT_COALESCED if call == "coalesced" else None
+            raise BatchError(
+                errno_value,
+                "IOMMU_IOAS_UNMAP" if call == "coalesced" else call,
+                index,
+                {"iova": int(io[index]), "length": int(ln[index])},
+                hint,
+                rollback_failed,
+            )
+        if before:
+            after = {s.iova for s in self._mapper.segments()}
+            self._release_pins(sorted(before - after))
+
+    def _run_map(
+        self,
+        vas: U64Array,
+        lengths: U64Array,
+        iovas: U64Array | None,
+        prot: int,
+        coalesce: bool,
+        threads: int,
+    ) -> U64Array:
+        out, err = self._mapper.map(vas, lengths, iovas, prot, coalesce, threads)
+        if err is not None:
+            errno_value, index, call, rollback_failed = err
+            entry: dict[str, object] = {"va": int(vas[index]), "length": int(lengths[index])}
+            if iovas is not None:
+                entry["iova"] = int(iovas[index])
+            raise BatchError(errno_value, call, index, entry, None, rollback_failed)
+        return out
+
+    # --- other IOAS operations ---------------------------------------------------------------
+    def iova_ranges(self) -> list[IovaRange]:
+        """IOMMU_IOAS_IOVA_RANGES: the usable IOVA ranges (the holes of the reserved ranges)."""
+        return self._iova_ranges()[0]
+
+    @property
+    def iova_alignment(self) -> int:
+        """The IOVA/length granularity every map must respect (1 with no domain)."""
+        return self._iova_ranges()[1]
+
+    def _iova_ranges(self) -> tuple[list[IovaRange], int]:
+        # The two-call protocol: ask with room for n, the kernel says how many there are.
+        n = 4
+        while True:
+            arr = (uapi.iommu_iova_range * n)()
+            cmd = uapi.new(
+                uapi.iommu_ioas_iova_ranges,
+                ioas_id=self._id,
+                num_iovas=n,
+                allowed_iovas=ctypes.addressof(arr),
+            )
+            try:
+                self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_IOVA_RANGES, cmd)
+            except KernelError as e:
+                if e.errno == _errno.EMSGSIZE and cmd.num_iovas > n:
+                    n = int(cmd.num_iovas)
+                    continue
+                raise
+            ranges = [IovaRange(int(arr[i].start), int(arr[i].last)) for i in range(cmd.num_iovas)]
+            return ranges, int(cmd.out_iova_alignment)
+
+    def allow_iovas(self, ranges: Iterable[tuple[int, int] | IovaRange]) -> None:
+        """IOMMU_IOAS_ALLOW_IOVAS: restrict automatic IOVA choice to these (start, last)
+        ranges; an empty list lifts the restriction."""
+        items = [(r.start, r.last) if isinstance(r, IovaRange) else r for r in ranges]
+        arr = (uapi.iommu_iova_range * max(1, len(items)))()
+        for i, (start, last) in enumerate(items):
+            arr[i].start, arr[i].last = start, last
+        cmd = uapi.new(
+            uapi.iommu_ioas_allow_iovas,
+            ioas_id=self._id,
+            num_iovas=len(items),
+            allowed_iovas=ctypes.addressof(arr),
+        )
+        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_ALLOW_IOVAS, cmd)
+
+    def copy_from(
+        self,
+        src: Ioas,
+        src_iova: int,
+        length: int,
+        dst_iova: int | None = None,
+        *,
+        readable: bool = True,
+        writeable: bool = True,
+    ) -> int:
+        """IOMMU_IOAS_COPY: map here the pages `src` maps at [src_iova, +length), sharing
+        the pinned pages. Returns the IOVA here."""
+        if src.iommufd != self._fd:
+            raise ValueError("copy_from needs both IOASes on the same iommufd")
+        flags = _prot(readable, writeable)
+        if dst_iova is not None:
+            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+        cmd = uapi.new(
+            uapi.iommu_ioas_copy,
+            flags=flags,
+            dst_ioas_id=self._id,
+            src_ioas_id=src.id,
+            length=length,
+            dst_iova=dst_iova or 0,
+            src_iova=src_iova,
+        )
+        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
+        self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
+        return int(cmd.dst_iova)
+
+    def map_file(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        iova: int | None = None,
+        *,
+        readable: bool = True,
+        writeable: bool = True,
+    ) -> int:
+        """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
+        `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
+        flags = _prot(readable, writeable)
+        if iova is not None:
+            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+        cmd = uapi.new(
+            uapi.iommu_ioas_map_file,
+            flags=flags,
+            ioas_id=self._id,
+            fd=fd,
+            start=offset,
+            length=length,
+            iova=iova or 0,
+        )
+        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
+        self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
+        return int(cmd.iova)
+
+    @property
+    def huge_pages(self) -> bool:
+        """IOMMU_OPTION_HUGE_PAGES: whether large IOPTEs may be used (default True)."""
+        return bool(self._option(uapi.IOMMU_OPTION_OP_GET, 0))
+
+    @huge_pages.setter
+    def huge_pages(self, enabled: bool) -> None:
+        self._option(uapi.IOMMU_OPTION_OP_SET, int(enabled))
+
+    def _option(self, op: int, val: int) -> int:
+        cmd = uapi.new(
+            uapi.iommu_option,
+            option_id=uapi.IOMMU_OPTION_HUGE_PAGES,
+            op=op,
+            object_id=self._id,
+            val64=val,
+        )
+        self._kernel.ioctl(self._fd, uapi.IOMMU_OPTION, cmd)
+        return int(cmd.val64)
+
+    # --- introspection -----------------------------------------------------------------------
+    def segments(self) -> list[_core.Segment]:
+        """What this IOAS has mapped through fastmap, by IOVA."""
+        return self._mapper.segments()
+
+    def __len__(self) -> int:
+        return len(self._mapper)
+
+    def pinned(self, iova: int) -> bool:
+        """Whether a Python buffer mapped at `iova` is held pinned."""
+        return iova in self._pins
+
+    # --- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap everything, destroy the IOAS (if owned), then release the buffer pins."""
+        if self._closed:
+            return
+        self.unmap_all()
+        if self._owned:
+            cmd = uapi.new(uapi.iommu_destroy, id=self._id)
+            self._kernel.ioctl(self._fd, uapi.IOMMU_DESTROY, cmd)
+        self._closed = True
+
+    def __enter__(self) -> Ioas:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+        )
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _resolve(
+        self, buffer_or_va: Buffer | int, length: int | None, writeable: bool
+    ) -> tuple[_core.BufferPin | None, int, int]:
+        if isinstance(buffer_or_va, int):
+            if length is None:
+                raise ValueError("mapping a raw VA needs a length")
+            return None, buffer_or_va, length
+        try:
+            pin = _core.BufferPin(buffer_or_va, writeable)
+        except BufferError as e:
+            if writeable:
+                raise ValueError(
+                    f"{type(buffer_or_va).__name__} buffer is read-only or not contiguous: "
+                    "map it with writeable=False, or pass a writable contiguous buffer"
+                ) from e
+            raise ValueError(f"{type(buffer_or_va).__name__} is not a contiguous buffer") from e
+        except TypeError as e:
+            raise TypeError(
+                f"cannot map {type(buffer_or_va).__name__}: pass a buffer or an integer VA"
+            ) from e
+        if length is None:
+            length = pin.nbytes
+        elif not 0 < length <= pin.nbytes:
+            pin.release()
+            raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
+        return pin, pin.address, length
+
+    def _release_pins(self, iovas: Sequence[int]) -> None:
+        for iova in iovas:
+            pin = self._pins.pop(iova, None)
+            if pin is not None:
+                pin.release()
+
+
+def page_size() -> int:
+    """The host page size."""
+    return os.sysconf("SC_PAGE_SIZE")

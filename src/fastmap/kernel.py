@@ -1,0 +1,238 @@
+"""The transport layer: one Python face over the C++ ioctl seam, for both kernels.
+
+`Kernel` wraps a `_core.Kernel` (the real system calls, or the embedded simulated kernel)
+and turns its -errno results into typed `KernelError`s. Code written against it (raw uAPI
+structs from fastmap.uapi passed to `ioctl`) runs unchanged on either kernel:
+
+    with open_kernel() as k, k.open_fd("/dev/iommu") as fd:
+        alloc = uapi.new(uapi.iommu_ioas_alloc)
+        fd.ioctl(uapi.IOMMU_IOAS_ALLOC, alloc)
+
+Pointers inside structs (user_va, allowed_iovas, data...) are addresses in this process;
+the simulated kernel runs in-process, so they mean the same thing to both kernels. The
+caller keeps the memory they point to alive for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+from types import TracebackType
+from typing import Any, Literal, TypeAlias
+
+from fastmap import _core, uapi
+from fastmap._layout import field_values
+from fastmap.errors import KernelError
+
+KernelKind = Literal["real", "sim"]
+#: What ioctl() accepts: a uAPI struct/union/array (passed by address and updated in place),
+#: a writable buffer, an integer passed by value, or None (a NULL argument).
+IoctlArg: TypeAlias = (
+    "ctypes.Structure | ctypes.Union | ctypes.Array[Any] | bytearray | memoryview | int | None"
+)
+
+
+class Kernel:
+    """A kernel reached through the seam: `open`, `close`, `ioctl`, `pread`, `pwrite`.
+
+    Every method raises KernelError (a typed OSError) where the system call would fail.
+    """
+
+    def __init__(self, core: _core.Kernel, version: int) -> None:
+        self._core = core
+        self._version = version
+
+    @property
+    def core(self) -> _core.Kernel:
+        """The underlying C++ kernel object."""
+        return self._core
+
+    @property
+    def name(self) -> str:
+        """'real' or 'sim'."""
+        return self._core.name
+
+    @property
+    def version(self) -> int:
+        """The Linux version this kernel is (or models), as major*100+minor: 612 = 6.12."""
+        return self._version
+
+    def open(self, path: str, flags: int = os.O_RDWR) -> int:
+        """open(2) a device node; returns the fd number (in this kernel's fd namespace)."""
+        return _check(self._core.open(path, flags), f"open({path})", {"flags": flags})
+
+    def close(self, fd: int) -> None:
+        """close(2)."""
+        _check(self._core.close(fd), "close", {"fd": fd})
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = None) -> int:
+        """ioctl(2): `arg` is a uAPI struct (updated in place), a writable buffer, an int
+        passed by value, or None. Returns the ioctl's non-negative result."""
+        if isinstance(arg, ctypes.Structure | ctypes.Union | ctypes.Array):
+            # The address, not the buffer protocol: ctypes' PEP 3118 formats are not
+            # something pybind11 needs to parse, and `arg` stays referenced across the call.
+            ret = self._core.ioctl(fd, request, ctypes.addressof(arg))
+        else:
+            ret = self._core.ioctl(fd, request, arg)
+        if ret < 0:
+            raise KernelError.from_errno(-ret, _call_name(request, arg), _arguments(arg))
+        return ret
+
+    def pread(self, fd: int, count: int, offset: int) -> bytes:
+        """pread(2): up to `count` bytes at `offset` (VFIO region access)."""
+        data = self._core.pread(fd, count, offset)
+        if isinstance(data, int):
+            _check(data, "pread", {"fd": fd, "count": count, "offset": offset})
+            return b""
+        return data
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """pwrite(2): returns the number of bytes written."""
+        return _check(
+            self._core.pwrite(fd, data, offset),
+            "pwrite",
+            {"fd": fd, "count": len(data), "offset": offset},
+        )
+
+    def open_fd(self, path: str, flags: int = os.O_RDWR) -> Fd:
+        """open(2) wrapped in an Fd that closes itself."""
+        return Fd(self, self.open(path, flags))
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Nothing to release: fds are owned by Fd objects, the kernel by its references."""
+
+    def __repr__(self) -> str:
+        return f"<fastmap Kernel {self.name} {self.version // 100}.{self.version % 100}>"
+
+
+class Fd:
+    """One open fd of a Kernel, closed on `close()` or at the end of a `with` block."""
+
+    def __init__(self, kernel: Kernel, fd: int) -> None:
+        self.kernel = kernel
+        self.fd: int | None = fd
+
+    @property
+    def number(self) -> int:
+        """The fd number; raises ValueError once closed."""
+        if self.fd is None:
+            raise ValueError("I/O operation on a closed fastmap Fd")
+        return self.fd
+
+    def __int__(self) -> int:
+        return self.number
+
+    def ioctl(self, request: int, arg: IoctlArg = None) -> int:
+        """Kernel.ioctl on this fd."""
+        return self.kernel.ioctl(self.number, request, arg)
+
+    def pread(self, count: int, offset: int) -> bytes:
+        """Kernel.pread on this fd."""
+        return self.kernel.pread(self.number, count, offset)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Kernel.pwrite on this fd."""
+        return self.kernel.pwrite(self.number, data, offset)
+
+    def close(self) -> None:
+        """Close the fd (idempotent)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            self.kernel.close(fd)
+
+    def __enter__(self) -> Fd:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<fastmap Fd {self.fd} on {self.kernel.name}>"
+
+
+def _check(ret: int, call: str, arguments: dict[str, object]) -> int:
+    if ret < 0:
+        raise KernelError.from_errno(-ret, call, arguments)
+    return ret
+
+
+def _call_name(request: int, arg: object) -> str:
+    name = uapi.request_name(request)
+    # The selftest multiplexes many operations over one ioctl: name the operation too.
+    if name == "IOMMU_TEST_CMD" and isinstance(arg, ctypes.Structure):
+        op = _TEST_OPS.get(getattr(arg, "op", -1))
+        if op is not None:
+            return f"{name}({op})"
+    return name
+
+
+_TEST_OPS = {
+    value: name.removeprefix("IOMMU_TEST_OP_")
+    for name, value in uapi.CONSTANTS.items()
+    if name.startswith("IOMMU_TEST_OP_")
+}
+
+
+def _arguments(arg: object) -> dict[str, object]:
+    if isinstance(arg, uapi.STRUCTS["iommu_test_cmd"]):
+        # Show only the payload member that belongs to the operation, flattened.
+        op = _TEST_OPS.get(arg.op, "").lower().removeprefix("md_")
+        fields = {k: v for k, v in field_values(arg).items() if k not in ("u", "last")}
+        member = getattr(arg.u, op, None)
+        if isinstance(member, ctypes.Structure):
+            fields.update(field_values(member))
+        return fields
+    if isinstance(arg, ctypes.Structure | ctypes.Union):
+        return field_values(arg)
+    if isinstance(arg, int):
+        return {"arg": arg}
+    return {}
+
+
+def real_kernel_version() -> int:
+    """This machine's Linux version as major*100+minor (uname -r)."""
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    if m is None:
+        raise ValueError(f"cannot parse kernel release {platform.release()!r}")
+    return int(m.group(1)) * 100 + int(m.group(2))
+
+
+class RealKernel(Kernel):
+    """The running Linux kernel, through real system calls."""
+
+    def __init__(self) -> None:
+        super().__init__(_core.RealKernel(), real_kernel_version())
+
+
+def default_kind() -> KernelKind:
+    """$FASTMAP_KERNEL if set, else 'real' where /dev/iommu exists, else 'sim'."""
+    env = os.environ.get("FASTMAP_KERNEL", "")
+    if env == "real":
+        return "real"
+    if env == "sim":
+        return "sim"
+    if env:
+        raise ValueError(f"FASTMAP_KERNEL must be 'real' or 'sim', not {env!r}")
+    return "real" if os.path.exists("/dev/iommu") else "sim"
+
+
+def open_kernel(kind: KernelKind | None = None) -> Kernel:
+    """The kernel to use: `kind`, else $FASTMAP_KERNEL, else real if /dev/iommu exists."""
+    kind = kind or default_kind()
+    if kind == "real":
+        return RealKernel()
+    if kind == "sim":
+        from fastmap.sim import SimKernel
+
+        return SimKernel()
+    raise ValueError(f"kernel kind must be 'real' or 'sim', not {kind!r}")

@@ -1,0 +1,69 @@
+"""The embedded simulated kernel, in Python terms.
+
+`SimKernel` is a `fastmap.kernel.Kernel` whose answers come from the C++ simulator
+(csrc/sim/): same structs, errnos, check order and IOVA choices as Linux iommufd, in-process,
+with no /dev/iommu needed. `SimConfig` says which kernel it models:
+
+    k = SimKernel(SimConfig(kernel_version=612))   # a 6.12 kernel: no IOMMU_IOAS_MAP_FILE
+    k = SimKernel(kernel_version=612)               # the same
+
+The defaults are the C++ SimConfig's (the newest modelled kernel), read from the extension
+so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastmap import _core
+from fastmap.kernel import Kernel
+
+_DEFAULTS = _core.SimConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """What the simulated kernel models (mirrors csrc/sim/config.h)."""
+
+    #: Linux version as major*100+minor (612 = 6.12).
+    kernel_version: int = _DEFAULTS.kernel_version
+    #: CONFIG_TRANSPARENT_HUGEPAGE: automatic IOVA alignment capped at 2 MiB, else PAGE_SIZE.
+    transparent_hugepage: bool = _DEFAULTS.transparent_hugepage
+    #: CONFIG_IOMMUFD_TEST: IOMMU_TEST_CMD (mock domains, dirty injection) exists.
+    iommufd_test: bool = _DEFAULTS.iommufd_test
+    #: vfio_iommu_type1.dma_entry_limit.
+    dma_entry_limit: int = _DEFAULTS.dma_entry_limit
+    #: the caller holds CAP_SYS_RESOURCE.
+    cap_sys_resource: bool = _DEFAULTS.cap_sys_resource
+    #: the caller holds CAP_IPC_LOCK (pinned pages are not charged).
+    cap_ipc_lock: bool = _DEFAULTS.cap_ipc_lock
+    #: RLIMIT_MEMLOCK in bytes, charged when not CAP_IPC_LOCK.
+    rlimit_memlock: int = _DEFAULTS.rlimit_memlock
+
+    def to_core(self) -> _core.SimConfig:
+        """The C++ SimConfig with these values."""
+        core = _core.SimConfig()
+        for field in dataclasses.fields(self):
+            setattr(core, field.name, getattr(self, field.name))
+        return core
+
+
+class SimKernel(Kernel):
+    """A simulated Linux kernel running in this process."""
+
+    def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
+        config = dataclasses.replace(config or SimConfig(), **overrides)
+        self._sim = _core.SimKernel(config.to_core())
+        super().__init__(self._sim, config.kernel_version)
+        self.config = config
+
+    @property
+    def sim(self) -> _core.SimKernel:
+        """The C++ SimKernel."""
+        return self._sim
+
+    @property
+    def machine(self) -> _core.SimMachine:
+        """The simulated machine: plug in PCI devices (`add_pci_device`), read its sysfs."""
+        return self._sim.machine

@@ -1,0 +1,102 @@
+"""Fixtures shared by every suite: the kernel transports and what each one offers.
+
+`kernel` is parametrized over the transports, so one test written with raw uAPI structs runs
+against both: "sim" (the embedded simulated kernel, always) and "real" (the running kernel,
+only where /dev/iommu exists, i.e. inside the test VM: tools/vmtest/run.sh). The sim models
+the newest kernel it knows unless FASTMAP_SIM_KERNEL_VERSION (e.g. 612) says otherwise;
+tests that depend on the version read `kernel.version`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from fastmap import _core, uapi
+from fastmap.errors import KernelError
+from fastmap.kernel import Fd, Kernel, RealKernel
+
+TRANSPORTS = ["sim", pytest.param("real", marks=pytest.mark.real_kernel)]
+
+
+def make_kernel(kind: str) -> Kernel:
+    """A fresh kernel of `kind`, or pytest.skip if this machine cannot provide it."""
+    if kind == "real":
+        if not os.path.exists("/dev/iommu"):
+            pytest.skip("no /dev/iommu here (run inside the VM: tools/vmtest/run.sh)")
+        return RealKernel()
+    if not hasattr(_core, "SimKernel"):
+        pytest.skip("this build of fastmap._core has no simulated kernel")
+    from fastmap.sim import SimKernel
+
+    version = os.environ.get("FASTMAP_SIM_KERNEL_VERSION")
+    return SimKernel(kernel_version=int(version)) if version else SimKernel()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def kernel(request: pytest.FixtureRequest) -> Kernel:
+    """The kernel under test: 'sim' or 'real'."""
+    return make_kernel(request.param)
+
+
+@pytest.fixture
+def kernel_version(kernel: Kernel) -> int:
+    """The Linux version the transport is (or models), as major*100+minor."""
+    return kernel.version
+
+
+@pytest.fixture
+def iommufd(kernel: Kernel) -> Iterator[Fd]:
+    """An open /dev/iommu."""
+    with kernel.open_fd("/dev/iommu") as fd:
+        yield fd
+
+
+def _mock_domain_works(fd: Fd) -> tuple[bool, str]:
+    alloc = uapi.new(uapi.iommu_ioas_alloc)
+    fd.ioctl(uapi.IOMMU_IOAS_ALLOC, alloc)
+    cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN, id=alloc.out_ioas_id)
+    try:
+        fd.ioctl(uapi.IOMMU_TEST_CMD, cmd)
+    except KernelError as e:
+        return False, f"IOMMU_TEST_CMD(MOCK_DOMAIN) failed: {e.errno_name}"
+    finally:
+        for obj in (cmd.u.mock_domain.out_stdev_id, alloc.out_ioas_id):
+            if obj:
+                fd.ioctl(uapi.IOMMU_DESTROY, uapi.new(uapi.iommu_destroy, id=obj))
+    return True, ""
+
+
+@pytest.fixture
+def selftest(kernel: Kernel, iommufd: Fd) -> bool:
+    """Require the iommufd selftest interface with working mock domains.
+
+    Real kernels have it only with CONFIG_IOMMUFD_TEST (ENOTTY otherwise), and refuse mock
+    domains while the Intel VT-d driver is active (EINVAL): skip there. A simulator
+    configured with iommufd_test must provide it, so there a failure is a failure.
+    """
+    if kernel.name == "sim" and kernel.config.iommufd_test:
+        return True
+    ok, why = _mock_domain_works(iommufd)
+    if not ok:
+        pytest.skip(f"no usable iommufd selftest on this kernel: {why}")
+    return True
+
+
+@pytest.fixture
+def vfio_device(kernel: Kernel) -> str:
+    """The path of a VFIO device cdev (/dev/vfio/devices/vfioN) on this transport."""
+    if kernel.name == "real":
+        from tests.conformance.devices import real_vfio_cdev
+
+        path, why = real_vfio_cdev()
+        if path is None:
+            pytest.skip(why)
+        return path
+    from fastmap.sim import SimKernel
+
+    assert isinstance(kernel, SimKernel)
+    # An edu device (1234:11e8) bound to vfio-pci, as the VM tooling gives the real kernel.
+    return str(kernel.machine.add_pci_device()["cdev"])
