@@ -95,6 +95,10 @@ class Iommufd:
     """One /dev/iommu of a (possibly shared) SimKernel."""
 
     def __init__(self, kernel: Any = None, **config: Any) -> None:
+        if kernel is None and os.environ.get("FASTMAP_RAW_REAL"):
+            # Ad-hoc differential runs inside tools/vmtest: the same calls on the real kernel
+            # (config knobs cannot apply there).
+            kernel = _core.RealKernel()
         if kernel is None:
             cfg = _core.SimConfig()
             for k, v in config.items():
