@@ -236,6 +236,14 @@ def test_hwpt_invalidate() -> None:
     assert inv(hwpt_id=hwpt, entry_len=8) == (-errno.EINVAL, 0)  # entries but no data
     assert inv(hwpt_id=99, entry_len=8, data_uptr=8) == (-errno.ENOENT, 0)
     assert inv(hwpt_id=hwpt, entry_len=8, data_uptr=8) == (-errno.EINVAL, 0)  # not nested
+    # 6.12 (checked on 6.12.95) looks the id up as a nested HWPT before anything else.
+    g = Iommufd(kernel_version=612)
+    gi = g.ioas()
+    _, _, ghwpt, _ = g.mock_domain(gi)
+    s = make("iommu_hwpt_invalidate", hwpt_id=ghwpt, entry_num=5, entry_len=8)
+    assert g.ioctl("IOMMU_HWPT_INVALIDATE", s) == -errno.ENOENT
+    s.reserved = 1
+    assert g.ioctl("IOMMU_HWPT_INVALIDATE", s) == -errno.EOPNOTSUPP
 
 
 def test_fault_queue_alloc() -> None:

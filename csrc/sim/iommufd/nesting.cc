@@ -1,6 +1,7 @@
-// IOMMU_HWPT_INVALIDATE. Its targets are nested HWPTs and vIOMMUs, which the simulator does
-// not model, so after the argument checks every id is missing or of the wrong type. As in
-// the kernel, the number of entries handled (none) is written back even on failure.
+// IOMMU_HWPT_INVALIDATE. Its targets are nested HWPTs (and from 6.13 vIOMMUs), which the
+// simulator does not model, so after the argument checks every id is missing or of the
+// wrong type. As in the kernel, the number of entries handled (none) is written back even
+// on failure.
 #include <cerrno>
 
 #include "sim/iommufd/ctx.h"
@@ -16,6 +17,8 @@ int iommufd_hwpt_invalidate(Ucmd& u) {
   int rc;
   if (cmd.reserved) {
     rc = -EOPNOTSUPP;
+  } else if (u.ctx.config.kernel_version < 613) {
+    rc = -ENOENT;  // 6.12 looks the id up as a nested HWPT first, and none exist
   } else if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len)) {
     rc = -EINVAL;
   } else if (!u.ctx.objects.find(cmd.hwpt_id)) {
