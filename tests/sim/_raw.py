@@ -56,6 +56,7 @@ _libc.mmap.argtypes = [
 ]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def make(name: str, **fields: Any) -> Any:
@@ -85,6 +86,10 @@ def unmap(addr: int, length: int) -> None:
 
 def protect(addr: int, length: int, prot: int) -> None:
     assert _libc.mprotect(addr, length, prot) == 0
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    assert _libc.madvise(addr, length, advice) == 0
 
 
 def buf_addr(b: Any) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 
 import pytest
-from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon, make
+from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon, madvise, make
 
 APERTURE_START = K["MOCK_APERTURE_START"]
 DIRTY = K["IOMMU_HWPT_ALLOC_DIRTY_TRACKING"]
@@ -19,13 +20,15 @@ class Dirty:
     """The selftest's iommufd_dirty_tracking fixture: an IOAS with a mock domain, a
     buffer mapped at MOCK_APERTURE_START, a dirty-tracking HWPT with a device on it."""
 
-    def __init__(self, buffer_size: int, dev_flags: int = 0) -> None:
+    def __init__(self, buffer_size: int, dev_flags: int = 0, hugepage: bool = False) -> None:
         self.f = Iommufd()
         self.ioas = self.f.ioas()
         rc, self.stdev, self.auto_hwpt, self.idev = self.f.mock_domain(self.ioas, dev_flags or None)
         assert rc == 0
         self.size = buffer_size
         self.buffer = anon(buffer_size, align=max(buffer_size, PAGE))
+        if hugepage:  # THP-backed, as the selftest's _huge variants use
+            madvise(self.buffer, buffer_size, mmap.MADV_HUGEPAGE)
         assert self.f.map(self.ioas, self.buffer, buffer_size, iova=APERTURE_START)[0] == 0
         rc, self.hwpt = self.f.hwpt_alloc(self.idev, self.ioas, DIRTY)
         assert rc == 0
@@ -83,11 +86,18 @@ def test_get_dirty_bitmap(buffer_size: int, flags: int) -> None:
 
 @pytest.mark.parametrize("buffer_size", [2 << 20, 8 << 20])
 def test_get_dirty_bitmap_huge_iova(buffer_size: int) -> None:
-    """With MOCK_FLAGS_DEVICE_HUGE_IOVA a 2 MiB-aligned buffer maps with huge IOPTEs, and a
-    dirty huge IOPTE reports all of its pages."""
-    d = Dirty(buffer_size, HUGE_IOVA)
+    """With MOCK_FLAGS_DEVICE_HUGE_IOVA a THP-backed, aligned buffer maps with huge
+    IOPTEs, and a dirty huge IOPTE reports all of its pages."""
+    d = Dirty(buffer_size, HUGE_IOVA, hugepage=True)
     for offset in (0, 0xFF1):
         mock_dirty_bitmaps(d, d.bitmap_area + offset, MOCK_PAGE * 512, 0)
+
+
+def test_small_pages_get_small_ioptes() -> None:
+    """Without huge pages behind the buffer the memory is not physically contiguous, so even
+    a huge-capable domain uses MOCK_PAGE_SIZE IOPTEs (as 6.12.95 does)."""
+    d = Dirty(2 << 20, HUGE_IOVA)
+    mock_dirty_bitmaps(d, d.bitmap_area, MOCK_PAGE, 0)
 
 
 def test_bits_are_only_ored_in() -> None:

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <limits>
 
+#include "sim/iommufd/backing.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/user_memory.h"
 
@@ -127,9 +128,8 @@ int IoPagetable::fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& 
     if (int rc = a.pages->pin(ctx_.kernel, a.first_index(), a.last_index())) return rc;
     a.pinned = pinned_here = true;
   }
-  const std::uint64_t va = a.pages->va(a.start_byte);
   for (std::size_t i = 0; i < domains.size(); ++i) {
-    int rc = domains[i]->map(a.iova, va, a.length(), a.prot, !disable_large_pages_);
+    int rc = map_area(*domains[i], a);
     if (rc) {
       for (std::size_t j = 0; j < i; ++j) domains[j]->unmap(a.iova, a.length());
       if (pinned_here) {
@@ -140,6 +140,32 @@ int IoPagetable::fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& 
     }
   }
   return 0;
+}
+
+int IoPagetable::map_area(Domain& d, Area& a) {
+  const std::uint64_t va = a.pages->va(a.start_byte);
+  const std::uint64_t bitmap = d.model().pgsize_bitmap;
+  const std::uint64_t large = bitmap & ~(bitmap & -bitmap);  // the sizes above the smallest
+  // Too short for any large IOPTE, or large pages switched off (HUGE_PAGES=0): the
+  // smallest IOPTEs, without looking at the backing.
+  if (disable_large_pages_ || !large || a.length() < (large & -large)) {
+    return d.map(a.iova, va, a.length(), a.prot, false);
+  }
+  if (!a.backing) {
+    a.backing = backing_page_size(va, a.length(), ctx_.config.transparent_hugepage);
+  }
+  if (a.backing <= host_page_size()) return d.map(a.iova, va, a.length(), a.prot, false);
+  // Physically contiguous only within each backing page: map page by page so no IOPTE
+  // spans two of them.
+  for (std::uint64_t cur = a.iova;;) {
+    const std::uint64_t chunk_last = std::min(a.last, cur | (a.backing - 1));
+    if (int rc = d.map(cur, va + (cur - a.iova), chunk_last - cur + 1, a.prot, true)) {
+      if (cur != a.iova) d.unmap(a.iova, cur - a.iova);
+      return rc;
+    }
+    if (chunk_last == a.last) return 0;
+    cur = chunk_last + 1;
+  }
 }
 
 void IoPagetable::unfill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains) {

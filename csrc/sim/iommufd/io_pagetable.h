@@ -34,6 +34,9 @@ struct Area {
   std::uint64_t start_byte = 0;  // offset of `iova`'s byte from the pages' first page
   int prot = 0;                  // kIommuRead | kIommuWrite
   bool pinned = false;
+  // The page size the memory is really in (backing_page_size), looked up when a domain
+  // first needs it; 0 until then.
+  std::uint64_t backing = 0;
 
   std::uint64_t length() const noexcept { return last - iova + 1; }
   std::uint64_t page_offset() const noexcept;
@@ -123,6 +126,8 @@ class IoPagetable {
   // Pin an area (if no domain holds it yet) and map it into `domains`; undone on failure.
   int fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains);
   void unfill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains);
+  // iommu_map of one area: IOPTEs no larger than the pages backing it.
+  int map_area(Domain& d, Area& a);
   // Keep free_ the complement of areas_: an area [start, last] was added / removed.
   void occupy(std::uint64_t start, std::uint64_t last);
   void release(std::uint64_t start, std::uint64_t last);
