@@ -173,8 +173,41 @@ void collect_run(void* ctx, std::uint64_t run_iova, unsigned shift, const std::u
     or_bit_block(src, lo, hi, s.words, dpos);
     return;
   }
-  // IOPTEs larger or smaller than a bitmap page: each dirty IOPTE sets the bits of the
-  // pages it covers, clipped to the range (a 2 MiB IOPTE read at 4 KiB sets 512 bits).
+  if (shift + 1 == s.pshift && ((run_iova - s.req_iova) & ((2ull << shift) - 1)) == 0) {
+    // Two IOPTEs per bitmap page (the mock's 2 KiB IOPTEs read at 4 KiB), page aligned:
+    // fold each pair of bits into one, 64 IOPTEs into 32 pages at a time. `dbase` is the
+    // page number (in this window) of the run's first IOPTE; negative when the run starts
+    // before the window, in which case its first words only hold masked-off IOPTEs.
+    const __int128 dbase =
+        ((static_cast<__int128>(run_iova) - static_cast<__int128>(s.req_iova)) >> s.pshift) -
+        static_cast<__int128>(s.bit_base);
+    for (std::uint64_t w = lo >> 6; w <= hi >> 6; ++w) {
+      std::uint64_t x = src[w];
+      if (w == lo >> 6) x &= ~0ull << (lo & 63);
+      if (w == hi >> 6) x &= ~0ull >> (63 - (hi & 63));
+      if (!x) continue;
+      x = (x | (x >> 1)) & 0x5555555555555555ull;  // pair -> its even bit
+      x = (x | (x >> 1)) & 0x3333333333333333ull;  // then squeeze the even bits together
+      x = (x | (x >> 2)) & 0x0F0F0F0F0F0F0F0Full;
+      x = (x | (x >> 4)) & 0x00FF00FF00FF00FFull;
+      x = (x | (x >> 8)) & 0x0000FFFF0000FFFFull;
+      x = (x | (x >> 16)) & 0x00000000FFFFFFFFull;
+      __int128 d = dbase + 32 * static_cast<__int128>(w);
+      if (d < 0) {  // the pages before the window are masked off above
+        x >>= static_cast<unsigned>(-d);
+        d = 0;
+      }
+      const std::uint64_t dw = static_cast<std::uint64_t>(d) >> 6;
+      const unsigned sh = static_cast<unsigned>(d & 63);
+      s.words[dw] |= x << sh;
+      const std::uint64_t spill = sh ? x >> (64 - sh) : 0;
+      if (spill) s.words[dw + 1] |= spill;
+      touch(s, dw, spill ? dw + 1 : dw);
+    }
+    return;
+  }
+  // Other IOPTE sizes: each dirty IOPTE sets the bits of the pages it covers, clipped to
+  // the range (a 2 MiB IOPTE read at 4 KiB sets 512 bits).
   const std::uint64_t size_m1 = (1ull << shift) - 1;
   for (std::uint64_t w = lo >> 6; w <= hi >> 6; ++w) {
     std::uint64_t bits = src[w];
