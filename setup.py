@@ -14,12 +14,13 @@ ROOT = Path(__file__).parent
 SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cc"))
 # setuptools only rebuilds when a listed file is newer than the extension: list the headers.
 HEADERS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.h"))
+HEADERS.append("src/fastmap/fastmap_capi.h")
 
 core = Pybind11Extension(
     "fastmap._core",
     SOURCES,
     depends=HEADERS,
-    include_dirs=["csrc"],
+    include_dirs=["csrc", "src/fastmap"],
     cxx_std=20,
     extra_compile_args=["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"],
 )

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "bindings/bindings.h"
+#include "engine/c_api.h"
 #include "engine/map_engine.h"
 #include "engine/map_floor.h"
 
@@ -84,7 +85,22 @@ void bind_mapper(py::module_& m) {
         return p.mapper.unmap_all();
       })
       .def("__len__", [](const PyMapper& p) { return p.mapper.segment_count(); })
-      .def("segments", [](const PyMapper& p) { return p.mapper.segments(); });
+      .def("segments", [](const PyMapper& p) { return p.mapper.segments(); })
+      .def("translate_iova", [](const PyMapper& p, std::uint64_t iova) -> std::optional<std::uint64_t> {
+        std::uint64_t va = 0;
+        if (!p.mapper.translate_iova(iova, &va)) return std::nullopt;
+        return va;
+      }, py::arg("iova"))
+      .def("translate_va", [](const PyMapper& p, std::uint64_t va) -> std::optional<std::uint64_t> {
+        std::uint64_t iova = 0;
+        if (!p.mapper.translate_va(va, &iova)) return std::nullopt;
+        return iova;
+      }, py::arg("va"))
+      .def("capsule", [](PyMapper& p) {
+        return py::capsule(static_cast<void*>(&p.mapper), FASTMAP_MAPPER_CAPSULE);
+      }, "The mapper for the C API (fastmap_capi.h); valid while this object lives");
+
+  m.attr("_C_API") = py::capsule(const_cast<fastmap_capi*>(engine::c_api()), FASTMAP_CAPI_CAPSULE);
 
   m.def("map_loop", [](const std::shared_ptr<Kernel>& k, int fd, std::uint32_t ioas,
                        const U64Array& vas, const U64Array& lengths, const U64Array& iovas,

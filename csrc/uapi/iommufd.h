@@ -257,6 +257,33 @@ FM_UAPI_LAYOUT(iommu_hwpt_get_dirty_bitmap, 48, FM_F(size, 0), FM_F(hwpt_id, 4),
                FM_F(flags, 8), FM_F(reserved, 12), FM_F(iova, 16), FM_F(length, 24),
                FM_F(page_size, 32), FM_F(data, 40))
 
+// IOMMU_HWPT_INVALIDATE: a batch of driver-defined cache invalidations for a nested HWPT
+// or a vIOMMU. entry_num is in/out (entries done).
+struct iommu_hwpt_invalidate {
+  static constexpr const char kUapiName[] = "iommu_hwpt_invalidate";
+  u32 size;
+  u32 hwpt_id;
+  u64 data_uptr;
+  u32 data_type;
+  u32 entry_len;
+  u32 entry_num;
+  u32 reserved;
+};
+FM_UAPI_LAYOUT(iommu_hwpt_invalidate, 32, FM_F(size, 0), FM_F(hwpt_id, 4),
+               FM_F(data_uptr, 8), FM_F(data_type, 16), FM_F(entry_len, 20),
+               FM_F(entry_num, 24), FM_F(reserved, 28))
+
+// IOMMU_FAULT_QUEUE_ALLOC: a fault queue object plus the fd that delivers its faults.
+struct iommu_fault_alloc {
+  static constexpr const char kUapiName[] = "iommu_fault_alloc";
+  u32 size;
+  u32 flags;
+  u32 out_fault_id;
+  u32 out_fault_fd;
+};
+FM_UAPI_LAYOUT(iommu_fault_alloc, 16, FM_F(size, 0), FM_F(flags, 4), FM_F(out_fault_id, 8),
+               FM_F(out_fault_fd, 12))
+
 struct iommu_ioas_change_process {
   static constexpr const char kUapiName[] = "iommu_ioas_change_process";
   u32 size;

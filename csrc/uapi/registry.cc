@@ -23,6 +23,8 @@ std::span<const StructInfo> all_structs() {
       iommu_hw_info_vtd_info,
       iommu_hwpt_set_dirty_tracking_info,
       iommu_hwpt_get_dirty_bitmap_info,
+      iommu_hwpt_invalidate_info,
+      iommu_fault_alloc_info,
       iommu_ioas_change_process_info,
       iommu_test_add_reserved_info,
       iommu_test_mock_domain_info,

@@ -88,7 +88,31 @@ def cmd_bench_dirty(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_alloc(args: argparse.Namespace) -> int:
+    from fastmap.bench_alloc import ReferenceModel, default_backends, measure_alloc
+
+    backends = [*default_backends(), ReferenceModel]
+    rows = measure_alloc(backends=backends, max_seconds=2.0 * args.scale)
+    print("IOVA allocator: alloc+free pairs per second (first fit, 1-8 page ranges, 1 TiB window)")
+    ref = {r.live: r.pairs_per_second for r in rows if r.impl == "python reference"}
+    print(
+        _table(
+            ["live ranges", "implementation", "pairs", "pairs/s", "pairs/CPU-s", "vs reference"],
+            [
+                (
+                    f"{r.live:,}", r.impl, f"{r.pairs:,}", f"{r.pairs_per_second:,.0f}",
+                    f"{r.pairs_per_cpu_second:,.0f}",
+                    f"{r.pairs_per_second / ref[r.live]:,.3g}x" if ref.get(r.live) else "-",
+                )
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
 _BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
+    "alloc": cmd_bench_alloc,
     "map": cmd_bench_map,
     "dirty": cmd_bench_dirty,
 }

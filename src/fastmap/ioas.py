@@ -364,6 +364,20 @@ class Ioas:
         self._kernel.ioctl(self._fd, uapi.IOMMU_OPTION, cmd)
         return int(cmd.val64)
 
+    # --- translation --------------------------------------------------------------------------
+    def translate_iova(self, iova: int) -> int | None:
+        """The VA behind `iova` (None where nothing mapped through fastmap covers it)."""
+        return self._mapper.translate_iova(iova)
+
+    def translate_va(self, va: int) -> int | None:
+        """An IOVA at which `va` is mapped (the lowest), or None. O(log n), like vtophys."""
+        return self._mapper.translate_va(va)
+
+    def _c_mapper(self) -> object:
+        """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport
+        fastmap.capi). Valid while this Ioas lives."""
+        return self._mapper.capsule()
+
     # --- introspection -----------------------------------------------------------------------
     def segments(self) -> list[_core.Segment]:
         """What this IOAS has mapped through fastmap, by IOVA."""

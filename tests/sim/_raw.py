@@ -56,6 +56,7 @@ _libc.mmap.argtypes = [
 ]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def make(name: str, **fields: Any) -> Any:
@@ -87,6 +88,10 @@ def protect(addr: int, length: int, prot: int) -> None:
     assert _libc.mprotect(addr, length, prot) == 0
 
 
+def madvise(addr: int, length: int, advice: int) -> None:
+    assert _libc.madvise(addr, length, advice) == 0
+
+
 def buf_addr(b: Any) -> int:
     return ctypes.addressof(b)
 
@@ -95,6 +100,10 @@ class Iommufd:
     """One /dev/iommu of a (possibly shared) SimKernel."""
 
     def __init__(self, kernel: Any = None, **config: Any) -> None:
+        if kernel is None and os.environ.get("FASTMAP_RAW_REAL"):
+            # Ad-hoc differential runs inside tools/vmtest: the same calls on the real kernel
+            # (config knobs cannot apply there).
+            kernel = _core.RealKernel()
         if kernel is None:
             cfg = _core.SimConfig()
             for k, v in config.items():

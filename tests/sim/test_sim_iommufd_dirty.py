@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 
 import pytest
-from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon, make
+from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon, madvise, make
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 APERTURE_START = K["MOCK_APERTURE_START"]
 DIRTY = K["IOMMU_HWPT_ALLOC_DIRTY_TRACKING"]
@@ -19,13 +22,15 @@ class Dirty:
     """The selftest's iommufd_dirty_tracking fixture: an IOAS with a mock domain, a
     buffer mapped at MOCK_APERTURE_START, a dirty-tracking HWPT with a device on it."""
 
-    def __init__(self, buffer_size: int, dev_flags: int = 0) -> None:
+    def __init__(self, buffer_size: int, dev_flags: int = 0, hugepage: bool = False) -> None:
         self.f = Iommufd()
         self.ioas = self.f.ioas()
         rc, self.stdev, self.auto_hwpt, self.idev = self.f.mock_domain(self.ioas, dev_flags or None)
         assert rc == 0
         self.size = buffer_size
         self.buffer = anon(buffer_size, align=max(buffer_size, PAGE))
+        if hugepage:  # THP-backed, as the selftest's _huge variants use
+            madvise(self.buffer, buffer_size, mmap.MADV_HUGEPAGE)
         assert self.f.map(self.ioas, self.buffer, buffer_size, iova=APERTURE_START)[0] == 0
         rc, self.hwpt = self.f.hwpt_alloc(self.idev, self.ioas, DIRTY)
         assert rc == 0
@@ -83,11 +88,18 @@ def test_get_dirty_bitmap(buffer_size: int, flags: int) -> None:
 
 @pytest.mark.parametrize("buffer_size", [2 << 20, 8 << 20])
 def test_get_dirty_bitmap_huge_iova(buffer_size: int) -> None:
-    """With MOCK_FLAGS_DEVICE_HUGE_IOVA a 2 MiB-aligned buffer maps with huge IOPTEs, and a
-    dirty huge IOPTE reports all of its pages."""
-    d = Dirty(buffer_size, HUGE_IOVA)
+    """With MOCK_FLAGS_DEVICE_HUGE_IOVA a THP-backed, aligned buffer maps with huge
+    IOPTEs, and a dirty huge IOPTE reports all of its pages."""
+    d = Dirty(buffer_size, HUGE_IOVA, hugepage=True)
     for offset in (0, 0xFF1):
         mock_dirty_bitmaps(d, d.bitmap_area + offset, MOCK_PAGE * 512, 0)
+
+
+def test_small_pages_get_small_ioptes() -> None:
+    """Without huge pages behind the buffer the memory is not physically contiguous, so even
+    a huge-capable domain uses MOCK_PAGE_SIZE IOPTEs (as 6.12.95 does)."""
+    d = Dirty(2 << 20, HUGE_IOVA)
+    mock_dirty_bitmaps(d, d.bitmap_area, MOCK_PAGE, 0)
 
 
 def test_bits_are_only_ored_in() -> None:
@@ -176,9 +188,43 @@ def test_get_dirty_bitmap_check_order() -> None:
     assert call(page_size=PAGE, iova=start + MOCK_PAGE) == -errno.EINVAL
     assert call(page_size=PAGE, length=size - MOCK_PAGE) == -errno.EINVAL
     assert call(hwpt_id=d.auto_hwpt) == -errno.EOPNOTSUPP
-    assert call(data=8) == -errno.ENOMEM  # the bitmap cannot be pinned
-    assert call(data=0) == -errno.ENOMEM
     assert call() == 0
+
+
+def test_unwritable_bitmap_loses_bits_silently() -> None:
+    """The bitmap is pinned page by page as bits are set (6.9+): a bad or read-only bitmap
+    is no error, its bits are lost, and the IOPTEs' dirty bits are cleared all the same."""
+    import mmap
+
+    from _raw import protect, unmap
+
+    d = Dirty(1 << 20)
+    f, start, size = d.f, APERTURE_START, d.size
+    marks = d.bitmap_area
+    put_bits(marks, d.nbits, 0b101)
+
+    def mark() -> None:
+        f.test_cmd("DIRTY", d.hwpt, iova=start, length=size, page_size=MOCK_PAGE, uptr=marks)
+
+    out = anon(PAGE)
+    for bad in (0, 8):
+        mark()
+        assert f.get_dirty(d.hwpt, start, size, MOCK_PAGE, bad) == 0
+        put_bits(out, d.nbits, 0)
+        assert f.get_dirty(d.hwpt, start, size, MOCK_PAGE, out) == 0
+        assert bits_of(out, d.nbits) == 0  # consumed by the failed read
+    ro = anon(PAGE)
+    protect(ro, PAGE, mmap.PROT_READ)
+    mark()
+    assert f.get_dirty(d.hwpt, start, size, MOCK_PAGE, ro) == 0
+    # A bitmap straddling into an unmapped page: the mapped part still gets its bits.
+    two = anon(2 * PAGE)
+    unmap(two + PAGE, PAGE)
+    put_bits(marks, d.nbits, (1 << 3) | (1 << 70))
+    mark()
+    ctypes.memset(two + PAGE - 8, 0, 8)
+    assert f.get_dirty(d.hwpt, start, size, MOCK_PAGE, two + PAGE - 8) == 0
+    assert bits_of(two + PAGE - 8, 64) == 1 << 3
 
 
 def test_walk_stops_at_a_hole() -> None:
@@ -221,3 +267,37 @@ def test_dirty_op_checks() -> None:
     assert dirty(obj=d.ioas) == -errno.ENOENT
     assert dirty(uptr=8) == -errno.EFAULT
     assert f.test_cmd("MD_CHECK_REFS", d.hwpt)[0] == -errno.EOPNOTSUPP  # not modelled
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(marks=st.lists(st.integers(0, 511), max_size=40),
+       span=st.tuples(st.integers(0, 255), st.integers(1, 256)),
+       page_shift=st.sampled_from([11, 12, 13]), offset=st.sampled_from([0, 3, 0xFF1]))
+def test_harvest_matches_reference(marks: list[int], span: tuple[int, int], page_shift: int,
+                                   offset: int) -> None:
+    """Random dirty 2 KiB IOPTEs read back at 2, 4 and 8 KiB over random sub-ranges: bit i
+    is set iff an IOPTE inside page i of the range is dirty."""
+    d = _DIRTY_1M
+    f, start = d.f, APERTURE_START
+    ps = 1 << page_shift
+    first_page, npages = span
+    iova = start + first_page * ps
+    npages = min(npages, (d.size - first_page * ps) // ps)
+    if npages <= 0:
+        return
+    put_bits(d.bitmap_area, d.nbits, sum(1 << m for m in set(marks)))
+    assert f.get_dirty(d.hwpt, start, d.size, MOCK_PAGE, anon(PAGE)) == 0  # start clean
+    f.test_cmd("DIRTY", d.hwpt, iova=start, length=d.size, page_size=MOCK_PAGE,
+               uptr=d.bitmap_area)
+    out = anon(2 * PAGE) + offset
+    put_bits(out, npages, 0)
+    assert f.get_dirty(d.hwpt, iova, npages * ps, ps, out) == 0
+    want = 0
+    for m in set(marks):
+        page = (start + m * MOCK_PAGE - iova) // ps
+        if 0 <= page < npages and start + m * MOCK_PAGE >= iova:
+            want |= 1 << page
+    assert bits_of(out, npages) == want
+
+
+_DIRTY_1M = Dirty(1 << 20)

@@ -46,10 +46,19 @@ def test_map_check_order() -> None:
     assert call(ioas_id=99) == -errno.ENOENT
     assert call(user_va=U64_MAX - PAGE + 1, length=PAGE) == -errno.EOVERFLOW
     assert call(length=0) == -errno.EINVAL
-    assert call(length=U64_MAX - 1) == -errno.EOVERFLOW  # va + length wraps first
+    assert call(length=U64_MAX - 1) == -errno.EOVERFLOW  # 6.13: va + length wraps first
     assert call(user_va=0, length=U64_MAX - PAGE + 1) == -errno.EINVAL  # > SIZE_MAX-PAGE
     assert call(flags=R | W | FIXED, iova=U64_MAX - 10, length=PAGE) == -errno.EOVERFLOW
     assert call() == 0
+
+
+def test_map_overflow_order_by_version() -> None:
+    """6.12 applies the length rule before the va + length overflow test; 6.13 swapped them."""
+    for version, expect in ((612, errno.EINVAL), (613, errno.EOVERFLOW)):
+        f = Iommufd(kernel_version=version)
+        ioas = f.ioas()
+        assert f.map(ioas, buffer(PAGE), U64_MAX - 1)[0] == -expect
+        assert f.map(ioas, U64_MAX - PAGE, 2 * PAGE)[0] == -errno.EOVERFLOW
 
 
 def test_no_domain_maps_are_lazy_and_byte_granular() -> None:

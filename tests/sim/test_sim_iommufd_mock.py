@@ -68,7 +68,9 @@ def test_attach_pins_existing_areas_or_fails_cleanly() -> None:
     good = anon(2 * PAGE)
     fill(good, 2 * PAGE, 9)
     assert f.map(ioas, good, 2 * PAGE, iova=APERTURE[0])[0] == 0
-    assert f.map(ioas, 1 << 31, PAGE, iova=APERTURE[0] + 4 * PAGE)[0] == 0  # bogus VA
+    gone = anon(PAGE)
+    unmap(gone, PAGE)
+    assert f.map(ioas, gone, PAGE, iova=APERTURE[0] + 4 * PAGE)[0] == 0  # not checked yet
     assert f.mock_domain(ioas)[0] == -errno.EFAULT  # fork_gone-like
     assert f.iova_ranges(ioas) == (0, [(0, U64_MAX)], 1)  # nothing left behind
     assert f.unmap(ioas, APERTURE[0] + 4 * PAGE, PAGE)[0] == 0
@@ -112,7 +114,7 @@ def test_hwpt_alloc_check_order_and_enforce_dirty() -> None:
     assert alloc(pt_id=99, flags=1 << 9) == -errno.EINVAL
     assert alloc(pt_id=idev) == -errno.EINVAL
     assert alloc(flags=1 << 9) == -errno.EOPNOTSUPP
-    assert alloc(flags=K["IOMMU_HWPT_FAULT_ID_VALID"]) == -errno.ENOENT
+    assert alloc(flags=K["IOMMU_HWPT_FAULT_ID_VALID"]) == -errno.ENOENT  # no such queue
     assert alloc(data_type=1, data_len=8) == -errno.EOPNOTSUPP
     # enforce_dirty: a NO_DIRTY device can neither get nor join a dirty-tracking HWPT.
     _, stdev2, _, idev2 = f.mock_domain(ioas, dev_flags=NO_DIRTY)
@@ -171,10 +173,11 @@ def test_get_hw_info() -> None:
     assert f.ioctl("IOMMU_GET_HW_INFO", s) == 0
     assert (s.data_len, s.out_capabilities) == (8, 0)
     assert bytes(small) == bytes(4) + b"\xef\xbe"
-    s = make("iommu_hw_info", dev_id=idev)
+    # out_max_pasid_log2 is an output: whatever comes in, 0 (no PASID) goes back.
+    s = make("iommu_hw_info", dev_id=idev, out_max_pasid_log2=7)
     assert f.ioctl("IOMMU_GET_HW_INFO", s) == 0
-    assert s.data_len == 8
-    cases = (({"flags": 1}, errno.EOPNOTSUPP), ({"out_max_pasid_log2": 1}, errno.EOPNOTSUPP),
+    assert (s.data_len, s.out_max_pasid_log2) == (8, 0)
+    cases = (({"flags": 1}, errno.EOPNOTSUPP), ({"reserved": (0, 1, 0)}, errno.EOPNOTSUPP),
              ({"dev_id": ioas}, errno.ENOENT), ({"data_len": 8, "data_uptr": 8}, errno.EFAULT))
     for kw, err in cases:
         s = make("iommu_hw_info", **({"dev_id": idev} | kw))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.vm
 
 # What the guest runs: the tests that have a real-kernel side. -k keeps the "real" variants
 # and the differential suite; the simulator-only variants already ran on the host.
-GUEST_SELECTION = "real or differential or vfio or edu"
+GUEST_SELECTION = "(real or differential or vfio or edu) and not cython"
 
 
 def _require_vm() -> None:

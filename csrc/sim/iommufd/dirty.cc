@@ -1,14 +1,14 @@
 // Dirty tracking ioctls: HWPT_SET_DIRTY_TRACKING and HWPT_GET_DIRTY_BITMAP.
 //
-// GET_DIRTY_BITMAP follows iova_bitmap's windowing: the user bitmap is taken in windows of
-// at most 512 pages of bitmap (PAGE_SIZE / sizeof(struct page *)), the first page counted
-// from the page the window starts in, so an unaligned bitmap gives a shorter first window.
-// Each window's IOVA range is walked over contiguous areas; a hole ends the whole walk
-// (the kernel's callback error stops iova_bitmap_for_each and its return value is then
-// ignored), so the call still succeeds with the bits found so far. Bits are only ever OR-ed
-// into the user's bitmap: each window is collected in a kernel buffer first, and then the
-// stretches of words that got bits are read, OR-ed and written back, a few large copies per
-// window, through copy_from_user/copy_to_user.
+// GET_DIRTY_BITMAP walks the areas contiguously from `iova`; a hole ends the walk (the
+// kernel's callback error is ignored), so the call still succeeds with the bits found so
+// far. Since 6.9 the kernel's iova_bitmap pins the user bitmap page by page only when it
+// sets bits there, so a bitmap that cannot be written (bad pointer, read-only page) is no
+// error: the bits for those pages are lost, while the IOPTE dirty bits are still read and
+// cleared. Bits are only ever OR-ed into the user's bitmap: the IOVA range is taken in
+// windows of 16 Mi bits collected in a kernel buffer, and then the stretches of words that
+// got bits are read, OR-ed and written back with a few large copy_from_user/copy_to_user
+// calls per window (page by page where a copy faults).
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -31,28 +31,35 @@ namespace {
 // result does not rewrite the untouched bitmap in between.
 constexpr std::size_t kSplitGapWords = 512;
 
-// How many pages from `page` on (at most `max`) could be pinned for writing, like a
-// partial pin_user_pages_fast.
-std::uint64_t pinnable_pages(std::uint64_t page, std::uint64_t max) {
-  const std::uint64_t ps = host_page_size();
-  if (check_user_pages(page, max * ps, true) == 0) return max;
-  std::uint64_t n = 0;
-  while (n < max && check_user_pages(page + n * ps, ps, true) == 0) ++n;
-  return n;
-}
+// Bits collected before they are written out: 2 MiB of bitmap, 64 GiB of IOVA at 4 KiB.
+constexpr std::uint64_t kWindowWords = std::uint64_t{1} << 18;
 
-// OR words[first..last] into the user bitmap at word index `base + first`.
+// OR words[first..last] into the user bitmap at word index `base + first`. A stretch whose
+// copy faults is redone one user page at a time, so only the unwritable pages lose bits.
 void or_into_user(std::uint64_t data, std::uint64_t base, const std::uint64_t* words,
                   std::uint64_t first, std::uint64_t last, std::vector<std::uint64_t>& tmp) {
   const std::size_t n = static_cast<std::size_t>(last - first + 1);  // <= tmp.size()
   const std::uint64_t uaddr = data + (base + first) * 8;
-  // The window's pages were checked to be pinnable; a fault here is a race with munmap and
-  // is dropped like a failed walk.
-  if (copy_from_user(tmp.data(), uaddr, n * 8)) return;
-  std::uint64_t* __restrict t = tmp.data();
-  const std::uint64_t* __restrict src = words + first;
-  for (std::size_t i = 0; i < n; ++i) t[i] |= src[i];
-  copy_to_user(uaddr, tmp.data(), n * 8);
+  auto rmw = [&](std::uint64_t addr, std::size_t off, std::size_t bytes) {
+    auto* t = reinterpret_cast<unsigned char*>(tmp.data());
+    if (copy_from_user(t, addr, bytes)) return -EFAULT;
+    const auto* src = reinterpret_cast<const unsigned char*>(words + first) + off;
+    for (std::size_t i = 0; i < bytes; ++i) t[i] |= src[i];
+    return copy_to_user(addr, t, bytes);
+  };
+  if (copy_from_user(tmp.data(), uaddr, n * 8) == 0) {
+    std::uint64_t* __restrict t = tmp.data();
+    const std::uint64_t* __restrict src = words + first;
+    for (std::size_t i = 0; i < n; ++i) t[i] |= src[i];
+    if (copy_to_user(uaddr, tmp.data(), n * 8) == 0) return;
+  }
+  const std::uint64_t ps = host_page_size();
+  for (std::size_t off = 0; off < n * 8;) {
+    const std::uint64_t a = uaddr + off;
+    const std::size_t bytes = std::min<std::uint64_t>(n * 8 - off, ps - a % ps);
+    rmw(a, off, bytes);  // a page that cannot be written just loses its bits
+    off += bytes;
+  }
 }
 
 // Write words[lo..hi] into the user bitmap at word `base`, and leave those words zero again
@@ -166,8 +173,41 @@ void collect_run(void* ctx, std::uint64_t run_iova, unsigned shift, const std::u
     or_bit_block(src, lo, hi, s.words, dpos);
     return;
   }
-  // IOPTEs larger or smaller than a bitmap page: each dirty IOPTE sets the bits of the
-  // pages it covers, clipped to the range (a 2 MiB IOPTE read at 4 KiB sets 512 bits).
+  if (shift + 1 == s.pshift && ((run_iova - s.req_iova) & ((2ull << shift) - 1)) == 0) {
+    // Two IOPTEs per bitmap page (the mock's 2 KiB IOPTEs read at 4 KiB), page aligned:
+    // fold each pair of bits into one, 64 IOPTEs into 32 pages at a time. `dbase` is the
+    // page number (in this window) of the run's first IOPTE; negative when the run starts
+    // before the window, in which case its first words only hold masked-off IOPTEs.
+    const __int128 dbase =
+        ((static_cast<__int128>(run_iova) - static_cast<__int128>(s.req_iova)) >> s.pshift) -
+        static_cast<__int128>(s.bit_base);
+    for (std::uint64_t w = lo >> 6; w <= hi >> 6; ++w) {
+      std::uint64_t x = src[w];
+      if (w == lo >> 6) x &= ~0ull << (lo & 63);
+      if (w == hi >> 6) x &= ~0ull >> (63 - (hi & 63));
+      if (!x) continue;
+      x = (x | (x >> 1)) & 0x5555555555555555ull;  // pair -> its even bit
+      x = (x | (x >> 1)) & 0x3333333333333333ull;  // then squeeze the even bits together
+      x = (x | (x >> 2)) & 0x0F0F0F0F0F0F0F0Full;
+      x = (x | (x >> 4)) & 0x00FF00FF00FF00FFull;
+      x = (x | (x >> 8)) & 0x0000FFFF0000FFFFull;
+      x = (x | (x >> 16)) & 0x00000000FFFFFFFFull;
+      __int128 d = dbase + 32 * static_cast<__int128>(w);
+      if (d < 0) {  // the pages before the window are masked off above
+        x >>= static_cast<unsigned>(-d);
+        d = 0;
+      }
+      const std::uint64_t dw = static_cast<std::uint64_t>(d) >> 6;
+      const unsigned sh = static_cast<unsigned>(d & 63);
+      s.words[dw] |= x << sh;
+      const std::uint64_t spill = sh ? x >> (64 - sh) : 0;
+      if (spill) s.words[dw + 1] |= spill;
+      touch(s, dw, spill ? dw + 1 : dw);
+    }
+    return;
+  }
+  // Other IOPTE sizes: each dirty IOPTE sets the bits of the pages it covers, clipped to
+  // the range (a 2 MiB IOPTE read at 4 KiB sets 512 bits).
   const std::uint64_t size_m1 = (1ull << shift) - 1;
   for (std::uint64_t w = lo >> 6; w <= hi >> 6; ++w) {
     std::uint64_t bits = src[w];
@@ -215,17 +255,13 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
   if ((cmd.iova & (cmd.page_size - 1)) || ((last + 1) & (cmd.page_size - 1))) return -EINVAL;
   if (!hwpt->domain->dirty_capable()) return -EOPNOTSUPP;
 
-  const std::uint64_t ps = host_page_size();
   const unsigned shift = static_cast<unsigned>(std::countr_zero(cmd.page_size));
   const bool no_clear = cmd.flags & IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
   // Words of the whole bitmap: iova_bitmap_offset_to_index(length - 1) + 1.
   const unsigned __int128 total_words =
       (static_cast<unsigned __int128>(cmd.length - 1) >> (shift + 6)) + 1;
-  const std::uint64_t max_window_pages = ps / 8;
-
-  // A window holds at most max_window_pages pages of bitmap.
-  const std::uint64_t max_words = static_cast<std::uint64_t>(
-      std::min<unsigned __int128>(total_words, max_window_pages * ps / 8));
+  const std::uint64_t max_words =
+      static_cast<std::uint64_t>(std::min<unsigned __int128>(total_words, kWindowWords));
   // Reused per thread (at most 2 MiB each). `words` is all-zero between windows; both are
   // sized up front so nothing can fail to allocate half way through a window.
   static thread_local std::vector<std::uint64_t> words;
@@ -233,22 +269,9 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
   if (words.size() < max_words) words.resize(max_words, 0);
   if (tmp.size() < max_words) tmp.resize(max_words);
   unsigned __int128 base = 0;  // word index of the window start
-  bool first_window = true;
   while (base < total_words) {
-    const std::uint64_t addr = cmd.data + static_cast<std::uint64_t>(base) * 8;
-    const std::uint64_t pgoff = addr % ps;
-    const unsigned __int128 left = total_words - base;
-    unsigned __int128 npages = (left * 8 + ps - 1) / ps + (pgoff ? 1 : 0);
-    if (npages > max_window_pages) npages = max_window_pages;
-    const std::uint64_t pinned = pinnable_pages(addr - pgoff, static_cast<std::uint64_t>(npages));
-    if (pinned == 0) {
-      if (first_window) return -ENOMEM;  // iova_bitmap_alloc failed
-      break;                             // a later window: the walk just stops
-    }
-    first_window = false;
-    const std::uint64_t bytes = pinned * ps - pgoff;
     const std::uint64_t nwords =
-        static_cast<std::uint64_t>(std::min<unsigned __int128>(left, (bytes + 7) / 8));
+        static_cast<std::uint64_t>(std::min<unsigned __int128>(total_words - base, max_words));
 
     // This window's IOVA range, clipped to the request.
     const unsigned __int128 off = (base * 64) << shift;

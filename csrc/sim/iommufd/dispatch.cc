@@ -38,8 +38,8 @@ struct IoctlOp {
 #define FM_OP(nr, S, last, fn, ver, test) \
   IoctlOp { nr, sizeof(S), offsetof(S, last) + sizeof(S::last), fn, ver, test }
 
-// Sorted by nr. Commands the simulator does not model (HWPT_INVALIDATE, FAULT_QUEUE_ALLOC,
-// VIOMMU/VDEVICE_ALLOC, IOAS_CHANGE_PROCESS) have no entry and answer ENOTTY.
+// Sorted by nr. Commands the simulator does not model (VIOMMU_ALLOC, VDEVICE_ALLOC from
+// 6.13, IOAS_CHANGE_PROCESS from 6.14) have no entry and answer ENOTTY.
 constexpr std::array kOps = {
     FM_OP(0x80, iommu_destroy, id, iommufd_destroy, 602, false),
     FM_OP(0x81, iommu_ioas_alloc, out_ioas_id, iommufd_ioas_alloc, 602, false),
@@ -55,6 +55,8 @@ constexpr std::array kOps = {
     FM_OP(0x8b, iommu_hwpt_set_dirty_tracking, reserved, iommufd_hwpt_set_dirty_tracking, 607,
           false),
     FM_OP(0x8c, iommu_hwpt_get_dirty_bitmap, data, iommufd_hwpt_get_dirty_bitmap, 607, false),
+    FM_OP(0x8d, iommu_hwpt_invalidate, reserved, iommufd_hwpt_invalidate, 608, false),
+    FM_OP(0x8e, iommu_fault_alloc, out_fault_fd, iommufd_fault_alloc, 611, false),
     FM_OP(0x8f, iommu_ioas_map_file, iova, iommufd_ioas_map_file, 613, false),
     FM_OP(0xa0, iommu_test_cmd, last, iommufd_test, 602, true),
 };

@@ -19,6 +19,7 @@ void Hwpt::destroy(IommufdCtx& /*ctx*/) {
     ioas->iopt.remove_domain(domain.get());
     in_ioas = false;
   }
+  if (fault) --fault->users;
   --ioas->users;
 }
 
@@ -33,12 +34,13 @@ bool domain_compatible(const Domain& domain, const IommuModel& dev) {
 
 namespace {
 
-constexpr std::uint32_t kPagingFlags =
-    IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING | IOMMU_HWPT_FAULT_ID_VALID;
-
-// The flag checks iommufd_hwpt_paging_alloc does before allocating anything.
-int check_paging_flags(const Idev& idev, std::uint32_t flags) {
-  if (flags & ~kPagingFlags) return -EOPNOTSUPP;
+// The flag checks iommufd_hwpt_paging_alloc does before allocating anything. Until 6.13
+// a fault queue could only be attached to a nested HWPT, so 6.12 refuses FAULT_ID_VALID
+// for a paging one.
+int check_paging_flags(const IommufdCtx& ctx, const Idev& idev, std::uint32_t flags) {
+  std::uint32_t valid = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+  if (ctx.config.kernel_version >= 613) valid |= IOMMU_HWPT_FAULT_ID_VALID;
+  if (flags & ~valid) return -EOPNOTSUPP;
   if ((flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING) && !idev.dev->iommu().dirty_tracking) {
     return -EOPNOTSUPP;
   }
@@ -49,7 +51,7 @@ int check_paging_flags(const Idev& idev, std::uint32_t flags) {
 
 int hwpt_paging_alloc(IommufdCtx& ctx, const std::shared_ptr<Ioas>& ioas, Idev& idev,
                       std::uint32_t flags, bool immediate_attach, std::shared_ptr<Hwpt>* out) {
-  if (int rc = check_paging_flags(idev, flags)) return rc;
+  if (int rc = check_paging_flags(ctx, idev, flags)) return rc;
   auto hwpt = std::make_shared<Hwpt>();
   if (!ctx.objects.insert(hwpt)) return -ENOSPC;
   hwpt->ioas = ioas;
@@ -91,7 +93,7 @@ int iommufd_hwpt_alloc(Ucmd& u) {
   if (pt->type == ObjType::kIoas) {
     if (cmd.data_len) {
       // Driver data for a paging domain: neither VT-d nor the mock takes any.
-      if (int rc = check_paging_flags(*idev, cmd.flags)) return rc;
+      if (int rc = check_paging_flags(ctx, *idev, cmd.flags)) return rc;
       return -EOPNOTSUPP;
     }
     auto ioas = std::static_pointer_cast<Ioas>(pt);
@@ -107,10 +109,14 @@ int iommufd_hwpt_alloc(Ucmd& u) {
     return -EINVAL;
   }
 
-  // No fault queue objects exist in the simulator, so any fault_id is a missing object.
   if (cmd.flags & IOMMU_HWPT_FAULT_ID_VALID) {
-    ctx.remove_object(hwpt);
-    return -ENOENT;
+    auto fault = ctx.objects.find(cmd.fault_id);
+    if (!fault || !is_fault_object(*fault)) {
+      ctx.remove_object(hwpt);
+      return -ENOENT;
+    }
+    hwpt->fault = fault;
+    ++fault->users;
   }
   cmd.out_hwpt_id = hwpt->id;
   if (int rc = u.respond()) {

@@ -26,6 +26,7 @@ class Hwpt final : public Object {
 
   std::shared_ptr<Ioas> ioas;
   std::shared_ptr<Domain> domain;
+  std::shared_ptr<Object> fault;  // the fault queue (FAULT_ID_VALID), which it holds a user on
   bool auto_domain = false;
   bool nest_parent = false;
   bool in_ioas = false;  // domain added to ioas->iopt and listed in ioas->hwpts

@@ -157,11 +157,9 @@ void idev_unbind(IommufdCtx& ctx, Idev& idev) {
 
 int iommufd_get_hw_info(Ucmd& u) {
   auto& cmd = u.get<iommu_hw_info>();
-  // 6.12/6.13 have a u32 __reserved where later kernels put out_max_pasid_log2.
-  if (cmd.flags || cmd.out_max_pasid_log2 || cmd.reserved[0] || cmd.reserved[1] ||
-      cmd.reserved[2]) {
-    return -EOPNOTSUPP;
-  }
+  // out_max_pasid_log2 is an output (6.12.y stable has it); only the three bytes after it
+  // are reserved.
+  if (cmd.flags || cmd.reserved[0] || cmd.reserved[1] || cmd.reserved[2]) return -EOPNOTSUPP;
   auto idev = find_idev(u.ctx, cmd.dev_id);
   if (!idev) return -ENOENT;
   const IommuModel& m = idev->dev->iommu();
@@ -175,6 +173,7 @@ int iommufd_get_hw_info(Ucmd& u) {
   cmd.data_len = len;
   cmd.out_data_type = len ? m.hw_info_type : IOMMU_HW_INFO_TYPE_NONE;
   cmd.out_capabilities = m.dirty_tracking ? IOMMU_HW_CAP_DIRTY_TRACKING : 0;
+  cmd.out_max_pasid_log2 = 0;  // no simulated device does PASID
   return u.respond();
 }
 

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <limits>
 
+#include "sim/iommufd/backing.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/user_memory.h"
 
@@ -85,6 +86,32 @@ std::vector<IovaSpan> IoPagetable::usable_ranges() const {
 
 // ---- areas ------------------------------------------------------------------------------
 
+void IoPagetable::occupy(std::uint64_t start, std::uint64_t last) {
+  // The gap holding the new area (areas never overlap, so one gap holds all of it).
+  auto it = std::prev(free_.upper_bound(start));
+  const std::uint64_t gap_start = it->first, gap_last = it->second;
+  free_.erase(it);
+  if (gap_start < start) free_.emplace(gap_start, start - 1);
+  if (last < gap_last) free_.emplace(last + 1, gap_last);
+}
+
+void IoPagetable::release(std::uint64_t start, std::uint64_t last) {
+  std::uint64_t s = start, l = last;
+  auto next = free_.upper_bound(start);
+  if (next != free_.end() && l != kMax && next->first == l + 1) {
+    l = next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->second + 1 == s) {
+      s = prev->first;
+      free_.erase(prev);
+    }
+  }
+  free_.emplace(s, l);
+}
+
 int IoPagetable::check_iova(std::uint64_t iova, std::uint64_t length) const {
   if (iova & (iova_alignment_ - 1)) return -EINVAL;
   if (iova + (length - 1) < iova) return -EOVERFLOW;
@@ -101,9 +128,8 @@ int IoPagetable::fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& 
     if (int rc = a.pages->pin(ctx_.kernel, a.first_index(), a.last_index())) return rc;
     a.pinned = pinned_here = true;
   }
-  const std::uint64_t va = a.pages->va(a.start_byte);
   for (std::size_t i = 0; i < domains.size(); ++i) {
-    int rc = domains[i]->map(a.iova, va, a.length(), a.prot, !disable_large_pages_);
+    int rc = map_area(*domains[i], a);
     if (rc) {
       for (std::size_t j = 0; j < i; ++j) domains[j]->unmap(a.iova, a.length());
       if (pinned_here) {
@@ -114,6 +140,32 @@ int IoPagetable::fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& 
     }
   }
   return 0;
+}
+
+int IoPagetable::map_area(Domain& d, Area& a) {
+  const std::uint64_t va = a.pages->va(a.start_byte);
+  const std::uint64_t bitmap = d.model().pgsize_bitmap;
+  const std::uint64_t large = bitmap & ~(bitmap & -bitmap);  // the sizes above the smallest
+  // Too short for any large IOPTE, or large pages switched off (HUGE_PAGES=0): the
+  // smallest IOPTEs, without looking at the backing.
+  if (disable_large_pages_ || !large || a.length() < (large & -large)) {
+    return d.map(a.iova, va, a.length(), a.prot, false);
+  }
+  if (!a.backing) {
+    a.backing = backing_page_size(va, a.length(), ctx_.config.transparent_hugepage);
+  }
+  if (a.backing <= host_page_size()) return d.map(a.iova, va, a.length(), a.prot, false);
+  // Physically contiguous only within each backing page: map page by page so no IOPTE
+  // spans two of them.
+  for (std::uint64_t cur = a.iova;;) {
+    const std::uint64_t chunk_last = std::min(a.last, cur | (a.backing - 1));
+    if (int rc = d.map(cur, va + (cur - a.iova), chunk_last - cur + 1, a.prot, true)) {
+      if (cur != a.iova) d.unmap(a.iova, cur - a.iova);
+      return rc;
+    }
+    if (chunk_last == a.last) return 0;
+    cur = chunk_last + 1;
+  }
 }
 
 void IoPagetable::unfill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains) {
@@ -129,7 +181,11 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
 
   std::vector<std::uint64_t> inserted;
   auto abort = [&](int err) {
-    for (auto key : inserted) areas_.erase(key);
+    for (auto key : inserted) {
+      auto it = areas_.find(key);
+      release(it->second.iova, it->second.last);
+      areas_.erase(it);
+    }
     return err;
   };
   std::uint64_t cur = *iova;
@@ -143,6 +199,7 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
     if (a.page_offset() & (iova_alignment_ - 1)) return abort(-EINVAL);
     if (cur + (s.length - 1) < cur) return abort(-EOVERFLOW);
     a.last = cur + (s.length - 1);
+    occupy(a.iova, a.last);
     areas_.emplace(cur, std::move(a));
     inserted.push_back(cur);
     cur += s.length;
@@ -178,6 +235,7 @@ int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* u
     unfill_area(a, domains_);
     if (a.pinned) a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
     bytes += a.length();
+    release(a.iova, a.last);
     areas_.erase(it);
   }
   *unmapped = bytes;

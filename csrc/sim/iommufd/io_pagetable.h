@@ -8,7 +8,8 @@
 //              removed on detach. May overlap each other.
 //
 // std::map keyed by start gives ordered iteration and O(log n) lookup of the area that can
-// intersect a point. Areas hold a pin on their pages while at least one domain is attached
+// intersect a point; a second map of the gaps between areas lets the first-fit allocator
+// skip densely packed areas. Areas hold a pin on their pages while at least one domain is attached
 // (pinning is lazy, as in the kernel: with no domain a map only records the area).
 //
 // Locking: only touched under the owning context's mutex; domains lock themselves.
@@ -33,6 +34,9 @@ struct Area {
   std::uint64_t start_byte = 0;  // offset of `iova`'s byte from the pages' first page
   int prot = 0;                  // kIommuRead | kIommuWrite
   bool pinned = false;
+  // The page size the memory is really in (backing_page_size), looked up when a domain
+  // first needs it; 0 until then.
+  std::uint64_t backing = 0;
 
   std::uint64_t length() const noexcept { return last - iova + 1; }
   std::uint64_t page_offset() const noexcept;
@@ -122,6 +126,11 @@ class IoPagetable {
   // Pin an area (if no domain holds it yet) and map it into `domains`; undone on failure.
   int fill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains);
   void unfill_area(Area& a, const std::vector<std::shared_ptr<Domain>>& domains);
+  // iommu_map of one area: IOPTEs no larger than the pages backing it.
+  int map_area(Domain& d, Area& a);
+  // Keep free_ the complement of areas_: an area [start, last] was added / removed.
+  void occupy(std::uint64_t start, std::uint64_t last);
+  void release(std::uint64_t start, std::uint64_t last);
   // The union of the reserved ranges, sorted and merged.
   std::vector<IovaSpan> reserved_union() const;
   template <class F>
@@ -129,6 +138,9 @@ class IoPagetable {
 
   IommufdCtx& ctx_;
   std::map<std::uint64_t, Area> areas_;
+  // The gaps between areas (start -> last), so the allocator visits only real holes
+  // instead of every area below the one it picks.
+  std::map<std::uint64_t, std::uint64_t> free_{{0, ~0ull}};
   std::map<std::uint64_t, std::uint64_t> allowed_;  // start -> last
   std::vector<Reserved> reserved_;                  // few entries; kept sorted by start
   std::vector<std::shared_ptr<Domain>> domains_;

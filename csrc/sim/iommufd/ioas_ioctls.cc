@@ -37,6 +37,20 @@ bool bad_pages_length(std::uint64_t length) {
 
 }  // namespace
 
+// iopt_alloc_user_pages' checks. 6.13 (the MAP_FILE rework) tests `uptr + length` for
+// overflow before the length rule; 6.12 the other way round.
+int check_user_pages_args(const IommufdCtx& ctx, std::uint64_t uptr, std::uint64_t length) {
+  const bool overflow = uptr + length < uptr;
+  if (ctx.config.kernel_version >= 613 && overflow) return -EOVERFLOW;
+  if (bad_pages_length(length)) return -EINVAL;
+  if (overflow) return -EOVERFLOW;
+  return 0;
+}
+
+namespace {
+
+}  // namespace
+
 void Ioas::destroy(IommufdCtx& /*ctx*/) {
   std::uint64_t unmapped;
   iopt.unmap(0, kMax, &unmapped);
@@ -62,9 +76,7 @@ int iommufd_ioas_map(Ucmd& u) {
   if (!(cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE))) return -EINVAL;
   auto ioas = u.ctx.objects.get<Ioas>(cmd.ioas_id);
   if (!ioas) return -ENOENT;
-  // iopt_alloc_user_pages.
-  if (cmd.user_va + cmd.length < cmd.user_va) return -EOVERFLOW;
-  if (bad_pages_length(cmd.length)) return -EINVAL;
+  if (int rc = check_user_pages_args(u.ctx, cmd.user_va, cmd.length)) return rc;
   auto pages = IoptPages::user(cmd.user_va, cmd.length, cmd.flags & IOMMU_IOAS_MAP_WRITEABLE,
                                u.ctx.account_mode());
   std::uint64_t iova = cmd.iova;

@@ -36,34 +36,32 @@ bool check_range(std::uint64_t* start, std::uint64_t last, std::uint64_t length,
 }  // namespace
 
 // Calls fn(first, last) for each maximal hole of (reserved ∪ areas) inside [start, last],
-// lowest first, until fn returns true. Returns whether fn stopped the walk.
+// lowest first, until fn returns true. Returns whether fn stopped the walk. The gaps
+// between areas come from free_; the (few, possibly overlapping) reserved ranges are cut
+// out of each gap. Areas and reservations never intersect, so the pieces are maximal.
 template <class F>
 bool IoPagetable::for_each_hole(std::uint64_t start, std::uint64_t last, F&& fn) const {
   const std::vector<IovaSpan> used = reserved_union();
   std::size_t ri = 0;
-  auto ai = areas_.upper_bound(start);
-  if (ai != areas_.begin() && std::prev(ai)->second.last >= start) --ai;
-  std::uint64_t cur = start;
-  for (;;) {
+  auto it = free_.upper_bound(start);
+  if (it != free_.begin() && std::prev(it)->second >= start) --it;
+  for (; it != free_.end() && it->first <= last; ++it) {
+    std::uint64_t cur = std::max(it->first, start);
+    const std::uint64_t gap_last = std::min(it->second, last);
+    if (cur > gap_last) continue;
     while (ri < used.size() && used[ri].last < cur) ++ri;
-    while (ai != areas_.end() && ai->second.last < cur) ++ai;
-    bool found = false;
-    std::uint64_t ns = 0, nl = 0;
-    if (ri < used.size()) {
-      ns = used[ri].start;
-      nl = used[ri].last;
-      found = true;
+    bool open = true;
+    for (std::size_t k = ri; k < used.size() && used[k].start <= gap_last; ++k) {
+      if (used[k].start > cur && fn(cur, used[k].start - 1)) return true;
+      if (used[k].last >= gap_last) {
+        open = false;
+        break;
+      }
+      cur = std::max(cur, used[k].last + 1);
     }
-    if (ai != areas_.end() && (!found || ai->first < ns)) {
-      ns = ai->first;
-      nl = ai->second.last;
-      found = true;
-    }
-    if (!found || ns > last) return fn(cur, last);
-    if (ns > cur && fn(cur, ns - 1)) return true;
-    if (nl >= last) return false;
-    cur = std::max(cur, nl + 1);
+    if (open && fn(cur, gap_last)) return true;
   }
+  return false;
 }
 
 int IoPagetable::alloc_iova(std::uint64_t addr, std::uint64_t length,

@@ -51,6 +51,9 @@ std::shared_ptr<Device> mock_dev_create(std::uint32_t flags, int* err) {
   static std::atomic<unsigned> next_id{0};
   IommuModel m = IommuModel::mock(!(flags & MOCK_FLAGS_DEVICE_NO_DIRTY));
   m.pgsize_bitmap = mock_io_page();
+  // The mock driver has no enforce_cache_coherency op, so its HWPTs never enforce it
+  // (VFIO_DMA_CC_IOMMU answers 0 through compat).
+  m.enforce_cache_coherency = false;
   if (flags & MOCK_FLAGS_DEVICE_HUGE_IOVA) m.pgsize_bitmap |= mock_io_page() * 512;
   return std::make_shared<Device>("iommufd_mock" + std::to_string(next_id++), std::move(m));
 }

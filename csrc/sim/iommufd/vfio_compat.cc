@@ -39,8 +39,7 @@ long map_dma(IommufdCtx& ctx, std::uint64_t arg) {
   const int prot = ((map.flags & VFIO_DMA_MAP_FLAG_READ) ? kIommuRead : 0) |
                    ((map.flags & VFIO_DMA_MAP_FLAG_WRITE) ? kIommuWrite : 0);
   // iopt_map_user_pages at a fixed IOVA.
-  if (map.vaddr + map.size < map.vaddr) return -EOVERFLOW;
-  if (map.size == 0 || map.size > kMax - host_page_size()) return -EINVAL;
+  if (int rc = check_user_pages_args(ctx, map.vaddr, map.size)) return rc;
   auto pages = IoptPages::user(map.vaddr, map.size, prot & kIommuWrite, ctx.account_mode());
   std::uint64_t iova = map.iova;
   return ioas->iopt.map_pages({{pages, pages->first_byte(), map.size}}, map.size, &iova, prot, false);
