@@ -69,14 +69,30 @@ void bind_mapper(py::module_& m) {
       }, py::arg("vas"), py::arg("lengths"), py::arg("iovas"), py::arg("prot"),
          py::arg("coalesce") = false, py::arg("threads") = 1u,
          "-> (iovas, None | (errno, index, call, rollback_failed))")
-      .def("unmap", [](PyMapper& p, const U64Array& iovas, const U64Array& lengths) {
+      .def("map_one", [](PyMapper& p, std::uint64_t va, std::uint64_t length,
+                         std::optional<std::uint64_t> iova, std::uint32_t prot) {
+        std::uint64_t out = 0;
         engine::BatchError err;
         {
           py::gil_scoped_release nogil;
-          err = p.mapper.unmap(view(iovas), view(lengths));
+          std::span<const std::uint64_t> fixed;
+          if (iova) fixed = {&*iova, 1};
+          err = p.mapper.map({&va, 1}, {&length, 1}, fixed, {&out, 1}, prot, {});
         }
-        return to_tuple(err);
-      }, py::arg("iovas"), py::arg("lengths"))
+        return std::make_tuple(out, to_tuple(err));
+      }, py::arg("va"), py::arg("length"), py::arg("iova"), py::arg("prot"),
+         "One mapping without numpy: -> (iova, None | (errno, 0, call, rollback_failed))")
+      .def("unmap", [](PyMapper& p, const U64Array& iovas, const U64Array& lengths) {
+        engine::BatchError err;
+        std::vector<std::uint64_t> removed;
+        {
+          py::gil_scoped_release nogil;
+          err = p.mapper.unmap(view(iovas), view(lengths), &removed);
+        }
+        return std::make_tuple(U64Array(static_cast<py::ssize_t>(removed.size()), removed.data()),
+                               to_tuple(err));
+      }, py::arg("iovas"), py::arg("lengths"),
+         "-> (removed segment iovas, None | (errno, index, call, rollback_failed))")
       .def("adopt", [](PyMapper& p, std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
         p.mapper.adopt(iova, length, prot);
       }, py::arg("iova"), py::arg("length"), py::arg("prot"))

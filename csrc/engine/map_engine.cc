@@ -255,7 +255,8 @@ bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
 }
 
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
-                             std::span<const std::uint64_t> lengths) {
+                             std::span<const std::uint64_t> lengths,
+                             std::vector<std::uint64_t>* removed_segments) {
   const std::size_t n = iovas.size();
   if (lengths.size() != n) return fail(EINVAL, 0, "batch shape");
   std::lock_guard<std::mutex> g(mu_);
@@ -327,7 +328,11 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     }
     removed.push_back(v);
   }
-  for (const auto& [seg_iova, entry] : taken) segments_.erase(seg_iova);
+  if (removed_segments) removed_segments->reserve(removed_segments->size() + taken.size());
+  for (const auto& [seg_iova, entry] : taken) {
+    segments_.erase(seg_iova);
+    if (removed_segments) removed_segments->push_back(seg_iova);
+  }
   by_va_stale_ = true;
   return {};
 }

@@ -56,7 +56,9 @@ class IoasMapper {
   // Unmaps the segments exactly at [iovas[i], iovas[i]+lengths[i]), or ranges that cover
   // whole segments. A range that would split a coalesced kernel area is refused (EINVAL,
   // call "coalesced") before anything changes; a kernel failure re-maps what was removed.
-  BatchError unmap(std::span<const std::uint64_t> iovas, std::span<const std::uint64_t> lengths);
+  // On success `removed` (if given) receives the IOVAs of the segments removed.
+  BatchError unmap(std::span<const std::uint64_t> iovas, std::span<const std::uint64_t> lengths,
+                   std::vector<std::uint64_t>* removed_segments = nullptr);
 
   // Records an area made by another call (IOAS_COPY, IOAS_MAP_FILE) so unmap knows it. Its
   // unmap cannot be undone, so batches unmap such areas last.

@@ -154,7 +154,12 @@ class IoasMapper:
         threads: int = 1,
     ) -> tuple[npt.NDArray[np.uint64], _BatchError]:
         """-> (iovas, None | (errno, index, call, rollback_failed))"""
-    def unmap(self, iovas: _U64s, lengths: _U64s) -> _BatchError: ...
+    def map_one(
+        self, va: int, length: int, iova: int | None, prot: int
+    ) -> tuple[int, _BatchError]:
+        """One mapping without numpy: -> (iova, None | (errno, 0, call, rollback_failed))"""
+    def unmap(self, iovas: _U64s, lengths: _U64s) -> tuple[npt.NDArray[np.uint64], _BatchError]:
+        """-> (removed segment iovas, None | (errno, index, call, rollback_failed))"""
     def adopt(self, iova: int, length: int, prot: int) -> None: ...
     def unmap_all(self) -> int: ...
     def __len__(self) -> int: ...

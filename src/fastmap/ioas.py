@@ -133,20 +133,14 @@ class Ioas:
         """
         prot = _prot(readable, writeable)
         pin, va, length = self._resolve(buffer_or_va, length, writeable)
-        try:
-            out = self._run_map(
-                np.array([va], np.uint64),
-                np.array([length], np.uint64),
-                None if iova is None else np.array([iova], np.uint64),
-                prot,
-                False,
-                1,
-            )
-        except BaseException:
+        chosen, err = self._mapper.map_one(va, length, iova, prot)
+        if err is not None:
             if pin is not None:
                 pin.release()
-            raise
-        chosen = int(out[0])
+            entry: dict[str, object] = {"va": va, "length": length}
+            if iova is not None:
+                entry["iova"] = iova
+            raise BatchError(err[0], err[2], 0, entry, None, err[3])
         if pin is not None:
             self._pins[chosen] = pin
         return chosen
@@ -205,8 +199,7 @@ class Ioas:
         io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
-        before = {s.iova for s in self._mapper.segments()} if self._pins else set()
-        err = self._mapper.unmap(io, ln)
+        removed, err = self._mapper.unmap(io, ln)
         if err is not None:
             errno_value, index, call, rollback_failed = err
             hint = _HINT_COALESCED if call == "coalesced" else None
@@ -218,9 +211,8 @@ class Ioas:
                 hint,
                 rollback_failed,
             )
-        if before:
-            after = {s.iova for s in self._mapper.segments()}
-            self._release_pins(sorted(before - after))
+        if self._pins:
+            self._release_pins(removed.tolist())
 
     def _run_map(
         self,
