@@ -12,6 +12,7 @@ namespace fastmap::engine {
 
 namespace {
 
+constexpr std::size_t kMinRunsPerThread = 256;
 constexpr std::uint32_t kProtMask = uapi::IOMMU_IOAS_MAP_READABLE | uapi::IOMMU_IOAS_MAP_WRITEABLE;
 
 BatchError fail(int err, std::size_t index, const char* call) {
@@ -160,7 +161,8 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
 
   // Parallel submission needs fixed IOVAs that do not overlap each other; otherwise the
   // result could depend on the order, so such batches go serially (same result, slower).
-  bool parallel = fixed && options.threads > 1 && runs.size() >= 2 * options.threads;
+  // Threads only pay off when each gets enough work to cover its start-up cost.
+  bool parallel = fixed && options.threads > 1 && runs.size() >= kMinRunsPerThread * options.threads;
   if (parallel) {
     std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
     spans.reserve(runs.size());
