@@ -35,6 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import bitmap, uapi
+from fastmap._libc import MAP_NORESERVE as _MAP_NORESERVE
+from fastmap._libc import libc as _libc
 from fastmap.dirty import DirtyHarvester, Harvest
 from fastmap.kernel import Fd, Kernel
 
@@ -235,19 +237,6 @@ def bitmap_rows(scale: float = 1.0, repeat: int = 20) -> list[BenchRow]:
 
 # --- harvest on the simulated kernel ----------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.mmap.restype = ctypes.c_void_p
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.munmap.restype = ctypes.c_int
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
 class MockDirtyBed:

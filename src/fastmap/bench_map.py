@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastmap import _core, uapi
+from fastmap._libc import MAP_NORESERVE as _MAP_NORESERVE
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
 
@@ -60,7 +61,6 @@ def _layout(entries: int, length: int) -> tuple[mmap.mmap, np.ndarray, np.ndarra
     return region, vas, lengths, iovas
 
 
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 _PROT = uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE
 
 

@@ -24,24 +24,14 @@ import os
 from types import TracebackType
 from typing import Literal
 
+from fastmap._libc import MAP_FAILED as _MAP_FAILED
+from fastmap._libc import libc as _libc
+
 RamKind = Literal["anon", "memfd", "hugetlb"]
 RAM_KINDS: tuple[RamKind, ...] = ("anon", "memfd", "hugetlb")
 PAGE_SIZE = mmap.PAGESIZE
 _HUGE_SHIFT = 26  # MFD_HUGE_SHIFT: log2(page size) goes in bits 26..31 of the flags
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.mmap.restype = ctypes.c_void_p
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.munmap.restype = ctypes.c_int
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class RamUnavailableError(OSError):

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from fastmap import uapi
+from fastmap._libc import libc as _libc
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd
 
@@ -36,18 +37,6 @@ def hugepage_size() -> int:
         return 2 << 20
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.mmap.restype = ctypes.c_void_p
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.munmap.restype = ctypes.c_int
 
 
 class Buffer:
