@@ -34,7 +34,8 @@ test-sim: $(STAMP)
 # The real-kernel tier: boots Linux 6.12 under QEMU and runs the suites there.
 test-vm: $(STAMP)
 	tools/vmtest/install-qemu.sh
-	$(PY) -m pytest -m vm
+	tools/vmtest/kernel.sh >/dev/null
+	$(PY) -m pytest -m vm -s
 
 test: lint test-sim test-vm
 

@@ -19,7 +19,9 @@ import pytest
 from fastmap import _core
 
 # Defined by the selftest header (drivers/iommu/iommufd/iommufd_test.h), not the uAPI.
-SELFTEST_ONLY = re.compile(r"^(IOMMU_TEST_|MOCK_|IOMMU_HW_INFO_TYPE_SELFTEST|IOMMU_HW_INFO_SELFTEST)")
+SELFTEST_ONLY = re.compile(
+    r"^(IOMMU_TEST_|MOCK_|IOMMU_HW_INFO_TYPE_SELFTEST|IOMMU_HW_INFO_SELFTEST)"
+)
 SELFTEST_STRUCTS = re.compile(r"^iommu_test_")
 # fastmap's names for members iommufd.h spells with a leading double underscore (vfio.h
 # does not).
@@ -29,8 +31,13 @@ PADDING = {"pad"}
 # Constants that arrived after 6.12 (MAP_FILE, vIOMMU and SMMUv3 in 6.13, CHANGE_PROCESS and
 # PASID later): absent from a 6.12 header, present in newer ones.
 MAY_BE_ABSENT = {
-    "IOMMU_IOAS_MAP_FILE", "IOMMU_VIOMMU_ALLOC", "IOMMU_VDEVICE_ALLOC", "IOMMU_HWPT_DATA_ARM_SMMUV3",
-    "IOMMU_HW_INFO_TYPE_ARM_SMMUV3", "IOMMU_HWPT_ALLOC_PASID", "IOMMU_IOAS_CHANGE_PROCESS",
+    "IOMMU_IOAS_MAP_FILE",
+    "IOMMU_VIOMMU_ALLOC",
+    "IOMMU_VDEVICE_ALLOC",
+    "IOMMU_HWPT_DATA_ARM_SMMUV3",
+    "IOMMU_HW_INFO_TYPE_ARM_SMMUV3",
+    "IOMMU_HWPT_ALLOC_PASID",
+    "IOMMU_IOAS_CHANGE_PROCESS",
 }
 # Structs that arrived after 6.12.
 STRUCTS_AFTER_6_12 = {"iommu_ioas_map_file", "iommu_ioas_change_process"}
@@ -52,7 +59,9 @@ def _find_headers() -> Path | None:
 
 HEADERS = _find_headers()
 pytestmark = [
-    pytest.mark.skipif(HEADERS is None, reason="no Linux >= 6.12 uAPI headers: run tools/kernel-headers.sh"),
+    pytest.mark.skipif(
+        HEADERS is None, reason="no Linux >= 6.12 uAPI headers: run tools/kernel-headers.sh"
+    ),
     pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler"),
 ]
 
@@ -66,7 +75,8 @@ def _compile_and_run(tmp_path: Path, body: list[str]) -> subprocess.CompletedPro
     exe = tmp_path / "layout"
     build = subprocess.run(
         ["cc", "-std=c11", "-I", str(HEADERS), "-o", str(exe), str(src)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if build.returncode != 0:
         return build
@@ -115,7 +125,7 @@ def test_constants_match_kernel_headers(tmp_path: Path) -> None:
         result = _compile_and_run(tmp_path, body)
         if result.returncode == 0:
             break
-        missing = set(re.findall(r"[‘'](\w+)[’'] undeclared", result.stderr))
+        missing = set(re.findall("[\u2018'](\\w+)[\u2019'] undeclared", result.stderr))
         assert missing, result.stderr
         absent |= missing
     else:

@@ -10,6 +10,7 @@
 
 #include "bindings/bindings.h"
 #include "engine/map_engine.h"
+#include "engine/map_floor.h"
 
 namespace py = pybind11;
 
@@ -84,6 +85,21 @@ void bind_mapper(py::module_& m) {
       })
       .def("__len__", [](const PyMapper& p) { return p.mapper.segment_count(); })
       .def("segments", [](const PyMapper& p) { return p.mapper.segments(); });
+
+  m.def("map_loop", [](const std::shared_ptr<Kernel>& k, int fd, std::uint32_t ioas,
+                       const U64Array& vas, const U64Array& lengths, const U64Array& iovas,
+                       std::uint32_t prot) {
+    py::gil_scoped_release nogil;
+    return engine::map_loop(*k, fd, ioas, view(vas), view(lengths), view(iovas), prot);
+  }, py::arg("kernel"), py::arg("iommufd"), py::arg("ioas_id"), py::arg("vas"),
+     py::arg("lengths"), py::arg("iovas"), py::arg("prot"),
+     "The benchmark floor: a bare C++ loop of fixed-IOVA IOMMU_IOAS_MAP; 0 or -errno");
+  m.def("unmap_loop", [](const std::shared_ptr<Kernel>& k, int fd, std::uint32_t ioas,
+                         const U64Array& iovas, const U64Array& lengths) {
+    py::gil_scoped_release nogil;
+    return engine::unmap_loop(*k, fd, ioas, view(iovas), view(lengths));
+  }, py::arg("kernel"), py::arg("iommufd"), py::arg("ioas_id"), py::arg("iovas"),
+     py::arg("lengths"));
 }
 
 }  // namespace fastmap::bindings

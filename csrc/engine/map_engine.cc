@@ -187,16 +187,30 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
     if (!parallel) err.rollback_failed = !rollback_runs(runs, done, nullptr);
     return err;
   }
+  if (pending_.capacity() < pending_.size() + n) {
+    pending_.reserve(std::max(pending_.size() + n, 2 * pending_.capacity()));  // stay geometric
+  }
   for (const Run& r : runs) {
     std::uint64_t offset = 0;
     for (std::size_t i = r.first; i < r.first + r.count; ++i) {
       const std::uint64_t iova = r.iova + offset;
       out_iovas[i] = iova;
-      segments_[iova] = Segment{iova, vas[i], lengths[i], r.prot, r.iova};
+      pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova});
       offset += lengths[i];
     }
   }
   return {};
+}
+
+void IoasMapper::index_pending() const {
+  if (pending_.empty()) return;
+  std::sort(pending_.begin(), pending_.end(),
+            [](const Segment& a, const Segment& b) { return a.iova < b.iova; });
+  // Sorted keys go in with a hint: amortized O(1) each when they extend the index.
+  auto hint = segments_.end();
+  for (const Segment& s : pending_) hint = std::next(segments_.insert_or_assign(hint, s.iova, s));
+  pending_.clear();
+  pending_.shrink_to_fit();
 }
 
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
@@ -204,6 +218,7 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
   const std::size_t n = iovas.size();
   if (lengths.size() != n) return fail(EINVAL, 0, "batch shape");
   std::lock_guard<std::mutex> g(mu_);
+  index_pending();
 
   // Validate everything first, so a refusal changes nothing. The kernel only removes whole
   // areas, and every run is one area: a request must take all of a run or none of it.
@@ -277,6 +292,7 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
 
 void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
   std::lock_guard<std::mutex> g(mu_);
+  index_pending();
   segments_[iova] = Segment{iova, 0, length, prot, iova};
 }
 
@@ -290,16 +306,18 @@ long long IoasMapper::unmap_all() {
   long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_UNMAP, &cmd);
   if (rc < 0) return rc;
   segments_.clear();
+  pending_.clear();
   return static_cast<long long>(cmd.length);
 }
 
 std::size_t IoasMapper::segment_count() const {
   std::lock_guard<std::mutex> g(mu_);
-  return segments_.size();
+  return segments_.size() + pending_.size();
 }
 
 std::vector<Segment> IoasMapper::segments() const {
   std::lock_guard<std::mutex> g(mu_);
+  index_pending();
   std::vector<Segment> out;
   out.reserve(segments_.size());
   for (const auto& [iova, s] : segments_) out.push_back(s);

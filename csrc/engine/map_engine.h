@@ -91,11 +91,17 @@ class IoasMapper {
   bool rollback_runs(const std::vector<Run>& runs, std::size_t count,
                      const std::vector<char>* mapped);
 
+  // Folds pending_ into segments_; callers hold mu_.
+  void index_pending() const;
+
   Kernel& kernel_;
   int fd_;
   std::uint32_t ioas_id_;
-  mutable std::mutex mu_;  // guards segments_ (the kernel serializes the ioctls themselves)
-  std::map<std::uint64_t, Segment> segments_;  // keyed by segment iova
+  mutable std::mutex mu_;  // guards the tables (the kernel serializes the ioctls themselves)
+  // Segments keyed by IOVA. Batches append to pending_ (a flat array: the map path stays
+  // close to the bare ioctl loop) and the ordered index is built when it is first needed.
+  mutable std::map<std::uint64_t, Segment> segments_;
+  mutable std::vector<Segment> pending_;
 };
 
 }  // namespace fastmap::engine

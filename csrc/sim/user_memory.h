@@ -1,10 +1,12 @@
 // Access to "user" memory from the simulated kernel.
 //
 // The simulator runs in the same process as its caller, so user pointers are real process
-// addresses. Like copy_from_user/copy_to_user, these never crash on a bad pointer: they go
-// through process_vm_readv/process_vm_writev on our own pid, which fail with EFAULT where
-// the kernel would. Pinning checks ask the kernel whether the pages are really mapped
-// (mincore) and writable (/proc/self/maps), as GUP would.
+// addresses. Like the kernel's copy_from_user/copy_to_user, these never crash on a bad
+// pointer: the copy runs under a fault fixup (the kernel's exception-table idea) — a
+// SIGSEGV/SIGBUS raised inside it is caught and turned into -EFAULT, and any other fault is
+// passed on to the handler that was installed before. Pinning checks touch every page the
+// way get_user_pages does (a read, or an atomic no-op write for FOLL_WRITE, which also breaks
+// copy-on-write), so unmapped, PROT_NONE and read-only memory fail exactly where GUP fails.
 #pragma once
 
 #include <cstddef>
@@ -20,7 +22,7 @@ int copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexc
 int clear_user(std::uint64_t user_dst, std::size_t len) noexcept;
 
 // What pin_user_pages would say about [va, va+len): 0 if every page is mapped (and
-// writable when `write`), else -EFAULT.
+// writable when `write`), else -EFAULT. Pages are faulted in, as GUP does.
 int check_user_pages(std::uint64_t va, std::uint64_t len, bool write) noexcept;
 
 // The host page size (PAGE_SIZE in the kernel the simulator models).

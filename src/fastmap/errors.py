@@ -339,10 +339,13 @@ class BatchError(KernelError):
         undone = (
             "rollback FAILED: the IOAS is not as it was"
             if self.rollback_failed
-            else f"rolled back: nothing of the batch is {'un' if 'UNMAP' in self.call else ''}mapped"
+            else "rolled back: the IOAS is as it was before the batch"
         )
         return f"{super().__str__()}; {undone}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = {k: v for k, v in self.arguments.items() if k != "entry"}
-        return (type(self), (self.errno, self.call, self.index, args, self.hint, self.rollback_failed))
+        return (
+            type(self),
+            (self.errno, self.call, self.index, args, self.hint, self.rollback_failed),
+        )

@@ -63,13 +63,24 @@ def _prot(readable: bool, writeable: bool) -> int:
 
 
 def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
-    arr = np.asarray(values)
+    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
+    if isinstance(values, np.ndarray):
+        arr = values
+        if arr.size and arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
+            raise ValueError(f"{name} has negative entries")
+    else:
+        # Element by element: mixing numpy uint64 with Python ints would promote to float.
+        try:
+            items: Iterable[Any] = values  # type: ignore[assignment]
+            arr = np.array([int(v) for v in items], dtype=np.uint64)
+        except OverflowError as e:
+            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
+        except TypeError as e:
+            raise TypeError(f"{name} must be a sequence of integers") from e
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind in "iu" and arr.dtype.kind == "i" and (arr < 0).any():
-        raise ValueError(f"{name} has negative entries")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
@@ -151,7 +162,9 @@ class Ioas:
         """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
         ret = self._mapper.unmap_all()
         if ret < 0:
-            raise KernelError.from_errno(-ret, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True})
+            raise KernelError.from_errno(
+                -ret, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
+            )
         self._release_pins(list(self._pins))
         return ret
 
@@ -386,7 +399,9 @@ class Ioas:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+        return (
+            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+        )
 
     # --- helpers -------------------------------------------------------------------------------
     def _resolve(

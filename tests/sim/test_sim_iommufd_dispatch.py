@@ -83,7 +83,7 @@ def test_request_must_be_exact() -> None:
     assert f.ioctl(0x3B81, s) == 0
 
 
-def test_legacy_numbers_without_compat_answer_enotty() -> None:
+def test_unknown_legacy_numbers_answer_enotty() -> None:
     f = Iommufd()
     for nr in (0x00, 0x40, 0x7F):
         assert f.ioctl(0x3B00 | nr, None) == -errno.ENOTTY
@@ -182,3 +182,34 @@ def test_close_releases_everything() -> None:
     # A second context of the same kernel starts from id 1 again.
     assert Iommufd(k).ioas() == 1
     assert MOCK_PAGE == PAGE // 2
+
+
+def _readonly_struct(name: str, **fields: int) -> tuple[int, object]:
+    """The struct in a read-only page: the kernel can read it but not answer."""
+    import mmap
+
+    from _raw import protect
+
+    page = anon(PAGE)
+    s = S[name].from_address(page)
+    ctypes.memmove(page, bytes(make(name, **fields)), ctypes.sizeof(S[name]))
+    protect(page, PAGE, mmap.PROT_READ)
+    return page, s
+
+
+def test_reply_fault_keeps_the_side_effect() -> None:
+    f = Iommufd()
+    ioas = f.ioas()
+    page, _ = _readonly_struct("iommu_ioas_map", ioas_id=ioas, user_va=1 << 31, length=PAGE,
+                               flags=K["IOMMU_IOAS_MAP_READABLE"])
+    assert f.ioctl("IOMMU_IOAS_MAP", page) == -errno.EFAULT
+    # The mapping was made anyway; only the reply was lost.
+    assert f.unmap(ioas, 0, (1 << 64) - 1) == (0, PAGE)
+
+
+def test_alloc_reply_fault_creates_nothing() -> None:
+    f = Iommufd()
+    page, _ = _readonly_struct("iommu_ioas_alloc")
+    assert f.ioctl("IOMMU_IOAS_ALLOC", page) == -errno.EFAULT
+    assert f.ioas() == 1
+    assert f.ioctl("IOMMU_IOAS_ALLOC", make("iommu_ioas_alloc", flags=1)) == -errno.EOPNOTSUPP

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from _raw import FIXED, MOCK_PAGE, PAGE, U64_MAX, R, W, Iommufd, K, anon, make
+from _raw import FIXED, MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, R, W, anon, make
 
 APERTURE = (K["MOCK_APERTURE_START"], K["MOCK_APERTURE_LAST"])
 BOGUS_VA = 1 << 31  # unmapped; fine while no domain is attached
@@ -169,7 +169,8 @@ def test_copy_area_and_sweep(env: tuple[Iommufd, int, int]) -> None:
     assert f.unmap(dst, iova, 2 * PAGE) == (0, 2 * PAGE)
     assert f.unmap(dst, iova + 2 * PAGE, 2 * PAGE) == (0, 2 * PAGE)
     # copy_sweep: any range not fully inside the source gives ENOENT.
-    for start, length in ((base - PAGE, 2 * PAGE), (base + 7 * PAGE, 2 * PAGE), (base + 8 * PAGE, 1)):
+    outside = ((base - PAGE, 2 * PAGE), (base + 7 * PAGE, 2 * PAGE), (base + 8 * PAGE, 1))
+    for start, length in outside:
         assert f.copy(dst, ioas, start, length)[0] == -errno.ENOENT
 
 

@@ -8,7 +8,7 @@ import errno
 import mmap
 import os
 
-from _raw import MOCK_PAGE, PAGE, U64_MAX, R, W, Iommufd, K, S, anon, make, protect, unmap
+from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, R, S, W, anon, make, protect, unmap
 
 from fastmap import _core
 
@@ -99,7 +99,7 @@ def test_hwpt_alloc_check_order_and_enforce_dirty() -> None:
     _, _, _, idev = f.mock_domain(ioas)
 
     def alloc(**kw: int) -> int:
-        s = make("iommu_hwpt_alloc", dev_id=idev, pt_id=ioas) 
+        s = make("iommu_hwpt_alloc", dev_id=idev, pt_id=ioas)
         for k, v in kw.items():
             setattr(s, k, v)
         return f.ioctl("IOMMU_HWPT_ALLOC", s)
@@ -174,8 +174,9 @@ def test_get_hw_info() -> None:
     s = make("iommu_hw_info", dev_id=idev)
     assert f.ioctl("IOMMU_GET_HW_INFO", s) == 0
     assert s.data_len == 8
-    for kw, err in (({"flags": 1}, errno.EOPNOTSUPP), ({"out_max_pasid_log2": 1}, errno.EOPNOTSUPP),
-                    ({"dev_id": ioas}, errno.ENOENT), ({"data_len": 8, "data_uptr": 8}, errno.EFAULT)):
+    cases = (({"flags": 1}, errno.EOPNOTSUPP), ({"out_max_pasid_log2": 1}, errno.EOPNOTSUPP),
+             ({"dev_id": ioas}, errno.ENOENT), ({"data_len": 8, "data_uptr": 8}, errno.EFAULT))
+    for kw, err in cases:
         s = make("iommu_hw_info", **({"dev_id": idev} | kw))
         assert f.ioctl("IOMMU_GET_HW_INFO", s) == -err, kw
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import struct
+import threading
 
 import pytest
 from _vfio_raw import PAGE, Buf
@@ -340,3 +341,28 @@ def test_domain_matches_reference_model(buf: Buf, ops: list[tuple]) -> None:
         assert d.mapped_bytes == sum(p[0] for p in ref.ptes.values())
         assert d.iopte_count == len(ref.ptes)
     d.take_faults()
+
+
+def test_dma_races_with_map_and_unmap(buf: Buf) -> None:
+    d = _core.SimDomain(_core.IommuModel.vtd(True))
+    assert d.set_dirty_tracking(True) == 0
+    results: set[int] = set()
+    stop = threading.Event()
+
+    def device() -> None:
+        while not stop.is_set():
+            results.add(d.dma_write(0x100000, b"\x01" * (3 * PAGE)))
+            results.add(d.dma_read(0x100000, 2 * PAGE)[0])
+
+    t = threading.Thread(target=device)
+    t.start()
+    try:
+        for i in range(2000):
+            assert d.map(0x100000, buf.addr, 4 * PAGE, 3, bool(i & 1)) == 0
+            d.read_and_clear_dirty(0, 8 * MIB)
+            assert d.unmap(0x100000, 4 * PAGE) == 4 * PAGE
+    finally:
+        stop.set()
+        t.join()
+    assert results <= {0, -errno.EFAULT}
+    assert d.mapped_bytes == 0

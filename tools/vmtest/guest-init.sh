@@ -41,24 +41,21 @@ mkdir -p "$ctl"
 mount -t 9p -o "$p9opts" vmtest_out "$ctl" || init_fail "cannot mount the out directory"
 echo "VMTEST-INIT-START uptime=$(uptime_s)"
 
-# VMTEST_REPO, VMTEST_OUT, VMTEST_IOMMU, VMTEST_BIND_EDU, VMTEST_SETUP
+# VMTEST_OUT, VMTEST_IOMMU, VMTEST_BIND_EDU, VMTEST_SETUP and the mounts, outer first:
+# VMTEST_MOUNT_KIND[i] (rw, ro: a 9p share; out: the out directory), _TAG[i], _PATH[i].
 # shellcheck source=/dev/null
 . "$ctl/vmtest.conf" || init_fail "cannot read $ctl/vmtest.conf"
 
-mount_repo() {
-  mkdir -p "$VMTEST_REPO" 2>/dev/null   # exists already unless under a guest tmpfs
-  mount -t 9p -o "$p9opts,cache=loose" fastmap_repo "$VMTEST_REPO" ||
-    init_fail "cannot mount the repository at $VMTEST_REPO"
-}
-mount_out() {
-  mkdir -p "$VMTEST_OUT" 2>/dev/null
-  mount --bind "$ctl" "$VMTEST_OUT" || init_fail "cannot mount the out directory at $VMTEST_OUT"
-}
-# The outer one first, should one lie inside the other.
-case "$VMTEST_REPO/" in
-  "$VMTEST_OUT"/*) mount_out; mount_repo ;;
-  *) mount_repo; mount_out ;;
-esac
+for i in "${!VMTEST_MOUNT_PATH[@]}"; do
+  kind=${VMTEST_MOUNT_KIND[$i]} tag=${VMTEST_MOUNT_TAG[$i]} path=${VMTEST_MOUNT_PATH[$i]}
+  mkdir -p "$path" 2>/dev/null   # exists already unless under a guest tmpfs
+  case "$kind" in
+    out) mount --bind "$ctl" "$path" ;;
+    rw)  mount -t 9p -o "$p9opts,cache=loose" "$tag" "$path" ;;
+    ro)  mount -t 9p -o "$p9opts,cache=loose,ro" "$tag" "$path" ;;
+  esac || init_fail "cannot mount $tag ($kind) at $path"
+done
+echo "VMTEST-MOUNTED uptime=$(uptime_s)"
 
 # The command's own channel: the second serial port, raw (no \n -> \r\n).
 exec 3<>/dev/ttyS1 || init_fail "cannot open /dev/ttyS1"
@@ -66,6 +63,7 @@ stty raw -echo <&3 2>/dev/null
 
 if [ "$VMTEST_BIND_EDU" = 1 ]; then
   "$VMTEST_SETUP" || echo "vmtest: warning: $VMTEST_SETUP failed (rc=$?); see console.log" >&3
+  echo "VMTEST-SETUP-DONE uptime=$(uptime_s)"
 fi
 
 echo "VMTEST-START uptime=$(uptime_s)"

@@ -16,20 +16,21 @@ rc=0
 
 for dev in /sys/bus/pci/devices/*; do
   [ -e "$dev/vendor" ] || continue
-  vendor=$(cat "$dev/vendor") device=$(cat "$dev/device")
+  read -r vendor < "$dev/vendor"
+  read -r device < "$dev/device"
   id=${vendor#0x}:${device#0x}
   match=0
   for want in "${ids[@]}"; do [ "$id" = "$want" ] && match=1; done
   [ "$match" = 1 ] || continue
   bdf=${dev##*/}
   driver=""
-  [ -e "$dev/driver" ] && driver=$(basename "$(readlink "$dev/driver")")
+  if [ -e "$dev/driver" ]; then driver=$(readlink "$dev/driver"); driver=${driver##*/}; fi
   if [ "$driver" != vfio-pci ]; then
     [ -n "$driver" ] && echo "$bdf" > "$dev/driver/unbind"
     echo vfio-pci > "$dev/driver_override"
     echo "$bdf" > /sys/bus/pci/drivers_probe 2>/dev/null || true
     driver=""
-    [ -e "$dev/driver" ] && driver=$(basename "$(readlink "$dev/driver")")
+    if [ -e "$dev/driver" ]; then driver=$(readlink "$dev/driver"); driver=${driver##*/}; fi
   fi
   if [ "$driver" != vfio-pci ]; then
     echo "vmtest-setup: $bdf $id: could not bind to vfio-pci (driver: ${driver:-none}; is there an IOMMU?)" >&2
@@ -37,7 +38,7 @@ for dev in /sys/bus/pci/devices/*; do
     continue
   fi
   group=none cdev=none
-  [ -e "$dev/iommu_group" ] && group=$(basename "$(readlink "$dev/iommu_group")")
+  if [ -e "$dev/iommu_group" ]; then group=$(readlink "$dev/iommu_group"); group=${group##*/}; fi
   for c in "$dev"/vfio-dev/vfio*; do [ -e "$c" ] && cdev=/dev/vfio/devices/${c##*/}; done
   echo "vmtest-setup: $bdf $id -> vfio-pci group=$group cdev=$cdev"
 done

@@ -191,34 +191,42 @@ struct Domain::Impl {
     }
   }
 
+  // Removes every IOPTE intersecting [iova, last]. Whole IOPTEs go, even when the range
+  // only clips one (VT-d unmaps a large page it was asked to cut into, and reports its full
+  // size). The runs left over at either end are built before anything changes, so a
+  // bad_alloc leaves the table as it was.
   std::uint64_t unmap_locked(std::uint64_t iova, std::uint64_t last) {
-    std::uint64_t removed = 0;
-    std::vector<std::pair<std::uint64_t, Run>> tails;
-    auto it = first_ending_at_or_after(iova);
-    while (it != runs.end() && it->first <= last) {
-      Run& r = it->second;
+    struct Cut {
+      std::map<std::uint64_t, Run>::iterator it;
+      std::uint64_t first, final;  // IOPTE indexes removed
+    };
+    std::vector<Cut> cuts;
+    std::map<std::uint64_t, Run> tails;  // nodes allocated now, spliced in by merge()
+    for (auto it = first_ending_at_or_after(iova); it != runs.end() && it->first <= last; ++it) {
+      const Run& r = it->second;
       const std::uint64_t key = it->first;
-      const std::uint64_t r_last = last_of(it);
-      // Whole IOPTEs go, even when the range only clips one (VT-d unmaps a large page it
-      // was asked to cut into, and reports its full size).
       std::uint64_t first = (std::max(iova, key) - key) >> r.shift;
-      std::uint64_t final = (std::min(last, r_last) - key) >> r.shift;
-      std::uint64_t count = final - first + 1;
-      removed += count << r.shift;
-      ioptes -= count;
+      std::uint64_t final = (std::min(last, last_of(it)) - key) >> r.shift;
+      cuts.push_back({it, first, final});
       if (final + 1 < r.n) {
-        tails.emplace_back(key + ((final + 1) << r.shift), slice(r, final + 1, r.n - final - 1));
-      }
-      if (first > 0) {
-        r.n = first;
-        r.dirty.resize(words_for(first));
-        clear_tail(r);
-        ++it;
-      } else {
-        it = runs.erase(it);
+        tails.emplace(key + ((final + 1) << r.shift), slice(r, final + 1, r.n - final - 1));
       }
     }
-    for (auto& [key, run] : tails) runs.emplace(key, std::move(run));
+    std::uint64_t removed = 0;
+    for (const Cut& c : cuts) {
+      Run& r = c.it->second;
+      const std::uint64_t count = c.final - c.first + 1;
+      removed += count << r.shift;
+      ioptes -= count;
+      if (c.first > 0) {
+        r.n = c.first;
+        r.dirty.resize(words_for(c.first));  // shrinking: no allocation
+        clear_tail(r);
+      } else {
+        runs.erase(c.it);
+      }
+    }
+    runs.merge(tails);
     mapped -= removed;
     return removed;
   }
@@ -352,7 +360,7 @@ std::uint64_t Domain::unmap(std::uint64_t iova, std::uint64_t len) noexcept {
   try {
     return impl_->unmap_locked(iova, last);
   } catch (const std::bad_alloc&) {
-    return 0;  // splitting a run needs memory; nothing was removed from the tree yet
+    return 0;  // splitting a run needs memory; the table is unchanged
   }
 }
 
@@ -448,6 +456,29 @@ void Domain::for_each_dirty(std::uint64_t iova, std::uint64_t len, bool no_clear
     }
   }
   if (pending) cb(ctx, p_first, p_last);
+}
+
+void Domain::for_each_dirty_words(std::uint64_t iova, std::uint64_t len, bool no_clear,
+                                  DirtyWordsFn fn, void* ctx) {
+  if (len == 0) return;
+  const std::uint64_t last = iova + (len - 1) < iova ? kAllOnes : iova + (len - 1);
+  Impl& d = *impl_;
+  std::unique_lock<std::shared_mutex> g(d.mu);
+  if (!d.tracking) return;
+  for (auto it = d.first_ending_at_or_after(iova); it != d.runs.end() && it->first <= last; ++it) {
+    Run& r = it->second;
+    const std::uint64_t key = it->first;
+    const std::uint64_t lo = (std::max(iova, key) - key) >> r.shift;
+    const std::uint64_t hi = (std::min(last, Impl::last_of(it)) - key) >> r.shift;
+    fn(ctx, key, r.shift, r.dirty.data(), lo, hi);
+    if (no_clear) continue;
+    for (std::uint64_t w = lo / 64; w <= hi / 64; ++w) {
+      unsigned b_lo = w == lo / 64 ? static_cast<unsigned>(lo % 64) : 0;
+      unsigned b_hi = w == hi / 64 ? static_cast<unsigned>(hi % 64) : 63;
+      std::uint64_t& word = r.dirty[static_cast<std::size_t>(w)];
+      if (word) word &= ~word_mask(b_lo, b_hi);  // clean words are not written back
+    }
+  }
 }
 
 std::size_t Domain::take_faults(DmaFault* out, std::size_t max) noexcept {

@@ -68,6 +68,18 @@ class Domain {
   template <class F>
   void read_and_clear_dirty(std::uint64_t iova, std::uint64_t len, bool no_clear, F&& set_bits);
 
+  // The word-at-a-time form of read_and_clear_dirty, for harvesting into a bitmap without a
+  // call per dirty IOPTE (added for iommufd's GET_DIRTY_BITMAP): for each run of equally
+  // sized IOPTEs intersecting [iova, iova+len), in IOVA order, calls
+  // fn(ctx, run_iova, shift, words, lo, hi). Bit i of `words` (LSB first) is the dirty bit of
+  // the IOPTE at run_iova + (i << shift); bits [lo, hi] are the IOPTEs that intersect the
+  // range, and only those are cleared afterwards (unless no_clear). Nothing is reported
+  // while tracking is off.
+  using DirtyWordsFn = void (*)(void* ctx, std::uint64_t run_iova, unsigned shift,
+                                const std::uint64_t* words, std::uint64_t lo, std::uint64_t hi);
+  void for_each_dirty_words(std::uint64_t iova, std::uint64_t len, bool no_clear, DirtyWordsFn fn,
+                            void* ctx);
+
   // The fault log, oldest first (bounded: the oldest entries go when it is full).
   std::size_t take_faults(DmaFault* out, std::size_t max) noexcept;
   std::size_t fault_count() const noexcept;

@@ -6,14 +6,13 @@
 // Each window's IOVA range is walked over contiguous areas; a hole ends the whole walk
 // (the kernel's callback error stops iova_bitmap_for_each and its return value is then
 // ignored), so the call still succeeds with the bits found so far. Bits are only ever OR-ed
-// into the user's bitmap: each window is collected in a kernel buffer first, and then only
-// the span of words that got bits is read, OR-ed and written back, in chunks, through
-// copy_from_user/copy_to_user.
+// into the user's bitmap: each window is collected in a kernel buffer first, and then the
+// stretches of words that got bits are read, OR-ed and written back, a few large copies per
+// window, through copy_from_user/copy_to_user.
 #include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "sim/iommufd/ctx.h"
@@ -28,10 +27,8 @@ using namespace fastmap::uapi;
 
 namespace {
 
-constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
-
-// A run of zero words at least this long splits the read-modify-write of a window, so a
-// sparse result does not rewrite the untouched bitmap in between.
+// A block of this many zero words splits the read-modify-write of a window, so a sparse
+// result does not rewrite the untouched bitmap in between.
 constexpr std::size_t kSplitGapWords = 512;
 
 // How many pages from `page` on (at most `max`) could be pinned for writing, like a
@@ -46,35 +43,142 @@ std::uint64_t pinnable_pages(std::uint64_t page, std::uint64_t max) {
 
 // OR words[first..last] into the user bitmap at word index `base + first`.
 void or_into_user(std::uint64_t data, std::uint64_t base, const std::uint64_t* words,
-                  std::size_t first, std::size_t last, std::vector<std::uint64_t>& tmp) {
-  const std::size_t n = last - first + 1;
-  tmp.resize(n);
+                  std::uint64_t first, std::uint64_t last, std::vector<std::uint64_t>& tmp) {
+  const std::size_t n = static_cast<std::size_t>(last - first + 1);  // <= tmp.size()
   const std::uint64_t uaddr = data + (base + first) * 8;
   // The window's pages were checked to be pinnable; a fault here is a race with munmap and
   // is dropped like a failed walk.
   if (copy_from_user(tmp.data(), uaddr, n * 8)) return;
-  for (std::size_t i = 0; i < n; ++i) tmp[i] |= words[first + i];
+  std::uint64_t* __restrict t = tmp.data();
+  const std::uint64_t* __restrict src = words + first;
+  for (std::size_t i = 0; i < n; ++i) t[i] |= src[i];
   copy_to_user(uaddr, tmp.data(), n * 8);
 }
 
-void flush_window(std::uint64_t data, std::uint64_t base, std::vector<std::uint64_t>& words,
-                  std::size_t nwords, std::vector<std::uint64_t>& tmp) {
-  std::size_t i = 0;
-  while (i < nwords) {
-    while (i < nwords && words[i] == 0) ++i;
-    if (i == nwords) break;
-    std::size_t first = i, last = i, gap = 0;
-    for (++i; i < nwords; ++i) {
-      if (words[i]) {
-        last = i;
-        gap = 0;
-      } else if (++gap >= kSplitGapWords) {
-        break;
-      }
+// Write words[lo..hi] into the user bitmap at word `base`, and leave those words zero again
+// for the next window. The range is taken in blocks of kSplitGapWords: an all-zero block
+// ends a read-modify-write run, and runs are trimmed to their first and last non-zero word.
+void flush_window(std::uint64_t data, std::uint64_t base, std::uint64_t* __restrict words,
+                  std::uint64_t lo, std::uint64_t hi, std::vector<std::uint64_t>& tmp) {
+  auto any = [words](std::uint64_t a, std::uint64_t b) {  // OR of words[a, b)
+    std::uint64_t acc = 0;
+    for (std::uint64_t i = a; i < b; ++i) acc |= words[i];
+    return acc != 0;
+  };
+  auto emit = [&](std::uint64_t first, std::uint64_t last) {
+    while (words[first] == 0) ++first;
+    while (words[last] == 0) --last;
+    or_into_user(data, base, words, first, last, tmp);
+    std::fill(words + first, words + last + 1, 0);
+  };
+  bool open = false;
+  std::uint64_t run_first = 0, run_last = 0;
+  for (std::uint64_t b = lo; b <= hi; b += kSplitGapWords) {
+    const std::uint64_t e = std::min(hi + 1, b + kSplitGapWords);
+    if (any(b, e)) {
+      if (!open) run_first = b;
+      open = true;
+      run_last = e - 1;
+    } else if (open) {
+      emit(run_first, run_last);
+      open = false;
     }
-    or_into_user(data, base, words.data(), first, last, tmp);
   }
-  std::fill(words.begin(), words.begin() + static_cast<std::ptrdiff_t>(nwords), 0);
+  if (open) emit(run_first, run_last);
+}
+
+// Where one window's bits go while the domain's dirty runs are walked.
+struct WindowSink {
+  std::uint64_t* words;     // the window's part of the bitmap
+  std::uint64_t req_iova;   // IOVA of bit 0 of the whole bitmap
+  std::uint64_t bit_base;   // bit number of words[0] bit 0 in the whole bitmap
+  unsigned pshift;          // __ffs(page_size)
+  std::uint64_t first;      // the IOVA range being walked: IOPTEs are clipped to it
+  std::uint64_t last;
+  std::uint64_t touched_lo; // the words that may hold bits
+  std::uint64_t touched_hi;
+};
+
+void touch(WindowSink& s, std::uint64_t lo_word, std::uint64_t hi_word) {
+  s.touched_lo = std::min(s.touched_lo, lo_word);
+  s.touched_hi = std::max(s.touched_hi, hi_word);
+}
+
+// Set the bits of the bitmap pages holding IOVAs [a, b].
+void set_iova_bits(WindowSink& s, std::uint64_t a, std::uint64_t b) {
+  const std::uint64_t lo = ((a - s.req_iova) >> s.pshift) - s.bit_base;
+  const std::uint64_t hi = ((b - s.req_iova) >> s.pshift) - s.bit_base;
+  const std::uint64_t wl = lo >> 6, wh = hi >> 6;
+  touch(s, wl, wh);
+  const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
+  if (wl == wh) {
+    s.words[wl] |= head & tail;
+    return;
+  }
+  s.words[wl] |= head;
+  for (std::uint64_t i = wl + 1; i < wh; ++i) s.words[i] = ~0ull;
+  s.words[wh] |= tail;
+}
+
+// OR bits [lo, hi] of src into dst starting at bit dpos, 64 at a time.
+void or_bit_block(const std::uint64_t* __restrict src, std::uint64_t lo, std::uint64_t hi,
+                  std::uint64_t* __restrict dst, std::uint64_t dpos) {
+  const std::uint64_t n = hi - lo + 1;
+  if (((dpos ^ lo) & 63) == 0) {
+    // Same bit position in both: whole words line up (the usual case of a map whose IOVA
+    // is 64 pages aligned relative to the request).
+    std::uint64_t sw = lo >> 6, dw = dpos >> 6;
+    const std::uint64_t sw_last = hi >> 6;
+    const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
+    if (sw == sw_last) {
+      dst[dw] |= src[sw] & head & tail;
+      return;
+    }
+    dst[dw++] |= src[sw++] & head;
+    const std::uint64_t full = sw_last - sw;
+    for (std::uint64_t i = 0; i < full; ++i) dst[dw + i] |= src[sw + i];
+    dst[dw + full] |= src[sw_last] & tail;
+    return;
+  }
+  const std::uint64_t last_word = hi >> 6;
+  for (std::uint64_t k = 0; k < n; k += 64) {
+    const std::uint64_t p = lo + k, w = p >> 6;
+    const unsigned off = static_cast<unsigned>(p & 63);
+    std::uint64_t x = src[w] >> off;
+    if (off && w + 1 <= last_word) x |= src[w + 1] << (64 - off);
+    if (n - k < 64) x &= (1ull << (n - k)) - 1;
+    if (!x) continue;
+    const std::uint64_t q = dpos + k, dw = q >> 6;
+    const unsigned sh = static_cast<unsigned>(q & 63);
+    dst[dw] |= x << sh;
+    if (sh && (x >> (64 - sh))) dst[dw + 1] |= x >> (64 - sh);
+  }
+}
+
+// Domain::for_each_dirty_words callback: one run of equally sized IOPTEs.
+void collect_run(void* ctx, std::uint64_t run_iova, unsigned shift, const std::uint64_t* src,
+                 std::uint64_t lo, std::uint64_t hi) {
+  WindowSink& s = *static_cast<WindowSink*>(ctx);
+  if (shift == s.pshift) {
+    // One IOPTE per bitmap page, both aligned alike: move whole words.
+    const std::uint64_t dpos = ((run_iova + (lo << shift) - s.req_iova) >> shift) - s.bit_base;
+    touch(s, dpos >> 6, (dpos + (hi - lo)) >> 6);
+    or_bit_block(src, lo, hi, s.words, dpos);
+    return;
+  }
+  // IOPTEs larger or smaller than a bitmap page: each dirty IOPTE sets the bits of the
+  // pages it covers, clipped to the range (a 2 MiB IOPTE read at 4 KiB sets 512 bits).
+  const std::uint64_t size_m1 = (1ull << shift) - 1;
+  for (std::uint64_t w = lo >> 6; w <= hi >> 6; ++w) {
+    std::uint64_t bits = src[w];
+    if (w == lo >> 6) bits &= ~0ull << (lo & 63);
+    if (w == hi >> 6) bits &= ~0ull >> (63 - (hi & 63));
+    for (; bits; bits &= bits - 1) {
+      const std::uint64_t i = w * 64 + static_cast<std::uint64_t>(std::countr_zero(bits));
+      const std::uint64_t start = run_iova + (i << shift);
+      set_iova_bits(s, std::max(s.first, start), std::min(s.last, start + size_m1));
+    }
+  }
 }
 
 std::shared_ptr<Hwpt> get_hwpt(IommufdCtx& ctx, std::uint32_t id) {
@@ -122,8 +226,12 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
   // A window holds at most max_window_pages pages of bitmap.
   const std::uint64_t max_words = static_cast<std::uint64_t>(
       std::min<unsigned __int128>(total_words, max_window_pages * ps / 8));
-  std::vector<std::uint64_t> words(max_words, 0);
-  std::vector<std::uint64_t> tmp;
+  // Reused per thread (at most 2 MiB each). `words` is all-zero between windows; both are
+  // sized up front so nothing can fail to allocate half way through a window.
+  static thread_local std::vector<std::uint64_t> words;
+  static thread_local std::vector<std::uint64_t> tmp;
+  if (words.size() < max_words) words.resize(max_words, 0);
+  if (tmp.size() < max_words) tmp.resize(max_words);
   unsigned __int128 base = 0;  // word index of the window start
   bool first_window = true;
   while (base < total_words) {
@@ -151,23 +259,8 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
             ? last
             : win_start + static_cast<std::uint64_t>(span - 1);
 
-    // Locals, so the compiler need not reload them after every store into `words`.
-    const std::uint64_t req_iova = cmd.iova;
-    const std::uint64_t bit_base = static_cast<std::uint64_t>(base) * 64;
-    std::uint64_t* const w = words.data();
-    auto set_bits = [w, req_iova, bit_base, shift](std::uint64_t a, std::uint64_t b) {
-      const std::uint64_t lo = ((a - req_iova) >> shift) - bit_base;
-      const std::uint64_t hi = ((b - req_iova) >> shift) - bit_base;
-      const std::uint64_t wl = lo >> 6, wh = hi >> 6;
-      const std::uint64_t head = ~0ull << (lo & 63), tail = ~0ull >> (63 - (hi & 63));
-      if (wl == wh) {
-        w[wl] |= head & tail;
-        return;
-      }
-      w[wl] |= head;
-      for (std::uint64_t i = wl + 1; i < wh; ++i) w[i] = ~0ull;
-      w[wh] |= tail;
-    };
+    WindowSink sink{words.data(), cmd.iova, static_cast<std::uint64_t>(base) * 64, shift,
+                    0, 0, ~0ull, 0};
 
     // Walk the areas contiguously from the window start; a hole ends everything.
     bool hole = false;
@@ -179,13 +272,18 @@ int iommufd_hwpt_get_dirty_bitmap(Ucmd& u) {
         break;
       }
       const std::uint64_t l = std::min(win_last, a->last);
-      hwpt->domain->read_and_clear_dirty(cur, l - cur + 1, no_clear, set_bits);
+      sink.first = cur;
+      sink.last = l;
+      hwpt->domain->for_each_dirty_words(cur, l - cur + 1, no_clear, collect_run, &sink);
       if (l == win_last) break;
       cur = l + 1;
       auto next = iopt.areas().find(cur);
       a = next == iopt.areas().end() ? nullptr : &next->second;
     }
-    flush_window(cmd.data, static_cast<std::uint64_t>(base), words, nwords, tmp);
+    if (sink.touched_lo <= sink.touched_hi) {
+      flush_window(cmd.data, static_cast<std::uint64_t>(base), words.data(), sink.touched_lo,
+                   sink.touched_hi, tmp);
+    }
     if (hole) break;
     base += nwords;
   }

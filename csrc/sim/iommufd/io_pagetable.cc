@@ -184,6 +184,31 @@ int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* u
   return rc;
 }
 
+int IoPagetable::cut(const std::vector<std::uint64_t>& iovas) {
+  for (std::uint64_t iova : iovas) {
+    auto it = areas_.upper_bound(iova);
+    if (it == areas_.begin() || std::prev(it)->second.last < iova) continue;
+    Area& a = std::prev(it)->second;
+    // iopt_area_split: `iova` becomes the last byte of the left part. Cutting at either end
+    // of the area is a no-op.
+    if (iova == a.iova || iova == a.last) continue;
+    const std::uint64_t rhs_start = iova + 1;
+    if ((rhs_start & (iova_alignment_ - 1)) || (a.start_byte_at(rhs_start) & (iova_alignment_ - 1))) {
+      return -EINVAL;
+    }
+    // A domain may hold large IOPTEs across the cut.
+    if (!domains_.empty() && !disable_large_pages_) return -EINVAL;
+    Area rhs = a;
+    rhs.iova = rhs_start;
+    rhs.start_byte = a.start_byte_at(rhs_start);
+    const std::uint64_t first = a.first_index(), last = a.last_index();
+    a.last = iova;
+    if (a.pinned) a.pages->split_pin(first, last, a.last_index(), rhs.first_index());
+    areas_.emplace(rhs_start, std::move(rhs));
+  }
+  return 0;
+}
+
 int IoPagetable::get_pages(std::uint64_t iova, std::uint64_t length,
                            std::vector<PagesSlice>* out) const {
   if (length == 0) return -EINVAL;

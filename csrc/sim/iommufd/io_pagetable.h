@@ -65,6 +65,7 @@ class IoPagetable {
   bool large_pages_disabled() const noexcept { return disable_large_pages_; }
   const std::map<std::uint64_t, Area>& areas() const noexcept { return areas_; }
   bool has_domains() const noexcept { return !domains_.empty(); }
+  const std::vector<std::shared_ptr<Domain>>& domains() const noexcept { return domains_; }
 
   // iopt_map_pages: areas for `slices` laid out back to back at *iova (or at an allocated
   // IOVA when `alloc`, *iova then set), filled into every domain. 0 or -errno; nothing is
@@ -74,6 +75,10 @@ class IoPagetable {
   // iopt_unmap_iova_range: removes whole areas inside [start, last]. *unmapped gets the
   // bytes removed even on failure (-ENOENT for a partially covered area).
   int unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* unmapped);
+  // iopt_cut_iova (VFIO type1 v1 compat): split the areas holding each IOVA so that the
+  // IOVA becomes the last byte of an area. 0, -EINVAL (misaligned cut, or large IOPTEs may
+  // back the area).
+  int cut(const std::vector<std::uint64_t>& iovas);
   // iopt_get_pages: the slices covering [iova, iova+length), which must be contiguously
   // mapped (-ENOENT otherwise).
   int get_pages(std::uint64_t iova, std::uint64_t length, std::vector<PagesSlice>* out) const;

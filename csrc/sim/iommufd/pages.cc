@@ -132,4 +132,12 @@ void IoptPages::unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last
   uncharge(kernel, before - pinned_pages_with({1, 0}));
 }
 
+void IoptPages::split_pin(std::uint64_t first, std::uint64_t last, std::uint64_t lhs_last,
+                          std::uint64_t rhs_first) {
+  auto it = std::find(pins_.begin(), pins_.end(), std::make_pair(first, last));
+  if (it == pins_.end()) return;
+  it->second = lhs_last;
+  pins_.emplace_back(rhs_first, last);
+}
+
 }  // namespace fastmap::sim

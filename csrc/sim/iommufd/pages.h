@@ -47,6 +47,10 @@ class IoptPages {
   int pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
   // Undo one pin(first, last), uncharging the pages nobody pins any more.
   void unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+  // An area holding pin [first, last] was split in two: the pin becomes [first, lhs_last]
+  // and [rhs_first, last]. The pinned set, and so the charge, does not change.
+  void split_pin(std::uint64_t first, std::uint64_t last, std::uint64_t lhs_last,
+                 std::uint64_t rhs_first);
 
   AccountMode account_mode;  // a per-mm context upgrades user mode to mm, as iommufd does
 
