@@ -1,5 +1,6 @@
 """Type stubs for fastmap._core, the private C++ extension (csrc/bindings/)."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,27 @@ class SimMachine:
     def pci_command(self, bdf: str) -> int: ...
     def edu_buffer(self, bdf: str) -> bytes:
         """The edu device's 4 KiB DMA buffer"""
+    def dma_writer(
+        self,
+        bdf: str,
+        ranges: Sequence[tuple[int, int]],
+        page_size: int = 4096,
+        write_size: int | None = None,
+        seed: int = 0,
+    ) -> SimDmaWriter:
+        """A stopped background writer: the device DMA-writes random pages of [(iova, length)]"""
+
+class SimDmaWriter:
+    def start(self, pages_per_second: float) -> None: ...
+    def set_rate(self, pages_per_second: float) -> None: ...
+    def stop(self) -> dict[str, int]:
+        """Stop and join the writer thread; returns the stats"""
+    @property
+    def stats(self) -> dict[str, int]: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def total_pages(self) -> int: ...
 
 class SimKernel(Kernel):
     def __init__(self, config: SimConfig = ...) -> None: ...
