@@ -268,12 +268,12 @@ class DirtyTracker:
                 reasons[i] = reasons[i] or "block added while tracking"
         self._known = {id(b): b for b in blocks}
 
-        results = {id(b): i for i, b in enumerate(blocks)}
+        index = {id(b): i for i, b in enumerate(blocks)}
         removed: dict[int, tuple[RamBlock, U64]] = {}
         for u in self._unmapped:
-            i = results.get(id(u.block))
-            if i is not None:
-                _or_ranges(bitmaps[i], u.block, u.gpa_ranges, ps)
+            at = index.get(id(u.block))
+            if at is not None:
+                _or_ranges(bitmaps[at], u.block, u.gpa_ranges, ps)
             else:
                 bm = removed.get(id(u.block), (u.block, _zeros(u.block.size, ps)))[1]
                 _or_ranges(bm, u.block, u.gpa_ranges, ps)

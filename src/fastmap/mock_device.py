@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import errno as _errno
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fastmap import bitmap, uapi
 from fastmap._unwind import Unwind
@@ -104,7 +106,7 @@ class MockDevice(VFIODevice):
         return f"<MockDevice {self.name} stdev {self.stdev_id} idev {self.devid}>"
 
     # --- what the device "does" ----------------------------------------------------------------
-    def mark_dirty(self, gpas: list[int] | np.ndarray) -> int:  # type: ignore[type-arg]
+    def mark_dirty(self, gpas: Sequence[int] | NDArray[np.uint64]) -> int:
         """IOMMU_TEST_OP_DIRTY: mark the IOPTEs of the host pages holding `gpas` dirty in the
         device's HWPT (which must have tracking on). Returns how many mock IOPTEs the kernel
         marked (pages that are not mapped are skipped by the kernel)."""
