@@ -116,6 +116,11 @@ class MockDeviceWriter:
 
     #: How often the thread wakes to write the pages that are due.
     TICK = 0.002
+    #: Pages written between two looks at the clock.
+    MAX_BATCH = 256
+    #: A thread starved of CPU for longer than this does not burst to catch up: a device
+    #: never writes faster than its rate, it just wrote less while starved (see `stats`).
+    MAX_BACKLOG = 0.05
 
     def __init__(
         self,
@@ -177,11 +182,15 @@ class MockDeviceWriter:
         done = 0
         try:
             while not self._stop.is_set():
-                due = int(self.pages_per_second * (time.perf_counter() - t0)) - done
+                rate = self.pages_per_second
+                now = time.perf_counter()
+                due = int(rate * (now - t0)) - done
                 if due <= 0:
                     self._stop.wait(self.TICK)
                     continue
-                gpas = self._gpas(min(due, 4096))
+                if due > max(self.MAX_BATCH, rate * self.MAX_BACKLOG):
+                    t0, done, due = now - self.MAX_BATCH / rate, 0, self.MAX_BATCH
+                gpas = self._gpas(min(due, self.MAX_BATCH))
                 data = self._rng.integers(0, 256, (len(gpas), PAGE_SIZE), np.uint8)
                 for gpa, page in zip(gpas.tolist(), data, strict=True):
                     block = space.find(gpa, PAGE_SIZE)

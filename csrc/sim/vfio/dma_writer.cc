@@ -17,6 +17,9 @@ using Clock = std::chrono::steady_clock;
 constexpr std::uint64_t kMaxBatch = 64;
 // The longest sleep, so a rate change or stop is seen promptly even at low rates.
 constexpr auto kMaxSleep = std::chrono::milliseconds(2);
+// A thread starved of CPU for longer than this drops the backlog instead of bursting: the
+// device never writes faster than its rate, it just wrote less (the stats say how much).
+constexpr double kMaxBacklogSeconds = 0.05;
 
 bool valid_rate(double r) { return std::isfinite(r) && r > 0; }
 
@@ -139,8 +142,15 @@ void DmaWriter::run() {
       rate = rate_;
       rate_changed_ = false;
     }
-    const double elapsed = std::chrono::duration<double>(Clock::now() - epoch).count();
-    const auto due = static_cast<std::uint64_t>(rate * elapsed);
+    const auto now = Clock::now();
+    auto due = static_cast<std::uint64_t>(rate * std::chrono::duration<double>(now - epoch).count());
+    if (due > done &&
+        static_cast<double>(due - done) > std::max<double>(kMaxBatch, rate * kMaxBacklogSeconds)) {
+      epoch = now - std::chrono::duration_cast<Clock::duration>(
+                        std::chrono::duration<double>(kMaxBatch / rate));
+      done = 0;
+      due = kMaxBatch;
+    }
     if (done < due) {
       const std::uint64_t batch = std::min(due - done, kMaxBatch);
       lk.unlock();
