@@ -50,7 +50,7 @@ from fastmap.container import Container
 from fastmap.errors import KernelError
 from fastmap.ram import PAGE_SIZE, RamBlock
 from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import IommufdContainer
+from fastmap.vfio_iommufd import Hwpt, IommufdContainer
 
 __all__ = ["BlockDirty", "DirtyTracker", "SyncResult", "UntrackedDevicesWarning"]
 
@@ -173,6 +173,7 @@ class DirtyTracker:
         self._tracked: list[Container] = []
         self._known: dict[int, RamBlock] = {}  # blocks already reported (by id)
         self._fresh: set[int] = set()  # containers whose next sync must report everything
+        self._hwpts: dict[int, list[Hwpt]] = {}  # each iommufd container's HWPTs at the last sync
         self._warned: set[int] = set()
         self._unmapped: list[_Unmapped] = []
         self.started = False
@@ -256,12 +257,15 @@ class DirtyTracker:
             if b.gpa % ps:
                 raise ValueError(f"{b!r} is not aligned to the tracker's page size {ps:#x}")
         for c in self._tracked:
+            changed = self._hwpts_changed(c)
             if not c.tracks_all_devices:
                 self._all(reasons, f"{_describe(c)} has devices it cannot track")
                 continue
             self._harvest(c, blocks, bitmaps)  # also clears the bits of a fresh container
             if id(c) in self._fresh:
                 self._all(reasons, "tracking (re)started in a container since the last sync")
+            elif changed:
+                self._all(reasons, f"HWPTs of {_describe(c)} came or went since the last sync")
         self._fresh.clear()
         for i, b in enumerate(blocks):
             if id(b) not in self._known:
@@ -311,11 +315,31 @@ class DirtyTracker:
     def _track(self, c: Container) -> None:
         c.unmap_dirty_sinks.append(self._on_unmap)
         self._tracked.append(c)
+        if isinstance(c, IommufdContainer):
+            self._hwpts[id(c)] = list(c.hwpts)
 
     def _untrack(self, c: Container) -> None:
         if self._on_unmap in c.unmap_dirty_sinks:
             c.unmap_dirty_sinks.remove(self._on_unmap)
         self._tracked.remove(c)
+        self._hwpts.pop(id(c), None)
+
+    def _hwpts_changed(self, c: Container) -> bool:
+        """Whether an iommufd container's HWPTs changed since the last sync. A HWPT that
+        went took its dirty bits with it; one that came was allocated after tracking
+        started, so it is not tracking: it starts now, and what its devices wrote before is
+        unknown. Either way this sync must report everything. (HWPTs are compared as
+        objects: the kernel reuses ids.)"""
+        if not isinstance(c, IommufdContainer):
+            return False
+        before = self._hwpts.get(id(c), [])
+        now = list(c.hwpts)
+        self._hwpts[id(c)] = now
+        new = [h for h in now if not any(h is b for b in before)]
+        for h in new:
+            if h.dirty_tracking and c.dirty_tracking:
+                c.backend.set_dirty_tracking(h.id, True)
+        return bool(new) or any(not any(b is h for h in now) for b in before)
 
     def _follow_containers(self) -> None:
         """Containers that appeared since the last sync start tracking (and report all);

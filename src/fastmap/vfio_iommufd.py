@@ -155,7 +155,8 @@ class IommufdContainer(Container):
     def _query_dirty_bitmap(
         self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
     ) -> None:
-        bits = self.query_dirty_ranges([(iova, size)], page_size).buffer
+        span = -(-size // page_size) * page_size  # the kernel wants whole pages
+        bits = self.query_dirty_ranges([(iova, span)], page_size).buffer
         head = bitmap[: bits.size]
         np.bitwise_or(head, bits, out=head)
 
