@@ -9,7 +9,6 @@ import errno
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -215,7 +214,6 @@ def test_a_device_without_dirty_tracking_makes_every_page_dirty(kernel: Kernel) 
                 # The plain device may have written anywhere: everything is reported.
                 assert set_bits(c.get_dirty_bitmap(GPA, RAM), PAGES) == set(range(PAGES))
             assert c.tracks_all_devices
-
 
 
 def test_dirty_bits_are_per_iopte() -> None:
