@@ -22,7 +22,10 @@ The tracker never under-reports. It reports every page of every block dirty:
   `UntrackedDevicesWarning`, as QEMU marks the whole range dirty for such a container;
 * for a block added while tracking (its contents are all new to the destination);
 * for the first sync of a container that appeared while tracking, and after a failed
-  stop (QEMU's rollback re-enables tracking, which clears the dirty bits).
+  stop (QEMU's rollback re-enables tracking, which clears the dirty bits);
+* for the first sync after a HWPT came or went in a container (a device attached with a
+  new HWPT, which starts tracking then, or the last device of a HWPT left, taking the
+  HWPT's dirty bits with it).
 
 And it keeps what an unmap would lose: a range unmapped while tracking is on (a block
 removed from the space, or a `dma_unmap` of part of one) hands its dirty bits to the tracker
