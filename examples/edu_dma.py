@@ -36,7 +36,7 @@ from fastmap.address_space import AddressSpace
 from fastmap.backend import IOMMUFDBackend
 from fastmap.device import VFIODevice, find_pci_devices
 from fastmap.kernel import Kernel, open_kernel
-from fastmap.ram import RAM_KINDS
+from fastmap.ram import RAM_KINDS, default_hugepage_size
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
 EDU_IDENT = 0x010000ED
@@ -46,8 +46,9 @@ CMD_RUN, CMD_TO_RAM = 0x1, 0x2
 EDU_BUFFER, EDU_BUFFER_SIZE = 0x40000, 4096
 BAR0 = 0  # VFIO_PCI_BAR0_REGION_INDEX
 
-# Guest physical addresses (= IOVAs): below edu's 28-bit DMA mask, away from page 0.
-SRC_GPA = 0x0010_0000
+# Guest physical addresses (= IOVAs): below edu's 28-bit DMA mask, away from page 0,
+# aligned for 2 MiB huge pages.
+SRC_GPA = 0x0020_0000
 DST_GPA = 0x0100_0000
 UNMAPPED_GPA = 0x0800_0000
 
@@ -106,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
     with ExitStack() as stack:
         space = stack.enter_context(AddressSpace("edu-guest"))
-        src = space.add_ram(_round_up(size), SRC_GPA, args.ram, name="src")
-        dst = space.add_ram(_round_up(size), DST_GPA, args.ram, name="dst")
+        granule = default_hugepage_size() if args.ram == "hugetlb" else os.sysconf("SC_PAGE_SIZE")
+        ram_size = -(-size // granule) * granule
+        src = space.add_ram(ram_size, SRC_GPA, args.ram, name="src")
+        dst = space.add_ram(ram_size, DST_GPA, args.ram, name="dst")
         backend = None
         if not args.legacy:
             backend = stack.enter_context(IOMMUFDBackend(kernel=kernel))
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         c = dev.container
         assert c is not None and dev.hiod is not None
         print(
+            f"guest RAM: {src!r}, {dst!r}\n"
             f"attached {dev.name} via {dev.ops.name if dev.ops else '?'}: {c!r}; "
             f"IOMMU {dev.hiod.type_name}, address width {dev.hiod.aw_bits} bits, "
             f"dirty tracking {dev.hiod.dirty_tracking}; IOVA ranges "
@@ -159,11 +163,6 @@ def run(args: argparse.Namespace) -> int:
     ok = not bad and blocked
     print("RESULT edu_dma", "OK" if ok else "FAIL")
     return 0 if ok else 1
-
-
-def _round_up(n: int) -> int:
-    page = os.sysconf("SC_PAGE_SIZE")
-    return -(-n // page) * page
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from fastmap import uapi
 from fastmap.kernel import Fd, Kernel, KernelKind, open_kernel
 from fastmap.sysfs import PCI_DEVICES, Sysfs, sysfs_for
-from fastmap.vfio_errors import DeviceNotFoundError
 
 if TYPE_CHECKING:
     from fastmap.address_space import AddressSpace
@@ -270,11 +269,3 @@ def _check_access(region: RegionInfo, offset: int, size: int) -> None:
         raise ValueError(
             f"[{offset:#x}, +{size:#x}) is outside region {region.index} ({region.size:#x} bytes)"
         )
-
-
-def open_device(bdf: str, *, kernel: Kernel | KernelKind | None = None) -> VFIODevice:
-    """The VFIODevice at PCI address `bdf`, checking that it exists."""
-    dev = VFIODevice(bdf, kernel=kernel)
-    if not dev.sysfs.exists(dev.sysfsdev):
-        raise DeviceNotFoundError(f"no PCI device {bdf} ({dev.sysfsdev} does not exist)")
-    return dev

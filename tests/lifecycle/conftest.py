@@ -16,10 +16,8 @@ from types import ModuleType
 
 import pytest
 
-from fastmap import uapi
 from fastmap.address_space import AddressSpace
 from fastmap.backend import IOMMUFDBackend
-from fastmap.errors import KernelError
 from fastmap.kernel import Kernel
 from fastmap.sysfs import HostSysfs
 from fastmap.vfio_iommufd import bind, open_cdev, query_iova_ranges
@@ -65,6 +63,24 @@ def edu(kernel: Kernel) -> str:
 
 
 @pytest.fixture
+def two_edus(kernel: Kernel) -> tuple[str, str]:
+    """Two edu devices bound to vfio-pci, in IOMMU groups of their own: plugged into the
+    simulated machine, or the VM's when it has two (FASTMAP_VMTEST_EXTRA_EDU=1 in a local
+    tools/vmtest/run.sh that adds a second `-device edu`)."""
+    if kernel.name == "sim":
+        return add_sim_device(kernel), add_sim_device(kernel)
+    sysfs = HostSysfs()
+    bound = [
+        bdf
+        for bdf in sysfs.find_pci(EDU_VENDOR, EDU_DEVICE)
+        if sysfs.driver(f"/sys/bus/pci/devices/{bdf}") == "vfio-pci"
+    ]
+    if len(bound) < 2:
+        pytest.skip("the VM has one edu device")
+    return bound[0], bound[1]
+
+
+@pytest.fixture
 def fk(kernel: Kernel) -> FaultyKernel:
     return FaultyKernel(kernel)
 
@@ -101,15 +117,3 @@ def hwpt_alloc(kernel: Kernel, edu: str) -> bool:
                 be.free_id(hwpt)
         _HWPT_ALLOC_WORKS[kernel.name] = any(r.last > 0 for r in ranges)
     return _HWPT_ALLOC_WORKS[kernel.name]
-
-
-def mock_domains_work(kernel: Kernel) -> bool:
-    """The iommufd selftest's mock domain can be created (not under VT-d, for instance)."""
-    with IOMMUFDBackend(kernel=kernel) as be, be.ioas() as ioas:
-        cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN, id=ioas.id)
-        try:
-            be.kernel.ioctl(be.fd, uapi.IOMMU_TEST_CMD, cmd)
-        except KernelError:
-            return False
-        be.free_id(int(cmd.u.mock_domain.out_stdev_id))
-        return True

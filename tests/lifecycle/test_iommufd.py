@@ -14,6 +14,7 @@ from fastmap.backend import IOMMUFDBackend
 from fastmap.device import VFIODevice, find_pci_devices
 from fastmap.errors import KernelError
 from fastmap.kernel import Kernel
+from fastmap.ram import default_hugepage_size, free_hugepages
 from fastmap.sysfs import sysfs_for
 from fastmap.vfio_errors import DeviceNotFoundError, DirtyTrackingWarning, IovaRangesFallbackWarning
 from fastmap.vfio_iommufd import IommufdContainer
@@ -134,20 +135,22 @@ def test_sim_vtd_hiod(kernel: Kernel, space: AddressSpace, dirty: bool, aw: int)
         assert dev.container is not None and dev.container.dirty_pages_supported is dirty
 
 
-def test_two_devices_share_container_and_hwpt(fk: FaultyKernel, space: AddressSpace) -> None:
-    a, b = add_sim_device(fk), add_sim_device(fk)
+def test_two_devices_share_container_and_hwpt(
+    fk: FaultyKernel, two_edus: tuple[str, str], space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    a, b = two_edus
     with IOMMUFDBackend(kernel=fk) as be:
-        da = VFIODevice(a, kernel=fk).attach(space, be)
-        db = VFIODevice(b, kernel=fk).attach(space, be)
+        da = VFIODevice(a, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
+        db = VFIODevice(b, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
         c = da.container
         assert isinstance(c, IommufdContainer)
         assert db.container is c and space.containers == [c]
         assert c.devices == [db, da]
         assert da.hwpt is db.hwpt and c.hwpts == [da.hwpt]
         assert da.hwpt is not None and da.hwpt.devices == [db, da]
-        # Only one IOAS and one HWPT were allocated.
+        # Only one IOAS and (at most) one HWPT were allocated.
         assert sum(e.startswith("IOMMU_IOAS_ALLOC") for e in fk.log) == 1
-        assert sum(e.startswith("IOMMU_HWPT_ALLOC") for e in fk.log) == 1
+        assert sum(e.startswith("IOMMU_HWPT_ALLOC") for e in fk.log) == int(hwpt_alloc)
         for d in (da, db):
             d.enable_dma()
             assert roundtrip(d, space, RAM_GPA, RAM_GPA + PAGE)
@@ -218,7 +221,7 @@ def test_mock_iommu_device_needs_its_own_domain(fk: FaultyKernel) -> None:
         assert dv.container is dm.container and dv.hwpt is not dm.hwpt
         assert dm.hiod is not None and dm.hiod.type_name == "selftest"
         c = dm.container
-        assert c is not None and len(c.hwpts) == 2
+        assert isinstance(c, IommufdContainer) and len(c.hwpts) == 2
         for d in (dv, dm):
             d.enable_dma()
             assert roundtrip(d, space, MOCK_RAM_GPA, MOCK_RAM_GPA + PAGE)
@@ -246,14 +249,14 @@ def test_mock_device_cannot_join_a_container_mapping_outside_its_aperture(
 
 
 def test_devices_on_different_backends_get_different_containers(
-    kernel: Kernel, space: AddressSpace
+    kernel: Kernel, two_edus: tuple[str, str], space: AddressSpace, hwpt_alloc: bool
 ) -> None:
-    a, b = add_sim_device(kernel), add_sim_device(kernel)
+    a, b = two_edus
     with (
         IOMMUFDBackend(kernel=kernel) as be1,
         IOMMUFDBackend(kernel=kernel) as be2,
-        VFIODevice(a, kernel=kernel).attach(space, be1) as da,
-        VFIODevice(b, kernel=kernel).attach(space, be2) as db,
+        VFIODevice(a, kernel=kernel).attach(space, be1, hwpt_alloc=hwpt_alloc) as da,
+        VFIODevice(b, kernel=kernel).attach(space, be2, hwpt_alloc=hwpt_alloc) as db,
     ):
         assert da.container is not db.container
         assert space.containers == [db.container, da.container]
@@ -271,7 +274,12 @@ def test_detach_order(fk: FaultyKernel, edu: str, hwpt_alloc: bool) -> None:
         assert isinstance(c, IommufdContainer) and dev.fd is not None and dev.hwpt is not None
         dev_fd, iommufd, hwpt, ioas = dev.fd.number, be.fd, dev.hwpt.id, c.ioas.id
         seen_mapped: list[int] = []
-        fk.override("IOMMU_DESTROY", lambda arg, ret: seen_mapped.append(len(c.ioas)) or ret)
+
+        def record_mappings(arg: object, ret: int) -> int:
+            seen_mapped.append(len(c.ioas))
+            return ret
+
+        fk.override("IOMMU_DESTROY", record_mappings)
         start = len(fk.log)
         dev.detach()
         expected = [f"VFIO_DEVICE_DETACH_IOMMUFD_PT fd {dev_fd}"]
@@ -328,11 +336,13 @@ def test_kernel_auto_domains(fk: FaultyKernel, space: AddressSpace) -> None:
     assert fk.open_fds == set()
 
 
-def test_iova_ranges_fallback_warns(fk: FaultyKernel, edu: str, space: AddressSpace) -> None:
+def test_iova_ranges_fallback_warns(
+    fk: FaultyKernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
     fk.fail("IOMMU_IOAS_IOVA_RANGES", errno.EFAULT)
     with IOMMUFDBackend(kernel=fk) as be:
         with pytest.warns(IovaRangesFallbackWarning, match="full 64-bit"):
-            dev = VFIODevice(edu, kernel=fk).attach(space, be, hwpt_alloc=True)
+            dev = VFIODevice(edu, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc)
         with dev:
             c = dev.container
             assert c is not None
@@ -340,8 +350,13 @@ def test_iova_ranges_fallback_warns(fk: FaultyKernel, edu: str, space: AddressSp
             assert c.pgsizes == PAGE and c.aw_bits == 64
 
 
-def test_iova_ranges_two_call_protocol(fk: FaultyKernel, edu: str, space: AddressSpace) -> None:
-    with IOMMUFDBackend(kernel=fk) as be, VFIODevice(edu, kernel=fk).attach(space, be) as dev:
+def test_iova_ranges_two_call_protocol(
+    fk: FaultyKernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    with (
+        IOMMUFDBackend(kernel=fk) as be,
+        VFIODevice(edu, kernel=fk).attach(space, be, hwpt_alloc=hwpt_alloc) as dev,
+    ):
         calls = [e for e in fk.log if e.startswith("IOMMU_IOAS_IOVA_RANGES")]
         assert len(calls) == 2
         assert dev.container is not None and dev.container.iova_ranges
@@ -365,3 +380,45 @@ def test_find_pci_devices(kernel: Kernel, edu: str) -> None:
         b = machine.add_pci_device(vendor=0x1234, device=0x11E8)["bdf"]
         assert find_pci_devices(kernel, 0x1234, 0x11E8) == [edu, b]
         assert len(find_pci_devices(kernel, 0x8086, 0x1234)) == 1
+
+
+def test_hugetlb_guest_ram(kernel: Kernel, edu: str, hwpt_alloc: bool) -> None:
+    size = default_hugepage_size()
+    if free_hugepages(size) < 2:
+        pytest.skip(f"needs 2 free {size >> 10} KiB huge pages (vm.nr_hugepages)")
+    with (
+        AddressSpace() as space,
+        IOMMUFDBackend(kernel=kernel) as be,
+    ):
+        space.add_ram(size, size, "hugetlb")
+        with VFIODevice(edu, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as dev:
+            dev.enable_dma()
+            assert roundtrip(dev, space, size + PAGE, size + 2 * PAGE)
+            extra = space.add_ram(size, 4 * size, "hugetlb")
+            assert roundtrip(dev, space, 4 * size, size)
+            space.remove_ram(extra)
+
+
+def test_region_access_and_reset(
+    kernel: Kernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    with (
+        IOMMUFDBackend(kernel=kernel) as be,
+        VFIODevice(edu, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as dev,
+    ):
+        cfg = dev.region_info(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+        assert cfg.readable and cfg.writable and cfg.size >= 256
+        assert dev.read_u16(cfg.index, 0) == 0x1234 and dev.read_u16(cfg.index, 2) == 0x11E8
+        bar0 = dev.region_info(uapi.VFIO_PCI_BAR0_REGION_INDEX)
+        assert bar0.size == 1 << 20
+        with pytest.raises(ValueError, match="outside region"):
+            dev.read(bar0.index, bar0.size - 2, 4)
+        cmd = dev.enable_dma()
+        assert cmd & 0x6 == 0x6
+        assert dev.read_u32(bar0.index, 0) == 0x010000ED
+        if dev.reset_works:
+            dev.reset()  # vfio-pci restores config space around the reset
+            assert dev.read_u32(bar0.index, 0) == 0x010000ED
+            assert roundtrip(dev, space, RAM_GPA, RAM_GPA + PAGE)
+    with pytest.raises(RuntimeError, match="not attached"):
+        dev.region_info(0)

@@ -83,8 +83,10 @@ def test_two_devices_in_one_group(fk: FaultyKernel, space: AddressSpace) -> None
     assert fk.open_fds == set() and open_groups(fk) == []
 
 
-def test_two_groups_share_one_container(fk: FaultyKernel, space: AddressSpace) -> None:
-    a, b = add_sim_device(fk), add_sim_device(fk)
+def test_two_groups_share_one_container(
+    fk: FaultyKernel, two_edus: tuple[str, str], space: AddressSpace
+) -> None:
+    a, b = two_edus
     da = VFIODevice(a, kernel=fk).attach(space)
     db = VFIODevice(b, kernel=fk).attach(space)
     c = da.container
@@ -109,8 +111,8 @@ def test_group_in_two_address_spaces_is_refused(kernel: Kernel) -> None:
         assert s2.containers == [] and dev.fd is None
 
 
-def test_address_spaces_get_their_own_containers(kernel: Kernel) -> None:
-    a, b = add_sim_device(kernel), add_sim_device(kernel)
+def test_address_spaces_get_their_own_containers(kernel: Kernel, two_edus: tuple[str, str]) -> None:
+    a, b = two_edus
     with AddressSpace() as s1, AddressSpace() as s2:
         s1.add_ram(PAGE, RAM_GPA)
         s2.add_ram(PAGE, RAM_GPA)
@@ -122,12 +124,14 @@ def test_address_spaces_get_their_own_containers(kernel: Kernel) -> None:
             assert s1.containers == [da.container] and s2.containers == [db.container]
 
 
-def test_legacy_and_iommufd_devices_in_one_space(kernel: Kernel, space: AddressSpace) -> None:
+def test_legacy_and_iommufd_devices_in_one_space(
+    kernel: Kernel, two_edus: tuple[str, str], space: AddressSpace, hwpt_alloc: bool
+) -> None:
     """Containers of both kinds serve one address space; each follows its RAM."""
-    a, b = add_sim_device(kernel), add_sim_device(kernel)
+    a, b = two_edus
     with (
         IOMMUFDBackend(kernel=kernel) as be,
-        VFIODevice(a, kernel=kernel).attach(space, be) as da,
+        VFIODevice(a, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as da,
         VFIODevice(b, kernel=kernel).attach(space) as db,
     ):
         assert type(da.container).__name__ == "IommufdContainer"
@@ -148,3 +152,31 @@ def test_address_space_close_refuses_while_attached(kernel: Kernel, edu: str) ->
     dev.detach()
     space.close()
     assert space.blocks == []
+
+
+def test_both_paths_see_the_same_iova_ranges(
+    kernel: Kernel, edu: str, space: AddressSpace, hwpt_alloc: bool
+) -> None:
+    """Type1's IOVA-range capability and iommufd's IOAS_IOVA_RANGES describe the same
+    IOMMU: each path checks the other's parsing."""
+    with VFIODevice(sysfsdev=f"/sys/bus/pci/devices/{edu}", kernel=kernel).attach(space) as d:
+        assert d.name == edu and d.container is not None
+        legacy = d.container.iova_ranges
+    with (
+        IOMMUFDBackend(kernel=kernel) as be,
+        VFIODevice(edu, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as d,
+    ):
+        assert d.container is not None
+        assert d.container.iova_ranges == legacy
+        assert d.hiod is not None and d.hiod.aw_bits == max(r.last for r in legacy).bit_length()
+
+
+def test_dma_avail_comes_from_the_kernel(space: AddressSpace) -> None:
+    """The DMA_AVAIL capability is the Type1 entry limit (the simulator's knob)."""
+    from fastmap.sim import SimKernel
+
+    kernel = SimKernel(dma_entry_limit=1234)
+    bdf = add_sim_device(kernel)
+    with VFIODevice(bdf, kernel=kernel).attach(space) as dev:
+        assert isinstance(dev.container, LegacyContainer)
+        assert dev.container.dma_max_mappings == 1234
