@@ -120,7 +120,12 @@ def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ram-mib", type=int, nargs="+", default=[48, 16], help="RAM block sizes in MiB"
     )
-    p.add_argument("--rate", type=float, default=50_000, help="device page writes per second")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="device page writes per second (default: 50000 for edu, 5000 for mock)",
+    )
     p.add_argument(
         "--bandwidth", type=float, default=512, help="emulated link in MiB/s (0: unlimited)"
     )

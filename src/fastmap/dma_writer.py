@@ -114,6 +114,8 @@ class MockDeviceWriter:
     """Emulated DMA writes of a selftest mock device, from a Python thread (see the module
     doc): the CPU writes the bytes, then IOMMU_TEST_OP_DIRTY marks the pages."""
 
+    _POOL = 1 << 20  # bytes of random data the pages are cut from
+
     #: How often the thread wakes to write the pages that are due.
     TICK = 0.002
     #: Pages written between two looks at the clock.
@@ -135,6 +137,8 @@ class MockDeviceWriter:
         self._ranges = _check(ranges, self.pages_per_second)
         self._first = np.cumsum([0] + [n // PAGE_SIZE for _, n in self._ranges])
         self._rng = np.random.default_rng(seed)
+        self._pool = self._rng.integers(0, 256, self._POOL, np.uint8)
+        self._serial = seed << 40
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pages = self._faults = 0
@@ -191,10 +195,16 @@ class MockDeviceWriter:
                 if due > max(self.MAX_BATCH, rate * self.MAX_BACKLOG):
                     t0, done, due = now - self.MAX_BATCH / rate, 0, self.MAX_BATCH
                 gpas = self._gpas(min(due, self.MAX_BATCH))
-                data = self._rng.integers(0, 256, (len(gpas), PAGE_SIZE), np.uint8)
-                for gpa, page in zip(gpas.tolist(), data, strict=True):
+                # A page of the random pool at a random offset, stamped with a serial number:
+                # unique contents for the price of one copy (fresh random bytes per page
+                # cost too much in a TCG guest).
+                offsets = self._rng.integers(0, self._POOL - PAGE_SIZE, len(gpas)) & ~7
+                for gpa, off in zip(gpas.tolist(), offsets.tolist(), strict=True):
                     block = space.find(gpa, PAGE_SIZE)
-                    ctypes.memmove(block.va + (gpa - block.gpa), page.ctypes.data, PAGE_SIZE)
+                    dst = block.va + (gpa - block.gpa)
+                    ctypes.memmove(dst, self._pool.ctypes.data + off, PAGE_SIZE)
+                    self._serial += 1
+                    ctypes.c_uint64.from_address(dst).value = self._serial
                 if self.device.tracking:
                     self.device.mark_dirty(gpas.astype(np.uint64))
                 self._pages += len(gpas)

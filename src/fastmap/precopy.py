@@ -263,7 +263,9 @@ class DemoOptions:
     kernel: str | None = "sim"
     device: str = "auto"  # edu | mock | auto (edu on the sim, mock on the real kernel)
     ram_mib: Sequence[int] = (48, 16)
-    rate: float = 50_000.0  # device page writes per second
+    #: Device page writes per second; None: 50,000 for the edu (a C++ thread), 5,000 for
+    #: the mock device (a Python thread, which competes with the copy loop for the GIL).
+    rate: float | None = None
     bandwidth_mib: float = 512.0  # emulated link, MiB/s (0: unlimited)
     threshold: int = 64  # pages
     max_rounds: int = 30
@@ -327,12 +329,13 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             space.add_ram(mib * MiB, gpa, name=f"ram{i}")
             gpa += mib * MiB
         ranges = [(b.gpa, b.size) for b in space.blocks]
+        rate = opts.rate or (50_000.0 if kind == "edu" else 5_000.0)
         writer: DeviceWriter
         if kind == "edu":
-            writer = SimDeviceWriter(kernel, dev.name, ranges, opts.rate, seed=opts.seed)
+            writer = SimDeviceWriter(kernel, dev.name, ranges, rate, seed=opts.seed)
         else:
             assert isinstance(dev, MockDevice)
-            writer = MockDeviceWriter(dev, ranges, opts.rate, seed=opts.seed)
+            writer = MockDeviceWriter(dev, ranges, rate, seed=opts.seed)
         rng = np.random.default_rng(opts.seed)
         for b in space.blocks:
             _view(b)[:] = rng.integers(0, 256, b.size, np.uint8)
@@ -350,7 +353,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         )
         bw = opts.bandwidth_mib * MiB if opts.bandwidth_mib > 0 else None
         out(
-            f"device writes {opts.rate:,.0f} random pages/s; link "
+            f"device writes {rate:,.0f} random pages/s; link "
             + (f"{opts.bandwidth_mib:g} MiB/s" if bw else "unlimited")
             + f"; iterate until <= {opts.threshold} pages remain (at most {opts.max_rounds} rounds)"
         )
