@@ -218,6 +218,9 @@ class DirtyTracker:
         failed: list[Container] = []
         first: KernelError | None = None
         for c in list(self._tracked):
+            if not any(c is x for x in c.space.containers):
+                self._untrack(c)  # destroyed with its last device: nothing to stop
+                continue
             try:
                 c.set_dirty_page_tracking(False)
             except KernelError as e:
@@ -241,7 +244,13 @@ class DirtyTracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        if exc is None:
+            self.stop()
+            return
+        try:  # do not hide the exception that ends the block
+            self.stop()
+        except KernelError as e:
+            log.error("stopping dirty tracking after %r failed: %s", exc, e)
 
     # --- sync ------------------------------------------------------------------------------------
     def sync(self) -> SyncResult:

@@ -284,3 +284,16 @@ def test_device_without_dirty_tracking_on_this_kernel(
                 r = t.sync()
                 assert r.blocks[0].all_dirty
                 assert bitmap.popcount(r.blocks[0].bitmap, r.blocks[0].nbits) == A_SIZE // PAGE
+
+
+def test_stop_after_the_legacy_container_is_gone(kernel: Kernel, edu: str) -> None:
+    """A Type1 container closes with its last device; stopping later must not touch it."""
+    with AddressSpace() as space:
+        space.add_ram(A_SIZE, GPA)
+        dev = VFIODevice(edu, kernel=kernel).attach(space)
+        t = DirtyTracker(space)
+        t.start()
+        dev.detach()
+        assert space.containers == []
+        t.stop()
+        assert not t.started and t.containers == []
