@@ -11,5 +11,6 @@ void bind_sim(pybind11::module_& m);
 void bind_mapper(pybind11::module_& m);
 void bind_buffer(pybind11::module_& m);
 void bind_bitmap(pybind11::module_& m);
+void bind_engine(pybind11::module_& m);
 
 }  // namespace fastmap::bindings

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   fastmap::bindings::bind_mapper(m);
   fastmap::bindings::bind_buffer(m);
   fastmap::bindings::bind_bitmap(m);
+  fastmap::bindings::bind_engine(m);
 }

@@ -196,6 +196,7 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
       const std::uint64_t iova = r.iova + offset;
       out_iovas[i] = iova;
       pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova});
+      max_length_ = std::max(max_length_, lengths[i]);
       offset += lengths[i];
     }
   }
@@ -204,6 +205,7 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
 
 void IoasMapper::index_pending() const {
   if (pending_.empty()) return;
+  by_va_stale_ = true;
   std::sort(pending_.begin(), pending_.end(),
             [](const Segment& a, const Segment& b) { return a.iova < b.iova; });
   // Sorted keys go in with a hint: amortized O(1) each when they extend the index.
@@ -211,6 +213,45 @@ void IoasMapper::index_pending() const {
   for (const Segment& s : pending_) hint = std::next(segments_.insert_or_assign(hint, s.iova, s));
   pending_.clear();
   pending_.shrink_to_fit();
+}
+
+bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_pending();
+  auto it = segments_.upper_bound(iova);
+  if (it == segments_.begin()) return false;
+  const Segment& s = std::prev(it)->second;
+  if (iova - s.iova >= s.length || s.va == 0) return false;
+  *va = s.va + (iova - s.iova);
+  return true;
+}
+
+bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_pending();
+  if (by_va_stale_) {
+    by_va_.clear();
+    for (const auto& [seg_iova, s] : segments_) {
+      if (s.va != 0) by_va_.emplace(s.va, seg_iova);
+    }
+    by_va_stale_ = false;
+  }
+  // Segments may overlap in VA; scan back from the last one starting at or below `va`.
+  // Segment lengths are bounded by what was mapped, so stop once nothing earlier can reach.
+  auto it = by_va_.upper_bound(va);
+  bool found = false;
+  std::uint64_t best = 0;
+  while (it != by_va_.begin()) {
+    --it;
+    const Segment& s = segments_.at(it->second);
+    if (va - s.va < s.length && (!found || s.iova + (va - s.va) < best)) {
+      best = s.iova + (va - s.va);
+      found = true;
+    }
+    if (va - it->first >= max_length_) break;
+  }
+  if (found) *iova = best;
+  return found;
 }
 
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
@@ -287,6 +328,7 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     removed.push_back(v);
   }
   for (const auto& [seg_iova, entry] : taken) segments_.erase(seg_iova);
+  by_va_stale_ = true;
   return {};
 }
 
@@ -307,6 +349,7 @@ long long IoasMapper::unmap_all() {
   if (rc < 0) return rc;
   segments_.clear();
   pending_.clear();
+  by_va_stale_ = true;
   return static_cast<long long>(cmd.length);
 }
 

@@ -65,6 +65,12 @@ class IoasMapper {
   // Unmaps every segment; returns the bytes unmapped or a negative errno.
   long long unmap_all();
 
+  // Translation over what the engine mapped, like SPDK's vtophys: the VA behind an IOVA and
+  // an IOVA for a VA (the lowest, when a VA is mapped more than once). O(log n); false when
+  // nothing mapped through the engine covers the address (adopted areas have no VA).
+  bool translate_iova(std::uint64_t iova, std::uint64_t* va) const;
+  bool translate_va(std::uint64_t va, std::uint64_t* iova) const;
+
   std::size_t segment_count() const;
   std::vector<Segment> segments() const;
   std::uint32_t ioas_id() const noexcept { return ioas_id_; }
@@ -102,6 +108,10 @@ class IoasMapper {
   // close to the bare ioctl loop) and the ordered index is built when it is first needed.
   mutable std::map<std::uint64_t, Segment> segments_;
   mutable std::vector<Segment> pending_;
+  // VA -> segment iova, rebuilt on the first VA lookup after a change.
+  mutable std::multimap<std::uint64_t, std::uint64_t> by_va_;
+  mutable bool by_va_stale_ = true;
+  std::uint64_t max_length_ = 0;  // longest segment ever mapped: bounds the VA scan
 };
 
 }  // namespace fastmap::engine
