@@ -235,7 +235,6 @@ class DirtyHarvester:
     ) -> tuple[int, int, int] | None:
         """-> None | (errno, hwpt_id, range_index)"""
 
-
 _BoolArray = npt.NDArray[np.bool_]
 
 # ---- engine: IOVA allocator and translation index (bind_engine.cc) ----

@@ -182,6 +182,7 @@ class Precopy:
         try:
             writer.start()
             try:
+                _first_write(writer)
                 remainder = self._iterate(writer, report, emit)
             finally:
                 t_stop = time.perf_counter()
@@ -234,6 +235,14 @@ class Precopy:
             report.total_bytes_sent += sent
             emit(r)
         return None
+
+
+def _first_write(writer: DeviceWriter, timeout: float = 1.0) -> None:
+    """Wait (a little) until the device has written once: a running device is what is
+    migrated, and a thread of a busy or emulated machine may take a while to get going."""
+    end = time.perf_counter() + timeout
+    while writer.stats.pages + writer.stats.faults == 0 and time.perf_counter() < end:
+        time.sleep(0.001)
 
 
 def _pages(bm: NDArray[np.uint64], nbits: int) -> NDArray[np.intp]:
