@@ -14,6 +14,7 @@
 #include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
 #include "sim/vfio/device_file.h"
+#include "sim/vfio/dma_writer.h"
 #include "sim/vfio/edu.h"
 #include "sim/vfio/machine.h"
 
@@ -159,6 +160,36 @@ void bind_iommu(py::module_& m) {
       }, "[(iova, write, -errno)] oldest first; empties the log");
 }
 
+py::dict writer_stats(const sim::vfio::DmaWriterStats& st) {
+  py::dict d;
+  d["pages"] = st.pages;
+  d["faults"] = st.faults;
+  d["bytes"] = st.bytes;
+  return d;
+}
+
+void bind_dma_writer(py::module_& m) {
+  using sim::vfio::DmaWriter;
+  py::class_<DmaWriter>(m, "SimDmaWriter")
+      .def("start", [](DmaWriter& w, double rate) {
+        if (int rc = w.start(rate)) raise_errno(rc, "SimDmaWriter.start");
+      }, py::arg("pages_per_second"))
+      .def("set_rate", [](DmaWriter& w, double rate) {
+        if (int rc = w.set_rate(rate)) raise_errno(rc, "SimDmaWriter.set_rate");
+      }, py::arg("pages_per_second"))
+      .def("stop", [](DmaWriter& w) {
+        sim::vfio::DmaWriterStats st;
+        {
+          py::gil_scoped_release nogil;
+          st = w.stop();
+        }
+        return writer_stats(st);
+      }, "Stop and join the writer thread; returns the stats")
+      .def_property_readonly("stats", [](const DmaWriter& w) { return writer_stats(w.stats()); })
+      .def_property_readonly("running", &DmaWriter::running)
+      .def_property_readonly("total_pages", &DmaWriter::total_pages);
+}
+
 void bind_machine(py::module_& m) {
   using sim::vfio::Machine;
   py::class_<Machine>(m, "SimMachine")
@@ -221,7 +252,22 @@ void bind_machine(py::module_& m) {
         if (!edu) raise_errno(-EINVAL, bdf);
         auto buf = edu->dma_buffer();
         return py::bytes(reinterpret_cast<const char*>(buf.data()), buf.size());
-      }, py::arg("bdf"), "The edu device's 4 KiB DMA buffer");
+      }, py::arg("bdf"), "The edu device's 4 KiB DMA buffer")
+      .def("dma_writer", [](Machine& mc, const std::string& bdf,
+                            const std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges,
+                            std::uint64_t page_size, std::optional<std::uint64_t> write_size,
+                            std::uint64_t seed) {
+        std::vector<sim::vfio::DmaWriter::Range> rs;
+        for (const auto& [iova, length] : ranges) rs.push_back({iova, length});
+        std::unique_ptr<sim::vfio::DmaWriter> w;
+        if (int rc = sim::vfio::DmaWriter::create(pci_or_raise(mc, bdf), std::move(rs), page_size,
+                                                  write_size.value_or(page_size), seed, &w)) {
+          raise_errno(rc, "dma_writer(" + bdf + ")");
+        }
+        return w;
+      }, py::arg("bdf"), py::arg("ranges"), py::arg("page_size") = 4096,
+         py::arg("write_size") = py::none(), py::arg("seed") = 0,
+         "A stopped background writer: the device DMA-writes random pages of [(iova, length)]");
 }
 
 }  // namespace
@@ -238,6 +284,7 @@ void bind_sim(py::module_& m) {
       .def_readwrite("rlimit_memlock", &sim::SimConfig::rlimit_memlock);
 
   bind_iommu(m);
+  bind_dma_writer(m);
   bind_machine(m);
 
   py::class_<sim::SimKernel, Kernel, std::shared_ptr<sim::SimKernel>>(m, "SimKernel")

@@ -1,4 +1,6 @@
 """Type stubs for fastmap._core, the private C++ extension (csrc/bindings/)."""
+
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -117,6 +119,27 @@ class SimMachine:
     def pci_command(self, bdf: str) -> int: ...
     def edu_buffer(self, bdf: str) -> bytes:
         """The edu device's 4 KiB DMA buffer"""
+    def dma_writer(
+        self,
+        bdf: str,
+        ranges: Sequence[tuple[int, int]],
+        page_size: int = 4096,
+        write_size: int | None = None,
+        seed: int = 0,
+    ) -> SimDmaWriter:
+        """A stopped background writer: the device DMA-writes random pages of [(iova, length)]"""
+
+class SimDmaWriter:
+    def start(self, pages_per_second: float) -> None: ...
+    def set_rate(self, pages_per_second: float) -> None: ...
+    def stop(self) -> dict[str, int]:
+        """Stop and join the writer thread; returns the stats"""
+    @property
+    def stats(self) -> dict[str, int]: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def total_pages(self) -> int: ...
 
 class SimKernel(Kernel):
     def __init__(self, config: SimConfig = ...) -> None: ...
@@ -199,8 +222,10 @@ def bitmap_popcount(bm: _U64Array, nbits: int) -> int: ...
 def bitmap_count_floor(bm: _U64Array) -> int: ...
 def bitmap_to_ranges(bm: _U64Array, nbits: int) -> _U64Array:
     """-> (N, 2) [first_page, page_count]"""
+
 def bitmap_from_ranges(ranges: _U64Array, nbits: int) -> tuple[_U64Array, int]:
     """-> (bitmap, -1), or (unspecified, index of the first row that ends past nbits)"""
+
 def bitmap_converted_nbits(nbits: int, from_page: int, to_page: int) -> int: ...
 def bitmap_convert(bm: _U64Array, nbits: int, from_page: int, to_page: int) -> _U64Array: ...
 
@@ -220,7 +245,6 @@ class DirtyHarvester:
         no_clear: bool = False,
     ) -> tuple[int, int, int] | None:
         """-> None | (errno, hwpt_id, range_index)"""
-
 
 _BoolArray = npt.NDArray[np.bool_]
 

@@ -3,6 +3,8 @@
     fastmap demo                 map, DMA through a simulated device, unmap (simulated kernel)
     fastmap bench map            map throughput five ways, side by side
     fastmap bench all            every benchmark
+    fastmap migrate-demo         live-migration pre-copy of guest RAM, driven by IOMMU
+                                 dirty tracking, while a device writes it
 
 `--kernel real|sim` picks the kernel (default: real where /dev/iommu exists, else sim;
 FASTMAP_KERNEL also sets it).
@@ -100,7 +102,10 @@ def cmd_bench_alloc(args: argparse.Namespace) -> int:
             ["live ranges", "implementation", "pairs", "pairs/s", "pairs/CPU-s", "vs reference"],
             [
                 (
-                    f"{r.live:,}", r.impl, f"{r.pairs:,}", f"{r.pairs_per_second:,.0f}",
+                    f"{r.live:,}",
+                    r.impl,
+                    f"{r.pairs:,}",
+                    f"{r.pairs_per_second:,.0f}",
                     f"{r.pairs_per_cpu_second:,.0f}",
                     f"{r.pairs_per_second / ref[r.live]:,.3g}x" if ref.get(r.live) else "-",
                 )
@@ -109,6 +114,57 @@ def cmd_bench_alloc(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_migrate_demo(args: argparse.Namespace) -> int:
+    from fastmap.precopy import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        kernel=args.kernel or "sim",
+        device=args.device,
+        ram_mib=args.ram_mib,
+        rate=args.rate,
+        bandwidth_mib=args.bandwidth,
+        threshold=args.threshold,
+        max_rounds=args.max_rounds,
+        huge_iopte=args.huge_iopte,
+        seed=args.seed,
+    )
+    return run_demo(opts, print)
+
+
+def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """The migrate-demo options (shared with examples/precopy.py)."""
+    p.add_argument(
+        "--device",
+        choices=("auto", "edu", "mock"),
+        default="auto",
+        help="edu: a simulated edu device doing real DMA through the simulated IOMMU (sim "
+        "only); mock: the iommufd selftest mock device (emulated writes, kernel dirty bits); "
+        "auto: edu on the sim, mock on the real kernel",
+    )
+    p.add_argument(
+        "--ram-mib", type=int, nargs="+", default=[48, 16], help="RAM block sizes in MiB"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="device page writes per second (default: 50000 for edu, 5000 for mock)",
+    )
+    p.add_argument(
+        "--bandwidth", type=float, default=512, help="emulated link in MiB/s (0: unlimited)"
+    )
+    p.add_argument(
+        "--threshold", type=int, default=64, help="stop iterating at this many dirty pages"
+    )
+    p.add_argument("--max-rounds", type=int, default=30, help="pre-copy rounds at most")
+    p.add_argument(
+        "--huge-iopte",
+        action="store_true",
+        help="let the IOMMU map RAM with 2 MiB IOPTEs (one write then dirties 512 pages)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the RAM contents and writes")
 
 
 _BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -140,6 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     bench.add_argument("--scale", type=float, default=1.0, help="shrink the sizes (quick runs)")
     bench.set_defaults(func=cmd_bench)
+    migrate = sub.add_parser(
+        "migrate-demo",
+        help="pre-copy live migration of guest RAM while a device DMA-writes it "
+        "(default kernel: sim)",
+    )
+    add_migrate_demo_arguments(migrate)
+    migrate.set_defaults(func=cmd_migrate_demo)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from fastmap.errors import KernelError
 from fastmap.ioas import IovaRange
 from fastmap.ram import PAGE_SIZE, RamBlock
 
@@ -28,6 +29,11 @@ log = logging.getLogger("fastmap.vfio")
 U64_MAX = (1 << 64) - 1
 #: What a container assumes when it cannot learn its IOVA ranges.
 FULL_IOVA_RANGE = (IovaRange(0, U64_MAX),)
+
+
+#: Told the dirty bits of a range just before it is unmapped while tracking is on:
+#: fn(iova, size, bitmap), one bit per host page (see `Container.unmap_dirty_sinks`).
+UnmapDirtySink = Callable[[int, int, "npt.NDArray[np.uint64]"], None]
 
 
 def bitmap_words(size: int, page_size: int) -> int:
@@ -50,6 +56,9 @@ class Container(ABC):
         self.dirty_pages_supported = False
         self.dirty_tracking = False
         self.initialized = False
+        #: Called with the dirty bits of every range unmapped while dirty tracking is on, so
+        #: writes to it since the last query are not lost (fastmap.migration.DirtyTracker).
+        self.unmap_dirty_sinks: list[UnmapDirtySink] = []
 
     # --- the memory listener -----------------------------------------------------------
     def region_add(self, sections: Sequence[RamBlock]) -> None:
@@ -95,24 +104,58 @@ class Container(ABC):
         """Start (clearing) or stop dirty tracking in the IOMMU."""
 
     @abstractmethod
-    def _query_dirty_bitmap(self, iova: int, size: int, bitmap: npt.NDArray[np.uint64]) -> None:
-        """OR the dirty bits of [iova, iova+size) at the host page size into `bitmap`."""
+    def _query_dirty_bitmap(
+        self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
+    ) -> None:
+        """OR the dirty bits of [iova, iova+size) at `page_size` into `bitmap`."""
 
     # --- dirty pages -----------------------------------------------------------------------
-    def get_dirty_bitmap(self, iova: int, size: int) -> npt.NDArray[np.uint64]:
-        """Dirty bits of [iova, iova+size), one per host page (bit i = iova + i*PAGE).
+    @property
+    def tracks_all_devices(self) -> bool:
+        """Whether the dirty bitmaps see the DMA writes of every device of the container."""
+        return self.dirty_pages_supported
+
+    def get_dirty_bitmap(
+        self, iova: int, size: int, page_size: int = PAGE_SIZE
+    ) -> npt.NDArray[np.uint64]:
+        """Dirty bits of [iova, iova+size), one per page (bit i = iova + i*page_size).
 
         As QEMU's vfio_get_dirty_bitmap: a container whose IOMMU cannot track dirty pages
-        reports every page dirty (the caller must assume the device wrote anywhere).
+        reports every page dirty (the caller must assume the device wrote anywhere); so does
+        one with a device whose writes its bitmaps do not see (`tracks_all_devices`).
         """
-        words = bitmap_words(size, PAGE_SIZE)
+        words = bitmap_words(size, page_size)
         bitmap = np.zeros(max(words, 1), np.uint64)
-        if not self.dirty_pages_supported:
-            pages = -(-size // PAGE_SIZE)
+        if not self.tracks_all_devices:
+            pages = -(-size // page_size)
             _set_bits(bitmap, pages)
             return bitmap
-        self._query_dirty_bitmap(iova, size, bitmap)
+        self._query_dirty_bitmap(iova, size, bitmap, page_size)
         return bitmap
+
+    def _unmapping(self, iova: int, size: int) -> None:
+        """Before unmapping [iova, iova+size) while tracking is on: hand its dirty bits to
+        the unmap_dirty_sinks (all pages dirty if they cannot be read: never under-report)."""
+        if not (self.dirty_tracking and self.unmap_dirty_sinks):
+            return
+        try:
+            bitmap = self.get_dirty_bitmap(iova, size)
+        except KernelError as e:
+            log.warning(
+                "%r: dirty bits of [%#x, +%#x) unreadable before unmap (%s): "
+                "reporting every page dirty",
+                self,
+                iova,
+                size,
+                e,
+            )
+            bitmap = np.zeros(max(bitmap_words(size, PAGE_SIZE), 1), np.uint64)
+            _set_bits(bitmap, -(-size // PAGE_SIZE))
+        self._report_unmapped_dirty(iova, size, bitmap)
+
+    def _report_unmapped_dirty(self, iova: int, size: int, bitmap: npt.NDArray[np.uint64]) -> None:
+        for sink in list(self.unmap_dirty_sinks):
+            sink(iova, size, bitmap)
 
     # --- geometry --------------------------------------------------------------------------
     @property

@@ -43,6 +43,7 @@ from fastmap import uapi
 from fastmap._unwind import Unwind
 from fastmap.backend import IOMMUFDBackend
 from fastmap.container import FULL_IOVA_RANGE, Container
+from fastmap.dirty import DirtyHarvester, Harvest
 from fastmap.errors import KernelError
 from fastmap.host_iommu_device import HostIOMMUDevice
 from fastmap.ioas import Ioas, IovaRange
@@ -88,6 +89,7 @@ class IommufdContainer(Container):
         self.ioas = ioas
         #: Auto-domain HWPTs, newest first.
         self.hwpts: list[Hwpt] = []
+        self._harvester: DirtyHarvester | None = None
 
     @property
     def ioas_id(self) -> int:
@@ -117,6 +119,7 @@ class IommufdContainer(Container):
         self.ioas.map(vaddr, size, iova, writeable=not readonly)
 
     def dma_unmap(self, iova: int, size: int) -> None:
+        self._unmapping(iova, size)
         try:
             self.ioas.unmap(iova, size)
         except KernelError as e:
@@ -144,10 +147,46 @@ class IommufdContainer(Container):
             raise
         self.dirty_tracking = start
 
-    def _query_dirty_bitmap(self, iova: int, size: int, bitmap: npt.NDArray[np.uint64]) -> None:
-        for hwpt in self.hwpts:
-            if hwpt.dirty_tracking:
-                self.backend.get_dirty_bitmap(hwpt.id, iova, size, PAGE_SIZE, bitmap)
+    @property
+    def tracks_all_devices(self) -> bool:
+        """Every HWPT (so every device) has dirty tracking; False with no HWPT left, since a
+        device that left took its HWPT's dirty bits with it."""
+        return bool(self.hwpts) and all(h.dirty_tracking for h in self.hwpts)
+
+    def _query_dirty_bitmap(
+        self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
+    ) -> None:
+        span = -(-size // page_size) * page_size  # the kernel wants whole pages
+        bits = self.query_dirty_ranges([(iova, span)], page_size).buffer
+        head = bitmap[: bits.size]
+        np.bitwise_or(head, bits, out=head)
+
+    def query_dirty_ranges(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        page_size: int = PAGE_SIZE,
+        out: npt.NDArray[np.uint64] | None = None,
+        no_clear: bool = False,
+    ) -> Harvest:
+        """QEMU's query_dirty_bitmap for many ranges at once: each range's bitmap is the OR
+        over every DIRTY_TRACKING HWPT, one IOMMU_HWPT_GET_DIRTY_BITMAP per (HWPT, range),
+        issued by the C++ harvester without the GIL. Reading clears the dirty bits unless
+        `no_clear`. Raw: HWPTs without dirty tracking are not considered here (see
+        `tracks_all_devices`, which get_dirty_bitmap applies)."""
+        ids = [h.id for h in self.hwpts if h.dirty_tracking]
+        harvester = self.harvester()
+        if not ids:
+            buf = harvester.buffer(ranges, page_size) if out is None else out
+            buf[:] = 0
+            return _empty_harvest(ranges, page_size, buf)
+        return harvester.harvest(ids, ranges, page_size, out=out, no_clear=no_clear)
+
+    def harvester(self) -> DirtyHarvester:
+        """The C++ dirty harvester on this container's iommufd."""
+        fd = self.backend.fd
+        if self._harvester is None or self._harvester.iommufd != fd:
+            self._harvester = DirtyHarvester(self.backend.kernel, fd)
+        return self._harvester
 
     # --- lifetime ----------------------------------------------------------------------------
     def destroy(self) -> None:
@@ -289,7 +328,9 @@ class IommufdOps:
             if container is None:
                 container = self._new_container(dev, space, undo)
             else:
-                undo.push("detach from the container", lambda: _detach_container(dev, container))
+                undo.push(
+                    "detach from the container", lambda: self._detach_container(dev, container)
+                )
                 undo.push("destroy the container if empty", container.destroy)
 
             # 6. device info
@@ -303,7 +344,7 @@ class IommufdOps:
             if not isinstance(c, IommufdContainer) or c.backend is not self.backend:
                 continue
             try:
-                _attach_container(dev, c, self.hwpt_alloc)
+                self._attach_container(dev, c)
             except KernelError as e:
                 log.debug("%s: cannot join %r: %s", dev.name, c, e)
                 continue
@@ -319,8 +360,8 @@ class IommufdOps:
         space.containers.insert(0, container)
         undo.push("destroy the container", container.destroy)
 
-        _attach_container(dev, container, self.hwpt_alloc)
-        undo.push("detach from the container", lambda: _detach_container(dev, container))
+        self._attach_container(dev, container)
+        undo.push("detach from the container", lambda: self._detach_container(dev, container))
 
         try:
             ranges, alignment = query_iova_ranges(be, ioas.id)
@@ -357,10 +398,31 @@ class IommufdOps:
         be = self.backend
         container.devices.remove(dev)
         dev.container = None
-        _detach_container(dev, container)
+        self._detach_container(dev, container)
         container.destroy()
         be.disconnect()
         _close_device_fd(dev)
+
+    # The container steps, overridable for devices that attach differently (fastmap.mock_device).
+    def _attach_container(self, dev: VFIODevice, container: IommufdContainer) -> None:
+        _attach_container(dev, container, self.hwpt_alloc)
+
+    def _detach_container(self, dev: VFIODevice, container: IommufdContainer) -> None:
+        _detach_container(dev, container)
+
+
+def _empty_harvest(
+    ranges: Sequence[tuple[int, int]], page_size: int, buf: npt.NDArray[np.uint64]
+) -> Harvest:
+    """A harvest with every bit clear (no HWPT to ask)."""
+    iovas = np.array([r[0] for r in ranges], np.uint64)
+    lengths = np.array([r[1] for r in ranges], np.uint64)
+    bitmaps, start = [], 0
+    for n in lengths.tolist():
+        end = start + DirtyHarvester.bitmap_words(n, page_size)
+        bitmaps.append(buf[start:end])
+        start = end
+    return Harvest(page_size, iovas, lengths, bitmaps, buf)
 
 
 def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: bool) -> None:

@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from fastmap import uapi
 from fastmap._unwind import Unwind
-from fastmap.container import FULL_IOVA_RANGE, Container
+from fastmap.container import FULL_IOVA_RANGE, Container, bitmap_words
 from fastmap.errors import KernelError
 from fastmap.host_iommu_device import HostIOMMUDevice
 from fastmap.ioas import IovaRange
@@ -162,8 +162,31 @@ class LegacyContainer(Container):
             self.fd.ioctl(uapi.VFIO_IOMMU_MAP_DMA, cmd)
 
     def dma_unmap(self, iova: int, size: int) -> None:
+        if self.dirty_tracking and self.unmap_dirty_sinks and self.dirty_pages_supported:
+            self._unmap_with_dirty_bitmap(iova, size)
+            return
         cmd = uapi.new(uapi.vfio_iommu_type1_dma_unmap, flags=0, iova=iova, size=size)
         self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
+
+    def _unmap_with_dirty_bitmap(self, iova: int, size: int) -> None:
+        """QEMU's vfio_dma_unmap_bitmap: UNMAP_DMA with GET_DIRTY_BITMAP returns the range's
+        dirty bits in the same call (nothing can be written in between); they go to the
+        unmap_dirty_sinks."""
+
+        class _UnmapBitmap(ctypes.Structure):
+            _fields_ = [("hdr", uapi.vfio_iommu_type1_dma_unmap), ("bitmap", uapi.vfio_bitmap)]
+
+        bits = np.zeros(max(bitmap_words(size, PAGE_SIZE), 1), np.uint64)
+        cmd = _UnmapBitmap()
+        cmd.hdr.argsz = ctypes.sizeof(cmd)
+        cmd.hdr.flags = uapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
+        cmd.hdr.iova = iova
+        cmd.hdr.size = size
+        cmd.bitmap.pgsize = PAGE_SIZE
+        cmd.bitmap.size = bits.nbytes
+        cmd.bitmap.data = bits.ctypes.data
+        self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
+        self._report_unmapped_dirty(iova, size, bits)
 
     # --- dirty pages: VFIO_IOMMU_DIRTY_PAGES ---------------------------------------------------
     def set_dirty_page_tracking(self, start: bool) -> None:
@@ -176,7 +199,9 @@ class LegacyContainer(Container):
         self.fd.ioctl(uapi.VFIO_IOMMU_DIRTY_PAGES, cmd)
         self.dirty_tracking = start
 
-    def _query_dirty_bitmap(self, iova: int, size: int, bitmap: npt.NDArray[np.uint64]) -> None:
+    def _query_dirty_bitmap(
+        self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
+    ) -> None:
         class _GetBitmap(ctypes.Structure):
             _fields_ = [
                 ("hdr", uapi.vfio_iommu_type1_dirty_bitmap),
@@ -189,7 +214,7 @@ class LegacyContainer(Container):
         cmd.hdr.flags = uapi.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP
         cmd.range.iova = iova
         cmd.range.size = size
-        cmd.range.bitmap.pgsize = PAGE_SIZE
+        cmd.range.bitmap.pgsize = page_size
         cmd.range.bitmap.size = out.nbytes
         cmd.range.bitmap.data = out.ctypes.data
         self.fd.ioctl(uapi.VFIO_IOMMU_DIRTY_PAGES, cmd)

@@ -177,6 +177,11 @@ int PciDevice::bus_read(std::uint64_t addr, void* dst, std::size_t len) {
   return rc;
 }
 
+int PciDevice::master_write(std::uint64_t addr, const void* src, std::size_t len) {
+  std::lock_guard<std::mutex> g(mu_);
+  return bus_write(addr, src, len);
+}
+
 int PciDevice::bus_write(std::uint64_t addr, const void* src, std::size_t len) {
   if (!(config_read(kCommand, 2) & kPciCommandMaster)) {
     log_fault(addr, len, true, -EIO);

@@ -70,6 +70,9 @@ class PciDevice : public Device {
   void function_reset() noexcept;
 
   std::uint16_t command() const noexcept;
+  // Bus-master DMA started by something other than the register interface (the background
+  // DMA writer): as a device model's own bus_write, under the device lock.
+  int master_write(std::uint64_t addr, const void* src, std::size_t len);
   // The device's DMA fault log, oldest first; take_ empties it.
   std::vector<DeviceDmaFault> faults() const;
   std::vector<DeviceDmaFault> take_faults();
