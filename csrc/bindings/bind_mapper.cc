@@ -97,9 +97,14 @@ void bind_mapper(py::module_& m) {
         p.mapper.adopt(iova, length, prot);
       }, py::arg("iova"), py::arg("length"), py::arg("prot"))
       .def("unmap_all", [](PyMapper& p) {
-        py::gil_scoped_release nogil;
-        return p.mapper.unmap_all();
-      })
+        std::uint64_t bytes = 0;
+        int rc;
+        {
+          py::gil_scoped_release nogil;
+          rc = p.mapper.unmap_all(&bytes);
+        }
+        return std::make_tuple(rc, bytes);
+      }, "-> (0 or -errno, bytes unmapped)")
       .def("__len__", [](const PyMapper& p) { return p.mapper.segment_count(); })
       .def("segments", [](const PyMapper& p) { return p.mapper.segments(); })
       .def("translate_iova", [](const PyMapper& p, std::uint64_t iova) -> std::optional<std::uint64_t> {

@@ -345,7 +345,7 @@ void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t p
   segments_[iova] = Segment{iova, 0, length, prot, iova};
 }
 
-long long IoasMapper::unmap_all() {
+int IoasMapper::unmap_all(std::uint64_t* unmapped) {
   std::lock_guard<std::mutex> g(mu_);
   uapi::iommu_ioas_unmap cmd{};
   cmd.size = sizeof cmd;
@@ -353,11 +353,12 @@ long long IoasMapper::unmap_all() {
   cmd.iova = 0;
   cmd.length = std::numeric_limits<std::uint64_t>::max();
   long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_UNMAP, &cmd);
-  if (rc < 0) return rc;
+  if (rc < 0) return static_cast<int>(rc);
   segments_.clear();
   pending_.clear();
   by_va_stale_ = true;
-  return static_cast<long long>(cmd.length);
+  *unmapped = cmd.length;
+  return 0;
 }
 
 std::size_t IoasMapper::segment_count() const {

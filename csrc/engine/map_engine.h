@@ -64,8 +64,9 @@ class IoasMapper {
   // unmap cannot be undone, so batches unmap such areas last.
   void adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot);
 
-  // Unmaps every segment; returns the bytes unmapped or a negative errno.
-  long long unmap_all();
+  // Unmaps everything in the IOAS: 0 or -errno; *unmapped gets the bytes removed (which can
+  // exceed 2^63, so they are not folded into the return value).
+  int unmap_all(std::uint64_t* unmapped);
 
   // Translation over what the engine mapped, like SPDK's vtophys: the VA behind an IOVA and
   // an IOVA for a VA (the lowest, when a VA is mapped more than once). O(log n); false when

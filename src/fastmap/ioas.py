@@ -22,12 +22,13 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from fastmap import _core, uapi
+from fastmap.allocator import IovaAllocator
 from fastmap.errors import BatchError, KernelError
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Ioas:
         self._owned = owned
         self._mapper = _core.IoasMapper(kernel.core, iommufd, ioas_id)
         self._pins: dict[int, _core.BufferPin] = {}  # segment iova -> pinned buffer
+        self._allocator: IovaAllocator | None = None  # made on first use of iovas="dense"
         self._closed = False
 
     @classmethod
@@ -143,6 +145,7 @@ class Ioas:
             raise BatchError(err[0], err[2], 0, entry, None, err[3])
         if pin is not None:
             self._pins[chosen] = pin
+        self._record(chosen, length)
         return chosen
 
     def unmap(self, iova: int, length: int) -> None:
@@ -154,12 +157,13 @@ class Ioas:
 
     def unmap_all(self) -> int:
         """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
-        ret = self._mapper.unmap_all()
-        if ret < 0:
+        rc, ret = self._mapper.unmap_all()
+        if rc < 0:
             raise KernelError.from_errno(
-                -ret, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
+                -rc, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
             )
         self._release_pins(list(self._pins))
+        self._allocator = None  # rebuilt from the (now empty) IOAS on next use
         return ret
 
     # --- batches ---------------------------------------------------------------------------
@@ -167,14 +171,19 @@ class Ioas:
         self,
         vas: npt.ArrayLike,
         lengths: npt.ArrayLike,
-        iovas: npt.ArrayLike | None = None,
+        iovas: npt.ArrayLike | Literal["kernel", "dense", "identity"] | None = None,
         *,
         readable: bool = True,
         writeable: bool = True,
         coalesce: bool = False,
         threads: int = 1,
     ) -> U64Array:
-        """Map entry i = `lengths[i]` bytes at raw VA `vas[i]` (at `iovas[i]` if given).
+        """Map entry i = `lengths[i]` bytes at raw VA `vas[i]`.
+
+        Where each entry goes: `iovas` as an array of fixed IOVAs; None or "kernel": the
+        kernel chooses; "identity": IOVA = VA; "dense": fastmap's IOVA allocator packs them
+        into the IOAS's usable ranges, first fit, keeping each VA's offset within 2 MiB and
+        1 GiB pages so large IOPTEs stay possible (see `allocator`).
 
         All or nothing: if entry k fails, entries 0..k-1 are unmapped again and BatchError
         names entry k. `coalesce` merges neighbours contiguous in VA and IOVA into one kernel
@@ -187,12 +196,40 @@ class Ioas:
         v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
+        prot = _prot(readable, writeable)
+        if isinstance(iovas, str):
+            if iovas == "kernel":
+                return self._run_map(v, ln, None, prot, coalesce, threads)
+            if iovas == "identity":
+                return self._run_map(v, ln, v, prot, coalesce, threads)
+            if iovas == "dense":
+                alloc = self.allocator
+                align = max(self.iova_alignment, 1)
+                chosen = alloc.bulk_alloc(ln, align=align, hint_vas=v)
+                try:
+                    return self._run_map(v, ln, chosen, prot, coalesce, threads, allocated=True)
+                except BaseException:
+                    alloc.bulk_free(chosen)
+                    raise
+            raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
             fixed = _u64s("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
-        return self._run_map(v, ln, fixed, _prot(readable, writeable), coalesce, threads)
+        return self._run_map(v, ln, fixed, prot, coalesce, threads)
+
+    @property
+    def allocator(self) -> IovaAllocator:
+        """fastmap's IOVA allocator for this IOAS (made on first use): the IOAS's usable
+        ranges (IOMMU_IOAS_IOVA_RANGES) with everything mapped so far taken. Every later map
+        through this Ioas is recorded in it, and unmaps free their ranges."""
+        if self._allocator is None:
+            alloc = IovaAllocator([(r.start, r.last) for r in self.iova_ranges()])
+            for seg in self._mapper.segments():
+                alloc.alloc_fixed(seg.iova, seg.length)
+            self._allocator = alloc
+        return self._allocator
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
         """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
@@ -213,6 +250,8 @@ class Ioas:
             )
         if self._pins:
             self._release_pins(removed.tolist())
+        if self._allocator is not None and removed.size:
+            self._free_iovas(removed)
 
     def _run_map(
         self,
@@ -222,8 +261,12 @@ class Ioas:
         prot: int,
         coalesce: bool,
         threads: int,
+        allocated: bool = False,
     ) -> U64Array:
         out, err = self._mapper.map(vas, lengths, iovas, prot, coalesce, threads)
+        if err is None and self._allocator is not None and not allocated:
+            for iova, length in zip(out.tolist(), lengths.tolist(), strict=True):
+                self._record(iova, length)
         if err is not None:
             errno_value, index, call, rollback_failed = err
             entry: dict[str, object] = {"va": int(vas[index]), "length": int(lengths[index])}
@@ -306,6 +349,7 @@ class Ioas:
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
         self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
+        self._record(int(cmd.dst_iova), length)
         return int(cmd.dst_iova)
 
     def map_file(
@@ -334,6 +378,7 @@ class Ioas:
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
         self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
+        self._record(int(cmd.iova), length)
         return int(cmd.iova)
 
     @property
@@ -436,6 +481,19 @@ class Ioas:
             pin.release()
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length
+
+    def _free_iovas(self, iovas: U64Array) -> None:
+        alloc = self._allocator
+        assert alloc is not None
+        for iova in iovas.tolist():
+            held = alloc.find(iova)
+            if held is not None and not alloc.is_reserved(iova):
+                alloc.free(held.start)
+
+    def _record(self, iova: int, length: int) -> None:
+        """Tell the allocator (if there is one) about a range mapped some other way."""
+        if self._allocator is not None:
+            self._allocator.alloc_fixed(iova, length)
 
     def _release_pins(self, iovas: Sequence[int]) -> None:
         for iova in iovas:

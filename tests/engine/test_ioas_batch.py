@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import gc
+import itertools
 import mmap
 import weakref
 from collections.abc import Iterator
@@ -266,3 +267,59 @@ def test_ctypes_address_maps_like_a_buffer(ioas: Ioas) -> None:
     iova = ioas.map(ctypes.addressof(raw), PAGE)
     assert ioas.segments()[0].va == ctypes.addressof(raw)
     ioas.unmap(iova, PAGE)
+
+
+def test_dense_iovas_come_from_fastmaps_allocator(ioas: Ioas) -> None:
+    big = np.frombuffer(mmap.mmap(-1, 8 << 20), np.uint8)
+    base = big.ctypes.data
+    va2m = (base + (2 << 20) - 1) & ~((2 << 20) - 1)  # a 2 MiB-aligned VA inside
+    fixed = ioas.map(base, PAGE, BASE)  # mapped before the allocator exists
+    vas = [va2m, va2m + PAGE, va2m + 3 * PAGE]
+    lengths = [2 << 20, PAGE, 2 * PAGE]
+    iovas = ioas.map_batch(vas[:1], lengths[:1], "dense").tolist()
+    iovas += ioas.map_batch(vas[1:], lengths[1:], "dense").tolist()
+    ranges = ioas.iova_ranges()
+    spans = sorted([(fixed, PAGE), *zip(iovas, lengths, strict=True)])
+    for (a, n), (b, _) in itertools.pairwise(spans):
+        assert a + n <= b, "allocator handed out an IOVA overlapping a mapping"
+    for iova, n in zip(iovas, lengths, strict=True):
+        assert any(r.start <= iova and iova + n - 1 <= r.last for r in ranges)
+    # The 2 MiB mapping keeps its VA's phase within 2 MiB (a 2 MiB IOPTE stays possible),
+    # and small ones keep their offset within the page.
+    assert iovas[0] % (2 << 20) == va2m % (2 << 20)
+    assert [ioas.translate_iova(i) for i in iovas] == vas
+    # Unmapping gives the space back: the same requests land at the same places again.
+    ioas.unmap_batch(iovas, lengths)
+    again = ioas.map_batch(vas[:1], lengths[:1], "dense").tolist()
+    again += ioas.map_batch(vas[1:], lengths[1:], "dense").tolist()
+    assert again == iovas
+    assert len(ioas.allocator) == len(ioas) == 4
+
+
+def test_identity_iovas_equal_the_vas(ioas: Ioas) -> None:
+    mem = np.frombuffer(mmap.mmap(-1, 4 * PAGE), np.uint8)
+    va = mem.ctypes.data
+    out = ioas.map_batch([va, va + 2 * PAGE], [PAGE, 2 * PAGE], "identity")
+    assert out.tolist() == [va, va + 2 * PAGE]
+    assert ioas.translate_va(va + 2 * PAGE + 5) == va + 2 * PAGE + 5
+
+
+def test_dense_batch_failure_returns_its_iovas(ioas: Ioas, memory: np.ndarray) -> None:
+    va = memory.ctypes.data
+    ioas.map(va, PAGE, BASE)
+    held = len(ioas.allocator)
+    # Refused by the allocator before any call: a zero length.
+    with pytest.raises(ValueError, match=r"lengths\[1\]"):
+        ioas.map_batch([va, va], [PAGE, 0], "dense")
+    # Refused by the kernel: VA + length wraps around (EOVERFLOW).
+    with pytest.raises(BatchError) as info:
+        ioas.map_batch([va, (1 << 64) - PAGE], [PAGE, 2 * PAGE], "dense")
+    assert (info.value.index, info.value.errno) == (1, errno.EOVERFLOW)
+    assert len(ioas.allocator) == held and len(ioas) == 1
+
+
+def test_unmap_all_reports_lengths_past_2_63(ioas: Ioas) -> None:
+    # With no device the kernel accepts any VA; 2^63 bytes must not read back as an error.
+    ioas.map(PAGE, 1 << 63, PAGE)
+    ioas.map(PAGE, PAGE, 1 << 63 | 1 << 62)
+    assert ioas.unmap_all() == (1 << 63) + PAGE
