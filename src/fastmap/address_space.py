@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from fastmap._closing import Closing
 from fastmap.ram import PAGE_SIZE, RamBlock, RamKind
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class MemoryListener(Protocol):
         """Unmap `sections` (they were added before). Must not raise."""
 
 
-class AddressSpace:
+class AddressSpace(Closing):
     """Guest physical memory: RAM blocks, the listeners that follow them, the containers."""
 
     def __init__(self, name: str = "memory") -> None:
@@ -160,17 +160,6 @@ class AddressSpace:
             )
         while self._blocks:
             self.remove_ram(self._blocks[-1])
-
-    def __enter__(self) -> AddressSpace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         total = sum(b.size for b in self._blocks)

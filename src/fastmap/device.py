@@ -21,10 +21,10 @@ from __future__ import annotations
 import posixpath
 import struct
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from fastmap import uapi
+from fastmap._closing import Closing
 from fastmap.kernel import Fd, Kernel, KernelKind, open_kernel
 from fastmap.sysfs import PCI_DEVICES, Sysfs, sysfs_for
 
@@ -68,7 +68,7 @@ def find_pci_devices(kernel: Kernel, vendor: int, device: int) -> list[str]:
     return sysfs_for(kernel).find_pci(vendor, device)
 
 
-class VFIODevice:
+class VFIODevice(Closing):
     """One VFIO device (QEMU's VFIODevice): identity, attach/detach, region access."""
 
     def __init__(
@@ -176,15 +176,8 @@ class VFIODevice:
         ops.detach_device(self)
         self.space = None
 
-    def __enter__(self) -> VFIODevice:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Detach (the end of a `with` block)."""
         self.detach()
 
     def __repr__(self) -> str:

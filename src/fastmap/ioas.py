@@ -21,13 +21,13 @@ import errno as _errno
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from fastmap import _core, uapi
+from fastmap._closing import Closing
 from fastmap.allocator import IovaAllocator
 from fastmap.errors import BatchError, KernelError
 
@@ -85,7 +85,7 @@ def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
     return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
-class Ioas:
+class Ioas(Closing):
     """One IOAS of an iommufd. Allocate with `Ioas.allocate` or `IOMMUFDBackend.ioas()`."""
 
     def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int, *, owned: bool = True) -> None:
@@ -437,17 +437,6 @@ class Ioas:
             cmd = uapi.new(uapi.iommu_destroy, id=self._id)
             self._kernel.ioctl(self._fd, uapi.IOMMU_DESTROY, cmd)
         self._closed = True
-
-    def __enter__(self) -> Ioas:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -19,10 +19,10 @@ import ctypes
 import os
 import platform
 import re
-from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
 from fastmap import _core, uapi
+from fastmap._closing import Closing
 from fastmap._layout import field_values
 from fastmap.errors import KernelError
 
@@ -110,7 +110,7 @@ class Kernel:
         return f"<fastmap Kernel {self.name} {self.version // 100}.{self.version % 100}>"
 
 
-class Fd:
+class Fd(Closing):
     """One open fd of a Kernel, closed on `close()` or at the end of a `with` block."""
 
     def __init__(self, kernel: Kernel, fd: int) -> None:
@@ -144,17 +144,6 @@ class Fd:
         fd, self.fd = self.fd, None
         if fd is not None:
             self.kernel.close(fd)
-
-    def __enter__(self) -> Fd:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<fastmap Fd {self.fd} on {self.kernel.name}>"

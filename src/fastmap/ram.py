@@ -21,9 +21,9 @@ import ctypes
 import errno
 import mmap
 import os
-from types import TracebackType
 from typing import Literal
 
+from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
 
@@ -60,7 +60,7 @@ def free_hugepages(page_size: int) -> int:
         return 0
 
 
-class RamBlock:
+class RamBlock(Closing):
     """`size` bytes of host memory that a guest sees at `gpa` (IOVA = GPA for devices)."""
 
     def __init__(
@@ -176,17 +176,6 @@ class RamBlock:
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
-
-    def __enter__(self) -> RamBlock:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         ro = " ro" if self.readonly else ""
