@@ -1,4 +1,4 @@
-"""Type stubs for fastmap._core, the private C++ extension (csrc/bindings/)."""
+"""Type declarations for fastmap._core, the private C++ extension (csrc/bindings/)."""
 
 from collections.abc import Sequence
 from typing import Any

@@ -31,7 +31,6 @@ Differences from a VFIO device, all forced by the selftest interface:
 from __future__ import annotations
 
 import errno as _errno
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,8 +45,7 @@ from fastmap.errors import KernelError
 from fastmap.host_iommu_device import HostIOMMUDevice
 from fastmap.kernel import Kernel, KernelKind
 from fastmap.ram import PAGE_SIZE
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps
+from fastmap.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_auto_hwpt
 
 if TYPE_CHECKING:
     from fastmap.address_space import AddressSpace
@@ -220,18 +218,7 @@ class MockOps(IommufdOps):
             dev.stdev_id = dev.devid = None
             dev.hiod = None
             raise
-        hwpt = Hwpt(hwpt_id, flags, [dev])
-        container.hwpts.insert(0, hwpt)
-        dev.hwpt = hwpt
-        dev.iommu_dirty_tracking = hwpt.dirty_tracking
-        container.dirty_pages_supported |= dev.iommu_dirty_tracking
-        if container.dirty_pages_supported and not dev.iommu_dirty_tracking:
-            warnings.warn(
-                DirtyTrackingWarning(
-                    f"IOMMU instance for device {dev.name} doesn't support dirty tracking"
-                ),
-                stacklevel=5,
-            )
+        add_auto_hwpt(container, dev, hwpt_id, flags)
 
     def _detach_container(self, dev: VFIODevice, container: IommufdContainer) -> None:
         """Destroy the selftest object (detaches and unbinds the device), then drop the

@@ -452,6 +452,13 @@ def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: 
     except BaseException:
         be.free_id(hwpt_id)
         raise
+    add_auto_hwpt(container, dev, hwpt_id, flags)
+
+
+def add_auto_hwpt(container: IommufdContainer, dev: VFIODevice, hwpt_id: int, flags: int) -> None:
+    """Record a HWPT just allocated and attached for `dev` in the container's list, as
+    QEMU's autodomains_get does, warning when the container tracks dirty pages and the
+    device cannot."""
     hwpt = Hwpt(hwpt_id, flags, [dev])
     container.hwpts.insert(0, hwpt)
     dev.hwpt = hwpt
@@ -462,7 +469,7 @@ def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: 
             DirtyTrackingWarning(
                 f"IOMMU instance for device {dev.name} doesn't support dirty tracking"
             ),
-            stacklevel=5,
+            stacklevel=6,
         )
 
 
