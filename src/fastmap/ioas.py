@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 Buffer: TypeAlias = Any  # anything exporting a contiguous PEP 3118 buffer
 U64Array: TypeAlias = npt.NDArray[np.uint64]
 
+U64_MAX = (1 << 64) - 1
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
 _HINT_COALESCED = (
     "the range covers part of a coalesced mapping: unmap the whole run (see segments()) "
     "or map without coalesce=True"
@@ -222,13 +225,19 @@ class Ioas(Closing):
     @property
     def allocator(self) -> IovaAllocator:
         """fastmap's IOVA allocator for this IOAS (made on first use): the IOAS's usable
-        ranges (IOMMU_IOAS_IOVA_RANGES) with everything mapped so far taken. Every later map
+        ranges (IOMMU_IOAS_IOVA_RANGES) less the first and last page (as the kernel's own
+        choice never returns IOVA 0), with everything mapped so far taken. Every later map
         through this Ioas is recorded in it, and unmaps free their ranges."""
         if self._allocator is None:
-            alloc = IovaAllocator([(r.start, r.last) for r in self.iova_ranges()])
+            lo, hi = _PAGE, U64_MAX - _PAGE
+            usable = [
+                (max(r.start, lo), min(r.last, hi))
+                for r in self.iova_ranges()
+                if max(r.start, lo) <= min(r.last, hi)
+            ]
+            self._allocator = IovaAllocator(usable)
             for seg in self._mapper.segments():
-                alloc.alloc_fixed(seg.iova, seg.length)
-            self._allocator = alloc
+                self._record(seg.iova, seg.length)
         return self._allocator
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
@@ -475,14 +484,20 @@ class Ioas(Closing):
         alloc = self._allocator
         assert alloc is not None
         for iova in iovas.tolist():
-            held = alloc.find(iova)
-            if held is not None and not alloc.is_reserved(iova):
-                alloc.free(held.start)
+            # A mapping at IOVA 0 was recorded from the second page on; its remainder stays
+            # taken until unmap_all rather than risk freeing a neighbour's range.
+            held = alloc.find(iova) if iova >= _PAGE else None
+            if held is not None and held.start == iova and not alloc.is_reserved(iova):
+                alloc.free(iova)
 
     def _record(self, iova: int, length: int) -> None:
-        """Tell the allocator (if there is one) about a range mapped some other way."""
-        if self._allocator is not None:
-            self._allocator.alloc_fixed(iova, length)
+        """Tell the allocator (if there is one) about a range mapped some other way; only
+        the part inside the allocator's window matters (it never hands out the rest)."""
+        if self._allocator is None or length == 0:
+            return
+        start, last = max(iova, _PAGE), min(iova + length - 1, U64_MAX - _PAGE)
+        if start <= last:
+            self._allocator.alloc_fixed(start, last - start + 1)
 
     def _release_pins(self, iovas: Sequence[int]) -> None:
         for iova in iovas:

@@ -284,6 +284,7 @@ def test_dense_iovas_come_from_fastmaps_allocator(ioas: Ioas) -> None:
         assert a + n <= b, "allocator handed out an IOVA overlapping a mapping"
     for iova, n in zip(iovas, lengths, strict=True):
         assert any(r.start <= iova and iova + n - 1 <= r.last for r in ranges)
+        assert iova >= PAGE  # like the kernel's choice: never IOVA 0
     # The 2 MiB mapping keeps its VA's phase within 2 MiB (a 2 MiB IOPTE stays possible),
     # and small ones keep their offset within the page.
     assert iovas[0] % (2 << 20) == va2m % (2 << 20)
