@@ -34,18 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", choices=("real", "sim"), default="sim", help="default: sim")
     add_migrate_demo_arguments(p)
     a = p.parse_args(argv)
-    opts = DemoOptions(
-        kernel=a.kernel,
-        device=a.device,
-        ram_mib=a.ram_mib,
-        rate=a.rate,
-        bandwidth_mib=a.bandwidth,
-        threshold=a.threshold,
-        max_rounds=a.max_rounds,
-        huge_iopte=a.huge_iopte,
-        seed=a.seed,
-    )
-    return run_demo(opts, print)
+    return run_demo(DemoOptions.from_args(a, a.kernel), print)
 
 
 if __name__ == "__main__":

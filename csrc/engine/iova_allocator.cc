@@ -10,17 +10,6 @@ namespace {
 
 bool is_pow2(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-// The lowest x in [gap_start, gap_last] with x ≡ phase (mod modulus) such that
-// [x, x + length - 1] still fits in the gap.
-std::optional<std::uint64_t> place_in_gap(std::uint64_t gap_start, std::uint64_t gap_last,
-                                          std::uint64_t length, std::uint64_t modulus,
-                                          std::uint64_t phase) {
-  const std::uint64_t x = gap_start + ((phase - gap_start) & (modulus - 1));
-  if (x < gap_start || x > gap_last) return std::nullopt;  // wrapped past 2^64, or no room
-  if (gap_last - x < length - 1) return std::nullopt;
-  return x;
-}
-
 }  // namespace
 
 IovaAllocator::IovaAllocator() noexcept {

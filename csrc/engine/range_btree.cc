@@ -29,17 +29,6 @@ std::uint32_t mask_low(std::uint32_t mask, std::uint32_t n) {
   return static_cast<std::uint32_t>(mask & ((std::uint64_t{1} << n) - 1));
 }
 
-// The lowest x in [gap_start, gap_last] with x ≡ phase (mod modulus) such that
-// [x, x + length - 1] still fits in the gap.
-std::optional<std::uint64_t> place(std::uint64_t gap_start, std::uint64_t gap_last,
-                                   std::uint64_t length, std::uint64_t modulus,
-                                   std::uint64_t phase) {
-  const std::uint64_t x = gap_start + ((phase - gap_start) & (modulus - 1));
-  if (x < gap_start || x > gap_last) return std::nullopt;  // wrapped past 2^64, or no room
-  if (gap_last - x < length - 1) return std::nullopt;
-  return x;
-}
-
 }  // namespace
 
 RangeBTree::RangeBTree() noexcept {
@@ -259,7 +248,7 @@ RangeBTree::Split RangeBTree::fit_in(std::uint32_t node, int level, std::uint64_
       const bool tail = j == l.n;
       if (open && (tail ? gap_start <= hi : l.start[j] > gap_start)) {
         const std::uint64_t gap_last = tail ? hi : l.start[j] - 1;
-        if (auto x = place(gap_start, gap_last, length, modulus, phase)) {
+        if (auto x = place_in_gap(gap_start, gap_last, length, modulus, phase)) {
           *placed = GapPlacement{*x, gap_start, gap_last};
           return leaf_insert_at(node, j, RangeEntry{*x, *x + (length - 1), false});
         }

@@ -19,6 +19,17 @@
 
 namespace fastmap::engine {
 
+// The lowest x in [gap_start, gap_last] with x ≡ phase (mod modulus, a power of two) such
+// that [x, x + length - 1] still fits in the gap.
+inline std::optional<std::uint64_t> place_in_gap(std::uint64_t gap_start, std::uint64_t gap_last,
+                                                 std::uint64_t length, std::uint64_t modulus,
+                                                 std::uint64_t phase) {
+  const std::uint64_t x = gap_start + ((phase - gap_start) & (modulus - 1));
+  if (x < gap_start || x > gap_last) return std::nullopt;  // wrapped past 2^64, or no room
+  if (gap_last - x < length - 1) return std::nullopt;
+  return x;
+}
+
 struct RangeEntry {
   std::uint64_t start;
   std::uint64_t last;  // inclusive

@@ -119,18 +119,7 @@ def cmd_bench_alloc(args: argparse.Namespace) -> int:
 def cmd_migrate_demo(args: argparse.Namespace) -> int:
     from fastmap.precopy import DemoOptions, run_demo
 
-    opts = DemoOptions(
-        kernel=args.kernel or "sim",
-        device=args.device,
-        ram_mib=args.ram_mib,
-        rate=args.rate,
-        bandwidth_mib=args.bandwidth,
-        threshold=args.threshold,
-        max_rounds=args.max_rounds,
-        huge_iopte=args.huge_iopte,
-        seed=args.seed,
-    )
-    return run_demo(opts, print)
+    return run_demo(DemoOptions.from_args(args, args.kernel or "sim"), print)
 
 
 def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:

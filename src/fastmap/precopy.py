@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -280,6 +281,21 @@ class DemoOptions:
     max_rounds: int = 30
     huge_iopte: bool = False  # let the IOMMU use 2 MiB IOPTEs (coarse dirty tracking)
     seed: int = 1
+
+    @classmethod
+    def from_args(cls, args: Any, kernel: str | None) -> DemoOptions:
+        """From the options `add_migrate_demo_arguments` (fastmap.cli) defines."""
+        return cls(
+            kernel=kernel,
+            device=args.device,
+            ram_mib=args.ram_mib,
+            rate=args.rate,
+            bandwidth_mib=args.bandwidth,
+            threshold=args.threshold,
+            max_rounds=args.max_rounds,
+            huge_iopte=args.huge_iopte,
+            seed=args.seed,
+        )
 
 
 #: Guest RAM starts here: inside the mock IOMMU's aperture [16 MiB, 2 GiB) and below the

@@ -12,34 +12,10 @@ import mmap
 import os
 from typing import Any
 
-from fastmap import _core
+from fastmap import _core, uapi
 
-_SCALARS: dict[str, Any] = {
-    "u8": ctypes.c_uint8,
-    "u16": ctypes.c_uint16,
-    "u32": ctypes.c_uint32,
-    "u64": ctypes.c_uint64,
-    "s32": ctypes.c_int32,
-}
-
-
-def _build_structs() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, size, is_union, fields in _core.uapi_structs():
-        base = ctypes.Union if is_union else ctypes.Structure
-        members = []
-        for fname, _off, _fsize, ftype, count in fields:
-            t = _SCALARS.get(ftype) or out[ftype]
-            members.append((fname, t * count if count else t))
-        cls = type(name, (base,), {"_fields_": members})
-        assert ctypes.sizeof(cls) == size, name
-        for fname, off, *_ in fields:
-            assert getattr(cls, fname).offset == off, (name, fname)
-        out[name] = cls
-    return out
-
-
-S = _build_structs()
+# The uAPI classes fastmap.uapi built (and offset-checked) from the C++ definitions.
+S: dict[str, Any] = {name: getattr(uapi, name) for name, *_ in _core.uapi_structs()}
 K: dict[str, int] = dict(_core.uapi_constants())
 PAGE = mmap.PAGESIZE
 MOCK_PAGE = PAGE // 2
