@@ -32,9 +32,9 @@ import sys
 import time
 from contextlib import ExitStack
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice, find_pci_devices
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice, find_pci_devices
 from fastmap.kernel import Kernel, open_kernel
 from fastmap.ram import RAM_KINDS, default_hugepage_size
 

@@ -26,7 +26,7 @@ import argparse
 import sys
 
 from fastmap.cli import add_migrate_demo_arguments
-from fastmap.precopy import DemoOptions, run_demo
+from fastmap._tools.precopy import DemoOptions, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from fastmap.allocator import (
     RangeNotFoundError,
     ReservedRangeError,
 )
-from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 K = 0x1000
 M2 = 1 << 21

@@ -22,7 +22,7 @@ from fastmap.allocator import (
     RangeNotFoundError,
     TranslationMap,
 )
-from fastmap.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 
 K = 0x1000
 

@@ -21,8 +21,8 @@ from fastmap.ioas import IovaRange
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
-    from fastmap.address_space import AddressSpace
-    from fastmap.device import VFIODevice
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.device import VFIODevice
 
 log = logging.getLogger("fastmap.vfio")
 

@@ -18,9 +18,9 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice, find_pci_devices
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice, find_pci_devices
 from fastmap.kernel import Kernel
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
