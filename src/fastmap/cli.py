@@ -16,7 +16,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from fastmap.kernel import Kernel, open_kernel
+from fastmap.kernel import Kernel
+from fastmap.seam import open_kernel
 
 
 def _kernel(args: argparse.Namespace) -> Kernel:

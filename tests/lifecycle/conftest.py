@@ -16,9 +16,9 @@ from types import ModuleType
 
 import pytest
 
+from fastmap.kernel import Kernel
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
-from fastmap.kernel import Kernel
 from fastmap.lifecycle.sysfs import HostSysfs
 from fastmap.lifecycle.vfio_iommufd import bind, open_cdev, query_iova_ranges
 from tests.lifecycle.faulty import FaultyKernel

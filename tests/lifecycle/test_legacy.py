@@ -7,10 +7,10 @@ import mmap
 import pytest
 
 from fastmap import uapi
+from fastmap.kernel import Kernel
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
-from fastmap.kernel import Kernel
 from fastmap.lifecycle.vfio_legacy import LegacyContainer, open_groups
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device
 from tests.lifecycle.faulty import FaultyKernel

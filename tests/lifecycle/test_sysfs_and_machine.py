@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fastmap.kernel import Kernel
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
-from fastmap.kernel import Kernel
 from fastmap.lifecycle.sysfs import HostSysfs, SimSysfs, sysfs_for
 from tests.lifecycle.conftest import MOCK_RAM_GPA
 

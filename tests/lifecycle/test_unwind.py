@@ -16,17 +16,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmap.lifecycle.address_space import AddressSpace
-from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
-from fastmap.lifecycle.device import VFIODevice
-from fastmap.errors import KernelError
-from fastmap.kernel import Kernel
-from fastmap.vfio_errors import (
+from fastmap.errors import (
     ContainerSetupError,
     DeviceMismatchError,
     DeviceNotFoundError,
     GroupNotViableError,
+    KernelError,
 )
+from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
+from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import open_groups
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device

@@ -13,17 +13,17 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from fastmap.lifecycle.address_space import AddressSpace
-from fastmap.lifecycle.backend import IOMMUFDBackend
-from fastmap.cli import main as cli_main
-from fastmap.lifecycle.device import VFIODevice
 from fastmap._tools.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
-from fastmap.kernel import Kernel
-from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
 from fastmap._tools.mock_device import MockDevice
 from fastmap._tools.precopy import Precopy, Round
-from fastmap.vfio_errors import DirtyTrackingWarning
+from fastmap.cli import main as cli_main
+from fastmap.errors import DirtyTrackingWarning
+from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
 from tests.migration.conftest import GPA, PAGE, add_sim_device, sim_only
 
 SIZES = (2 << 20, 1 << 20)

@@ -39,13 +39,13 @@ from numpy.typing import NDArray
 
 from fastmap import bitmap, uapi
 from fastmap._unwind import Unwind
+from fastmap.errors import KernelError
+from fastmap.kernel import Kernel, KernelKind
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
-from fastmap.errors import KernelError
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
-from fastmap.kernel import Kernel, KernelKind
-from fastmap.ram import PAGE_SIZE
 from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_auto_hwpt
+from fastmap.ram import PAGE_SIZE
 
 if TYPE_CHECKING:
     from fastmap.lifecycle.address_space import AddressSpace

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from fastmap.allocator import IovaRange
 from fastmap.errors import KernelError
-from fastmap.ioas import IovaRange
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:

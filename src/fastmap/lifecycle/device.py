@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 
 from fastmap import uapi
 from fastmap._closing import Closing
-from fastmap.kernel import Fd, Kernel, KernelKind, open_kernel
+from fastmap.kernel import Fd, Kernel, KernelKind
 from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
+from fastmap.seam import open_kernel
 
 if TYPE_CHECKING:
     from fastmap.lifecycle.address_space import AddressSpace

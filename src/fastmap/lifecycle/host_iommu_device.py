@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from fastmap import uapi
-from fastmap.ioas import IovaRange
+from fastmap.allocator import IovaRange
 
 if TYPE_CHECKING:
     from fastmap.lifecycle.backend import DeviceHwInfo
