@@ -30,6 +30,8 @@ from fastmap._closing import Closing
 from fastmap._u64 import U64_MAX, u64_array
 from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.errors import BatchError, KernelError
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 if TYPE_CHECKING:
     from fastmap.kernel import Kernel
@@ -43,14 +45,6 @@ _HINT_COALESCED = (
     "the range covers part of a coalesced mapping: unmap the whole run (see segments()) "
     "or map without coalesce=True"
 )
-
-
-def _prot(readable: bool, writeable: bool) -> int:
-    if not (readable or writeable):
-        raise ValueError("a mapping must be readable, writeable or both")
-    return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
-        uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
-    )
 
 
 class Ioas(Closing):
@@ -93,16 +87,15 @@ class Ioas(Closing):
         length: int | None = None,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
 
         With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
         """
-        prot = _prot(readable, writeable)
-        pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        prot = check_prot(prot)
+        pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
         chosen, err = self._mapper.map_one(va, length, iova, prot)
         if err is not None:
             if pin is not None:
@@ -141,8 +134,7 @@ class Ioas(Closing):
         lengths: npt.ArrayLike,
         iovas: npt.ArrayLike | Literal["kernel", "dense", "identity"] | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
         coalesce: bool = False,
         threads: int = 1,
     ) -> U64Array:
@@ -164,7 +156,7 @@ class Ioas(Closing):
         v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         if isinstance(iovas, str):
             if iovas == "kernel":
                 return self._run_map(v, ln, None, prot, coalesce, threads)
@@ -302,14 +294,13 @@ class Ioas(Closing):
         length: int,
         dst_iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_COPY: map here the pages `src` maps at [src_iova, +length), sharing
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if dst_iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -322,7 +313,7 @@ class Ioas(Closing):
             src_iova=src_iova,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
-        self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.dst_iova), length, check_prot(prot))
         self._record(int(cmd.dst_iova), length)
         return int(cmd.dst_iova)
 
@@ -333,12 +324,11 @@ class Ioas(Closing):
         length: int,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
         `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -351,7 +341,7 @@ class Ioas(Closing):
             iova=iova or 0,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
-        self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.iova), length, check_prot(prot))
         self._record(int(cmd.iova), length)
         return int(cmd.iova)
 
@@ -431,7 +421,7 @@ class Ioas(Closing):
             if writeable:
                 raise ValueError(
                     f"{type(buffer_or_va).__name__} buffer is read-only or not contiguous: "
-                    "map it with writeable=False, or pass a writable contiguous buffer"
+                    "map it with prot=Prot.READ, or pass a writable contiguous buffer"
                 ) from e
             raise ValueError(f"{type(buffer_or_va).__name__} is not a contiguous buffer") from e
         except TypeError as e:

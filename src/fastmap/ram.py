@@ -26,6 +26,8 @@ from typing import Literal
 from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 RamKind = Literal["anon", "memfd", "hugetlb"]
 RAM_KINDS: tuple[RamKind, ...] = ("anon", "memfd", "hugetlb")
@@ -70,7 +72,7 @@ class RamBlock(Closing):
         kind: RamKind = "anon",
         *,
         name: str | None = None,
-        readonly: bool = False,
+        prot: Prot = Prot.RW,
         hugepage_size: int | None = None,
     ) -> None:
         if kind not in RAM_KINDS:
@@ -87,7 +89,8 @@ class RamBlock(Closing):
             raise ValueError(f"guest address {gpa:#x} must be aligned to {self.page_size:#x}")
         self.size = size
         self.gpa = gpa
-        self.readonly = readonly
+        #: what devices may do with it (QEMU's read-only RAM is Prot.READ)
+        self.prot = check_prot(prot)
         self.name = name or f"{kind}@{gpa:#x}"
         self.fd: int | None = None
         self._va: int | None = None
@@ -178,5 +181,5 @@ class RamBlock(Closing):
             os.close(fd)
 
     def __repr__(self) -> str:
-        ro = " ro" if self.readonly else ""
+        ro = "" if self.prot & Prot.WRITE else " ro"
         return f"<RamBlock {self.name} gpa [{self.gpa:#x}, {self.end:#x}) {self.kind}{ro}>"

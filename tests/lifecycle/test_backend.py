@@ -17,6 +17,7 @@ from fastmap.kernel import Fd, Kernel
 from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
 from fastmap.lifecycle.sysfs import sysfs_for
 from fastmap.lifecycle.vfio_iommufd import bind, open_cdev
+from fastmap.prot import Prot
 from fastmap.ram import RamBlock
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
@@ -132,10 +133,10 @@ def test_free_id_only_logs(kernel: Kernel, caplog: pytest.LogCaptureFixture) -> 
 
 def test_map_and_unmap_dma(kernel: Kernel) -> None:
     with IOMMUFDBackend(kernel=kernel) as be, be.ioas() as ioas, RamBlock(4 * PAGE, 0) as ram:
-        be.map_dma(ioas.id, 0x100000, 2 * PAGE, ram.va)
-        be.map_dma(ioas.id, 0x200000, PAGE, ram.va, readonly=True)
+        be.map_dma(ioas.id, ram.va, 2 * PAGE, 0x100000)
+        be.map_dma(ioas.id, ram.va, PAGE, 0x200000, prot=Prot.READ)
         with pytest.raises(KernelError) as info:  # fixed IOVA already used
-            be.map_dma(ioas.id, 0x100000, PAGE, ram.va)
+            be.map_dma(ioas.id, ram.va, PAGE, 0x100000)
         assert info.value.errno == errno.EEXIST
         assert be.unmap_dma(ioas.id, 0x100000, 2 * PAGE) == 2 * PAGE
         # ENOENT (nothing mapped) is success by default, as in QEMU...

@@ -21,6 +21,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice, find_pci_devices
 from fastmap.lifecycle.sysfs import sysfs_for
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.prot import Prot
 from fastmap.ram import default_hugepage_size, free_hugepages
 from tests.lifecycle.conftest import MOCK_RAM_GPA, RAM_GPA, add_sim_device, load_example
 from tests.lifecycle.faulty import FaultyKernel
@@ -79,7 +80,7 @@ def test_ram_added_and_removed_while_attached(
         ]
         dev.enable_dma()
         assert roundtrip(dev, space, 0x400000, RAM_GPA)
-        ro = space.add_ram(PAGE, 0x600000, readonly=True)
+        ro = space.add_ram(PAGE, 0x600000, prot=Prot.READ)
         assert [s.prot for s in c.ioas.segments() if s.iova == 0x600000] == [
             uapi.IOMMU_IOAS_MAP_READABLE
         ]

@@ -163,7 +163,7 @@ def test_lost_dirty_pages_are_caught(
 
 def test_precopy_with_the_mock_device(kernel: Kernel, mock_ok: None) -> None:
     """The same loop over the selftest mock device: on the VM's real kernel the dirty bits
-    and their harvest are the kernel's (the writes are emulated, see fastmap.dma_writer)."""
+    and their harvest are the kernel's (the writes are emulated, see fastmap._tools.dma_writer)."""
     with (
         AddressSpace() as space,
         IOMMUFDBackend(kernel=kernel) as be,

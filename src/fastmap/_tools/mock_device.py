@@ -2,7 +2,7 @@
 
 Kernels built with CONFIG_IOMMUFD_TEST (the test VM's, and the simulated kernel) offer a
 mock device on a mock IOMMU whose domains support dirty tracking. `MockDevice` attaches it
-to an `AddressSpace` the way a VFIO device attaches through IOMMUFD (`fastmap.vfio_iommufd`),
+to an `AddressSpace` the way a VFIO device attaches through IOMMUFD (`lifecycle.vfio_iommufd`),
 so it lands in the same containers, with the same HWPT choice:
 
     with IOMMUFDBackend() as be, AddressSpace() as space:

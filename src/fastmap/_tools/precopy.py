@@ -16,7 +16,7 @@ round, and the remainder shrink by `rate * page / bandwidth` a round.
 
 `run_demo` (the `fastmap migrate-demo` command, and examples/precopy.py) sets it all up:
 guest RAM, a device with a dirty-tracking HWPT attached through the lifecycle, and a writer
-(see fastmap.dma_writer):
+(see fastmap._tools.dma_writer):
 
 * `--kernel sim` (default) `--device edu`: a simulated edu device behind a VT-d IOMMU with
   dirty tracking; its writes are real DMA through the simulated IOMMU;

@@ -37,6 +37,8 @@ from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel, KernelKind
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
@@ -228,25 +230,23 @@ class IOMMUFDBackend:
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
     def map_dma(
-        self, ioas_id: int, iova: int, size: int, vaddr: int, readonly: bool = False
+        self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
     ) -> None:
-        """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable.
-        An EFAULT usually means `vaddr` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-        if not readonly:
-            flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
+        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`.
+        An EFAULT usually means `va` is a PCI BAR mapping (iommufd cannot map MMIO)."""
+        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | int(check_prot(prot))
         cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=vaddr, length=size, iova=iova
+            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=va, length=length, iova=iova
         )
         self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
 
     def unmap_dma(
-        self, ioas_id: int, iova: int, size: int, *, enoent_ok: bool | None = None
+        self, ioas_id: int, iova: int, length: int, *, enoent_ok: bool | None = None
     ) -> int:
         """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
         backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
         returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=size)
+        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=length)
         try:
             self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
         except KernelError as e:

@@ -1,8 +1,8 @@
 """What every VFIO container has in common (QEMU's VFIOContainerBase).
 
 A container is one I/O address space shared by the devices attached to it: an iommufd IOAS
-(`fastmap.vfio_iommufd.IommufdContainer`) or a legacy Type1 container
-(`fastmap.vfio_legacy.LegacyContainer`). It listens to an `AddressSpace` and keeps every
+(`fastmap.lifecycle.vfio_iommufd.IommufdContainer`) or a legacy Type1 container
+(`fastmap.lifecycle.vfio_legacy.LegacyContainer`). It listens to an `AddressSpace` and keeps every
 RAM block mapped at IOVA = GPA for as long as it has devices.
 """
 
@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from fastmap.allocator import IovaRange
 from fastmap.errors import KernelError
+from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
@@ -88,15 +89,14 @@ class Container(ABC):
     # --- per-kind operations -------------------------------------------------------------
     @abstractmethod
     def _map_sections(self, sections: Sequence[RamBlock]) -> None:
-        """Map every section (readonly ones read-only); on failure unmap what was mapped
-        and raise."""
+        """Map every section with its `prot`; on failure unmap what was mapped and raise."""
 
     @abstractmethod
-    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
-        """Map one range."""
+    def dma_map(self, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
+        """Map `length` bytes at `va` to `iova`."""
 
     @abstractmethod
-    def dma_unmap(self, iova: int, size: int) -> None:
+    def dma_unmap(self, iova: int, length: int) -> None:
         """Unmap one range; unmapping nothing is not an error."""
 
     @abstractmethod

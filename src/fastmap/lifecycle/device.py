@@ -7,13 +7,13 @@ address space through IOMMUFD or the legacy Type1 container, and driven through 
             dev.write_u64(VFIO_PCI_BAR0_REGION_INDEX, 0x80, 0x100000)   # program the device
 
 `attach(space, backend)` chooses the ops class as QEMU's vfio_attach_device does: IOMMUFD
-when a backend is given (`fastmap.vfio_iommufd`), the legacy group + Type1 container
-otherwise (`fastmap.vfio_legacy`). Every kernel object it creates (device fd, HWPT, IOAS,
+when a backend is given (`fastmap.lifecycle.vfio_iommufd`), the legacy group + Type1 container
+otherwise (`fastmap.lifecycle.vfio_legacy`). Every kernel object it creates (device fd, HWPT, IOAS,
 container, group fd, mappings) is released by `detach()` (or the end of the `with`
 block), in QEMU's order, and by a failing attach, which undoes exactly its finished steps.
 
 The same code runs on the real kernel and on the simulated one: sysfs goes through
-`fastmap.sysfs` (the real /sys, or the simulated machine's view).
+`fastmap.lifecycle.sysfs` (the real /sys, or the simulated machine's view).
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
+from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
@@ -100,15 +101,15 @@ class IommufdContainer(Container):
     def _map_sections(self, sections: Sequence[RamBlock]) -> None:
         done: list[RamBlock] = []
         try:
-            for readonly in (False, True):
-                batch = [s for s in sections if s.readonly == readonly]
+            for prot in sorted({s.prot for s in sections}):
+                batch = [s for s in sections if s.prot == prot]
                 if not batch:
                     continue
                 self.ioas.map_batch(
                     [s.va for s in batch],
                     [s.size for s in batch],
                     [s.gpa for s in batch],
-                    writeable=not readonly,
+                    prot=prot,
                 )
                 done.extend(batch)
         except BaseException:
@@ -116,13 +117,13 @@ class IommufdContainer(Container):
                 self.ioas.unmap_batch([s.gpa for s in done], [s.size for s in done])
             raise
 
-    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
-        self.ioas.map(vaddr, size, iova, writeable=not readonly)
+    def dma_map(self, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
+        self.ioas.map(va, length, iova, prot=prot)
 
-    def dma_unmap(self, iova: int, size: int) -> None:
-        self._unmapping(iova, size)
+    def dma_unmap(self, iova: int, length: int) -> None:
+        self._unmapping(iova, length)
         try:
-            self.ioas.unmap(iova, size)
+            self.ioas.unmap(iova, length)
         except KernelError as e:
             # As QEMU's backend: unmapping what is not mapped is not an error.
             if e.errno != _errno.ENOENT or not self.backend.unmap_enoent_ok:
@@ -404,7 +405,7 @@ class IommufdOps:
         be.disconnect()
         _close_device_fd(dev)
 
-    # The container steps, overridable for devices that attach differently (fastmap.mock_device).
+    # The container steps, overridable for devices that attach differently (_tools.mock_device).
     def _attach_container(self, dev: VFIODevice, container: IommufdContainer) -> None:
         _attach_container(dev, container, self.hwpt_alloc)
 

@@ -44,6 +44,8 @@ from fastmap.kernel import Fd, Kernel
 from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container, bitmap_words
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
@@ -141,7 +143,7 @@ class LegacyContainer(Container):
         done: list[RamBlock] = []
         try:
             for s in sections:
-                self.dma_map(s.gpa, s.size, s.va, s.readonly)
+                self.dma_map(s.va, s.size, s.gpa, s.prot)
                 done.append(s)
         except BaseException:
             for s in reversed(done):
@@ -151,10 +153,13 @@ class LegacyContainer(Container):
                     log.error("%r: undoing the map of %r failed: %s", self, s, e)
             raise
 
-    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
-        flags = uapi.VFIO_DMA_MAP_FLAG_READ | (0 if readonly else uapi.VFIO_DMA_MAP_FLAG_WRITE)
+    def dma_map(self, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
+        prot = check_prot(prot)
+        flags = (uapi.VFIO_DMA_MAP_FLAG_READ if prot & Prot.READ else 0) | (
+            uapi.VFIO_DMA_MAP_FLAG_WRITE if prot & Prot.WRITE else 0
+        )
         cmd = uapi.new(
-            uapi.vfio_iommu_type1_dma_map, flags=flags, vaddr=vaddr, iova=iova, size=size
+            uapi.vfio_iommu_type1_dma_map, flags=flags, vaddr=va, iova=iova, size=length
         )
         try:
             self.fd.ioctl(uapi.VFIO_IOMMU_MAP_DMA, cmd)
@@ -162,7 +167,7 @@ class LegacyContainer(Container):
             # Old kernels said EBUSY for an overlap: QEMU unmaps the old mapping and retries.
             if e.errno != _errno.EBUSY:
                 raise
-            self.dma_unmap(iova, size)
+            self.dma_unmap(iova, length)
             self.fd.ioctl(uapi.VFIO_IOMMU_MAP_DMA, cmd)
 
     def dma_unmap(self, iova: int, size: int) -> None:
