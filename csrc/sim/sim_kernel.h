@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "seam/kernel.h"
-#include "sim/config.h"
-#include "sim/file.h"
+#include "sim/core/config.h"
+#include "sim/core/file.h"
 
 namespace fastmap::sim {
 

@@ -9,7 +9,7 @@
 #include <memory>
 #include <mutex>
 
-#include "sim/config.h"
+#include "sim/core/config.h"
 #include "sim/iommufd/objects.h"
 
 namespace fastmap::sim {

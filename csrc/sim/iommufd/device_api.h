@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <memory>
 
-#include "sim/device.h"
-#include "sim/file.h"
+#include "sim/iommu/device.h"
+#include "sim/core/file.h"
 
 namespace fastmap::sim {
 

@@ -6,7 +6,7 @@
 #include <memory>
 #include <mutex>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/ioctls.h"
 #include "sim/sim_kernel.h"

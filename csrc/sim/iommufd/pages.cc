@@ -9,7 +9,7 @@
 #include <cerrno>
 
 #include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 

@@ -20,8 +20,8 @@
 #include <mutex>
 #include <vector>
 
-#include "sim/config.h"
-#include "sim/file.h"
+#include "sim/core/config.h"
+#include "sim/core/file.h"
 #include "sim/iommu/domain.h"
 #include "sim/vfio/vfio_device.h"
 

@@ -8,7 +8,7 @@
 
 #include "sim/iommufd/device_api.h"
 #include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/vfio.h"
 
 namespace fastmap::sim::vfio {

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/vfio/vfio_device.h"
 
 namespace fastmap::sim {

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "sim/vfio/container.h"
 #include "sim/vfio/device_file.h"
 #include "uapi/vfio.h"

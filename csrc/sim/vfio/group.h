@@ -10,7 +10,7 @@
 
 #include <memory>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/vfio/vfio_device.h"
 
 namespace fastmap::sim {
