@@ -14,20 +14,20 @@
 
 namespace fastmap::sim {
 
-class SimKernel;
+class KernelCore;
 
 // How pinned pages are charged (IOMMU_OPTION_RLIMIT_MODE; CAP_IPC_LOCK means none).
 enum class AccountMode { kNone, kUser, kMm };
 
 class IommufdCtx : public std::enable_shared_from_this<IommufdCtx> {
  public:
-  explicit IommufdCtx(SimKernel& kernel);
+  explicit IommufdCtx(KernelCore& kernel);
   // release(): destroys the remaining objects leaves first.
   ~IommufdCtx();
   IommufdCtx(const IommufdCtx&) = delete;
   IommufdCtx& operator=(const IommufdCtx&) = delete;
 
-  SimKernel& kernel;
+  KernelCore& kernel;
   const SimConfig config;
 
   std::mutex mu;

@@ -9,7 +9,7 @@
 #include "sim/core/file.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/sim_kernel.h"
+#include "sim/core/kernel_core.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::sim {
