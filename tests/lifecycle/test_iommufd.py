@@ -49,7 +49,7 @@ def test_attach_maps_guest_ram_and_dma_works(
             c = dev.container
             assert isinstance(c, IommufdContainer) and c.initialized
             assert space.containers == [c] and c.devices == [dev]
-            assert dev.devid is not None and dev.hwpt is not None and c.hwpts == [dev.hwpt]
+            assert dev.dev_id is not None and dev.hwpt is not None and c.hwpts == [dev.hwpt]
             assert dev.num_regions == uapi.VFIO_PCI_NUM_REGIONS and dev.num_irqs > 0
             seg = c.ioas.segments()
             assert [(s.iova, s.length) for s in seg] == [(RAM_GPA, 2 << 20)]
@@ -294,7 +294,7 @@ def test_detach_order(fk: FaultyKernel, edu: str, hwpt_alloc: bool) -> None:
         assert fk.log[start:] == expected
         assert seen_mapped[-1] == 0  # the IOAS was empty when destroyed
         assert not be.connected and fk.open_fds == set()
-        assert dev.fd is None and dev.devid is None and dev.container is None
+        assert dev.fd is None and dev.dev_id is None and dev.container is None
 
 
 def test_preopened_device_fd(

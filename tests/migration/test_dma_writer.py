@@ -29,7 +29,7 @@ PAGES = SIZE // PAGE
 
 
 def pages_of(block: RamBlock) -> NDArray[np.uint8]:
-    buf = (ctypes.c_uint8 * block.size).from_address(block.va)
+    buf = (ctypes.c_uint8 * block.length).from_address(block.va)
     return np.ctypeslib.as_array(buf).reshape(-1, PAGE).copy()
 
 

@@ -59,7 +59,7 @@ class AddressSpace(Closing):
 
     def add_ram(
         self,
-        size: int,
+        length: int,
         gpa: int | None = None,
         kind: RamKind = "anon",
         *,
@@ -74,7 +74,7 @@ class AddressSpace(Closing):
             align = hugepage_size or PAGE_SIZE
             top = max((b.end for b in self._blocks), default=0)
             gpa = -(-top // align) * align
-        block = RamBlock(size, gpa, kind, name=name, prot=prot, hugepage_size=hugepage_size)
+        block = RamBlock(length, gpa, kind, name=name, prot=prot, hugepage_size=hugepage_size)
         try:
             self.add_block(block)
         except BaseException:
@@ -163,7 +163,7 @@ class AddressSpace(Closing):
             self.remove_ram(self._blocks[-1])
 
     def __repr__(self) -> str:
-        total = sum(b.size for b in self._blocks)
+        total = sum(b.length for b in self._blocks)
         return (
             f"<AddressSpace {self.name}: {len(self._blocks)} RAM blocks, {total:#x} bytes, "
             f"{len(self.containers)} containers>"

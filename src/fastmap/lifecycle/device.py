@@ -108,7 +108,7 @@ class VFIODevice(Closing):
         self.hiod: HostIOMMUDevice | None = None
         # IOMMUFD
         self.backend: IOMMUFDBackend | None = None
-        self.devid: int | None = None
+        self.dev_id: int | None = None
         self.hwpt: Hwpt | None = None
         self.iommu_dirty_tracking = False
         # legacy
@@ -210,13 +210,13 @@ class VFIODevice(Closing):
         self._fd().ioctl(uapi.VFIO_DEVICE_GET_REGION_INFO, info)
         return RegionInfo(index, int(info.flags), int(info.size), int(info.offset))
 
-    def read(self, index: int, offset: int, size: int) -> bytes:
+    def read(self, index: int, offset: int, length: int) -> bytes:
         """pread `size` bytes at `offset` in region `index`."""
         region = self.region_info(index)
-        _check_access(region, offset, size)
-        data = self._fd().pread(size, region.offset + offset)
-        if len(data) != size:
-            raise OSError(f"short read of region {index} at {offset:#x}: {len(data)}/{size}")
+        _check_access(region, offset, length)
+        data = self._fd().pread(length, region.offset + offset)
+        if len(data) != length:
+            raise OSError(f"short read of region {index} at {offset:#x}: {len(data)}/{length}")
         return data
 
     def write(self, index: int, offset: int, data: bytes) -> None:
@@ -258,8 +258,8 @@ class VFIODevice(Closing):
         self._fd().ioctl(uapi.VFIO_DEVICE_RESET)
 
 
-def _check_access(region: RegionInfo, offset: int, size: int) -> None:
-    if offset < 0 or size < 0 or offset + size > region.size:
+def _check_access(region: RegionInfo, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset + length > region.size:
         raise ValueError(
-            f"[{offset:#x}, +{size:#x}) is outside region {region.index} ({region.size:#x} bytes)"
+            f"[{offset:#x}, +{length:#x}) is outside region {region.index} ({region.size:#x} bytes)"
         )
