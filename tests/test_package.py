@@ -198,3 +198,22 @@ def test_all_names_are_documented(name: str) -> None:
     obj = getattr(fastmap, name)
     if not isinstance(obj, str):
         assert (obj.__doc__ or "").strip(), f"fastmap.{name} has no docstring"
+
+
+def test_every_error_is_a_fastmap_error() -> None:
+    """One hierarchy: whatever the public modules raise on purpose can be caught as
+    FastmapError (private ones, e.g. _layout's check of the build itself, are exempt)."""
+    import importlib
+    import inspect
+
+    found = []
+    for name in sorted(import_graph(SRC)):
+        if any(part.startswith("_") for part in name.split(".")):
+            continue
+        module = importlib.import_module(name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            is_error = issubclass(cls, Exception) and not issubclass(cls, Warning)
+            if cls.__module__ == name and is_error:
+                found.append(cls)
+    assert fastmap.errors.KernelError in found and fastmap.errors.AllocatorError in found
+    assert [c for c in found if not issubclass(c, fastmap.FastmapError)] == []

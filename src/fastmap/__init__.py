@@ -17,7 +17,7 @@ top down (docs/architecture.md has the layer diagram and the vocabulary):
 Mapping
     `Ioas` (ioas.py): map/unmap (single and batched, all or nothing), translation VA<->IOVA.
     `Prot` (prot.py): what a device may do with a mapping (READ, WRITE, RW).
-    `IovaAllocator`, `IovaRange`, `TranslationMap` (allocator.py): the C++ IOVA allocator.
+    `IovaAllocator`, `IovaRange` (allocator.py): the C++ IOVA allocator (`Ioas.allocator`).
 Devices: the QEMU-shaped lifecycle (fastmap.lifecycle)
     `IOMMUFDBackend` (lifecycle/backend.py): the iommufd fd and its objects.
     `AddressSpace` (lifecycle/address_space.py): guest RAM (`RamBlock`, ram.py) at GPAs.
@@ -44,7 +44,7 @@ Internal: ``fastmap._tools`` (benchmarks, demos, test rigs behind the ``fastmap`
 from __future__ import annotations
 
 from fastmap import bitmap, errors, uapi
-from fastmap.allocator import IovaAllocator, IovaRange, Mapping, TranslationMap
+from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.dirty import DirtyHarvester, Harvest
 from fastmap.errors import (
     BatchError,
@@ -91,13 +91,11 @@ __all__ = [
     "KernelError",
     "LegacyContainer",
     "LifecycleWarning",
-    "Mapping",
     "Prot",
     "RamBlock",
     "SimConfig",
     "SimKernel",
     "SyncResult",
-    "TranslationMap",
     "VFIODevice",
     "VFIOError",
     "__version__",

@@ -26,6 +26,7 @@ from typing import Literal
 from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
+from fastmap.errors import FastmapError
 from fastmap.prot import Prot
 from fastmap.prot import check as check_prot
 
@@ -36,7 +37,7 @@ _HUGE_SHIFT = 26  # MFD_HUGE_SHIFT: log2(page size) goes in bits 26..31 of the f
 
 
 
-class RamUnavailableError(OSError):
+class RamUnavailableError(FastmapError, OSError):
     """The requested kind of memory cannot be had here (e.g. no free huge pages)."""
 
 

@@ -270,14 +270,14 @@ class IOMMUFDBackend:
         self,
         hwpt_id: int,
         iova: int,
-        size: int,
+        length: int,
         page_size: int,
         bitmap: npt.NDArray[np.uint64] | None = None,
     ) -> npt.NDArray[np.uint64]:
         """IOMMU_HWPT_GET_DIRTY_BITMAP (read and clear, flags 0 as QEMU 10.0): bit i of the
         result is page `iova + i * page_size`. Bits are ORed into `bitmap` when given (the
         kernel only sets bits), so several HWPTs can report into one bitmap."""
-        words = (-(-size // page_size) + 63) // 64
+        words = (-(-length // page_size) + 63) // 64
         if bitmap is None:
             bitmap = np.zeros(max(words, 1), np.uint64)
         elif bitmap.dtype != np.uint64 or not bitmap.flags.c_contiguous or bitmap.size < words:
@@ -287,7 +287,7 @@ class IOMMUFDBackend:
             hwpt_id=hwpt_id,
             flags=0,
             iova=iova,
-            length=size,
+            length=length,
             page_size=page_size,
             data=bitmap.ctypes.data,
         )
