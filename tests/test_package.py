@@ -217,3 +217,54 @@ def test_every_error_is_a_fastmap_error() -> None:
                 found.append(cls)
     assert fastmap.errors.KernelError in found and fastmap.errors.AllocatorError in found
     assert [c for c in found if not issubclass(c, fastmap.FastmapError)] == []
+
+
+def _documented_order() -> list[str]:
+    """The module order of docs/architecture.md's import list, as module names."""
+    doc = (SRC.parent.parent / "docs" / "architecture.md").read_text()
+    intro = doc.index("modules import in one direction")
+    start = doc.index("```\n", intro) + 4
+    block = doc[start : doc.index("\n```", start)]
+    names: list[str] = []
+    for line in block.splitlines():
+        items = line[12:] if line[:1] != " " else line.strip()
+        names += [f"fastmap.{n.strip()}" for n in items.split(",") if n.strip()]
+    return [n.replace("fastmap.fastmap", "fastmap") for n in names]
+
+
+def _violations(order: list[str], graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Modules missing from `order` or not in the package, and imports pointing down it."""
+    rank: dict[str, int] = {}
+    groups: set[int] = set()  # ranks shared by a private group, whose modules may use each other
+    for i, name in enumerate(order):
+        if name.endswith(".*"):
+            group = name[:-2]
+            rank.update({m: i for m in graph if m == group or m.startswith(group + ".")})
+            groups.add(i)
+        else:
+            rank[name] = i
+    bad = [(m, "not in the doc") for m in sorted(set(graph) - set(rank))]
+    bad += [(m, "no such module") for m in sorted(set(rank) - set(graph) - {"fastmap._core"})]
+    bad += sorted(
+        (m, d)
+        for m, deps in graph.items()
+        for d in deps
+        if d in rank and m in rank
+        and (rank[d] > rank[m] or (rank[d] == rank[m] and rank[m] not in groups))
+    )
+    return bad
+
+
+def test_architecture_doc_lists_the_import_order() -> None:
+    assert _violations(_documented_order(), import_graph(SRC, functions=True)) == []
+
+
+def test_doc_order_check_can_fail() -> None:
+    order = _documented_order()
+    graph = import_graph(SRC, functions=True)
+    i, j = order.index("fastmap.kernel"), order.index("fastmap.sim")
+    order[i], order[j] = order[j], order[i]
+    assert ("fastmap.sim", "fastmap.kernel") in _violations(order, graph)
+    assert ("fastmap.ioas", "not in the doc") in _violations(
+        [n for n in order if n != "fastmap.ioas"], graph
+    )
