@@ -11,6 +11,7 @@ shared memory the same way; private anonymous memory is reached through the VA
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -37,7 +38,12 @@ VICTIM_IOVA, SRC_IOVA, CHECK_IOVA = 0x100000, 0x200000, 0x300000
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [
-    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
 ]
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -93,8 +99,9 @@ def edu(kernel: Kernel, iommufd: Fd, vfio_device: str) -> Iterator[tuple[Edu, in
         attach_pt(dev, ioas)
         cfg = region_offset(dev, uapi.VFIO_PCI_CONFIG_REGION_INDEX)
         (cmd,) = struct.unpack("<H", dev.pread(2, cfg + PCI_COMMAND))
-        dev.pwrite(struct.pack("<H", cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER),
-                   cfg + PCI_COMMAND)
+        dev.pwrite(
+            struct.pack("<H", cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER), cfg + PCI_COMMAND
+        )
         yield Edu(dev, region_offset(dev, uapi.VFIO_PCI_BAR0_REGION_INDEX)), ioas
 
 
@@ -166,10 +173,8 @@ def test_device_keeps_the_pinned_page(
         assert bytes(check[:]) == payload
     finally:
         for iova in (VICTIM_IOVA, SRC_IOVA, CHECK_IOVA):
-            try:
+            with contextlib.suppress(OSError):
                 ioas_unmap(iommufd, ioas, iova, PAGE)
-            except OSError:
-                pass
         libc.munmap(va, PAGE)
         if memfd >= 0:
             os.close(memfd)
