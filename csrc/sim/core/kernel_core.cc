@@ -4,6 +4,8 @@
 
 #include <cerrno>
 
+#include "sim/core/fork_gate.h"
+
 namespace fastmap::sim {
 
 namespace {
@@ -56,6 +58,7 @@ std::shared_ptr<File> KernelCore::fget(int fd) const {
 }
 
 int KernelCore::open(const char* path, int flags) noexcept {
+  SimEntry entry;
   if (path == nullptr) return -EFAULT;
   NodeOpen opener;
   {
@@ -77,6 +80,7 @@ int KernelCore::open(const char* path, int flags) noexcept {
 }
 
 int KernelCore::close(int fd) noexcept {
+  SimEntry entry;
   std::shared_ptr<File> dropped;  // released outside the lock: release may re-enter
   {
     std::lock_guard<std::mutex> g(fd_mu_);
@@ -91,12 +95,14 @@ int KernelCore::close(int fd) noexcept {
 }
 
 long KernelCore::ioctl(int fd, unsigned long request, void* arg) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->ioctl(request, arg);
 }
 
 ssize_t KernelCore::pread(int fd, void* buf, std::size_t count, std::uint64_t offset) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->pread(buf, count, offset);
@@ -104,6 +110,7 @@ ssize_t KernelCore::pread(int fd, void* buf, std::size_t count, std::uint64_t of
 
 ssize_t KernelCore::pwrite(int fd, const void* buf, std::size_t count,
                           std::uint64_t offset) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->pwrite(buf, count, offset);
