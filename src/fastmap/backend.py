@@ -36,7 +36,7 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
-from fastmap.kernel import Kernel, KernelKind, open_kernel
+from fastmap.kernel import Fd, Kernel, KernelKind, open_kernel
 
 log = logging.getLogger("fastmap.backend")
 
@@ -108,21 +108,28 @@ class IOMMUFDBackend:
         self.kernel: Kernel = kernel if isinstance(kernel, Kernel) else open_kernel(kernel)
         self.path = path
         self.owned = fd is None
-        self._fd = -1 if fd is None else fd
+        # An Fd object, not a number: objects allocated here hold it, and once it is closed
+        # they cannot reach whatever later reuses the number.
+        self._fd: Fd | None = None if fd is None else Fd(self.kernel, fd, owned=False)
         self.users = 0
         self.unmap_enoent_ok = unmap_enoent_ok
 
     # --- connection ----------------------------------------------------------------------
     @property
     def fd(self) -> int:
-        """The iommufd; RuntimeError while an owned backend is not connected."""
-        if self._fd < 0:
+        """The iommufd's number; RuntimeError while an owned backend is not connected."""
+        return self.fd_object.number
+
+    @property
+    def fd_object(self) -> Fd:
+        """The iommufd as an Fd (closed when the backend's last user disconnects)."""
+        if self._fd is None:
             raise RuntimeError("the IOMMUFD backend is not connected: call connect() first")
         return self._fd
 
     @property
     def connected(self) -> bool:
-        return self._fd >= 0
+        return self._fd is not None
 
     def connect(self) -> None:
         """Take a reference; the first one opens /dev/iommu (owned backends only).
@@ -132,7 +139,7 @@ class IOMMUFDBackend:
         """
         if self.owned and self.users == 0:
             try:
-                self._fd = self.kernel.open(self.path, os.O_RDWR)
+                self._fd = self.kernel.open_fd(self.path, os.O_RDWR)
             except KernelError as e:
                 raise IommufdUnavailableError(
                     e.errno,
@@ -148,12 +155,12 @@ class IOMMUFDBackend:
         if self.users == 0:
             return
         self.users -= 1
-        if self.users == 0 and self.owned:
-            fd, self._fd = self._fd, -1
+        if self.users == 0 and self.owned and self._fd is not None:
+            fd, self._fd = self._fd, None
             try:
-                self.kernel.close(fd)
+                fd.close()
             except KernelError as e:
-                log.error("closing the iommufd %d failed: %s", fd, e)
+                log.error("closing the iommufd %s failed: %s", fd, e)
 
     @property
     def can_be_deleted(self) -> bool:
@@ -173,7 +180,7 @@ class IOMMUFDBackend:
         self.disconnect()
 
     def __repr__(self) -> str:
-        state = f"fd {self._fd}" if self._fd >= 0 else "closed"
+        state = f"fd {self._fd.fd}" if self._fd is not None else "closed"
         owner = "owned" if self.owned else "borrowed"
         return f"<IOMMUFDBackend {state} ({owner}) users={self.users} on {self.kernel.name}>"
 
@@ -181,7 +188,7 @@ class IOMMUFDBackend:
     def alloc_ioas(self) -> Ioas:
         """IOMMU_IOAS_ALLOC: a new IOAS. Its `close()` unmaps everything and destroys it;
         close it before the backend's last disconnect."""
-        return Ioas.allocate(self.kernel, self.fd)
+        return Ioas.allocate(self.kernel, self.fd_object)
 
     @contextmanager
     def ioas(self) -> Iterator[Ioas]:

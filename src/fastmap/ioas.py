@@ -31,6 +31,8 @@ from fastmap._closing import Closing
 from fastmap.allocator import IovaAllocator
 from fastmap.errors import BatchError, KernelError
 
+from fastmap.kernel import Fd
+
 if TYPE_CHECKING:
     from fastmap.kernel import Kernel
 
@@ -91,22 +93,40 @@ def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
 class Ioas(Closing):
     """One IOAS of an iommufd. Allocate with `Ioas.allocate` or `IOMMUFDBackend.ioas()`."""
 
-    def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int, *, owned: bool = True) -> None:
+    def __init__(
+        self, kernel: Kernel, iommufd: Fd | int, ioas_id: int, *, owned: bool = True
+    ) -> None:
+        """`iommufd`: preferably the Fd (then this Ioas stops reaching the kernel once it is
+        closed, whatever later reuses its number); a bare number is trusted to stay open."""
         self._kernel = kernel
-        self._fd = iommufd
+        self._iommufd = iommufd
         self._id = ioas_id
         self._owned = owned
-        self._mapper = _core.IoasMapper(kernel.core, iommufd, ioas_id)
+        self._core_mapper = _core.IoasMapper(kernel.core, int(iommufd), ioas_id)
         self._pins: dict[int, _core.BufferPin] = {}  # segment iova -> pinned buffer
         self._allocator: IovaAllocator | None = None  # made on first use of iovas="dense"
         self._closed = False
 
     @classmethod
-    def allocate(cls, kernel: Kernel, iommufd: int) -> Ioas:
+    def allocate(cls, kernel: Kernel, iommufd: Fd | int) -> Ioas:
         """IOMMU_IOAS_ALLOC on `iommufd`."""
         cmd = uapi.new(uapi.iommu_ioas_alloc)
-        kernel.ioctl(iommufd, uapi.IOMMU_IOAS_ALLOC, cmd)
+        kernel.ioctl(int(iommufd), uapi.IOMMU_IOAS_ALLOC, cmd)
         return cls(kernel, iommufd, int(cmd.out_ioas_id))
+
+    @property
+    def _fd(self) -> int:
+        """The iommufd's number, checked open on every use (ValueError once closed)."""
+        return self._iommufd.number if isinstance(self._iommufd, Fd) else self._iommufd
+
+    @property
+    def _mapper(self) -> _core.IoasMapper:
+        # The C++ mapper holds the number: let it act only while the fd is the one we had.
+        _ = self._fd
+        return self._core_mapper
+
+    def _fd_gone(self) -> bool:
+        return isinstance(self._iommufd, Fd) and self._iommufd.closed
 
     @property
     def id(self) -> int:
@@ -441,6 +461,12 @@ class Ioas(Closing):
         """Unmap everything, destroy the IOAS (if owned), then release the buffer pins."""
         if self._closed:
             return
+        if self._fd_gone():
+            # Closing the iommufd destroyed the IOAS with everything in it (the kernel
+            # unmapped and unpinned): forget it without touching a number someone may reuse.
+            self._release_pins(list(self._pins))
+            self._closed = True
+            return
         self.unmap_all()
         if self._owned:
             cmd = uapi.new(uapi.iommu_destroy, id=self._id)
@@ -449,7 +475,8 @@ class Ioas(Closing):
 
     def __repr__(self) -> str:
         return (
-            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._iommufd!r}: "
+            f"{len(self._core_mapper)} mappings>"
         )
 
     # --- helpers -------------------------------------------------------------------------------
