@@ -52,7 +52,8 @@ def field_values(obj: ctypes.Structure | ctypes.Union) -> dict[str, object]:
 def _checked_setattr(obj: ctypes.Structure | ctypes.Union, name: str, value: Any) -> Any:
     # ctypes truncates silently (2**32 + 5 into a u32 is 5; True is 1): range-check here,
     # the one place every field assignment (constructor keywords included) passes through.
-    kind = type(obj)._kinds_.get(name)  # type: ignore[union-attr]
+    kinds: dict[str, str] = getattr(type(obj), "_kinds_", {})
+    kind = kinds.get(name)
     if kind is not None:
         return integer(f"{type(obj).__name__}.{name}", value, kind)
     return value
@@ -112,7 +113,8 @@ def build_structs(rows: Iterable[StructRow]) -> dict[str, type[UapiStruct | Uapi
                 raise LayoutError(f"{name}.{fname}: unknown type {tname!r}")
             ctype_fields.append((fname, base * count if count else base))
         base_cls: type[UapiStruct | UapiUnion] = UapiUnion if is_union else UapiStruct
-        cls = type(name, (base_cls,), {"_fields_": ctype_fields, "_kinds_": kinds, "__module__": "fastmap.uapi"})
+        namespace = {"_fields_": ctype_fields, "_kinds_": kinds, "__module__": "fastmap.uapi"}
+        cls = type(name, (base_cls,), namespace)
         _verify(cls, size, fields)
         classes[name] = cls
     return classes

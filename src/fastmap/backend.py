@@ -33,7 +33,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from fastmap import uapi
+from fastmap import _checks, uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind, open_kernel
@@ -282,12 +282,38 @@ class IOMMUFDBackend:
     ) -> npt.NDArray[np.uint64]:
         """IOMMU_HWPT_GET_DIRTY_BITMAP (read and clear, flags 0 as QEMU 10.0): bit i of the
         result is page `iova + i * page_size`. Bits are ORed into `bitmap` when given (the
-        kernel only sets bits), so several HWPTs can report into one bitmap."""
-        words = (-(-size // page_size) + 63) // 64
+        kernel only sets bits), so several HWPTs can report into one bitmap.
+
+        `page_size` must be a power of two. Linux 6.12 rejects 0 (EINVAL) but takes any other
+        value and writes one bit per 2**ctz(page_size) bytes, which is not what bit i above
+        means; fastmap refuses such sizes with the same EINVAL before the call, and sizes
+        (or checks) the bitmap by the kernel's rule, so the kernel never writes past it."""
+        hwpt_id = _checks.integer("hwpt_id", hwpt_id, "u32")
+        iova = _checks.integer("iova", iova, "u64")
+        size = _checks.integer("size", size, "u64")
+        page_size = _checks.integer("page_size", page_size, "u64")
+        if page_size == 0 or page_size & (page_size - 1):
+            raise KernelError.from_errno(
+                _errno.EINVAL,
+                "IOMMU_HWPT_GET_DIRTY_BITMAP",
+                {"hwpt_id": hwpt_id, "iova": iova, "length": size, "page_size": page_size},
+                "page_size must be a power of two (one bitmap bit per page_size bytes)",
+            )
+        # The kernel's granule: one bit per 2**ctz(page_size) bytes (== page_size here).
+        granule = page_size & -page_size
+        words = (-(-size // granule) + 63) // 64
         if bitmap is None:
             bitmap = np.zeros(max(words, 1), np.uint64)
-        elif bitmap.dtype != np.uint64 or not bitmap.flags.c_contiguous or bitmap.size < words:
-            raise ValueError(f"bitmap must be a contiguous uint64 array of >= {words} words")
+        elif (
+            not isinstance(bitmap, np.ndarray)
+            or bitmap.dtype != np.uint64
+            or not bitmap.flags.c_contiguous
+            or not bitmap.flags.writeable
+            or bitmap.size < words
+        ):
+            raise ValueError(
+                f"bitmap must be a writable contiguous uint64 array of >= {words} words"
+            )
         cmd = uapi.new(
             uapi.iommu_hwpt_get_dirty_bitmap,
             hwpt_id=hwpt_id,

@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from fastmap import _core, uapi
+from fastmap import _checks, _core, uapi
 from fastmap._closing import Closing
 from fastmap.allocator import IovaAllocator
 from fastmap.errors import BatchError, KernelError
-
 from fastmap.kernel import Fd
 
 if TYPE_CHECKING:
@@ -157,6 +156,8 @@ class Ioas(Closing):
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
         """
         prot = _prot(readable, writeable)
+        if iova is not None:
+            iova = _checks.integer("iova", iova)
         pin, va, length = self._resolve(buffer_or_va, length, writeable)
         chosen, err = self._mapper.map_one(va, length, iova, prot)
         if err is not None:
@@ -214,6 +215,7 @@ class Ioas(Closing):
         fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
         The caller keeps the memory at `vas` alive while mapped.
         """
+        threads = _checks.integer("threads", threads, "u32")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
@@ -433,11 +435,11 @@ class Ioas(Closing):
     # --- translation --------------------------------------------------------------------------
     def translate_iova(self, iova: int) -> int | None:
         """The VA behind `iova` (None where nothing mapped through fastmap covers it)."""
-        return self._mapper.translate_iova(iova)
+        return self._mapper.translate_iova(_checks.integer("iova", iova))
 
     def translate_va(self, va: int) -> int | None:
         """An IOVA at which `va` is mapped (the lowest), or None. O(log n), like vtophys."""
-        return self._mapper.translate_va(va)
+        return self._mapper.translate_va(_checks.integer("va", va))
 
     def _c_mapper(self) -> object:
         """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport
@@ -483,10 +485,15 @@ class Ioas(Closing):
     def _resolve(
         self, buffer_or_va: Buffer | int, length: int | None, writeable: bool
     ) -> tuple[_core.BufferPin | None, int, int]:
-        if isinstance(buffer_or_va, int):
+        if length is not None:
+            length = _checks.integer("length", length)
+            if length == 0:
+                raise ValueError("length must be positive (a mapping of 0 bytes maps nothing)")
+        if isinstance(buffer_or_va, int):  # bool included: _checks refuses it as an address
+            va = _checks.integer("va", buffer_or_va)
             if length is None:
                 raise ValueError("mapping a raw VA needs a length")
-            return None, buffer_or_va, length
+            return None, va, length
         try:
             pin = _core.BufferPin(buffer_or_va, writeable)
         except BufferError as e:
@@ -502,7 +509,7 @@ class Ioas(Closing):
             ) from e
         if length is None:
             length = pin.nbytes
-        elif not 0 < length <= pin.nbytes:
+        elif length > pin.nbytes:
             pin.release()
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length

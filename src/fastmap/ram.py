@@ -23,6 +23,7 @@ import mmap
 import os
 from typing import Literal
 
+from fastmap import _checks
 from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
@@ -79,6 +80,10 @@ class RamBlock(Closing):
         self.page_size = PAGE_SIZE
         if kind == "hugetlb":
             self.page_size = hugepage_size or default_hugepage_size()
+        size = _checks.integer("size", size)
+        gpa = _checks.integer("gpa", gpa)
+        if gpa + size > 1 << 64:
+            raise ValueError(f"gpa={gpa:#x} + size={size:#x} runs past the 64-bit address space")
         if size <= 0 or size % self.page_size:
             raise ValueError(
                 f"RAM size {size:#x} must be a positive multiple of {self.page_size:#x}"
