@@ -1,6 +1,7 @@
 // The ioctl seam. Calls return the kernel's result or -errno; fastmap.kernel turns that into
 // typed exceptions. The GIL is released around every call into a kernel.
 #include <Python.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <cstring>
@@ -9,6 +10,7 @@
 
 #include "bindings/bindings.h"
 #include "bindings/cbuffer.h"
+#include "seam/fault_kernel.h"
 #include "seam/real_kernel.h"
 #include "uapi/size_header.h"
 
@@ -99,6 +101,17 @@ void bind_seam(py::module_& m) {
 
   py::class_<RealKernel, Kernel, std::shared_ptr<RealKernel>>(m, "RealKernel")
       .def(py::init<>());
+
+  py::class_<FaultKernel, Kernel, std::shared_ptr<FaultKernel>>(m, "FaultKernel")
+      .def(py::init<std::shared_ptr<Kernel>>(), py::arg("inner"))
+      .def("fail_nth", &FaultKernel::fail_nth, py::arg("nth"), py::arg("errno"),
+           "Fail the nth open/ioctl from now with -errno (0: none); resets the count")
+      .def("spare", &FaultKernel::spare, py::arg("request"),
+           "Never count (so never fail) this ioctl request")
+      .def_property_readonly("calls", &FaultKernel::calls)
+      .def_property_readonly("fired", &FaultKernel::fired)
+      .def_property_readonly("open_fds", &FaultKernel::open_fds)
+      .def_property_readonly("inner", &FaultKernel::inner);
 }
 
 }  // namespace fastmap::bindings

@@ -469,10 +469,17 @@ class Ioas(Closing):
             self._release_pins(list(self._pins))
             self._closed = True
             return
-        self.unmap_all()
+        try:
+            self.unmap_all()
+        except KernelError:
+            if not self._owned:
+                raise
+            # IOMMU_DESTROY unmaps and unpins everything itself: an IOAS whose unmap
+            # failed is still destroyed rather than leaked in the iommufd.
         if self._owned:
             cmd = uapi.new(uapi.iommu_destroy, id=self._id)
             self._kernel.ioctl(self._fd, uapi.IOMMU_DESTROY, cmd)
+            self._release_pins(list(self._pins))
         self._closed = True
 
     def __repr__(self) -> str:
