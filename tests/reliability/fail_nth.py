@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastmap import _core, uapi
-from fastmap.backend import IOMMUFDBackend
 from fastmap.errors import FastmapError, KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.sim import SimKernel
 
 MAX_IDS = 48

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
 from fastmap.ioas import Ioas
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import DirtyTracker
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.reliability.fail_nth import FailNthKernel, Op, World, drive
 
 PAGE = 4096

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from fastmap import _core, uapi
-from fastmap.backend import IOMMUFDBackend
 from fastmap.errors import BatchError, KernelError, NotFoundError
 from fastmap.kernel import Fd, Kernel
+from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.sim import SimKernel
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -192,7 +192,7 @@ def test_parallel_map_without_threads_falls_back(headroom_mib: int) -> None:
         """
         import resource
         import numpy as np
-        from fastmap.backend import IOMMUFDBackend
+        from fastmap.lifecycle.backend import IOMMUFDBackend
         from fastmap.errors import BatchError
         from fastmap.sim import SimKernel
         n, page = 2048, 4096
@@ -321,7 +321,7 @@ def test_bad_integers_are_value_errors_naming_the_argument(call: object, name: s
 
 
 def test_add_ram_out_of_range_names_the_gpa() -> None:
-    from fastmap.address_space import AddressSpace
+    from fastmap.lifecycle.address_space import AddressSpace
 
     with AddressSpace() as space, pytest.raises(ValueError, match="gpa") as e:
         space.add_ram(PAGE, 1 << 64)
