@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "bindings/bindings.h"
@@ -13,6 +14,7 @@
 #include "seam/fault_kernel.h"
 #include "seam/real_kernel.h"
 #include "uapi/size_header.h"
+#include "uapi/vfio.h"
 
 namespace py = pybind11;
 
@@ -103,7 +105,11 @@ void bind_seam(py::module_& m) {
       .def(py::init<>());
 
   py::class_<FaultKernel, Kernel, std::shared_ptr<FaultKernel>>(m, "FaultKernel")
-      .def(py::init<std::shared_ptr<Kernel>>(), py::arg("inner"))
+      .def(py::init([](std::shared_ptr<Kernel> inner) {
+             return std::make_shared<FaultKernel>(
+                 std::move(inner), std::set<unsigned long>{uapi::VFIO_GROUP_GET_DEVICE_FD});
+           }),
+           py::arg("inner"))
       .def("fail_nth", &FaultKernel::fail_nth, py::arg("nth"), py::arg("errno"),
            "Fail the nth open/ioctl from now with -errno (0: none); resets the count")
       .def("spare", &FaultKernel::spare, py::arg("request"),

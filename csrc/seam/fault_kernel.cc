@@ -1,7 +1,5 @@
 #include "seam/fault_kernel.h"
 
-#include "uapi/vfio.h"
-
 namespace fastmap {
 
 void FaultKernel::fail_nth(std::uint64_t nth, int err) noexcept {
@@ -65,7 +63,7 @@ long FaultKernel::ioctl(int fd, unsigned long request, void* arg) noexcept {
     if (int e = count()) return e;
   }
   const long ret = inner_->ioctl(fd, request, arg);
-  if (request == uapi::VFIO_GROUP_GET_DEVICE_FD && ret >= 0) track(static_cast<int>(ret));
+  if (ret >= 0 && fd_returning_.count(request) != 0) track(static_cast<int>(ret));
   return ret;
 }
 

@@ -5,7 +5,8 @@
 // its worker threads. `fail_nth(n, err)` makes the nth counted call from now return -err
 // without reaching the inner kernel. Tests drive an operation with n = 1, 2, ... until it
 // succeeds without the fault firing, checking after each failure that nothing changed.
-// It also tracks the fds opened through it (open, VFIO_GROUP_GET_DEVICE_FD) and not closed.
+// It also tracks the fds opened through it (open, and the ioctls named as returning a new
+// fd, such as VFIO_GROUP_GET_DEVICE_FD) and not closed.
 #pragma once
 
 #include <atomic>
@@ -20,7 +21,8 @@ namespace fastmap {
 
 class FaultKernel final : public Kernel {
  public:
-  explicit FaultKernel(std::shared_ptr<Kernel> inner) : inner_(std::move(inner)) {}
+  FaultKernel(std::shared_ptr<Kernel> inner, std::set<unsigned long> fd_returning)
+      : inner_(std::move(inner)), fd_returning_(std::move(fd_returning)) {}
 
   // Fail the nth open/ioctl from now with -err (n = 0: fail nothing); resets the count.
   void fail_nth(std::uint64_t nth, int err) noexcept;
@@ -48,6 +50,7 @@ class FaultKernel final : public Kernel {
   void track(int fd) noexcept;
 
   std::shared_ptr<Kernel> inner_;
+  const std::set<unsigned long> fd_returning_;
   std::atomic<std::uint64_t> calls_{0};
   std::atomic<std::uint64_t> nth_{0};
   std::atomic<int> err_{0};
