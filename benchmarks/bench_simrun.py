@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmap.bench_simrun import MODES, build, measure
+from fastmap._tools.bench_simrun import MODES, build, measure
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 

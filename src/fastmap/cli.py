@@ -159,7 +159,7 @@ def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench_simrun(args: argparse.Namespace) -> int:
-    from fastmap.bench_simrun import run_simrun_benchmark
+    from fastmap._tools.bench_simrun import run_simrun_benchmark
 
     scale = max(args.scale, 0.01)
     rows = run_simrun_benchmark(
