@@ -23,6 +23,7 @@ import mmap
 import os
 from typing import Literal
 
+from fastmap import _checks
 from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
@@ -82,6 +83,12 @@ class RamBlock(Closing):
         self.page_size = PAGE_SIZE
         if kind == "hugetlb":
             self.page_size = hugepage_size or default_hugepage_size()
+        length = _checks.integer("length", length)
+        gpa = _checks.integer("gpa", gpa)
+        if gpa + length > 1 << 64:
+            raise ValueError(
+                f"gpa={gpa:#x} + length={length:#x} runs past the 64-bit address space"
+            )
         if length <= 0 or length % self.page_size:
             raise ValueError(
                 f"RAM length {length:#x} must be a positive multiple of {self.page_size:#x}"

@@ -501,7 +501,10 @@ def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
     try:
         detach_pt(dev.fd)
     except KernelError as e:
-        log.error("detaching %s from its HWPT failed: %s", dev.name, e)
+        log.error("detaching %s from its HWPT failed: %s; closing its fd", dev.name, e)
+        # Closing the device fd unbinds the device, which detaches it in the kernel:
+        # otherwise its HWPT and IOAS stay busy and leak in the iommufd.
+        _close_device_fd(dev)
     hwpt = dev.hwpt
     if hwpt is None:
         return
