@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmap import _core
-from fastmap._u64 import U64_MAX, u64, u64_array
+from fastmap._checks import U64_MAX, u64, u64_array
 from fastmap.errors import (
     AllocationError,
     AllocatorError,

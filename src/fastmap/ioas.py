@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmap import _checks, _core, uapi
+from fastmap._checks import U64_MAX, u64_array
 from fastmap._closing import Closing
-from fastmap._u64 import U64_MAX, u64_array
 from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.errors import BatchError, KernelError
 from fastmap.kernel import Fd
