@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <limits>
 #include <thread>
+#include <utility>
 
 #include "uapi/iommufd.h"
 
@@ -149,12 +150,26 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
                            std::span<const std::uint64_t> lengths,
                            std::span<const std::uint64_t> fixed_iovas,
                            std::span<std::uint64_t> out_iovas, std::uint32_t prot,
-                           const BatchOptions& options) {
+                           const BatchOptions& options, std::span<Pin> pins) {
   const std::size_t n = vas.size();
-  if (lengths.size() != n || out_iovas.size() != n || (!fixed_iovas.empty() && fixed_iovas.size() != n)) {
+  if (lengths.size() != n || out_iovas.size() != n || (!fixed_iovas.empty() && fixed_iovas.size() != n) ||
+      (!pins.empty() && pins.size() != n) || (options.dense && !fixed_iovas.empty())) {
     return fail(EINVAL, 0, "batch shape");
   }
   if ((prot & ~kProtMask) != 0 || (prot & kProtMask) == 0) return fail(EINVAL, 0, "batch permissions");
+
+  std::lock_guard<std::mutex> g(mu_);
+  // "dense": the allocator places the batch, then it maps like a fixed-IOVA batch.
+  std::vector<std::uint64_t> chosen;
+  if (options.dense) {
+    if (!allocator_) return fail(EINVAL, 0, "allocator");
+    chosen.resize(n);
+    std::size_t failed = 0;
+    if (int rc = allocator_->bulk_alloc(lengths, options.align, vas, Fit::kFirst, chosen, &failed)) {
+      return fail(-rc, failed, "allocator");
+    }
+    fixed_iovas = chosen;
+  }
   const bool fixed = !fixed_iovas.empty();
 
   std::vector<Run> runs = plan_runs(vas, lengths, fixed_iovas, prot, options.coalesce);
@@ -181,33 +196,74 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
     }
   }
 
-  std::lock_guard<std::mutex> g(mu_);
   std::size_t done = 0;
   BatchError err = parallel ? submit_parallel(runs, options.threads, &done)
                             : submit_serial(runs, fixed, &done);
   if (err) {
     if (!parallel) err.rollback_failed = !rollback_runs(runs, done, nullptr);
+    if (options.dense) {
+      std::size_t ignored = 0;
+      allocator_->bulk_free(chosen, &ignored);
+    }
     return err;
   }
   if (pending_.capacity() < pending_.size() + n) {
     pending_.reserve(std::max(pending_.size() + n, 2 * pending_.capacity()));  // stay geometric
   }
+  const bool record_each = allocator_.has_value() && !options.dense;
   for (const Run& r : runs) {
     std::uint64_t offset = 0;
     for (std::size_t i = r.first; i < r.first + r.count; ++i) {
       const std::uint64_t iova = r.iova + offset;
       out_iovas[i] = iova;
-      pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova});
+      Pin pin;
+      if (!pins.empty() && pins[i]) {
+        pin = std::move(pins[i]);
+        ++pins_;
+      }
+      pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova, std::move(pin)});
+      if (record_each) record(iova, lengths[i]);
       max_length_ = std::max(max_length_, lengths[i]);
       offset += lengths[i];
     }
   }
+  va_stale_ = true;
   return {};
+}
+
+void IoasMapper::record(std::uint64_t iova, std::uint64_t length) {
+  // Only the parts inside the usable ranges matter: the allocator never hands out the rest.
+  // The kernel refused any overlap with an existing mapping, so this cannot collide with a
+  // live allocation; a failure only means the range was already unusable.
+  if (length == 0 || wraps(iova, length)) return;
+  const std::uint64_t last = iova + (length - 1);
+  for (const IovaRange& u : usable_) {
+    const std::uint64_t s = std::max(u.start, iova), l = std::min(u.last, last);
+    if (s <= l) allocator_->alloc_fixed(s, l - s + 1);
+  }
+}
+
+void IoasMapper::forget(std::uint64_t iova, std::uint64_t length) {
+  if (!allocator_ || length == 0 || wraps(iova, length)) return;
+  const std::uint64_t last = iova + (length - 1);
+  for (const IovaRange& u : usable_) {
+    const std::uint64_t s = std::max(u.start, iova), l = std::min(u.last, last);
+    if (s > l) continue;
+    // Free only what this segment recorded, exactly: never a neighbour's range.
+    auto held = allocator_->find(s);
+    if (held && !held->reserved && held->start == s && held->last == l) allocator_->free(s);
+  }
+}
+
+void IoasMapper::release(Pin&& pin, std::vector<Pin>* released) {
+  if (!pin) return;
+  --pins_;
+  (released ? *released : parked_).push_back(std::move(pin));
 }
 
 void IoasMapper::index_pending() const {
   if (pending_.empty()) return;
-  by_va_stale_ = true;
+  va_stale_ = true;
   std::sort(pending_.begin(), pending_.end(),
             [](const Segment& a, const Segment& b) { return a.iova < b.iova; });
   // Sorted keys go in with a hint: amortized O(1) each when they extend the index.
@@ -217,9 +273,21 @@ void IoasMapper::index_pending() const {
   pending_.shrink_to_fit();
 }
 
-bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
-  std::lock_guard<std::mutex> g(mu_);
+void IoasMapper::index_vas() const {
   index_pending();
+  if (!va_stale_) return;
+  va_index_.clear();
+  va_index_.reserve(segments_.size());
+  for (const auto& [seg_iova, s] : segments_) {
+    if (s.va != 0) va_index_.push_back(VaEntry{s.va, seg_iova, s.length});
+  }
+  std::sort(va_index_.begin(), va_index_.end(), [](const VaEntry& a, const VaEntry& b) {
+    return a.va != b.va ? a.va < b.va : a.iova < b.iova;
+  });
+  va_stale_ = false;
+}
+
+bool IoasMapper::lookup_iova(std::uint64_t iova, std::uint64_t* va) const {
   auto it = segments_.upper_bound(iova);
   if (it == segments_.begin()) return false;
   const Segment& s = std::prev(it)->second;
@@ -228,37 +296,72 @@ bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
   return true;
 }
 
-bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
-  std::lock_guard<std::mutex> g(mu_);
-  index_pending();
-  if (by_va_stale_) {
-    by_va_.clear();
-    for (const auto& [seg_iova, s] : segments_) {
-      if (s.va != 0) by_va_.emplace(s.va, seg_iova);
-    }
-    by_va_stale_ = false;
-  }
+bool IoasMapper::lookup_va(std::uint64_t va, std::uint64_t* iova) const {
   // Segments may overlap in VA; scan back from the last one starting at or below `va`.
   // Segment lengths are bounded by what was mapped, so stop once nothing earlier can reach.
-  auto it = by_va_.upper_bound(va);
+  auto it = std::upper_bound(va_index_.begin(), va_index_.end(), va,
+                             [](std::uint64_t v, const VaEntry& e) { return v < e.va; });
   bool found = false;
   std::uint64_t best = 0;
-  while (it != by_va_.begin()) {
+  while (it != va_index_.begin()) {
     --it;
-    const Segment& s = segments_.at(it->second);
-    if (va - s.va < s.length && (!found || s.iova + (va - s.va) < best)) {
-      best = s.iova + (va - s.va);
+    if (va - it->va < it->length && (!found || it->iova + (va - it->va) < best)) {
+      best = it->iova + (va - it->va);
       found = true;
     }
-    if (va - it->first >= max_length_) break;
+    if (va - it->va >= max_length_) break;
   }
   if (found) *iova = best;
   return found;
 }
 
+bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_pending();
+  return lookup_iova(iova, va);
+}
+
+bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_vas();
+  return lookup_va(va, iova);
+}
+
+std::size_t IoasMapper::translate_va_bulk(std::span<const std::uint64_t> vas,
+                                          std::span<std::uint64_t> out,
+                                          std::span<std::uint8_t> found) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_vas();
+  std::size_t hits = 0;
+  for (std::size_t i = 0; i < vas.size(); ++i) {
+    std::uint64_t v = 0;
+    const bool ok = lookup_va(vas[i], &v);
+    out[i] = v;
+    found[i] = ok;
+    hits += ok;
+  }
+  return hits;
+}
+
+std::size_t IoasMapper::translate_iova_bulk(std::span<const std::uint64_t> iovas,
+                                            std::span<std::uint64_t> out,
+                                            std::span<std::uint8_t> found) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_pending();
+  std::size_t hits = 0;
+  for (std::size_t i = 0; i < iovas.size(); ++i) {
+    std::uint64_t v = 0;
+    const bool ok = lookup_iova(iovas[i], &v);
+    out[i] = v;
+    found[i] = ok;
+    hits += ok;
+  }
+  return hits;
+}
+
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
-                             std::span<const std::uint64_t> lengths,
-                             std::vector<std::uint64_t>* removed_segments) {
+                             std::span<const std::uint64_t> lengths, std::vector<Pin>* released,
+                             std::size_t* removed_count) {
   const std::size_t n = iovas.size();
   if (lengths.size() != n) return fail(EINVAL, 0, "batch shape");
   std::lock_guard<std::mutex> g(mu_);
@@ -330,22 +433,145 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     }
     removed.push_back(v);
   }
-  if (removed_segments) removed_segments->reserve(removed_segments->size() + taken.size());
   for (const auto& [seg_iova, entry] : taken) {
-    segments_.erase(seg_iova);
-    if (removed_segments) removed_segments->push_back(seg_iova);
+    auto it = segments_.find(seg_iova);
+    forget(it->second.iova, it->second.length);
+    release(std::move(it->second.pin), released);
+    segments_.erase(it);
   }
-  by_va_stale_ = true;
+  if (removed_count) *removed_count = taken.size();
+  va_stale_ = true;
   return {};
 }
 
-void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
+void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot, Pin pin) {
   std::lock_guard<std::mutex> g(mu_);
-  index_pending();
-  segments_[iova] = Segment{iova, 0, length, prot, iova};
+  adopt_locked(iova, length, prot, std::move(pin));
 }
 
-int IoasMapper::unmap_all(std::uint64_t* unmapped) {
+void IoasMapper::adopt_locked(std::uint64_t iova, std::uint64_t length, std::uint32_t prot,
+                              Pin pin) {
+  index_pending();
+  if (pin) ++pins_;
+  // The kernel refuses to map over an area, so a stale entry here is only ever a leftover;
+  // its pin is parked, never dropped without the caller's lock.
+  if (auto old = segments_.find(iova); old != segments_.end()) release(std::move(old->second.pin), nullptr);
+  segments_.insert_or_assign(iova, Segment{iova, 0, length, prot, iova, std::move(pin)});
+  max_length_ = std::max(max_length_, length);
+  if (allocator_) record(iova, length);
+  va_stale_ = true;
+}
+
+Pin IoasMapper::pins_in_locked(std::uint64_t iova, std::uint64_t length) const {
+  index_pending();
+  auto shared = std::make_shared<std::vector<Pin>>();
+  if (length == 0) return {};
+  const std::uint64_t last = wraps(iova, length) ? std::numeric_limits<std::uint64_t>::max()
+                                                 : iova + (length - 1);
+  auto it = segments_.upper_bound(iova);
+  if (it != segments_.begin()) it = std::prev(it);
+  for (; it != segments_.end() && it->first <= last; ++it) {
+    const Segment& s = it->second;
+    if (s.iova + (s.length - 1) >= iova && s.pin) shared->push_back(s.pin);
+  }
+  if (shared->empty()) return {};
+  return shared;
+}
+
+int IoasMapper::copy_from(const IoasMapper& src, std::uint64_t src_iova, std::uint64_t length,
+                          std::uint64_t* iova, bool fixed, std::uint32_t prot) {
+  if ((prot & ~kProtMask) != 0 || (prot & kProtMask) == 0) return EINVAL;
+  // Both tables must stay still between the kernel's copy and the recording of its pins.
+  std::unique_lock<std::mutex> mine(mu_, std::defer_lock);
+  std::unique_lock<std::mutex> theirs(src.mu_, std::defer_lock);
+  if (&src == this) {
+    mine.lock();
+  } else {
+    std::lock(mine, theirs);
+  }
+  uapi::iommu_ioas_copy cmd{};
+  cmd.size = sizeof cmd;
+  cmd.flags = prot | (fixed ? uapi::IOMMU_IOAS_MAP_FIXED_IOVA : 0);
+  cmd.dst_ioas_id = ioas_id_;
+  cmd.src_ioas_id = src.ioas_id_;
+  cmd.length = length;
+  cmd.dst_iova = fixed ? *iova : 0;
+  cmd.src_iova = src_iova;
+  if (long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_COPY, &cmd); rc < 0) return static_cast<int>(-rc);
+  adopt_locked(cmd.dst_iova, length, prot, src.pins_in_locked(src_iova, length));
+  *iova = cmd.dst_iova;
+  return 0;
+}
+
+int IoasMapper::map_file(int file_fd, std::uint64_t offset, std::uint64_t length,
+                         std::uint64_t* iova, bool fixed, std::uint32_t prot) {
+  if ((prot & ~kProtMask) != 0 || (prot & kProtMask) == 0) return EINVAL;
+  std::lock_guard<std::mutex> g(mu_);
+  uapi::iommu_ioas_map_file cmd{};
+  cmd.size = sizeof cmd;
+  cmd.flags = prot | (fixed ? uapi::IOMMU_IOAS_MAP_FIXED_IOVA : 0);
+  cmd.ioas_id = ioas_id_;
+  cmd.fd = file_fd;
+  cmd.start = offset;
+  cmd.length = length;
+  cmd.iova = fixed ? *iova : 0;
+  if (long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_MAP_FILE, &cmd); rc < 0) return static_cast<int>(-rc);
+  adopt_locked(cmd.iova, length, prot, {});
+  *iova = cmd.iova;
+  return 0;
+}
+
+std::vector<Pin> IoasMapper::take_released() {
+  std::lock_guard<std::mutex> g(mu_);
+  return std::exchange(parked_, {});
+}
+
+int IoasMapper::enable_allocator(std::span<const IovaRange> usable) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (allocator_) return 0;
+  allocator_.emplace();
+  if (int rc = allocator_->restrict_to(usable)) {
+    allocator_.reset();
+    return rc;
+  }
+  usable_.assign(usable.begin(), usable.end());
+  index_pending();
+  for (const auto& [iova, s] : segments_) record(iova, s.length);
+  return 0;
+}
+
+bool IoasMapper::has_allocator() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return allocator_.has_value();
+}
+
+std::vector<IovaRange> IoasMapper::allocations() const {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<IovaRange> out;
+  if (!allocator_) return out;
+  allocator_->for_each([&](const IovaEntry& e) {
+    if (!e.reserved) out.push_back(IovaRange{e.start, e.last});
+  });
+  return out;
+}
+
+std::size_t IoasMapper::pin_count() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return pins_;
+}
+
+IoasMapper::~IoasMapper() {
+  // Whatever is still mapped may still be reached by a device: keep its memory referenced
+  // for the life of the process rather than free it under the kernel (see the header).
+  auto leak = [](Pin& p) {
+    if (p) new Pin(std::move(p));  // NOLINT: deliberate, documented leak
+  };
+  for (auto& [iova, s] : segments_) leak(s.pin);
+  for (Segment& s : pending_) leak(s.pin);
+  for (Pin& p : parked_) leak(p);
+}
+
+int IoasMapper::unmap_all(std::uint64_t* unmapped, std::vector<Pin>* released) {
   std::lock_guard<std::mutex> g(mu_);
   uapi::iommu_ioas_unmap cmd{};
   cmd.size = sizeof cmd;
@@ -354,9 +580,16 @@ int IoasMapper::unmap_all(std::uint64_t* unmapped) {
   cmd.length = std::numeric_limits<std::uint64_t>::max();
   long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_UNMAP, &cmd);
   if (rc < 0) return static_cast<int>(rc);
+  for (auto& [iova, s] : segments_) release(std::move(s.pin), released);
+  for (Segment& s : pending_) release(std::move(s.pin), released);
   segments_.clear();
   pending_.clear();
-  by_va_stale_ = true;
+  va_stale_ = true;
+  if (allocator_) {
+    // Everything is gone: start again from the usable ranges alone.
+    allocator_.emplace();
+    if (allocator_->restrict_to(usable_) != 0) allocator_.reset();
+  }
   *unmapped = cmd.length;
   return 0;
 }

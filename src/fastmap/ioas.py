@@ -5,13 +5,20 @@
         iovas = ioas.map_batch(vas, lengths)        # numpy arrays: one crossing into C++
         ioas.unmap(iova, len(buf))
 
-Every map goes through the C++ batch engine (`_core.IoasMapper`), which keeps a table of
-what it mapped, so batches are all or nothing and unmaps can be undone if a later one fails.
+Every map, copy and unmap goes through the C++ batch engine (`_core.IoasMapper`), in one
+crossing per call. The engine owns all of this IOAS's state: the table of what it mapped
+(so batches are all or nothing and unmaps can be undone if a later one fails), the one
+VA <-> IOVA translation index, the optional IOVA allocator of iovas="dense", and the pins.
+Its locking contract is in csrc/engine/map_engine.h and docs/thread-safety.md.
 
-Lifetime: a mapped Python buffer is pinned (its buffer export is held) until it is unmapped:
-it cannot be resized or freed while a device can reach it. Raw integer VAs are the caller's
-to keep alive. `close()` (or leaving the `with` block) unmaps everything, then destroys the
-IOAS, then releases the pins, in that order.
+Lifetime: a mapped Python buffer is pinned (its buffer export is held) by the mapping itself,
+in C++, until the unmap that removes the mapping from the kernel: it cannot be resized or
+freed while a device can reach it, whatever happens in Python (garbage collection of this
+object without `close()`, a KeyboardInterrupt mid-call, an unmap of the source of a
+`copy_from`). A copy keeps the source's pins. Raw integer VAs are the caller's to keep
+alive. `close()` (or leaving the `with` block) unmaps everything, releasing the pins, then
+destroys the IOAS. An Ioas collected without `close()` leaves its mappings in the kernel and
+keeps their memory referenced for the life of the process.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -28,7 +35,8 @@ import numpy.typing as npt
 
 from fastmap import _core, uapi
 from fastmap._closing import Closing
-from fastmap.allocator import IovaAllocator
+from fastmap.allocator import AllocationError, InvalidRequestError
+from fastmap.allocator import IovaRange as AllocatedRange
 from fastmap.errors import BatchError, KernelError
 
 if TYPE_CHECKING:
@@ -97,8 +105,6 @@ class Ioas(Closing):
         self._id = ioas_id
         self._owned = owned
         self._mapper = _core.IoasMapper(kernel.core, iommufd, ioas_id)
-        self._pins: dict[int, _core.BufferPin] = {}  # segment iova -> pinned buffer
-        self._allocator: IovaAllocator | None = None  # made on first use of iovas="dense"
         self._closed = False
 
     @classmethod
@@ -138,7 +144,9 @@ class Ioas(Closing):
         """
         prot = _prot(readable, writeable)
         pin, va, length = self._resolve(buffer_or_va, length, writeable)
-        chosen, err = self._mapper.map_one(va, length, iova, prot)
+        # The mapping takes the pin inside the engine call: no Python step between the kernel
+        # map and its recording, so nothing (a signal included) can separate them.
+        chosen, err = self._mapper.map_one(va, length, iova, prot, pin)
         if err is not None:
             if pin is not None:
                 pin.release()
@@ -146,9 +154,6 @@ class Ioas(Closing):
             if iova is not None:
                 entry["iova"] = iova
             raise BatchError(err[0], err[2], 0, entry, None, err[3])
-        if pin is not None:
-            self._pins[chosen] = pin
-        self._record(chosen, length)
         return chosen
 
     def unmap(self, iova: int, length: int) -> None:
@@ -165,8 +170,6 @@ class Ioas(Closing):
             raise KernelError.from_errno(
                 -rc, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
             )
-        self._release_pins(list(self._pins))
-        self._allocator = None  # rebuilt from the (now empty) IOAS on next use
         return ret
 
     # --- batches ---------------------------------------------------------------------------
@@ -206,14 +209,9 @@ class Ioas(Closing):
             if iovas == "identity":
                 return self._run_map(v, ln, v, prot, coalesce, threads)
             if iovas == "dense":
-                alloc = self.allocator
+                self._enable_allocator()
                 align = max(self.iova_alignment, 1)
-                chosen = alloc.bulk_alloc(ln, align=align, hint_vas=v)
-                try:
-                    return self._run_map(v, ln, chosen, prot, coalesce, threads, allocated=True)
-                except BaseException:
-                    alloc.bulk_free(chosen)
-                    raise
+                return self._run_map(v, ln, None, prot, coalesce, threads, dense=True, align=align)
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
@@ -222,30 +220,35 @@ class Ioas(Closing):
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
         return self._run_map(v, ln, fixed, prot, coalesce, threads)
 
-    @property
-    def allocator(self) -> IovaAllocator:
-        """fastmap's IOVA allocator for this IOAS (made on first use): the IOAS's usable
-        ranges (IOMMU_IOAS_IOVA_RANGES) less the first and last page (as the kernel's own
-        choice never returns IOVA 0), with everything mapped so far taken. Every later map
-        through this Ioas is recorded in it, and unmaps free their ranges."""
-        if self._allocator is None:
-            lo, hi = _PAGE, U64_MAX - _PAGE
-            usable = [
-                (max(r.start, lo), min(r.last, hi))
-                for r in self.iova_ranges()
-                if max(r.start, lo) <= min(r.last, hi)
-            ]
-            self._allocator = IovaAllocator(usable)
-            for seg in self._mapper.segments():
-                self._record(seg.iova, seg.length)
-        return self._allocator
+    def _enable_allocator(self) -> None:
+        """Give the engine its IOVA allocator (once): the IOAS's usable ranges
+        (IOMMU_IOAS_IOVA_RANGES) less the first and last page (as the kernel's own choice
+        never returns IOVA 0), with everything mapped so far taken. From then on the engine
+        records every map and frees every unmap in it, under its own lock."""
+        if self._mapper.has_allocator:
+            return
+        lo, hi = _PAGE, U64_MAX - _PAGE
+        usable = [
+            (max(r.start, lo), min(r.last, hi))
+            for r in self.iova_ranges()
+            if max(r.start, lo) <= min(r.last, hi)
+        ]
+        rc = self._mapper.enable_allocator(usable)
+        if rc < 0:
+            raise KernelError.from_errno(-rc, "allocator", {"ioas_id": self._id})
+
+    def allocations(self) -> list[AllocatedRange]:
+        """The ranges the engine's IOVA allocator holds (empty before the first
+        iovas="dense" map): everything mapped through this Ioas, clipped to the usable
+        ranges."""
+        return [AllocatedRange(s, last) for s, last in self._mapper.allocations()]
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
         """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
         io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
-        removed, err = self._mapper.unmap(io, ln)
+        _, err = self._mapper.unmap(io, ln)
         if err is not None:
             errno_value, index, call, rollback_failed = err
             hint = _HINT_COALESCED if call == "coalesced" else None
@@ -257,10 +260,6 @@ class Ioas(Closing):
                 hint,
                 rollback_failed,
             )
-        if self._pins:
-            self._release_pins(removed.tolist())
-        if self._allocator is not None and removed.size:
-            self._free_iovas(removed)
 
     def _run_map(
         self,
@@ -270,14 +269,16 @@ class Ioas(Closing):
         prot: int,
         coalesce: bool,
         threads: int,
-        allocated: bool = False,
+        *,
+        dense: bool = False,
+        align: int = 1,
     ) -> U64Array:
-        out, err = self._mapper.map(vas, lengths, iovas, prot, coalesce, threads)
-        if err is None and self._allocator is not None and not allocated:
-            for iova, length in zip(out.tolist(), lengths.tolist(), strict=True):
-                self._record(iova, length)
+        # One crossing: the engine maps, records, indexes and (dense) allocates together.
+        out, err = self._mapper.map(vas, lengths, iovas, prot, coalesce, threads, dense, align)
         if err is not None:
             errno_value, index, call, rollback_failed = err
+            if call == "allocator":
+                raise _allocator_error(errno_value, index, int(lengths[index]), align)
             entry: dict[str, object] = {"va": int(vas[index]), "length": int(lengths[index])}
             if iovas is not None:
                 entry["iova"] = int(iovas[index])
@@ -344,22 +345,17 @@ class Ioas(Closing):
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        flags = _prot(readable, writeable)
-        if dst_iova is not None:
-            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
-        cmd = uapi.new(
-            uapi.iommu_ioas_copy,
-            flags=flags,
-            dst_ioas_id=self._id,
-            src_ioas_id=src.id,
-            length=length,
-            dst_iova=dst_iova or 0,
-            src_iova=src_iova,
-        )
-        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
-        self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
-        self._record(int(cmd.dst_iova), length)
-        return int(cmd.dst_iova)
+        prot = _prot(readable, writeable)
+        # The engine copies and records in one step; the new area holds the source's pins.
+        err, iova = self._mapper.copy_from(src._mapper, src_iova, length, dst_iova, prot)
+        if err:
+            raise KernelError.from_errno(
+                err,
+                "IOMMU_IOAS_COPY",
+                {"dst_ioas_id": self._id, "src_ioas_id": src.id, "src_iova": src_iova,
+                 "length": length, "dst_iova": dst_iova},
+            )
+        return int(iova)
 
     def map_file(
         self,
@@ -373,22 +369,14 @@ class Ioas(Closing):
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
         `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
-        flags = _prot(readable, writeable)
-        if iova is not None:
-            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
-        cmd = uapi.new(
-            uapi.iommu_ioas_map_file,
-            flags=flags,
-            ioas_id=self._id,
-            fd=fd,
-            start=offset,
-            length=length,
-            iova=iova or 0,
-        )
-        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
-        self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
-        self._record(int(cmd.iova), length)
-        return int(cmd.iova)
+        err, chosen = self._mapper.map_file(fd, offset, length, iova, _prot(readable, writeable))
+        if err:
+            raise KernelError.from_errno(
+                err,
+                "IOMMU_IOAS_MAP_FILE",
+                {"ioas_id": self._id, "fd": fd, "start": offset, "length": length, "iova": iova},
+            )
+        return int(chosen)
 
     @property
     def huge_pages(self) -> bool:
@@ -419,6 +407,17 @@ class Ioas(Closing):
         """An IOVA at which `va` is mapped (the lowest), or None. O(log n), like vtophys."""
         return self._mapper.translate_va(va)
 
+    def translate_va_bulk(self, vas: npt.ArrayLike) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        """translate_va of every entry in one call: (iovas, found); iovas[i] is 0 where
+        found[i] is False."""
+        return self._mapper.translate_va_bulk(_u64s("vas", vas))
+
+    def translate_iova_bulk(
+        self, iovas: npt.ArrayLike
+    ) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        """translate_iova of every entry in one call: (vas, found)."""
+        return self._mapper.translate_iova_bulk(_u64s("iovas", iovas))
+
     def _c_mapper(self) -> object:
         """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport
         fastmap.capi). Valid while this Ioas lives."""
@@ -433,12 +432,17 @@ class Ioas(Closing):
         return len(self._mapper)
 
     def pinned(self, iova: int) -> bool:
-        """Whether a Python buffer mapped at `iova` is held pinned."""
-        return iova in self._pins
+        """Whether the mapping at `iova` holds a pin (a Python buffer, or a copy's source)."""
+        return any(s.iova == iova and s.pinned for s in self._mapper.segments())
+
+    @property
+    def pin_count(self) -> int:
+        """How many mappings hold a pin."""
+        return self._mapper.pin_count
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Unmap everything, destroy the IOAS (if owned), then release the buffer pins."""
+        """Unmap everything (releasing the pins), then destroy the IOAS (if owned)."""
         if self._closed:
             return
         self.unmap_all()
@@ -480,30 +484,21 @@ class Ioas(Closing):
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length
 
-    def _free_iovas(self, iovas: U64Array) -> None:
-        alloc = self._allocator
-        assert alloc is not None
-        for iova in iovas.tolist():
-            # A mapping at IOVA 0 was recorded from the second page on; its remainder stays
-            # taken until unmap_all rather than risk freeing a neighbour's range.
-            held = alloc.find(iova) if iova >= _PAGE else None
-            if held is not None and held.start == iova and not alloc.is_reserved(iova):
-                alloc.free(iova)
 
-    def _record(self, iova: int, length: int) -> None:
-        """Tell the allocator (if there is one) about a range mapped some other way; only
-        the part inside the allocator's window matters (it never hands out the rest)."""
-        if self._allocator is None or length == 0:
-            return
-        start, last = max(iova, _PAGE), min(iova + length - 1, U64_MAX - _PAGE)
-        if start <= last:
-            self._allocator.alloc_fixed(start, last - start + 1)
-
-    def _release_pins(self, iovas: Sequence[int]) -> None:
-        for iova in iovas:
-            pin = self._pins.pop(iova, None)
-            if pin is not None:
-                pin.release()
+def _allocator_error(err: int, index: int, length: int, align: int) -> Exception:
+    """The typed error for an allocator refusal inside a "dense" batch."""
+    if err == _errno.ENOSPC:
+        return AllocationError(
+            f"no free IOVA range holds lengths[{index}] = {length:#x} (align {align:#x})",
+            length=length,
+            align=align,
+            index=index,
+        )
+    return InvalidRequestError(
+        f"lengths[{index}] = {length:#x} cannot be allocated ({_errno.errorcode.get(err, err)})",
+        err,
+        index,
+    )
 
 
 def page_size() -> int:
