@@ -69,20 +69,27 @@ void bind_mapper(py::module_& m) {
       .def_property_readonly("ioas_id", [](const PyMapper& p) { return p.mapper.ioas_id(); })
       .def("map", [](PyMapper& p, const U64Array& vas, const U64Array& lengths,
                      const std::optional<U64Array>& iovas, std::uint32_t prot, bool coalesce,
-                     unsigned threads, bool dense, std::uint64_t align) {
+                     unsigned threads, bool dense, std::uint64_t align,
+                     const std::optional<std::vector<py::object>>& keep) {
         U64Array out(vas.size());
+        std::vector<engine::Pin> pins;  // the engine takes them on success; else freed here
+        if (keep) {
+          pins.reserve(keep->size());
+          for (const py::object& o : *keep) pins.push_back(to_pin(o));
+        }
         std::span<std::uint64_t> out_view{out_ptr(out), static_cast<std::size_t>(out.size())};
         std::span<const std::uint64_t> fixed = iovas ? view(*iovas) : std::span<const std::uint64_t>{};
         engine::BatchError err;
         {
           py::gil_scoped_release nogil;
           err = p.mapper.map(view(vas), view(lengths), fixed, out_view, prot,
-                             engine::BatchOptions{coalesce, threads, dense, align});
+                             engine::BatchOptions{coalesce, threads, dense, align}, pins);
         }
         return std::make_tuple(out, to_tuple(err));
       }, py::arg("vas"), py::arg("lengths"), py::arg("iovas"), py::arg("prot"),
          py::arg("coalesce") = false, py::arg("threads") = 1u, py::arg("dense") = false,
-         py::arg("align") = 1u,
+         py::arg("align") = 1u, py::arg("keep") = py::none(),
+         "`keep`: None or one object per entry, held by its mapping until it is unmapped. "
          "-> (iovas, None | (errno, index, call, rollback_failed))")
       .def("map_one", [](PyMapper& p, std::uint64_t va, std::uint64_t length,
                          std::optional<std::uint64_t> iova, std::uint32_t prot,
@@ -104,7 +111,7 @@ void bind_mapper(py::module_& m) {
       .def("unmap", [](PyMapper& p, const U64Array& iovas, const U64Array& lengths) {
         engine::BatchError err;
         std::vector<engine::Pin> released;  // destroyed below, with the GIL
-        std::size_t removed = 0;
+        std::uint64_t removed = 0;
         {
           py::gil_scoped_release nogil;
           released = p.mapper.take_released();
@@ -112,7 +119,7 @@ void bind_mapper(py::module_& m) {
         }
         return std::make_tuple(removed, to_tuple(err));
       }, py::arg("iovas"), py::arg("lengths"),
-         "-> (segments removed, None | (errno, index, call, rollback_failed))")
+         "-> (bytes unmapped, None | (errno, index, call, rollback_failed))")
       .def("copy_from", [](PyMapper& p, const PyMapper& src, std::uint64_t src_iova,
                            std::uint64_t length, std::optional<std::uint64_t> iova,
                            std::uint32_t prot) {

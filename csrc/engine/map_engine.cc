@@ -361,7 +361,7 @@ std::size_t IoasMapper::translate_iova_bulk(std::span<const std::uint64_t> iovas
 
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
                              std::span<const std::uint64_t> lengths, std::vector<Pin>* released,
-                             std::size_t* removed_count) {
+                             std::uint64_t* removed_bytes) {
   const std::size_t n = iovas.size();
   if (lengths.size() != n) return fail(EINVAL, 0, "batch shape");
   std::lock_guard<std::mutex> g(mu_);
@@ -433,13 +433,15 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     }
     removed.push_back(v);
   }
+  std::uint64_t bytes = 0;
   for (const auto& [seg_iova, entry] : taken) {
     auto it = segments_.find(seg_iova);
+    bytes += it->second.length;
     forget(it->second.iova, it->second.length);
     release(std::move(it->second.pin), released);
     segments_.erase(it);
   }
-  if (removed_count) *removed_count = taken.size();
+  if (removed_bytes) *removed_bytes = bytes;
   va_stale_ = true;
   return {};
 }

@@ -90,10 +90,12 @@ class IoasMapper {
   // Unmaps the segments exactly at [iovas[i], iovas[i]+lengths[i]), or ranges that cover
   // whole segments. A range that would split a coalesced kernel area is refused (EINVAL,
   // call "coalesced") before anything changes; a kernel failure re-maps what was removed.
-  // On success the removed segments' pins go to `released` (or, when it is null, are parked
+  // On success *removed_bytes (if given) gets the bytes unmapped, the removed segments'
+  // pins go to `released` (or, when it is null, are parked
   // for take_released()) and their allocations are freed.
   BatchError unmap(std::span<const std::uint64_t> iovas, std::span<const std::uint64_t> lengths,
-                   std::vector<Pin>* released = nullptr, std::size_t* removed_count = nullptr);
+                   std::vector<Pin>* released = nullptr,
+                   std::uint64_t* removed_bytes = nullptr);
 
   // Records an area made by another call (IOAS_COPY, IOAS_MAP_FILE) so unmap knows it, with
   // the pin that keeps its memory alive. Its unmap cannot be undone, so batches unmap such

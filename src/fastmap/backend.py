@@ -111,6 +111,8 @@ class IOMMUFDBackend:
         self._fd = -1 if fd is None else fd
         self.users = 0
         self.unmap_enoent_ok = unmap_enoent_ok
+        # IOAS id -> the Ioas whose engine owns its mappings (map_dma/unmap_dma use it).
+        self._ioases: dict[int, Ioas] = {}
 
     # --- connection ----------------------------------------------------------------------
     @property
@@ -150,6 +152,7 @@ class IOMMUFDBackend:
         self.users -= 1
         if self.users == 0 and self.owned:
             fd, self._fd = self._fd, -1
+            self._ioases.clear()  # their IOASes die with the fd
             try:
                 self.kernel.close(fd)
             except KernelError as e:
@@ -181,7 +184,9 @@ class IOMMUFDBackend:
     def alloc_ioas(self) -> Ioas:
         """IOMMU_IOAS_ALLOC: a new IOAS. Its `close()` unmaps everything and destroys it;
         close it before the backend's last disconnect."""
-        return Ioas.allocate(self.kernel, self.fd)
+        ioas = Ioas.allocate(self.kernel, self.fd)
+        self._ioases[ioas.id] = ioas
+        return ioas
 
     @contextmanager
     def ioas(self) -> Iterator[Ioas]:
@@ -226,34 +231,36 @@ class IOMMUFDBackend:
         return int(cmd.out_hwpt_id)
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
+    def _ioas_for(self, ioas_id: int) -> Ioas:
+        """The Ioas (and so the engine) that owns IOAS `ioas_id`'s mappings: the one this
+        backend allocated, or an unowned view made on first use."""
+        ioas = self._ioases.get(ioas_id)
+        if ioas is None or ioas.closed:
+            ioas = Ioas(self.kernel, self.fd, ioas_id, owned=False)
+            self._ioases[ioas_id] = ioas
+        return ioas
+
     def map_dma(
         self, ioas_id: int, iova: int, size: int, vaddr: int, readonly: bool = False
     ) -> None:
-        """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable.
-        An EFAULT usually means `vaddr` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-        if not readonly:
-            flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
-        cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=vaddr, length=size, iova=iova
-        )
-        self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
+        """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable, through
+        the IOAS's engine like every other mapping. An EFAULT usually means `vaddr` is a PCI
+        BAR mapping (iommufd cannot map MMIO)."""
+        self._ioas_for(ioas_id).map(vaddr, size, iova, writeable=not readonly)
 
     def unmap_dma(
         self, ioas_id: int, iova: int, size: int, *, enoent_ok: bool | None = None
     ) -> int:
-        """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
-        backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
-        returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=size)
+        """IOMMU_IOAS_UNMAP through the IOAS's engine; returns the bytes unmapped. With
+        `enoent_ok` (default: the backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts
+        as success and returns 0."""
         try:
-            self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
+            return self._ioas_for(ioas_id).unmap(iova, size)
         except KernelError as e:
             ok = self.unmap_enoent_ok if enoent_ok is None else enoent_ok
             if ok and e.errno == _errno.ENOENT:
                 return 0
             raise
-        return int(cmd.length)
 
     # --- dirty tracking ----------------------------------------------------------------------
     def set_dirty_tracking(self, hwpt_id: int, start: bool) -> None:

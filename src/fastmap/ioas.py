@@ -26,7 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -127,6 +127,10 @@ class Ioas(Closing):
     def iommufd(self) -> int:
         return self._fd
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # --- single mappings ---------------------------------------------------------------
     def map(
         self,
@@ -136,17 +140,26 @@ class Ioas(Closing):
         *,
         readable: bool = True,
         writeable: bool = True,
+        keep: object = None,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
 
         With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
+        `keep` (raw VAs only): an object the mapping holds until it is unmapped, e.g. the
+        owner of the memory (a RamBlock's lease).
         """
         prot = _prot(readable, writeable)
         pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        held: object = pin
+        if keep is not None:
+            if pin is not None:
+                pin.release()
+                raise ValueError("keep= is for raw VAs: a mapped buffer is pinned already")
+            held = keep
         # The mapping takes the pin inside the engine call: no Python step between the kernel
         # map and its recording, so nothing (a signal included) can separate them.
-        chosen, err = self._mapper.map_one(va, length, iova, prot, pin)
+        chosen, err = self._mapper.map_one(va, length, iova, prot, held)
         if err is not None:
             if pin is not None:
                 pin.release()
@@ -156,12 +169,13 @@ class Ioas(Closing):
             raise BatchError(err[0], err[2], 0, entry, None, err[3])
         return chosen
 
-    def unmap(self, iova: int, length: int) -> None:
+    def unmap(self, iova: int, length: int) -> int:
         """Unmap every mapping inside [iova, iova+length); each must lie wholly inside.
+        Returns the bytes unmapped.
 
         Raises BatchError (ENOENT) when nothing is mapped there or a mapping sticks out.
         """
-        self.unmap_batch([iova], [length])
+        return self.unmap_batch([iova], [length])
 
     def unmap_all(self) -> int:
         """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
@@ -183,6 +197,7 @@ class Ioas(Closing):
         writeable: bool = True,
         coalesce: bool = False,
         threads: int = 1,
+        keep: Sequence[object] | None = None,
     ) -> U64Array:
         """Map entry i = `lengths[i]` bytes at raw VA `vas[i]`.
 
@@ -195,7 +210,8 @@ class Ioas(Closing):
         names entry k. `coalesce` merges neighbours contiguous in VA and IOVA into one kernel
         area (fewer ioctls; such a run can only be unmapped whole). `threads` > 1 submits
         fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
-        The caller keeps the memory at `vas` alive while mapped.
+        The caller keeps the memory at `vas` alive while mapped, or passes `keep`: one object
+        per entry (e.g. a RamBlock lease, or None) that its mapping holds until unmapped.
         """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -203,22 +219,27 @@ class Ioas(Closing):
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
         prot = _prot(readable, writeable)
+        held = None if keep is None else list(keep)
+        if held is not None and len(held) != v.size:
+            raise ValueError(f"keep and vas differ in length: {len(held)} != {v.size}")
         if isinstance(iovas, str):
             if iovas == "kernel":
-                return self._run_map(v, ln, None, prot, coalesce, threads)
+                return self._run_map(v, ln, None, prot, coalesce, threads, keep=held)
             if iovas == "identity":
-                return self._run_map(v, ln, v, prot, coalesce, threads)
+                return self._run_map(v, ln, v, prot, coalesce, threads, keep=held)
             if iovas == "dense":
                 self._enable_allocator()
                 align = max(self.iova_alignment, 1)
-                return self._run_map(v, ln, None, prot, coalesce, threads, dense=True, align=align)
+                return self._run_map(
+                    v, ln, None, prot, coalesce, threads, dense=True, align=align, keep=held
+                )
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
             fixed = _u64s("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
-        return self._run_map(v, ln, fixed, prot, coalesce, threads)
+        return self._run_map(v, ln, fixed, prot, coalesce, threads, keep=held)
 
     def _enable_allocator(self) -> None:
         """Give the engine its IOVA allocator (once): the IOAS's usable ranges
@@ -243,12 +264,13 @@ class Ioas(Closing):
         ranges."""
         return [AllocatedRange(s, last) for s, last in self._mapper.allocations()]
 
-    def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
-        """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
+    def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> int:
+        """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing. Returns the
+        bytes unmapped."""
         io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
-        _, err = self._mapper.unmap(io, ln)
+        removed, err = self._mapper.unmap(io, ln)
         if err is not None:
             errno_value, index, call, rollback_failed = err
             hint = _HINT_COALESCED if call == "coalesced" else None
@@ -260,6 +282,7 @@ class Ioas(Closing):
                 hint,
                 rollback_failed,
             )
+        return int(removed)
 
     def _run_map(
         self,
@@ -272,9 +295,12 @@ class Ioas(Closing):
         *,
         dense: bool = False,
         align: int = 1,
+        keep: list[object] | None = None,
     ) -> U64Array:
-        # One crossing: the engine maps, records, indexes and (dense) allocates together.
-        out, err = self._mapper.map(vas, lengths, iovas, prot, coalesce, threads, dense, align)
+        # One crossing: the engine maps, records, pins and (dense) allocates together.
+        out, err = self._mapper.map(
+            vas, lengths, iovas, prot, coalesce, threads, dense, align, keep
+        )
         if err is not None:
             errno_value, index, call, rollback_failed = err
             if call == "allocator":

@@ -108,6 +108,7 @@ class IommufdContainer(Container):
                     [s.size for s in batch],
                     [s.gpa for s in batch],
                     writeable=not readonly,
+                    keep=[s.lease() for s in batch],  # the block cannot close while mapped
                 )
                 done.extend(batch)
         except BaseException:

@@ -38,7 +38,7 @@ from fastmap.errors import KernelError
 from fastmap.host_iommu_device import HostIOMMUDevice
 from fastmap.ioas import IovaRange
 from fastmap.kernel import Fd, Kernel
-from fastmap.ram import PAGE_SIZE, RamBlock
+from fastmap.ram import PAGE_SIZE, RamBlock, RamLease
 from fastmap.sysfs import Sysfs
 from fastmap.vfio_errors import ContainerSetupError, DeviceNotFoundError, GroupNotViableError
 
@@ -89,6 +89,7 @@ class LegacyContainer(Container):
         self.kernel = fd.kernel
         self.iommu_type = iommu_type
         self.groups: list[VfioGroup] = []
+        self._leases: dict[int, tuple[int, RamLease]] = {}  # gpa -> (size, lease)
         self.dma_max_mappings = DEFAULT_DMA_MAX_MAPPINGS
         self.dirty_pgsizes = 0
         self.max_dirty_bitmap_size = 0
@@ -138,6 +139,8 @@ class LegacyContainer(Container):
         try:
             for s in sections:
                 self.dma_map(s.gpa, s.size, s.va, s.readonly)
+                # Type1 has no engine: the container holds the block's lease per mapping.
+                self._leases[s.gpa] = (s.size, s.lease())
                 done.append(s)
         except BaseException:
             for s in reversed(done):
@@ -167,6 +170,12 @@ class LegacyContainer(Container):
             return
         cmd = uapi.new(uapi.vfio_iommu_type1_dma_unmap, flags=0, iova=iova, size=size)
         self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
+        self._drop_leases(iova, size)
+
+    def _drop_leases(self, iova: int, size: int) -> None:
+        """After a successful unmap: the blocks wholly inside it may close again."""
+        for gpa in [g for g, (n, _) in self._leases.items() if iova <= g and g + n <= iova + size]:
+            del self._leases[gpa]
 
     def _unmap_with_dirty_bitmap(self, iova: int, size: int) -> None:
         """QEMU's vfio_dma_unmap_bitmap: UNMAP_DMA with GET_DIRTY_BITMAP returns the range's
@@ -229,6 +238,7 @@ class LegacyContainer(Container):
         if self in self.space.containers:
             self.space.containers.remove(self)
         self.fd.close()
+        self._leases.clear()  # the kernel dropped every mapping with the container
 
     def __repr__(self) -> str:
         return (
