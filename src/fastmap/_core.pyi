@@ -162,6 +162,8 @@ class Segment:
     def prot(self) -> int: ...
     @property
     def run_iova(self) -> int: ...
+    @property
+    def pinned(self) -> bool: ...
 
 class IoasMapper:
     def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int) -> None: ...
@@ -175,21 +177,43 @@ class IoasMapper:
         prot: int,
         coalesce: bool = False,
         threads: int = 1,
+        dense: bool = False,
+        align: int = 1,
+        keep: list[object] | None = None,
     ) -> tuple[npt.NDArray[np.uint64], _BatchError]:
         """-> (iovas, None | (errno, index, call, rollback_failed))"""
     def map_one(
-        self, va: int, length: int, iova: int | None, prot: int
+        self, va: int, length: int, iova: int | None, prot: int, pin: object = None
     ) -> tuple[int, _BatchError]:
-        """One mapping without numpy: -> (iova, None | (errno, 0, call, rollback_failed))"""
-    def unmap(self, iovas: _U64s, lengths: _U64s) -> tuple[npt.NDArray[np.uint64], _BatchError]:
-        """-> (removed segment iovas, None | (errno, index, call, rollback_failed))"""
-    def adopt(self, iova: int, length: int, prot: int) -> None: ...
+        """One mapping; it keeps `pin` alive until unmapped: -> (iova, None | error)"""
+    def unmap(self, iovas: _U64s, lengths: _U64s) -> tuple[int, _BatchError]:
+        """-> (bytes unmapped, None | (errno, index, call, rollback_failed))"""
+    def copy_from(
+        self, src: IoasMapper, src_iova: int, length: int, iova: int | None, prot: int
+    ) -> tuple[int, int]:
+        """-> (errno or 0, iova)"""
+    def map_file(
+        self, fd: int, offset: int, length: int, iova: int | None, prot: int
+    ) -> tuple[int, int]:
+        """-> (errno or 0, iova)"""
     def unmap_all(self) -> tuple[int, int]:
         """-> (0 or -errno, bytes unmapped)"""
+    def enable_allocator(self, usable: list[tuple[int, int]]) -> int: ...
+    @property
+    def has_allocator(self) -> bool: ...
+    def allocations(self) -> list[tuple[int, int]]: ...
     def __len__(self) -> int: ...
+    @property
+    def pin_count(self) -> int: ...
     def segments(self) -> list[Segment]: ...
     def translate_iova(self, iova: int) -> int | None: ...
     def translate_va(self, va: int) -> int | None: ...
+    def translate_va_bulk(
+        self, vas: _U64s
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]: ...
+    def translate_iova_bulk(
+        self, iovas: _U64s
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]: ...
     def capsule(self) -> object:
         """The mapper for the C API (fastmap_capi.h); valid while this object lives"""
 

@@ -27,9 +27,9 @@ import os
 from typing import Literal
 
 from fastmap._closing import Closing
-from fastmap.errors import RamInUseError
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
+from fastmap.errors import RamInUseError
 
 RamKind = Literal["anon", "memfd", "hugetlb"]
 RAM_KINDS: tuple[RamKind, ...] = ("anon", "memfd", "hugetlb")

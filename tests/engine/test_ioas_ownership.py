@@ -14,6 +14,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import pytest
@@ -132,15 +133,15 @@ def test_interrupts_never_separate_a_mapping_from_its_pin(kernel: Kernel, iommuf
                 by_va = {s.va: s.iova for s in io.segments()}
                 i = k % len(bufs)
                 if addresses[i] in by_va:
-                    intr.attempt(lambda: io.unmap(by_va[addresses[i]], PAGE))
+                    intr.attempt(partial(io.unmap, by_va[addresses[i]], PAGE))
                 else:
-                    intr.attempt(lambda: io.map(bufs[i]))
+                    intr.attempt(partial(io.map, bufs[i]))
                 if k % 7 == 0:
                     if int(dense_vas[0]) in by_va:
                         iovas = [by_va[int(v)] for v in dense_vas]
-                        intr.attempt(lambda: io.unmap_batch(iovas, lengths))
+                        intr.attempt(partial(io.unmap_batch, iovas, lengths))
                     else:
-                        intr.attempt(lambda: io.map_batch(dense_vas, lengths, "dense"))
+                        intr.attempt(partial(io.map_batch, dense_vas, lengths, "dense"))
         finally:
             intr.armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
