@@ -369,77 +369,100 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
 
   // Validate everything first, so a refusal changes nothing. The kernel only removes whole
   // areas, and every run is one area: a request must take all of a run or none of it.
-  struct Victim {
-    std::uint64_t run_iova;
-    std::uint64_t va;
-    std::uint64_t length;
-    std::uint32_t prot;
+  // Flat arrays throughout: this path is measured against a bare loop of unmap ioctls.
+  using SegIt = std::map<std::uint64_t, Segment>::iterator;
+  struct Hit {
+    SegIt seg;
+    std::size_t entry;  // the request that takes it
   };
-  std::map<std::uint64_t, std::size_t> taken;  // segment iova -> requesting entry
+  std::vector<Hit> hits;
+  hits.reserve(n);
+  SegIt next = segments_.end();
   for (std::size_t i = 0; i < n; ++i) {
     if (lengths[i] == 0) return fail(EINVAL, i, "IOMMU_IOAS_UNMAP");
     if (wraps(iovas[i], lengths[i])) return fail(EOVERFLOW, i, "IOMMU_IOAS_UNMAP");
     const std::uint64_t last = iovas[i] + (lengths[i] - 1);
-    auto it = segments_.upper_bound(iovas[i]);
-    if (it != segments_.begin()) {
-      auto prev = std::prev(it);
-      if (prev->second.iova + prev->second.length > iovas[i]) it = prev;
+    // Batches usually come in IOVA order: try where the previous request stopped first (a
+    // segment starting exactly there cannot be covered by an earlier one).
+    SegIt it = next;
+    if (it == segments_.end() || it->first != iovas[i]) {
+      it = segments_.upper_bound(iovas[i]);
+      if (it != segments_.begin()) {
+        auto prev = std::prev(it);
+        if (prev->second.iova + prev->second.length > iovas[i]) it = prev;
+      }
     }
     std::size_t found = 0;
     for (; it != segments_.end() && it->first <= last; ++it) {
       const Segment& s = it->second;
       // A segment sticking out of the range would have to be split: the kernel says ENOENT.
       if (s.iova < iovas[i] || s.iova + (s.length - 1) > last) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
-      if (!taken.emplace(s.iova, i).second) continue;
+      hits.push_back(Hit{it, i});
       ++found;
     }
     if (found == 0) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
+    next = it;
   }
-  std::map<std::uint64_t, Victim> runs;  // run iova -> whole run
-  std::map<std::uint64_t, std::size_t> run_entry;
-  for (const auto& [seg_iova, entry] : taken) {
-    const Segment& s = segments_.at(seg_iova);
-    auto [rit, inserted] = runs.try_emplace(s.run_iova, Victim{s.run_iova, 0, 0, s.prot});
-    if (inserted) run_entry[s.run_iova] = entry;
-    if (s.iova == s.run_iova) rit->second.va = s.va;
-    rit->second.length += s.length;
+  // Requests may overlap or come in any order: sort by IOVA, the first requester keeps it.
+  auto by_iova = [](const Hit& a, const Hit& b) {
+    return a.seg->first != b.seg->first ? a.seg->first < b.seg->first : a.entry < b.entry;
+  };
+  if (!std::is_sorted(hits.begin(), hits.end(), by_iova)) {
+    std::sort(hits.begin(), hits.end(), by_iova);
   }
-  // Every segment of a touched run must be taken.
-  for (const auto& [run_iova, v] : runs) {
-    auto it = segments_.find(run_iova);
-    std::uint64_t run_len = 0;
-    for (; it != segments_.end() && it->second.run_iova == run_iova; ++it) run_len += it->second.length;
-    if (run_len != v.length) return fail(EINVAL, run_entry[run_iova], "coalesced");
-  }
+  hits.erase(std::unique(hits.begin(), hits.end(),
+                         [](const Hit& a, const Hit& b) { return a.seg == b.seg; }),
+             hits.end());
 
-  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  // Group the hits into kernel areas (runs); every segment of a touched run must be taken.
+  struct Victim {
+    std::uint64_t run_iova;
+    std::uint64_t va;
+    std::uint64_t length;
+    std::uint32_t prot;
+    std::size_t entry;
+  };
   std::vector<Victim> order;
-  order.reserve(runs.size());
-  for (const auto& [run_iova, v] : runs) if (v.va != 0) order.push_back(v);
-  for (const auto& [run_iova, v] : runs) if (v.va == 0) order.push_back(v);
-  std::vector<Victim> removed;
-  removed.reserve(runs.size());
-  for (const Victim& v : order) {
-    const std::uint64_t run_iova = v.run_iova;
-    if (int err = unmap_one(v.run_iova, v.length)) {
-      BatchError e = fail(err, run_entry[run_iova], "IOMMU_IOAS_UNMAP");
-      for (auto r = removed.rbegin(); r != removed.rend(); ++r) {
-        std::uint64_t iova = r->run_iova;
-        if (r->va == 0 || map_one(r->va, r->length, &iova, true, r->prot) != 0) {
+  order.reserve(hits.size());
+  bool adopted = false;
+  for (std::size_t h = 0; h < hits.size();) {
+    const std::uint64_t run = hits[h].seg->second.run_iova;
+    const std::size_t first = h;
+    Victim v{run, 0, 0, hits[h].seg->second.prot, hits[h].entry};
+    SegIt head = hits[h].seg->first == run ? hits[h].seg : segments_.find(run);
+    for (SegIt it = head; it != segments_.end() && it->second.run_iova == run; ++it) {
+      if (h >= hits.size() || hits[h].seg != it) return fail(EINVAL, hits[first].entry, "coalesced");
+      if (it->first == run) v.va = it->second.va;
+      v.length += it->second.length;
+      ++h;
+    }
+    if (h == first) return fail(EINVAL, hits[first].entry, "coalesced");
+    adopted |= v.va == 0;
+    order.push_back(v);
+  }
+  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  if (adopted) std::stable_partition(order.begin(), order.end(), [](const Victim& v) { return v.va != 0; });
+
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    if (int err = unmap_one(order[k].run_iova, order[k].length)) {
+      BatchError e = fail(err, order[k].entry, "IOMMU_IOAS_UNMAP");
+      for (std::size_t r = k; r-- > 0;) {
+        std::uint64_t iova = order[r].run_iova;
+        if (order[r].va == 0 || map_one(order[r].va, order[r].length, &iova, true, order[r].prot) != 0) {
           e.rollback_failed = true;
         }
       }
       return e;
     }
-    removed.push_back(v);
   }
   std::uint64_t bytes = 0;
-  for (const auto& [seg_iova, entry] : taken) {
-    auto it = segments_.find(seg_iova);
-    bytes += it->second.length;
-    forget(it->second.iova, it->second.length);
-    release(std::move(it->second.pin), released);
-    segments_.erase(it);
+  if (released) released->reserve(released->size() + (pins_ ? hits.size() : 0));
+  for (const Hit& h : hits) {
+    Segment& s = h.seg->second;
+    bytes += s.length;
+    forget(s.iova, s.length);
+    release(std::move(s.pin), released);
+    segments_.erase(h.seg);
   }
   if (removed_bytes) *removed_bytes = bytes;
   va_stale_ = true;
