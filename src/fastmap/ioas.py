@@ -27,7 +27,6 @@ import ctypes
 import errno as _errno
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
@@ -35,8 +34,8 @@ import numpy.typing as npt
 
 from fastmap import _core, uapi
 from fastmap._closing import Closing
-from fastmap.allocator import AllocationError, InvalidRequestError
-from fastmap.allocator import IovaRange as AllocatedRange
+from fastmap._u64 import U64_MAX, u64_array
+from fastmap.allocator import AllocationError, InvalidRequestError, IovaRange
 from fastmap.errors import BatchError, KernelError
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
 Buffer: TypeAlias = Any  # anything exporting a contiguous PEP 3118 buffer
 U64Array: TypeAlias = npt.NDArray[np.uint64]
 
-U64_MAX = (1 << 64) - 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _HINT_COALESCED = (
@@ -54,46 +52,12 @@ _HINT_COALESCED = (
 )
 
 
-@dataclass(frozen=True)
-class IovaRange:
-    """An IOVA range, `last` inclusive (as the uAPI reports it)."""
-
-    start: int
-    last: int
-
-    @property
-    def length(self) -> int:
-        return self.last - self.start + 1
-
-
 def _prot(readable: bool, writeable: bool) -> int:
     if not (readable or writeable):
         raise ValueError("a mapping must be readable, writeable or both")
     return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
         uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
     )
-
-
-def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
-    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
-    if isinstance(values, np.ndarray):
-        arr = values
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
-            raise ValueError(f"{name} has negative entries")
-    else:
-        # Element by element: mixing numpy uint64 with Python ints would promote to float.
-        try:
-            items: Iterable[Any] = values  # type: ignore[assignment]
-            arr = np.array([int(v) for v in items], dtype=np.uint64)
-        except OverflowError as e:
-            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
-        except TypeError as e:
-            raise TypeError(f"{name} must be a sequence of integers") from e
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
 class Ioas(Closing):
@@ -215,7 +179,7 @@ class Ioas(Closing):
         """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
+        v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
         prot = _prot(readable, writeable)
@@ -236,7 +200,7 @@ class Ioas(Closing):
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
-            fixed = _u64s("iovas", iovas)
+            fixed = u64_array("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
         return self._run_map(v, ln, fixed, prot, coalesce, threads, keep=held)
@@ -258,16 +222,16 @@ class Ioas(Closing):
         if rc < 0:
             raise KernelError.from_errno(-rc, "allocator", {"ioas_id": self._id})
 
-    def allocations(self) -> list[AllocatedRange]:
+    def allocations(self) -> list[IovaRange]:
         """The ranges the engine's IOVA allocator holds (empty before the first
         iovas="dense" map): everything mapped through this Ioas, clipped to the usable
         ranges."""
-        return [AllocatedRange(s, last) for s, last in self._mapper.allocations()]
+        return [IovaRange(s, last) for s, last in self._mapper.allocations()]
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> int:
         """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing. Returns the
         bytes unmapped."""
-        io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
+        io, ln = u64_array("iovas", iovas), u64_array("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
         removed, err = self._mapper.unmap(io, ln)
@@ -436,13 +400,13 @@ class Ioas(Closing):
     def translate_va_bulk(self, vas: npt.ArrayLike) -> tuple[U64Array, npt.NDArray[np.bool_]]:
         """translate_va of every entry in one call: (iovas, found); iovas[i] is 0 where
         found[i] is False."""
-        return self._mapper.translate_va_bulk(_u64s("vas", vas))
+        return self._mapper.translate_va_bulk(u64_array("vas", vas))
 
     def translate_iova_bulk(
         self, iovas: npt.ArrayLike
     ) -> tuple[U64Array, npt.NDArray[np.bool_]]:
         """translate_iova of every entry in one call: (vas, found)."""
-        return self._mapper.translate_iova_bulk(_u64s("iovas", iovas))
+        return self._mapper.translate_iova_bulk(u64_array("iovas", iovas))
 
     def _c_mapper(self) -> object:
         """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from fastmap import _core
 from fastmap.errors import BatchError
 from fastmap.ioas import Ioas
-from fastmap.reference_allocator import ReferenceTranslationMap, RefError
+from fastmap._tools.reference_allocator import ReferenceTranslationMap, RefError
 
 PAGE = mmap.PAGESIZE
 

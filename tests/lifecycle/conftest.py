@@ -16,11 +16,11 @@ from types import ModuleType
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
 from fastmap.kernel import Kernel
-from fastmap.sysfs import HostSysfs
-from fastmap.vfio_iommufd import bind, open_cdev, query_iova_ranges
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.sysfs import HostSysfs
+from fastmap.lifecycle.vfio_iommufd import bind, open_cdev, query_iova_ranges
 from tests.lifecycle.faulty import FaultyKernel
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
