@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from fastmap import _core
+from fastmap._tools.reference_allocator import ReferenceTranslationMap, RefError
 from fastmap.errors import BatchError
 from fastmap.ioas import Ioas
-from fastmap._tools.reference_allocator import ReferenceTranslationMap, RefError
 
 PAGE = mmap.PAGESIZE
 

@@ -8,12 +8,12 @@ import mmap
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
 from fastmap.errors import RamInUseError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
 from fastmap.ram import RamBlock
 from tests.lifecycle.conftest import add_sim_device
 

@@ -254,6 +254,5 @@ def run_lifecycle_benchmark(
             keep("separate_parallel", separate(True))
     finally:
         kernel.close(fd)
-        del vas
         region.close()
     return Lifecycle(entries=entries, length=length, threads=threads, **best)
