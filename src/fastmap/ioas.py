@@ -125,8 +125,7 @@ class Ioas(Closing):
         # map and its recording, so nothing (a signal included) can separate them.
         chosen, err = self._mapper.map_one(va, length, iova, prot, held)
         if err is not None:
-            if pin is not None:
-                pin.release()
+            _release_all([held])
             entry: dict[str, object] = {"va": va, "length": length}
             if iova is not None:
                 entry["iova"] = iova
@@ -266,6 +265,7 @@ class Ioas(Closing):
             vas, lengths, iovas, prot, coalesce, threads, dense, align, keep
         )
         if err is not None:
+            _release_all(keep or [])
             errno_value, index, call, rollback_failed = err
             if call == "allocator":
                 raise _allocator_error(errno_value, index, int(lengths[index]), align)
@@ -473,6 +473,16 @@ class Ioas(Closing):
             pin.release()
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length
+
+
+def _release_all(held: Iterable[object]) -> None:
+    """A failed map hands back what it was given to keep: release what can be released
+    (buffer pins, RAM leases) now rather than when the last reference (perhaps a traceback)
+    goes."""
+    for obj in held:
+        release = getattr(obj, "release", None)
+        if callable(release):
+            release()
 
 
 def _allocator_error(err: int, index: int, length: int, align: int) -> Exception:

@@ -65,7 +65,10 @@ def free_hugepages(page_size: int) -> int:
 
 
 class RamLease:
-    """Held by each mapping of a RamBlock: the block cannot be closed while one lives."""
+    """Held by each mapping of a RamBlock: the block cannot be closed while one lives.
+
+    A lease given to a map call belongs to the mapping: the engine drops it with the unmap,
+    and a failed map releases it at once (an exception's traceback may outlive the call)."""
 
     __slots__ = ("_block",)
 
@@ -73,10 +76,13 @@ class RamLease:
         self._block: RamBlock | None = block
         block._leases += 1
 
-    def __del__(self) -> None:
+    def release(self) -> None:
         block, self._block = self._block, None
         if block is not None:
             block._leases -= 1
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class RamBlock(Closing):

@@ -247,7 +247,15 @@ class IOMMUFDBackend:
         """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable, through
         the IOAS's engine like every other mapping. An EFAULT usually means `vaddr` is a PCI
         BAR mapping (iommufd cannot map MMIO)."""
-        self._ioas_for(ioas_id).map(vaddr, size, iova, writeable=not readonly)
+        try:
+            self._ioas_for(ioas_id).map(vaddr, size, iova, writeable=not readonly)
+        except KernelError as e:
+            raise KernelError.from_errno(
+                e.errno,
+                "IOMMU_IOAS_MAP",
+                {"ioas_id": ioas_id, "iova": iova, "length": size, "user_va": vaddr},
+                e.hint,
+            ) from e
 
     def unmap_dma(
         self, ioas_id: int, iova: int, size: int, *, enoent_ok: bool | None = None
@@ -261,7 +269,13 @@ class IOMMUFDBackend:
             ok = self.unmap_enoent_ok if enoent_ok is None else enoent_ok
             if ok and e.errno == _errno.ENOENT:
                 return 0
-            raise
+            # One range, so the errno-typed error (NotFoundError...) rather than BatchError.
+            raise KernelError.from_errno(
+                e.errno,
+                "IOMMU_IOAS_UNMAP",
+                {"ioas_id": ioas_id, "iova": iova, "length": size},
+                e.hint,
+            ) from e
 
     # --- dirty tracking ----------------------------------------------------------------------
     def set_dirty_tracking(self, hwpt_id: int, start: bool) -> None:
