@@ -264,13 +264,19 @@ void IoasMapper::release(Pin&& pin, std::vector<Pin>* released) {
 void IoasMapper::index_pending() const {
   if (pending_.empty()) return;
   va_stale_ = true;
-  std::sort(pending_.begin(), pending_.end(),
-            [](const Segment& a, const Segment& b) { return a.iova < b.iova; });
-  // Sorted keys go in with a hint: amortized O(1) each when they extend the index.
+  auto by_iova = [](const Segment& a, const Segment& b) { return a.iova < b.iova; };
+  if (!std::is_sorted(pending_.begin(), pending_.end(), by_iova)) {
+    std::sort(pending_.begin(), pending_.end(), by_iova);
+  }
+  // Sorted keys go in with a hint: amortized O(1) each when they extend the index. The
+  // nodes come from the mapper's pool, not malloc. pending_ keeps its capacity for the
+  // next batch (ephemeral map/unmap cycles then allocate nothing).
   auto hint = segments_.end();
-  for (const Segment& s : pending_) hint = std::next(segments_.insert_or_assign(hint, s.iova, s));
+  for (Segment& s : pending_) {
+    const std::uint64_t key = s.iova;
+    hint = std::next(segments_.insert_or_assign(hint, key, std::move(s)));
+  }
   pending_.clear();
-  pending_.shrink_to_fit();
 }
 
 void IoasMapper::index_vas() const {
@@ -281,9 +287,12 @@ void IoasMapper::index_vas() const {
   for (const auto& [seg_iova, s] : segments_) {
     if (s.va != 0) va_index_.push_back(VaEntry{s.va, seg_iova, s.length});
   }
-  std::sort(va_index_.begin(), va_index_.end(), [](const VaEntry& a, const VaEntry& b) {
+  auto by_va = [](const VaEntry& a, const VaEntry& b) {
     return a.va != b.va ? a.va < b.va : a.iova < b.iova;
-  });
+  };
+  if (!std::is_sorted(va_index_.begin(), va_index_.end(), by_va)) {
+    std::sort(va_index_.begin(), va_index_.end(), by_va);
+  }
   va_stale_ = false;
 }
 
@@ -370,7 +379,7 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
   // Validate everything first, so a refusal changes nothing. The kernel only removes whole
   // areas, and every run is one area: a request must take all of a run or none of it.
   // Flat arrays throughout: this path is measured against a bare loop of unmap ioctls.
-  using SegIt = std::map<std::uint64_t, Segment>::iterator;
+  using SegIt = decltype(segments_)::iterator;
   struct Hit {
     SegIt seg;
     std::size_t entry;  // the request that takes it

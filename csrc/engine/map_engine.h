@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <memory_resource>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -186,7 +187,9 @@ class IoasMapper {
   mutable std::mutex mu_;  // guards the tables (the kernel serializes the ioctls themselves)
   // Segments keyed by IOVA. Batches append to pending_ (a flat array: the map path stays
   // close to the bare ioctl loop) and the ordered index is built when it is first needed.
-  mutable std::map<std::uint64_t, Segment> segments_;
+  // Tree nodes come from a pool: map-then-index and unmap cost no malloc/free per segment.
+  mutable std::pmr::unsynchronized_pool_resource pool_;
+  mutable std::pmr::map<std::uint64_t, Segment> segments_{&pool_};
   mutable std::vector<Segment> pending_;
   // The VA index: (va, iova, length) sorted by VA, rebuilt on the first VA lookup after a
   // change. A flat array, so a batch lookup is a binary search over contiguous memory.
