@@ -409,8 +409,8 @@ class Ioas(Closing):
         return self._mapper.translate_iova_bulk(u64_array("iovas", iovas))
 
     def _c_mapper(self) -> object:
-        """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport
-        fastmap.capi). Valid while this Ioas lives."""
+        """A PyCapsule of this IOAS's mapper for the C API (fastmap_capi.h in
+        fastmap.get_include(); cimport fastmap.capi). Valid while this Ioas lives."""
         return self._mapper.capsule()
 
     # --- introspection -----------------------------------------------------------------------
