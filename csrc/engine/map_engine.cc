@@ -14,6 +14,9 @@ namespace fastmap::engine {
 namespace {
 
 constexpr std::size_t kMinRunsPerThread = 256;
+// Batches up to this size update a built VA index in place (O(log n) + a memmove each)
+// instead of invalidating it: single maps and unmaps stay cheap with many mappings live.
+constexpr std::size_t kIncrementalIndex = 64;
 constexpr std::uint32_t kProtMask = uapi::IOMMU_IOAS_MAP_READABLE | uapi::IOMMU_IOAS_MAP_WRITEABLE;
 
 BatchError fail(int err, std::size_t index, const char* call) {
@@ -227,8 +230,31 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
       offset += lengths[i];
     }
   }
-  va_stale_ = true;
+  // Small batches (single maps) keep a built VA index up to date in place; big ones let
+  // the next lookup rebuild it once.
+  if (!va_stale_ && n <= kIncrementalIndex) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (vas[i] != 0) va_insert(VaEntry{vas[i], out_iovas[i], lengths[i]});
+    }
+  } else {
+    va_stale_ = true;
+  }
   return {};
+}
+
+void IoasMapper::va_insert(const VaEntry& e) {
+  auto at = std::lower_bound(va_index_.begin(), va_index_.end(), e, va_order);
+  va_index_.insert(at, e);
+}
+
+void IoasMapper::va_erase(std::uint64_t va, std::uint64_t iova) {
+  const VaEntry key{va, iova, 0};
+  auto at = std::lower_bound(va_index_.begin(), va_index_.end(), key, va_order);
+  if (at != va_index_.end() && at->va == va && at->iova == iova) {
+    va_index_.erase(at);
+  } else {
+    va_stale_ = true;  // not found: cannot happen, but never leave a wrong index
+  }
 }
 
 void IoasMapper::record(std::uint64_t iova, std::uint64_t length) {
@@ -263,7 +289,6 @@ void IoasMapper::release(Pin&& pin, std::vector<Pin>* released) {
 
 void IoasMapper::index_pending() const {
   if (pending_.empty()) return;
-  va_stale_ = true;
   auto by_iova = [](const Segment& a, const Segment& b) { return a.iova < b.iova; };
   if (!std::is_sorted(pending_.begin(), pending_.end(), by_iova)) {
     std::sort(pending_.begin(), pending_.end(), by_iova);
@@ -287,11 +312,8 @@ void IoasMapper::index_vas() const {
   for (const auto& [seg_iova, s] : segments_) {
     if (s.va != 0) va_index_.push_back(VaEntry{s.va, seg_iova, s.length});
   }
-  auto by_va = [](const VaEntry& a, const VaEntry& b) {
-    return a.va != b.va ? a.va < b.va : a.iova < b.iova;
-  };
-  if (!std::is_sorted(va_index_.begin(), va_index_.end(), by_va)) {
-    std::sort(va_index_.begin(), va_index_.end(), by_va);
+  if (!std::is_sorted(va_index_.begin(), va_index_.end(), va_order)) {
+    std::sort(va_index_.begin(), va_index_.end(), va_order);
   }
   va_stale_ = false;
 }
@@ -466,15 +488,17 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
   }
   std::uint64_t bytes = 0;
   if (released) released->reserve(released->size() + (pins_ ? hits.size() : 0));
+  const bool in_place = !va_stale_ && hits.size() <= kIncrementalIndex;
+  if (!in_place) va_stale_ = true;
   for (const Hit& h : hits) {
     Segment& s = h.seg->second;
+    if (in_place && s.va != 0) va_erase(s.va, s.iova);
     bytes += s.length;
     forget(s.iova, s.length);
     release(std::move(s.pin), released);
     segments_.erase(h.seg);
   }
   if (removed_bytes) *removed_bytes = bytes;
-  va_stale_ = true;
   return {};
 }
 

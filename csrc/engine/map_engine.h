@@ -198,6 +198,12 @@ class IoasMapper {
     std::uint64_t iova;
     std::uint64_t length;
   };
+  static bool va_order(const VaEntry& a, const VaEntry& b) noexcept {
+    return a.va != b.va ? a.va < b.va : a.iova < b.iova;
+  }
+  // Keep a built va_index_ in step with one mapping; callers hold mu_.
+  void va_insert(const VaEntry& e);
+  void va_erase(std::uint64_t va, std::uint64_t iova);
   mutable std::vector<VaEntry> va_index_;
   mutable bool va_stale_ = true;
   std::uint64_t max_length_ = 0;  // longest segment ever mapped: bounds the VA scan
