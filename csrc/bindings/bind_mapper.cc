@@ -154,6 +154,14 @@ void bind_mapper(py::module_& m) {
         }
         return std::make_tuple(rc, bytes);
       }, "-> (0 or -errno, bytes unmapped)")
+      .def("forget_all", [](PyMapper& p) {
+        std::vector<engine::Pin> released;  // destroyed below, with the GIL
+        {
+          py::gil_scoped_release nogil;
+          p.mapper.forget_all(&released);
+          for (engine::Pin& pin : p.mapper.take_released()) released.push_back(std::move(pin));
+        }
+      }, "The IOAS is gone from the kernel: drop the table, release every pin")
       .def("enable_allocator", [](PyMapper& p,
                                   const std::vector<std::pair<std::uint64_t, std::uint64_t>>& r) {
         std::vector<engine::IovaRange> usable;

@@ -118,6 +118,10 @@ class IoasMapper {
   // exceed 2^63, so they are not folded into the return value). Pins as for unmap().
   int unmap_all(std::uint64_t* unmapped, std::vector<Pin>* released = nullptr);
 
+  // The IOAS is gone from the kernel (IOMMU_DESTROY, or its iommufd closed): drop the table
+  // and hand every pin to `released` (or park them).
+  void forget_all(std::vector<Pin>* released = nullptr);
+
   // Pins removed by unmaps that had nowhere to put them (the C API): the caller releases.
   std::vector<Pin> take_released();
 

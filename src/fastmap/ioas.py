@@ -32,11 +32,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from fastmap import _core, uapi
+from fastmap import _checks, _core, uapi
 from fastmap._closing import Closing
 from fastmap._u64 import U64_MAX, u64_array
 from fastmap.allocator import AllocationError, InvalidRequestError, IovaRange
 from fastmap.errors import BatchError, KernelError
+from fastmap.kernel import Fd
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 if TYPE_CHECKING:
     from fastmap.kernel import Kernel
@@ -52,31 +55,41 @@ _HINT_COALESCED = (
 )
 
 
-def _prot(readable: bool, writeable: bool) -> int:
-    if not (readable or writeable):
-        raise ValueError("a mapping must be readable, writeable or both")
-    return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
-        uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
-    )
-
-
 class Ioas(Closing):
     """One IOAS of an iommufd. Allocate with `Ioas.allocate` or `IOMMUFDBackend.ioas()`."""
 
-    def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int, *, owned: bool = True) -> None:
+    def __init__(
+        self, kernel: Kernel, iommufd: Fd | int, ioas_id: int, *, owned: bool = True
+    ) -> None:
+        """`iommufd`: preferably the Fd (then this Ioas stops reaching the kernel once it is
+        closed, whatever later reuses its number); a bare number is trusted to stay open."""
         self._kernel = kernel
-        self._fd = iommufd
+        self._iommufd = iommufd
         self._id = ioas_id
         self._owned = owned
-        self._mapper = _core.IoasMapper(kernel.core, iommufd, ioas_id)
+        self._core_mapper = _core.IoasMapper(kernel.core, int(iommufd), ioas_id)
         self._closed = False
 
     @classmethod
-    def allocate(cls, kernel: Kernel, iommufd: int) -> Ioas:
+    def allocate(cls, kernel: Kernel, iommufd: Fd | int) -> Ioas:
         """IOMMU_IOAS_ALLOC on `iommufd`."""
         cmd = uapi.new(uapi.iommu_ioas_alloc)
-        kernel.ioctl(iommufd, uapi.IOMMU_IOAS_ALLOC, cmd)
+        kernel.ioctl(int(iommufd), uapi.IOMMU_IOAS_ALLOC, cmd)
         return cls(kernel, iommufd, int(cmd.out_ioas_id))
+
+    @property
+    def _fd(self) -> int:
+        """The iommufd's number, checked open on every use (ValueError once closed)."""
+        return self._iommufd.number if isinstance(self._iommufd, Fd) else self._iommufd
+
+    @property
+    def _mapper(self) -> _core.IoasMapper:
+        # The C++ mapper holds the number: let it act only while the fd is the one we had.
+        _ = self._fd
+        return self._core_mapper
+
+    def _fd_gone(self) -> bool:
+        return isinstance(self._iommufd, Fd) and self._iommufd.closed
 
     @property
     def id(self) -> int:
@@ -102,8 +115,7 @@ class Ioas(Closing):
         length: int | None = None,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
         keep: object = None,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
@@ -113,8 +125,10 @@ class Ioas(Closing):
         `keep` (raw VAs only): an object the mapping holds until it is unmapped, e.g. the
         owner of the memory (a RamBlock's lease).
         """
-        prot = _prot(readable, writeable)
-        pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        prot = check_prot(prot)
+        if iova is not None:
+            iova = _checks.integer("iova", iova)
+        pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
         held: object = pin
         if keep is not None:
             if pin is not None:
@@ -156,8 +170,7 @@ class Ioas(Closing):
         lengths: npt.ArrayLike,
         iovas: npt.ArrayLike | Literal["kernel", "dense", "identity"] | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
         coalesce: bool = False,
         threads: int = 1,
         keep: Sequence[object] | None = None,
@@ -176,12 +189,13 @@ class Ioas(Closing):
         The caller keeps the memory at `vas` alive while mapped, or passes `keep`: one object
         per entry (e.g. a RamBlock lease, or None) that its mapping holds until unmapped.
         """
+        threads = _checks.integer("threads", threads, "u32")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         held = None if keep is None else list(keep)
         if held is not None and len(held) != v.size:
             raise ValueError(f"keep and vas differ in length: {len(held)} != {v.size}")
@@ -328,14 +342,13 @@ class Ioas(Closing):
         length: int,
         dst_iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_COPY: map here the pages `src` maps at [src_iova, +length), sharing
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         # The engine copies and records in one step; the new area holds the source's pins.
         err, iova = self._mapper.copy_from(src._mapper, src_iova, length, dst_iova, prot)
         if err:
@@ -354,12 +367,11 @@ class Ioas(Closing):
         length: int,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
         `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
-        err, chosen = self._mapper.map_file(fd, offset, length, iova, _prot(readable, writeable))
+        err, chosen = self._mapper.map_file(fd, offset, length, iova, check_prot(prot))
         if err:
             raise KernelError.from_errno(
                 err,
@@ -391,11 +403,11 @@ class Ioas(Closing):
     # --- translation --------------------------------------------------------------------------
     def translate_iova(self, iova: int) -> int | None:
         """The VA behind `iova` (None where nothing mapped through fastmap covers it)."""
-        return self._mapper.translate_iova(iova)
+        return self._mapper.translate_iova(_checks.integer("iova", iova))
 
     def translate_va(self, va: int) -> int | None:
         """An IOVA at which `va` is mapped (the lowest), or None. O(log n), like vtophys."""
-        return self._mapper.translate_va(va)
+        return self._mapper.translate_va(_checks.integer("va", va))
 
     def translate_va_bulk(self, vas: npt.ArrayLike) -> tuple[U64Array, npt.NDArray[np.bool_]]:
         """translate_va of every entry in one call: (iovas, found); iovas[i] is 0 where
@@ -435,32 +447,52 @@ class Ioas(Closing):
         """Unmap everything (releasing the pins), then destroy the IOAS (if owned)."""
         if self._closed:
             return
-        self.unmap_all()
+        if self._fd_gone():
+            # Closing the iommufd destroyed the IOAS with everything in it (the kernel
+            # unmapped and unpinned): forget it without touching a number someone may reuse.
+            self._core_mapper.forget_all()
+            self._closed = True
+            return
+        try:
+            self.unmap_all()
+        except KernelError:
+            if not self._owned:
+                raise
+            # IOMMU_DESTROY unmaps and unpins everything itself: an IOAS whose unmap
+            # failed is still destroyed rather than leaked in the iommufd.
         if self._owned:
             cmd = uapi.new(uapi.iommu_destroy, id=self._id)
             self._kernel.ioctl(self._fd, uapi.IOMMU_DESTROY, cmd)
+            # The kernel dropped every mapping with the IOAS: now the pins may go.
+            self._core_mapper.forget_all()
         self._closed = True
 
     def __repr__(self) -> str:
         return (
-            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._iommufd!r}: "
+            f"{len(self._core_mapper)} mappings>"
         )
 
     # --- helpers -------------------------------------------------------------------------------
     def _resolve(
         self, buffer_or_va: Buffer | int, length: int | None, writeable: bool
     ) -> tuple[_core.BufferPin | None, int, int]:
-        if isinstance(buffer_or_va, int):
+        if length is not None:
+            length = _checks.integer("length", length)
+            if length == 0:
+                raise ValueError("length must be positive (a mapping of 0 bytes maps nothing)")
+        if isinstance(buffer_or_va, int):  # bool included: _checks refuses it as an address
+            va = _checks.integer("va", buffer_or_va)
             if length is None:
                 raise ValueError("mapping a raw VA needs a length")
-            return None, buffer_or_va, length
+            return None, va, length
         try:
             pin = _core.BufferPin(buffer_or_va, writeable)
         except BufferError as e:
             if writeable:
                 raise ValueError(
                     f"{type(buffer_or_va).__name__} buffer is read-only or not contiguous: "
-                    "map it with writeable=False, or pass a writable contiguous buffer"
+                    "map it with prot=Prot.READ, or pass a writable contiguous buffer"
                 ) from e
             raise ValueError(f"{type(buffer_or_va).__name__} is not a contiguous buffer") from e
         except TypeError as e:
@@ -469,7 +501,7 @@ class Ioas(Closing):
             ) from e
         if length is None:
             length = pin.nbytes
-        elif not 0 < length <= pin.nbytes:
+        elif length > pin.nbytes:
             pin.release()
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length

@@ -25,12 +25,12 @@ def test_close_of_a_mapped_block_is_refused(kernel: Kernel) -> None:
     try:
         with Ioas.allocate(kernel, fd) as io:
             ram = RamBlock(4 * PAGE, 0x100000)
-            io.map(ram.va, ram.size, ram.gpa, keep=ram.lease())
+            io.map(ram.va, ram.length, ram.gpa, keep=ram.lease())
             with pytest.raises(RamInUseError):
                 ram.close()
             assert not ram.closed and ram.mapped
             ram.write(0, b"still here")
-            io.unmap(ram.gpa, ram.size)
+            io.unmap(ram.gpa, ram.length)
             assert not ram.mapped
             ram.close()
             assert ram.closed
