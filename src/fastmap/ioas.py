@@ -65,7 +65,7 @@ class Ioas(Closing):
         closed, whatever later reuses its number); a bare number is trusted to stay open."""
         self._kernel = kernel
         self._iommufd = iommufd
-        self._id = ioas_id
+        self._id = _checks.integer("ioas_id", ioas_id, "u32")
         self._owned = owned
         self._core_mapper = _core.IoasMapper(kernel.core, int(iommufd), ioas_id)
         self._closed = False

@@ -38,7 +38,6 @@ from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind
 from fastmap.prot import Prot
-from fastmap.prot import check as check_prot
 from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
