@@ -92,11 +92,16 @@ CAPI_HEADER = ROOT / "csrc" / "capi" / "fastmap_capi.h"
 
 
 class BuildPy(build_py):
-    """Install the C API header (it lives in csrc/capi) as package data of fastmap."""
+    """Install the C API header (it lives in csrc/capi) as package data of fastmap. An
+    editable install gets a copy in the package source directory, like the extension
+    itself (generated, ignored by git)."""
 
     def run(self) -> None:
         super().run()
-        target = Path(self.build_lib) / "fastmap"
+        if self.editable_mode:
+            target = ROOT / "src" / "fastmap"
+        else:
+            target = Path(self.build_lib) / "fastmap"
         target.mkdir(parents=True, exist_ok=True)
         self.copy_file(str(CAPI_HEADER), str(target / CAPI_HEADER.name))
 

@@ -108,12 +108,9 @@ __all__ = [
 
 
 def get_include() -> str:
-    """The directory holding fastmap_capi.h, for C and Cython clients of fastmap's C-level
-    API (add it to include_dirs; capi.pxd is cimported from the package). Installed, the
-    header is package data; in a source checkout (editable install) it is csrc/capi."""
+    """The directory holding fastmap_capi.h (and fastmap_sim.h), for C and Cython clients
+    of fastmap's C-level API (add it to include_dirs; capi.pxd is cimported from the
+    package). The C API header lives in csrc/capi and is installed here as package data."""
     import os
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.exists(os.path.join(here, "fastmap_capi.h")):
-        return here
-    return os.path.join(os.path.dirname(os.path.dirname(here)), "csrc", "capi")
+    return os.path.dirname(os.path.abspath(__file__))
