@@ -113,6 +113,7 @@ class IommufdContainer(Container):
                     [s.length for s in batch],
                     [s.gpa for s in batch],
                     prot=prot,
+                    keep=[s.lease() for s in batch],  # the block cannot close while mapped
                 )
                 done.extend(batch)
         except BaseException:
