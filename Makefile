@@ -1,6 +1,7 @@
 # fastmap developer entry points. On a fresh machine:
 #   make demo   # builds fastmap into .venv and runs the demo on the simulated kernel
 #   make test   # builds, lints, runs the test suites (simulator, then a real kernel in a VM)
+#   make test-sanitize / test-tsan / test-cpp / fuzz / fuzz-short: tools/sanitize/README.md
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -44,3 +45,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) src/fastmap/*.so
+
+include tools/sanitize/sanitize.mk

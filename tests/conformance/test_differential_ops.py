@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.fuzzing import examples
 
 from fastmap import uapi
 from fastmap.errors import KernelError
@@ -164,8 +165,7 @@ def _dirty_round(rec: object, hwpt: int, bits: object, no_clear: object) -> None
 
 @pytest.mark.real_kernel
 @settings(
-    max_examples=60,
-    derandomize=True,
+    max_examples=examples(60),
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

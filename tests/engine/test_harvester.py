@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.fuzzing import examples
 from tests.conformance.helpers import (
     MOCK_PAGE_SIZE,
     Buffer,
@@ -220,8 +221,7 @@ def test_tracking_off_reports_nothing(tracked: Tracked) -> None:
 
 
 @settings(
-    derandomize=True,
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

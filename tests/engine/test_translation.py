@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from tests.fuzzing import examples
 
 from fastmap.allocator import (
     AllocatorError,
@@ -153,8 +154,7 @@ class TranslationMachine(RuleBasedStateMachine):
 
 TestTranslationMachine = TranslationMachine.TestCase
 TestTranslationMachine.settings = settings(
-    derandomize=True,
-    max_examples=200,
+    max_examples=examples(200),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

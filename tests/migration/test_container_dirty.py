@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.fuzzing import examples
 
 from fastmap import bitmap, uapi
 from fastmap.address_space import AddressSpace
@@ -149,7 +150,7 @@ def test_plain_hwpts_are_left_alone(fk: FaultyKernel) -> None:
 pages_st = st.sets(st.integers(0, PAGES - 1), max_size=12)
 
 
-@settings(max_examples=20, derandomize=True, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(a=pages_st, b=pages_st)
 def test_query_ors_the_hwpts(a: set[int], b: set[int]) -> None:
     t = TwoHwpts(SimKernel())
