@@ -726,7 +726,13 @@ class Worker {
 
   void add_area(std::uint32_t id, std::uint64_t iova, std::uint64_t length) {
     auto it = shadow_.find(id);
-    if (it == shadow_.end()) fail("map into an IOAS not allocated", seed_, op_, area_str(id, iova, length));
+    if (it == shadow_.end()) {
+      // An IOAS the model did not see allocated: the VFIO compat IOAS, made when a device
+      // or group was bound to this fd from another thread. Track it from here, unchecked.
+      it = shadow_.emplace(id, ShadowIoas{}).first;
+      it->second.known = false;
+      own_ids_.insert(id);
+    }
     auto& a = it->second.areas;
     if (length == 0) fail("zero-length map succeeded", seed_, op_, area_str(id, iova, length));
     auto next = a.lower_bound(iova);
@@ -744,7 +750,7 @@ class Worker {
   // A successful IOMMU_IOAS_UNMAP of [iova, iova+length) that reported `out` bytes.
   void unmapped(const iommu_ioas_unmap& u, std::uint64_t out) {
     auto it = shadow_.find(u.ioas_id);
-    if (it == shadow_.end()) fail("unmap in an IOAS not allocated", seed_, op_, area_str(u.ioas_id, u.iova, u.length));
+    if (it == shadow_.end()) return;  // the compat IOAS (see add_area)
     auto& s = it->second;
     const bool all = u.iova == 0 && u.length == ~std::uint64_t{0};
     std::uint64_t want = 0;
@@ -835,6 +841,7 @@ class Worker {
       fd = sh_.fds[i];
       sh_.fds.erase(sh_.fds.begin() + static_cast<long>(i));
     }
+    if (fd == sh_.shadow_fd) return;
     const int rc = sh_.kernel.close(fd);
     if (rc != 0 && rc != -EBADF) fail("close", seed_, op_, std::to_string(rc));
   }

@@ -83,8 +83,8 @@ void test_allocator() {
   CHECK(alloc.check_invariants());
   CHECK(alloc.allocated_count() == got.size());
   std::vector<std::uint64_t> lengths(300, 3 * kPage), out(300);
-  CHECK(alloc.bulk_alloc(lengths, kPage, out) == 0);
   std::size_t failed = 0;
+  CHECK(alloc.bulk_alloc(lengths, kPage, {}, engine::Fit::kBest, out, &failed) == 0);
   CHECK(alloc.bulk_free(out, &failed) == 0);
   CHECK(alloc.reserve(1ull << 39, (1ull << 39) + kPage - 1) == 0);
   CHECK(alloc.check_invariants());
