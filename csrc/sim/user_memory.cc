@@ -113,6 +113,10 @@ extern "C" void* __asan_region_is_poisoned(void* beg, std::size_t size);
 bool asan_app_address(std::uint64_t a) {
   return a < 0x7fff8000ULL || (a >= 0x10007fff8000ULL && a <= 0x7fffffffffffULL);
 }
+// Not instrumented: ASan would check the shadow of its own shadow.
+FM_USER_ACCESS unsigned char asan_shadow_byte(std::uint64_t a) {
+  return *reinterpret_cast<const volatile unsigned char*>((a >> 3) + 0x7fff8000ULL);
+}
 // The kernel reads and writes any mapped page, but in this process a mapped byte that ASan
 // poisoned (a freed buffer, a redzone past a heap block) means the caller handed the
 // "kernel" a buffer shorter or older than it claimed: make ASan report it, with the stack,
@@ -120,9 +124,11 @@ bool asan_app_address(std::uint64_t a) {
 void asan_check_user(std::uint64_t addr, std::size_t len) {
   if (!asan_app_address(addr) || !asan_app_address(addr + len - 1)) return;
   void* bad = __asan_region_is_poisoned(reinterpret_cast<void*>(addr), len);
-  if (bad && asan_app_address(reinterpret_cast<std::uint64_t>(bad))) {
-    (void)*static_cast<volatile unsigned char*>(bad);
-  }
+  const auto b = reinterpret_cast<std::uint64_t>(bad);
+  if (!bad || !asan_app_address(b)) return;
+  // 0xfe marks ASan's own memory: a wild pointer that happens to land there is the caller's
+  // bug but not one ASan can describe, so leave it to the copy (as the kernel would).
+  if (asan_shadow_byte(b) != 0xfe) (void)*static_cast<volatile unsigned char*>(bad);
 }
 #else
 void asan_check_user(std::uint64_t, std::size_t) {}

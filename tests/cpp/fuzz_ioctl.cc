@@ -64,10 +64,17 @@ constexpr std::uint64_t kPage = 4096;
 struct Arena {
   static constexpr std::size_t kRwPages = 64;
   unsigned char* rw = nullptr;      // kRwPages read-write pages (data and buffers to map)
-  unsigned char* args = nullptr;    // one RW page for structs, then a PROT_NONE guard page
+  // Per thread, one RW page for its structs, then a PROT_NONE guard page. (Shared, another
+  // thread's struct would overwrite this one's between its placing and the kernel's read.)
+  static constexpr int kMaxThreads = 64;
+  unsigned char* args = nullptr;
+  unsigned char* args_of(int thread) const { return args + 2 * thread * kPage; }
   unsigned char* ro = nullptr;      // a read-only page
   unsigned char* none = nullptr;    // a PROT_NONE page
-  std::uint64_t hole = 0;           // an address that was mapped once and is not any more
+  // Unmapped in practice: below where PIE binaries, libraries and ASan's shadow live. (A page
+  // munmapped here would be taken again by the next mmap, ASan's own included, and writes
+  // through it would corrupt that.)
+  std::uint64_t hole = 0x10000000;
 
   Arena() {
     auto map = [](std::size_t pages, int prot) {
@@ -76,19 +83,16 @@ struct Arena {
       return static_cast<unsigned char*>(p);
     };
     rw = map(kRwPages, PROT_READ | PROT_WRITE);
-    args = map(2, PROT_READ | PROT_WRITE);
-    ::mprotect(args + kPage, kPage, PROT_NONE);
+    args = map(2 * kMaxThreads, PROT_READ | PROT_WRITE);
+    for (int t = 0; t < kMaxThreads; ++t) ::mprotect(args + (2 * t + 1) * kPage, kPage, PROT_NONE);
     ro = map(1, PROT_READ | PROT_WRITE);
     std::memset(ro, 0x5a, kPage);
     ::mprotect(ro, kPage, PROT_READ);
     none = map(1, PROT_NONE);
-    unsigned char* h = map(1, PROT_READ | PROT_WRITE);
-    ::munmap(h, kPage);
-    hole = reinterpret_cast<std::uint64_t>(h);
   }
   ~Arena() {
     ::munmap(rw, kRwPages * kPage);
-    ::munmap(args, 2 * kPage);
+    ::munmap(args, 2 * kMaxThreads * kPage);
     ::munmap(ro, kPage);
     ::munmap(none, kPage);
   }
@@ -307,7 +311,7 @@ bool allowed_errno(long e) {
     case EINVAL: case EFAULT: case ENOTTY: case E2BIG: case ENOENT: case EOPNOTSUPP:
     case EBUSY: case EEXIST: case ENOSPC: case EOVERFLOW: case ENOMEM: case EPERM:
     case EMSGSIZE: case ENODEV: case EBADF: case EMFILE: case ERANGE: case ENXIO:
-    case EDEADLK: case EAGAIN:
+    case EDEADLK: case EAGAIN: case EBADFD: case EADDRINUSE: case EACCES:
       return true;
     default:
       return false;
@@ -321,7 +325,9 @@ struct Shared {
   Arena arena;
   std::vector<std::string> paths;  // device nodes to open
   std::mutex mu;                   // guards fds and ids
-  std::vector<int> fds;            // open fds (not the shadowed one)
+  // Open fds (not the shadowed one) and what they are: 'i' /dev/iommu, 'c' a VFIO container,
+  // 'g' a group, 'd' a device, 'o' anything else.
+  std::vector<std::pair<int, char>> fds;
   std::vector<std::uint32_t> ids;  // object ids seen on any fd
   int shadow_fd = -1;              // the single-threaded, shadow-modelled iommufd
   std::atomic<bool> stop{false};
@@ -329,6 +335,14 @@ struct Shared {
   std::map<std::string, std::map<long, long>> seen;  // request -> errno -> count (verbose)
   std::mutex seen_mu;
 };
+
+char kind_of(const std::string& path) {
+  if (path == "/dev/iommu") return 'i';
+  if (path == "/dev/vfio/vfio") return 'c';
+  if (path.starts_with("/dev/vfio/devices/")) return 'd';
+  if (path.starts_with("/dev/vfio/")) return 'g';
+  return 'o';
+}
 
 struct Rng {
   std::mt19937_64 g;
@@ -347,6 +361,8 @@ T pick(Rng& r, const std::vector<T>& v, T dflt) {
 struct ShadowIoas {
   std::map<std::uint64_t, std::uint64_t> areas;
   bool known = true;  // false after a failed unmap that may have removed some areas
+  bool adopted = false;  // first seen in a MAP, not in IOAS_ALLOC (the compat IOAS)
+  long born = 0;         // the op that made it known
   std::uint64_t bytes() const {
     std::uint64_t b = 0;
     for (auto& [s, l] : areas) b += l;
@@ -356,9 +372,9 @@ struct ShadowIoas {
 
 class Worker {
  public:
-  Worker(Shared& sh, std::uint64_t seed, bool shadow_owner, bool verbose)
-      : sh_(sh), r_(seed), seed_(seed), shadow_owner_(shadow_owner), verbose_(verbose),
-        reqs_(requests()) {}
+  Worker(Shared& sh, int thread, std::uint64_t seed, bool verbose)
+      : sh_(sh), thread_(thread), r_(seed), seed_(seed), shadow_owner_(thread == 0),
+        verbose_(verbose), reqs_(requests()) {}
 
   void run(long max_ops) {
     for (long i = 0; (max_ops < 0 || i < max_ops) && !sh_.stop.load(); ++i) {
@@ -389,13 +405,23 @@ class Worker {
       left.swap(busy);
     }
     if (!left.empty()) {
+      const std::uint32_t id = left.front();
+      iommu_ioas_iova_ranges q{};
+      q.size = sizeof(q);
+      q.ioas_id = id;
+      const bool ioas = sh_.kernel.ioctl(sh_.shadow_fd, IOMMU_IOAS_IOVA_RANGES, &q) != -ENOENT;
+      auto s = shadow_.find(id);
       fail("object stays busy after every other object is gone", seed_, op_,
-           "id " + std::to_string(left.front()));
+           "id " + std::to_string(id) + (ioas ? " (an IOAS" : " (not an IOAS") +
+               (s == shadow_.end() ? ")"
+                                   : std::string(s->second.adopted ? ", adopted" : ", allocated") +
+                                         " at op " + std::to_string(s->second.born) + ")"));
     }
   }
 
  private:
   Shared& sh_;
+  int thread_;
   Rng r_;
   std::uint64_t seed_;
   bool shadow_owner_;
@@ -427,15 +453,30 @@ class Worker {
     return pick<std::uint32_t>(r_, sh_.ids, 1);
   }
 
-  int any_fd() {
-    switch (r_.below(8)) {
+  // Mostly an fd of the kind the request is for, so calls get past the fd check.
+  int any_fd(char kind = 0) {
+    switch (r_.below(16)) {
       case 0: return -1;
       case 1: return static_cast<int>(r_.below(64));
       case 2: return sh_.shadow_fd;
       default: break;
     }
     std::lock_guard lk(sh_.mu);
-    return pick<int>(r_, sh_.fds, 3);
+    if (sh_.fds.empty()) return 3;
+    for (int tries = 0; kind && tries < 16; ++tries) {
+      const auto& [fd, k] = sh_.fds[r_.below(sh_.fds.size())];
+      if (k == kind) return fd;
+    }
+    return sh_.fds[r_.below(sh_.fds.size())].first;
+  }
+
+  static char target_of(const Req& q, Rng& r) {
+    if (q.iommufd) return 'i';
+    const std::string n = q.name;
+    if (n.starts_with("VFIO_GROUP")) return 'g';
+    if (n.starts_with("VFIO_DEVICE")) return 'd';
+    if (n.starts_with("VFIO_DIRTY")) return r.chance(50) ? 'c' : 'd';
+    return r.chance(75) ? 'c' : 'i';  // container calls; on an iommufd, the compat layer
   }
 
   std::uint64_t iova() {
@@ -482,7 +523,7 @@ class Worker {
       case 3: return sh_.arena.hole;
       case 4: return 0xffff888000000000ull + r_.below(1ull << 30);  // kernel half
       case 5: return r_.below(1ull << 16);                          // low, unmapped
-      case 6: return u(sh_.arena.args) + kPage - r_.below(64);      // runs into the guard
+      case 6: return u(sh_.arena.args_of(thread_)) + kPage - r_.below(64);  // into the guard
       case 7: return u(sh_.arena.rw) + r_.below(Arena::kRwPages * kPage);
       default: return u(sh_.arena.rw) + r_.below(Arena::kRwPages) * kPage;
     }
@@ -495,7 +536,8 @@ class Worker {
         return r_.chance(60) ? 0 : r_.chance(70) ? (1ull << r_.below(4)) | r_.below(8)
                                                   : r_.next();
       case K::Id: return any_id(shadowed);
-      case K::Fd: return static_cast<std::uint64_t>(static_cast<std::int64_t>(any_fd()));
+      case K::Fd:
+        return static_cast<std::uint64_t>(static_cast<std::int64_t>(any_fd(r_.chance(50) ? 'i' : 'c')));
       case K::Iova: return iova();
       case K::Len: return len();
       case K::Uptr: return uptr();
@@ -515,7 +557,7 @@ class Worker {
   // leave its outputs where they can be read back.
   std::uint64_t place(const unsigned char* buf, std::size_t n, int* how, bool shadowed = false) {
     const auto u = [](const void* p) { return reinterpret_cast<std::uint64_t>(p); };
-    unsigned char* args = sh_.arena.args;
+    unsigned char* args = sh_.arena.args_of(thread_);
     const unsigned k = r_.below(shadowed ? 92 : 100);
     if (k < 80 || n > kPage) {
       *how = 0;
@@ -539,7 +581,7 @@ class Worker {
     if (r_.chance(3)) return churn_files();
     const Req& q = reqs_[r_.below(reqs_.size())];
     const bool shadowed = shadow_owner_ && q.shadowed && r_.chance(85);
-    int fd = shadowed ? sh_.shadow_fd : any_fd();
+    int fd = shadowed ? sh_.shadow_fd : any_fd(target_of(q, r_));
     if (shadowed) fd = sh_.shadow_fd;
     if (!shadowed && fd == sh_.shadow_fd) fd = -1;  // only the owner touches the shadowed fd
 
@@ -551,7 +593,7 @@ class Worker {
       case Arg::None: argv = r_.chance(80) ? 0 : r_.next(); break;
       case Arg::Int: argv = r_.chance(80) ? r_.below(12) : r_.next(); break;
       case Arg::IntPtr: {
-        const std::int32_t v = any_fd();
+        const std::int32_t v = any_fd(r_.chance(70) ? 'c' : 'i');
         std::memcpy(buf, &v, 4);
         argv = place(buf, 4, &how);
         break;
@@ -647,7 +689,7 @@ class Worker {
              bool shadowed, int how) {
     if (q.nr == VFIO_GROUP_GET_DEVICE_FD && rc > 0) {
       std::lock_guard lk(sh_.mu);
-      sh_.fds.push_back(static_cast<int>(rc));
+      sh_.fds.emplace_back(static_cast<int>(rc), 'd');
       return;
     }
     if (how != 0) return;  // outputs were not written where we can read them
@@ -666,8 +708,13 @@ class Worker {
         const std::uint32_t id = rd32(offsetof(iommu_ioas_alloc, out_ioas_id));
         note_id(id, shadowed);
         if (shadowed) {
-          if (shadow_.count(id)) fail("IOAS id handed out twice", seed_, op_, std::to_string(id));
+          if (auto old = shadow_.find(id); old != shadow_.end()) {
+            fail("IOAS id handed out twice", seed_, op_,
+                 std::to_string(id) + (old->second.adopted ? " (adopted at op " : " (allocated at op ") +
+                     std::to_string(old->second.born) + ")");
+          }
           shadow_[id] = ShadowIoas{};
+          shadow_[id].born = op_;
         }
         break;
       }
@@ -677,7 +724,7 @@ class Worker {
       case IOMMU_FAULT_QUEUE_ALLOC: {
         note_id(rd32(offsetof(iommu_fault_alloc, out_fault_id)), shadowed);
         std::lock_guard lk(sh_.mu);
-        sh_.fds.push_back(static_cast<int>(rd32(offsetof(iommu_fault_alloc, out_fault_fd))));
+        sh_.fds.emplace_back(static_cast<int>(rd32(offsetof(iommu_fault_alloc, out_fault_fd))), 'o');
         break;
       }
       case IOMMU_TEST_CMD: {
@@ -686,7 +733,7 @@ class Worker {
           for (std::size_t off : {16u, 20u, 24u}) note_id(rd32(off), shadowed);
         } else if (op == IOMMU_TEST_OP_CREATE_ACCESS) {  // out_access_fd
           std::lock_guard lk(sh_.mu);
-          sh_.fds.push_back(static_cast<int>(rd32(16)));
+          sh_.fds.emplace_back(static_cast<int>(rd32(16)), 'o');
         }
         break;
       }
@@ -731,6 +778,8 @@ class Worker {
       // or group was bound to this fd from another thread. Track it from here, unchecked.
       it = shadow_.emplace(id, ShadowIoas{}).first;
       it->second.known = false;
+      it->second.adopted = true;
+      it->second.born = op_;
       own_ids_.insert(id);
     }
     auto& a = it->second.areas;
@@ -791,7 +840,9 @@ class Worker {
       q.ioas_id = id;
       const long rc = sh_.kernel.ioctl(sh_.shadow_fd, IOMMU_IOAS_IOVA_RANGES, &q);
       if (rc != 0 && rc != -EMSGSIZE) {
-        fail("live IOAS does not answer IOVA_RANGES", seed_, op_, std::to_string(rc));
+        fail("live IOAS does not answer IOVA_RANGES", seed_, op_,
+             "ioas " + std::to_string(id) + " -> " + std::to_string(rc) +
+                 (s.adopted ? ", adopted at op " : ", allocated at op ") + std::to_string(s.born));
       }
     }
     if (shadow_.empty()) return;
@@ -827,7 +878,7 @@ class Worker {
       const int fd = sh_.kernel.open(path.c_str(), 2);
       if (fd >= 0) {
         std::lock_guard lk(sh_.mu);
-        sh_.fds.push_back(fd);
+        sh_.fds.emplace_back(fd, kind_of(path));
       } else if (!allowed_errno(-fd)) {
         fail("open errno", seed_, op_, path + " -> " + std::to_string(fd));
       }
@@ -838,7 +889,7 @@ class Worker {
       std::lock_guard lk(sh_.mu);
       if (sh_.fds.size() < 4) return;
       const std::size_t i = r_.below(sh_.fds.size());
-      fd = sh_.fds[i];
+      fd = sh_.fds[i].first;
       sh_.fds.erase(sh_.fds.begin() + static_cast<long>(i));
     }
     if (fd == sh_.shadow_fd) return;
@@ -862,7 +913,7 @@ int main(int argc, char** argv) {
     if (a == "--seed") seed = std::strtoull(next(), nullptr, 0);
     else if (a == "--seconds") seconds = std::strtod(next(), nullptr);
     else if (a == "--ops") max_ops = std::strtol(next(), nullptr, 0);
-    else if (a == "--threads") threads = std::max(1, std::atoi(next()));
+    else if (a == "--threads") threads = std::clamp(std::atoi(next()), 1, Arena::kMaxThreads);
     else if (a == "--verbose") verbose = true;
     else {
       std::fprintf(stderr, "usage: %s [--seed N] [--seconds S] [--ops N] [--threads T]\n", argv[0]);
@@ -893,11 +944,14 @@ int main(int argc, char** argv) {
     sh.shadow_fd = sh.kernel.open("/dev/iommu", 2);
     for (const std::string& p : sh.paths) {
       const int fd = sh.kernel.open(p.c_str(), 2);
-      if (fd >= 0) sh.fds.push_back(fd);
+      if (fd >= 0) sh.fds.emplace_back(fd, kind_of(p));
     }
 
     std::vector<Worker> workers;
-    for (int t = 0; t < threads; ++t) workers.emplace_back(sh, seed + 0x9e3779b97f4a7c15ull * t, t == 0, verbose);
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back(sh, t, seed + 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(t),
+                           verbose);
+    }
     const long per_thread = max_ops;
     std::vector<std::thread> ts;
     for (int t = 1; t < threads; ++t) ts.emplace_back([&, t] { workers[t].run(per_thread); });
@@ -919,7 +973,7 @@ int main(int argc, char** argv) {
       timer.join();
     }
     // Close every other file first: an access or device there may hold the shadowed IOASes.
-    for (int fd : sh.fds) sh.kernel.close(fd);
+    for (auto [fd, kind] : sh.fds) sh.kernel.close(fd);
     sh.fds.clear();
     workers[0].teardown_shadow();
     if (verbose) {

@@ -60,7 +60,7 @@ build/tsan/_core$(SAN_EXT): $(call san_objs,tsan,$(SAN_SOURCES))
 build/asan/%: build/asan/obj/tests/cpp/%.o $(call san_objs,asan,$(SAN_LIB_SRCS))
 	g++ $(ASAN_SAN) $^ -o $@ -pthread
 
-.PHONY: asan-build tsan-build test-sanitize test-tsan test-cpp fuzz fuzz-short
+.PHONY: asan-build tsan-build fuzz-build test-sanitize test-tsan test-cpp fuzz fuzz-short
 
 asan-build: $(STAMP)
 	$(MAKE) -j$(SAN_JOBS) build/asan/_core$(SAN_EXT) build/asan/unit_engine build/asan/fuzz_ioctl
@@ -83,13 +83,20 @@ TSAN_TESTS ?= $(shell grep -rlE "threads?=|Thread\(|ThreadPool" tests --include=
 test-tsan: tsan-build
 	$(TSAN_ENV) LD_PRELOAD=$(TSAN_RT) PYTHONPATH=build/tsan/pkg $(PY) $(SAN_PYTEST) $(TSAN_TESTS)
 
-# The ioctl fuzzer for FUZZ_SECONDS, then the hypothesis properties with random seeds and
-# many examples (the `fuzz` profile). FUZZ_SEED=N replays a fuzzer run.
-fuzz: asan-build
+# The ioctl fuzzer for FUZZ_SECONDS, then the hypothesis properties (the test files that use
+# hypothesis) with random seeds and FASTMAP_FUZZ_FACTOR (10) times the examples, on the
+# normal build. FUZZ_SEED=N replays a fuzzer run.
+HYPOTHESIS_TESTS ?= $(shell grep -rl "^from hypothesis" tests --include='test_*.py' | grep -v '^tests/vm/')
+FASTMAP_FUZZ_FACTOR ?= 10
+export FASTMAP_FUZZ_FACTOR
+fuzz: $(STAMP) fuzz-build
 	$(CPP_ASAN_ENV) build/asan/fuzz_ioctl --seconds $(FUZZ_SECONDS) --threads $(FUZZ_THREADS) $(FUZZ_ARGS)
-	HYPOTHESIS_PROFILE=fuzz $(PY) $(SAN_PYTEST) tests
+	HYPOTHESIS_PROFILE=fuzz $(PY) $(SAN_PYTEST) $(HYPOTHESIS_TESTS)
+
+fuzz-build: $(STAMP)
+	$(MAKE) -j$(SAN_JOBS) build/asan/fuzz_ioctl
 
 # CI's short run: a minute of the fuzzer, one thread then several.
-fuzz-short: asan-build
+fuzz-short: fuzz-build
 	$(CPP_ASAN_ENV) build/asan/fuzz_ioctl --seconds 20 --threads 1 $(FUZZ_ARGS)
 	$(CPP_ASAN_ENV) build/asan/fuzz_ioctl --seconds 40 --threads 2 $(FUZZ_ARGS)
