@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fuzzing import examples
 
 from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel
+from tests.fuzzing import examples
 
 from ..conftest import make_kernel
 from .helpers import (

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fuzzing import examples
 from tests.conformance.helpers import (
     MOCK_PAGE_SIZE,
     Buffer,
@@ -29,6 +28,7 @@ from tests.conformance.helpers import (
     mock_set_dirty,
     set_dirty_tracking,
 )
+from tests.fuzzing import examples
 
 from fastmap import bitmap, uapi
 from fastmap.dirty import DirtyHarvester

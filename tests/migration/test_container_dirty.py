@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.fuzzing import examples
 
 from fastmap import bitmap, uapi
 from fastmap.address_space import AddressSpace
@@ -23,6 +22,7 @@ from fastmap.kernel import Kernel
 from fastmap.sim import SimKernel
 from fastmap.vfio_errors import DirtyTrackingWarning
 from fastmap.vfio_iommufd import IommufdContainer
+from tests.fuzzing import examples
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits
 
