@@ -25,7 +25,7 @@ SAN_CXXFLAGS = -std=c++20 -O1 -g1 -fno-omit-frame-pointer -fPIC -fvisibility=hid
 ASAN_RT      := $(shell g++ -print-file-name=libasan.so)
 TSAN_RT      := $(shell g++ -print-file-name=libtsan.so)
 ASAN_ENV     := ASAN_OPTIONS=detect_leaks=0:allow_user_segv_handler=1:abort_on_error=1:detect_stack_use_after_return=0 \
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 FASTMAP_SANITIZER=asan
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc FASTMAP_SANITIZER=asan
 CPP_ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:allow_user_segv_handler=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_ENV     := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0 \
