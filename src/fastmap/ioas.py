@@ -20,7 +20,6 @@ import ctypes
 import errno as _errno
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
@@ -28,8 +27,11 @@ import numpy.typing as npt
 
 from fastmap import _core, uapi
 from fastmap._closing import Closing
-from fastmap.allocator import IovaAllocator
+from fastmap._u64 import U64_MAX, u64_array
+from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.errors import BatchError, KernelError
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 if TYPE_CHECKING:
     from fastmap.kernel import Kernel
@@ -37,55 +39,12 @@ if TYPE_CHECKING:
 Buffer: TypeAlias = Any  # anything exporting a contiguous PEP 3118 buffer
 U64Array: TypeAlias = npt.NDArray[np.uint64]
 
-U64_MAX = (1 << 64) - 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _HINT_COALESCED = (
     "the range covers part of a coalesced mapping: unmap the whole run (see segments()) "
     "or map without coalesce=True"
 )
-
-
-@dataclass(frozen=True)
-class IovaRange:
-    """An IOVA range, `last` inclusive (as the uAPI reports it)."""
-
-    start: int
-    last: int
-
-    @property
-    def length(self) -> int:
-        return self.last - self.start + 1
-
-
-def _prot(readable: bool, writeable: bool) -> int:
-    if not (readable or writeable):
-        raise ValueError("a mapping must be readable, writeable or both")
-    return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
-        uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
-    )
-
-
-def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
-    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
-    if isinstance(values, np.ndarray):
-        arr = values
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
-            raise ValueError(f"{name} has negative entries")
-    else:
-        # Element by element: mixing numpy uint64 with Python ints would promote to float.
-        try:
-            items: Iterable[Any] = values  # type: ignore[assignment]
-            arr = np.array([int(v) for v in items], dtype=np.uint64)
-        except OverflowError as e:
-            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
-        except TypeError as e:
-            raise TypeError(f"{name} must be a sequence of integers") from e
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
 class Ioas(Closing):
@@ -128,16 +87,15 @@ class Ioas(Closing):
         length: int | None = None,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
 
         With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
         """
-        prot = _prot(readable, writeable)
-        pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        prot = check_prot(prot)
+        pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
         chosen, err = self._mapper.map_one(va, length, iova, prot)
         if err is not None:
             if pin is not None:
@@ -176,8 +134,7 @@ class Ioas(Closing):
         lengths: npt.ArrayLike,
         iovas: npt.ArrayLike | Literal["kernel", "dense", "identity"] | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
         coalesce: bool = False,
         threads: int = 1,
     ) -> U64Array:
@@ -196,10 +153,10 @@ class Ioas(Closing):
         """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
+        v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         if isinstance(iovas, str):
             if iovas == "kernel":
                 return self._run_map(v, ln, None, prot, coalesce, threads)
@@ -217,7 +174,7 @@ class Ioas(Closing):
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
-            fixed = _u64s("iovas", iovas)
+            fixed = u64_array("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
         return self._run_map(v, ln, fixed, prot, coalesce, threads)
@@ -242,7 +199,7 @@ class Ioas(Closing):
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
         """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
-        io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
+        io, ln = u64_array("iovas", iovas), u64_array("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
         removed, err = self._mapper.unmap(io, ln)
@@ -337,14 +294,13 @@ class Ioas(Closing):
         length: int,
         dst_iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_COPY: map here the pages `src` maps at [src_iova, +length), sharing
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if dst_iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -357,7 +313,7 @@ class Ioas(Closing):
             src_iova=src_iova,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
-        self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.dst_iova), length, check_prot(prot))
         self._record(int(cmd.dst_iova), length)
         return int(cmd.dst_iova)
 
@@ -368,12 +324,11 @@ class Ioas(Closing):
         length: int,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
         `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -386,7 +341,7 @@ class Ioas(Closing):
             iova=iova or 0,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
-        self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.iova), length, check_prot(prot))
         self._record(int(cmd.iova), length)
         return int(cmd.iova)
 
@@ -466,7 +421,7 @@ class Ioas(Closing):
             if writeable:
                 raise ValueError(
                     f"{type(buffer_or_va).__name__} buffer is read-only or not contiguous: "
-                    "map it with writeable=False, or pass a writable contiguous buffer"
+                    "map it with prot=Prot.READ, or pass a writable contiguous buffer"
                 ) from e
             raise ValueError(f"{type(buffer_or_va).__name__} is not a contiguous buffer") from e
         except TypeError as e:

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from tests.fuzzing import examples
 
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 from fastmap.allocator import AllocatorError, IovaAllocator
-from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 SETTINGS = settings(
     max_examples=examples(200),

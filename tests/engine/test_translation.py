@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from tests.fuzzing import examples
 
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 from fastmap.allocator import (
     AllocatorError,
     InvalidRequestError,
@@ -23,7 +24,6 @@ from fastmap.allocator import (
     RangeNotFoundError,
     TranslationMap,
 )
-from fastmap.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 
 K = 0x1000
 

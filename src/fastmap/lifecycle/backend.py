@@ -11,7 +11,7 @@ This mirrors QEMU's `iommufd` backend object (backends/iommufd.c, QEMU 10.0):
   A pre-opened fd (`IOMMUFDBackend(fd=...)`) is never closed by the backend.
 * `kernel=` picks the kernel: a `fastmap.kernel.Kernel`, "real" or "sim"; by default
   $FASTMAP_KERNEL, else the real kernel where /dev/iommu exists and the simulated one
-  otherwise (`fastmap.kernel.open_kernel`).
+  otherwise (`fastmap.seam.open_kernel`).
 * The thin calls (`map_dma`, `unmap_dma`, `alloc_hwpt`, dirty tracking, `get_device_info`)
   are QEMU's, one ioctl each; bulk mapping goes through the `Ioas` that `alloc_ioas()`
   returns, which drives the C++ batch engine.
@@ -36,7 +36,10 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
-from fastmap.kernel import Kernel, KernelKind, open_kernel
+from fastmap.kernel import Kernel, KernelKind
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
+from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
 
@@ -227,25 +230,23 @@ class IOMMUFDBackend:
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
     def map_dma(
-        self, ioas_id: int, iova: int, size: int, vaddr: int, readonly: bool = False
+        self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
     ) -> None:
-        """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable.
-        An EFAULT usually means `vaddr` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-        if not readonly:
-            flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
+        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`.
+        An EFAULT usually means `va` is a PCI BAR mapping (iommufd cannot map MMIO)."""
+        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | int(check_prot(prot))
         cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=vaddr, length=size, iova=iova
+            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=va, length=length, iova=iova
         )
         self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
 
     def unmap_dma(
-        self, ioas_id: int, iova: int, size: int, *, enoent_ok: bool | None = None
+        self, ioas_id: int, iova: int, length: int, *, enoent_ok: bool | None = None
     ) -> int:
         """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
         backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
         returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=size)
+        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=length)
         try:
             self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
         except KernelError as e:
@@ -269,14 +270,14 @@ class IOMMUFDBackend:
         self,
         hwpt_id: int,
         iova: int,
-        size: int,
+        length: int,
         page_size: int,
         bitmap: npt.NDArray[np.uint64] | None = None,
     ) -> npt.NDArray[np.uint64]:
         """IOMMU_HWPT_GET_DIRTY_BITMAP (read and clear, flags 0 as QEMU 10.0): bit i of the
         result is page `iova + i * page_size`. Bits are ORed into `bitmap` when given (the
         kernel only sets bits), so several HWPTs can report into one bitmap."""
-        words = (-(-size // page_size) + 63) // 64
+        words = (-(-length // page_size) + 63) // 64
         if bitmap is None:
             bitmap = np.zeros(max(words, 1), np.uint64)
         elif bitmap.dtype != np.uint64 or not bitmap.flags.c_contiguous or bitmap.size < words:
@@ -286,7 +287,7 @@ class IOMMUFDBackend:
             hwpt_id=hwpt_id,
             flags=0,
             iova=iova,
-            length=size,
+            length=length,
             page_size=page_size,
             data=bitmap.ctypes.data,
         )
