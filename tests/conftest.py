@@ -30,7 +30,7 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile(
     "fuzz",
     derandomize=False,
-    max_examples=2000,
+    max_examples=500,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -3,7 +3,7 @@
 Tests say how many examples they want in an ordinary run with `examples(n)` and leave
 derandomization to the profile: "default" and "ci" are derandomized (reproducible), "fuzz"
 (`make fuzz`) draws fresh random inputs and multiplies every budget by FASTMAP_FUZZ_FACTOR
-(default 20; `make fuzz` sets 10).
+(default 20; `make fuzz` sets 5).
 """
 
 from __future__ import annotations

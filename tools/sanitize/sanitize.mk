@@ -84,10 +84,10 @@ test-tsan: tsan-build
 	$(TSAN_ENV) LD_PRELOAD=$(TSAN_RT) PYTHONPATH=build/tsan/pkg $(PY) $(SAN_PYTEST) $(TSAN_TESTS)
 
 # The ioctl fuzzer for FUZZ_SECONDS, then the hypothesis properties (the test files that use
-# hypothesis) with random seeds and FASTMAP_FUZZ_FACTOR (10) times the examples, on the
+# hypothesis) with random seeds and FASTMAP_FUZZ_FACTOR (5) times the examples, on the
 # normal build. FUZZ_SEED=N replays a fuzzer run.
 HYPOTHESIS_TESTS ?= $(shell grep -rl "^from hypothesis" tests --include='test_*.py' | grep -v '^tests/vm/')
-FASTMAP_FUZZ_FACTOR ?= 10
+FASTMAP_FUZZ_FACTOR ?= 5
 export FASTMAP_FUZZ_FACTOR
 fuzz: $(STAMP) fuzz-build
 	$(CPP_ASAN_ENV) build/asan/fuzz_ioctl --seconds $(FUZZ_SECONDS) --threads $(FUZZ_THREADS) $(FUZZ_ARGS)
