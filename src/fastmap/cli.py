@@ -5,6 +5,7 @@
     fastmap bench all            every benchmark
     fastmap migrate-demo         live-migration pre-copy of guest RAM, driven by IOMMU
                                  dirty tracking, while a device writes it
+    fastmap sim-run -- PROG ...  run an unmodified program on the simulated kernel
 
 `--kernel real|sim` picks the kernel (default: real where /dev/iommu exists, else sim;
 FASTMAP_KERNEL also sets it).
@@ -39,7 +40,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_map(args: argparse.Namespace) -> int:
-    from fastmap._tools.bench_map import SIZES, ratios, run_map_benchmark
+    from fastmap._tools.bench_map import SIZES, ratios, run_lifecycle_benchmark, run_map_benchmark
 
     kernel = _kernel(args)
     rows = run_map_benchmark(kernel, SIZES, repeat=args.repeat, scale=args.scale)
@@ -57,6 +58,22 @@ def cmd_bench_map(args: argparse.Namespace) -> int:
     )
     for size, rs in ratios(rows).items():
         print(f"{size}: " + ", ".join(f"{k} {v:.2f}x" for k, v in rs.items()))
+    life = run_lifecycle_benchmark(
+        kernel, max(1, int(100_000 * args.scale)), 4 << 10, repeat=max(1, args.repeat)
+    )
+    r = life.ratios
+    print(
+        f"whole operations, {life.entries:,} x 4 KiB (best of {max(1, args.repeat)}, one run):\n"
+        f"  map + first translate {life.map_indexed * 1e3:.1f} ms = "
+        f"{r['map_indexed_over_floor']:.2f}x the map floor ({life.map_floor * 1e3:.1f} ms; "
+        f"target <= 1.2x)\n"
+        f"  unmap_batch {life.unmap_batch * 1e3:.1f} ms = {r['unmap_batch_over_floor']:.2f}x "
+        f"the unmap floor ({life.unmap_floor * 1e3:.1f} ms; target <= 1.2x)\n"
+        f"  translate_va_bulk {r['translate_lookups_per_s'] / 1e6:.1f} M lookups/s "
+        f"(target >= 5 M/s)\n"
+        f"  {life.threads} IOASes mapped from {life.threads} threads: "
+        f"{r['separate_ioases_speedup']:.2f}x the serial time's speed"
+    )
     return 0
 
 
@@ -157,10 +174,33 @@ def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the RAM contents and writes")
 
 
+def cmd_bench_simrun(args: argparse.Namespace) -> int:
+    from fastmap._tools.bench_simrun import run_simrun_benchmark
+
+    scale = max(args.scale, 0.01)
+    rows = run_simrun_benchmark(
+        calls=int(200_000 * scale), child_calls=int(20_000 * scale), repeat=max(1, args.repeat)
+    )
+    print("per-ioctl cost of the simulated kernel's entry paths (IOMMU_OPTION get)")
+    print(
+        _table(
+            ["path", "calls", "ns/call"], [(r.mode, r.calls, f"{r.ns_per_call:,.0f}") for r in rows]
+        )
+    )
+    direct = next(r.ns_per_call for r in rows if r.mode == "direct")
+    for r in rows:
+        if r.mode in ("owner", "child"):
+            print(
+                f"sim-run {r.mode}: +{(r.ns_per_call - direct) / 1e3:.2f} us per ioctl over direct"
+            )
+    return 0
+
+
 _BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
     "alloc": cmd_bench_alloc,
     "map": cmd_bench_map,
     "dirty": cmd_bench_dirty,
+    "simrun": cmd_bench_simrun,
 }
 
 
@@ -193,6 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_migrate_demo_arguments(migrate)
     migrate.set_defaults(func=cmd_migrate_demo)
+    simrun = sub.add_parser(
+        "sim-run", help="run an unmodified C/C++/Rust program on the simulated kernel"
+    )
+    from fastmap import simrun as simrun_mod
+
+    simrun_mod.add_arguments(simrun)
+    simrun.set_defaults(func=simrun_mod.run)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -29,6 +29,13 @@ class FastmapError(Exception):
     """Base of every error fastmap raises on purpose."""
 
 
+class RamInUseError(FastmapError, RuntimeError):
+    """A RamBlock was closed while a device mapping still holds it: unmap it first.
+    Nothing changed; `errno` is EBUSY."""
+
+    errno = _errno.EBUSY
+
+
 class KernelError(FastmapError, OSError):
     """A kernel call (open/close/ioctl/pread/pwrite) returned -errno.
 
@@ -323,7 +330,27 @@ class BatchError(KernelError):
     Attributes beyond KernelError's: `index` (the failing entry), `rollback_failed` (undoing
     the entries before it failed too, so the IOAS is not as it was: very rare, e.g. memory
     freed under a rollback). `arguments` holds the entry's iova/va/length.
+
+    A BatchError is also the errno's own class: `BatchError(errno.EEXIST, ...)` is an
+    instance of IovaInUseError, so `except IovaInUseError` catches a batch's EEXIST too.
     """
+
+    _typed: ClassVar[dict[type[KernelError], type[BatchError]]] = {}
+
+    def __new__(cls, err: int, *args: Any, **kwargs: Any) -> BatchError:
+        base = KernelError._by_errno.get(err)
+        if cls is BatchError and base is not None:
+            cls = BatchError._typed.get(base) or BatchError._typed.setdefault(
+                base,
+                type(
+                    f"Batch{base.__name__}",
+                    (BatchError, base),
+                    {"_errnos": (), "__module__": __name__, "__doc__": BatchError.__doc__},
+                ),
+            )
+        # OSError.__new__ fills errno/strerror itself once a class defines __new__ (and its
+        # __init__ then does nothing): give it exactly what KernelError.__init__ would.
+        return super().__new__(cls, err, os.strerror(err))
 
     def __init__(
         self,
@@ -349,7 +376,7 @@ class BatchError(KernelError):
     def __reduce__(self) -> tuple[Any, ...]:
         args = {k: v for k, v in self.arguments.items() if k != "entry"}
         return (
-            type(self),
+            BatchError,  # picks the errno's class again
             (self.errno, self.call, self.index, args, self.hint, self.rollback_failed),
         )
 

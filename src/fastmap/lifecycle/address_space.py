@@ -102,11 +102,21 @@ class AddressSpace(Closing):
         self._blocks.sort(key=lambda b: b.gpa)
 
     def remove_ram(self, block: RamBlock) -> None:
-        """Unmap a block from every container, then free it."""
+        """Unmap a block from every container, then free it. If a container cannot unmap
+        it, the others map it again, the block stays, and the error propagates."""
         if block not in self._blocks:
             raise ValueError(f"{block!r} is not in address space {self.name}")
-        for listener in reversed(self._listeners):
-            listener.region_del([block])
+        done: list[MemoryListener] = []
+        try:
+            for listener in reversed(self._listeners):
+                listener.region_del([block])
+                done.append(listener)
+        except BaseException:
+            # A container still maps the block: freeing it would hand the device memory
+            # the process reuses. Map it back where it was removed and keep it.
+            for listener in reversed(done):
+                listener.region_add([block])
+            raise
         self._blocks.remove(block)
         block.close()
 

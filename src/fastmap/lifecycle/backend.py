@@ -33,12 +33,11 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from fastmap import uapi
+from fastmap import _checks, uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
-from fastmap.kernel import Kernel, KernelKind
+from fastmap.kernel import Fd, Kernel, KernelKind
 from fastmap.prot import Prot
-from fastmap.prot import check as check_prot
 from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
@@ -111,21 +110,30 @@ class IOMMUFDBackend:
         self.kernel: Kernel = kernel if isinstance(kernel, Kernel) else open_kernel(kernel)
         self.path = path
         self.owned = fd is None
-        self._fd = -1 if fd is None else fd
+        # An Fd object, not a number: objects allocated here hold it, and once it is closed
+        # they cannot reach whatever later reuses the number.
+        self._fd: Fd | None = None if fd is None else Fd(self.kernel, fd, owned=False)
         self.users = 0
         self.unmap_enoent_ok = unmap_enoent_ok
+        # IOAS id -> the Ioas whose engine owns its mappings (map_dma/unmap_dma use it).
+        self._ioases: dict[int, Ioas] = {}
 
     # --- connection ----------------------------------------------------------------------
     @property
     def fd(self) -> int:
-        """The iommufd; RuntimeError while an owned backend is not connected."""
-        if self._fd < 0:
+        """The iommufd's number; RuntimeError while an owned backend is not connected."""
+        return self.fd_object.number
+
+    @property
+    def fd_object(self) -> Fd:
+        """The iommufd as an Fd (closed when the backend's last user disconnects)."""
+        if self._fd is None:
             raise RuntimeError("the IOMMUFD backend is not connected: call connect() first")
         return self._fd
 
     @property
     def connected(self) -> bool:
-        return self._fd >= 0
+        return self._fd is not None
 
     def connect(self) -> None:
         """Take a reference; the first one opens /dev/iommu (owned backends only).
@@ -135,7 +143,7 @@ class IOMMUFDBackend:
         """
         if self.owned and self.users == 0:
             try:
-                self._fd = self.kernel.open(self.path, os.O_RDWR)
+                self._fd = self.kernel.open_fd(self.path, os.O_RDWR)
             except KernelError as e:
                 raise IommufdUnavailableError(
                     e.errno,
@@ -151,12 +159,13 @@ class IOMMUFDBackend:
         if self.users == 0:
             return
         self.users -= 1
-        if self.users == 0 and self.owned:
-            fd, self._fd = self._fd, -1
+        if self.users == 0 and self.owned and self._fd is not None:
+            fd, self._fd = self._fd, None
+            self._ioases.clear()  # their IOASes die with the fd
             try:
-                self.kernel.close(fd)
+                fd.close()
             except KernelError as e:
-                log.error("closing the iommufd %d failed: %s", fd, e)
+                log.error("closing the iommufd %s failed: %s", fd, e)
 
     @property
     def can_be_deleted(self) -> bool:
@@ -176,7 +185,7 @@ class IOMMUFDBackend:
         self.disconnect()
 
     def __repr__(self) -> str:
-        state = f"fd {self._fd}" if self._fd >= 0 else "closed"
+        state = f"fd {self._fd.fd}" if self._fd is not None else "closed"
         owner = "owned" if self.owned else "borrowed"
         return f"<IOMMUFDBackend {state} ({owner}) users={self.users} on {self.kernel.name}>"
 
@@ -184,7 +193,9 @@ class IOMMUFDBackend:
     def alloc_ioas(self) -> Ioas:
         """IOMMU_IOAS_ALLOC: a new IOAS. Its `close()` unmaps everything and destroys it;
         close it before the backend's last disconnect."""
-        return Ioas.allocate(self.kernel, self.fd)
+        ioas = Ioas.allocate(self.kernel, self.fd_object)
+        self._ioases[ioas.id] = ioas
+        return ioas
 
     @contextmanager
     def ioas(self) -> Iterator[Ioas]:
@@ -229,32 +240,50 @@ class IOMMUFDBackend:
         return int(cmd.out_hwpt_id)
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
+    def _ioas_for(self, ioas_id: int) -> Ioas:
+        """The Ioas (and so the engine) that owns IOAS `ioas_id`'s mappings: the one this
+        backend allocated, or an unowned view made on first use."""
+        ioas = self._ioases.get(ioas_id)
+        if ioas is None or ioas.closed:
+            ioas = Ioas(self.kernel, self.fd_object, ioas_id, owned=False)
+            self._ioases[ioas_id] = ioas
+        return ioas
+
     def map_dma(
         self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
     ) -> None:
-        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`.
-        An EFAULT usually means `va` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | int(check_prot(prot))
-        cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=va, length=length, iova=iova
-        )
-        self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
+        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`, through the IOAS's
+        engine like every other mapping. An EFAULT usually means `va` is a PCI BAR mapping
+        (iommufd cannot map MMIO)."""
+        try:
+            self._ioas_for(ioas_id).map(va, length, iova, prot=prot)
+        except KernelError as e:
+            raise KernelError.from_errno(
+                e.errno,
+                "IOMMU_IOAS_MAP",
+                {"ioas_id": ioas_id, "iova": iova, "length": length, "user_va": va},
+                e.hint,
+            ) from e
 
     def unmap_dma(
         self, ioas_id: int, iova: int, length: int, *, enoent_ok: bool | None = None
     ) -> int:
-        """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
-        backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
-        returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=length)
+        """IOMMU_IOAS_UNMAP through the IOAS's engine; returns the bytes unmapped. With
+        `enoent_ok` (default: the backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts
+        as success and returns 0."""
         try:
-            self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
+            return self._ioas_for(ioas_id).unmap(iova, length)
         except KernelError as e:
             ok = self.unmap_enoent_ok if enoent_ok is None else enoent_ok
             if ok and e.errno == _errno.ENOENT:
                 return 0
-            raise
-        return int(cmd.length)
+            # One range, so the errno-typed error (NotFoundError...) rather than BatchError.
+            raise KernelError.from_errno(
+                e.errno,
+                "IOMMU_IOAS_UNMAP",
+                {"ioas_id": ioas_id, "iova": iova, "length": length},
+                e.hint,
+            ) from e
 
     # --- dirty tracking ----------------------------------------------------------------------
     def set_dirty_tracking(self, hwpt_id: int, start: bool) -> None:
@@ -276,12 +305,38 @@ class IOMMUFDBackend:
     ) -> npt.NDArray[np.uint64]:
         """IOMMU_HWPT_GET_DIRTY_BITMAP (read and clear, flags 0 as QEMU 10.0): bit i of the
         result is page `iova + i * page_size`. Bits are ORed into `bitmap` when given (the
-        kernel only sets bits), so several HWPTs can report into one bitmap."""
-        words = (-(-length // page_size) + 63) // 64
+        kernel only sets bits), so several HWPTs can report into one bitmap.
+
+        `page_size` must be a power of two. Linux 6.12 rejects 0 (EINVAL) but takes any other
+        value and writes one bit per 2**ctz(page_size) bytes, which is not what bit i above
+        means; fastmap refuses such sizes with the same EINVAL before the call, and sizes
+        (or checks) the bitmap by the kernel's rule, so the kernel never writes past it."""
+        hwpt_id = _checks.integer("hwpt_id", hwpt_id, "u32")
+        iova = _checks.integer("iova", iova, "u64")
+        length = _checks.integer("length", length, "u64")
+        page_size = _checks.integer("page_size", page_size, "u64")
+        if page_size == 0 or page_size & (page_size - 1):
+            raise KernelError.from_errno(
+                _errno.EINVAL,
+                "IOMMU_HWPT_GET_DIRTY_BITMAP",
+                {"hwpt_id": hwpt_id, "iova": iova, "length": length, "page_size": page_size},
+                "page_size must be a power of two (one bitmap bit per page_size bytes)",
+            )
+        # The kernel's granule: one bit per 2**ctz(page_size) bytes (== page_size here).
+        granule = page_size & -page_size
+        words = (-(-length // granule) + 63) // 64
         if bitmap is None:
             bitmap = np.zeros(max(words, 1), np.uint64)
-        elif bitmap.dtype != np.uint64 or not bitmap.flags.c_contiguous or bitmap.size < words:
-            raise ValueError(f"bitmap must be a contiguous uint64 array of >= {words} words")
+        elif (
+            not isinstance(bitmap, np.ndarray)
+            or bitmap.dtype != np.uint64
+            or not bitmap.flags.c_contiguous
+            or not bitmap.flags.writeable
+            or bitmap.size < words
+        ):
+            raise ValueError(
+                f"bitmap must be a writable contiguous uint64 array of >= {words} words"
+            )
         cmd = uapi.new(
             uapi.iommu_hwpt_get_dirty_bitmap,
             hwpt_id=hwpt_id,

@@ -67,20 +67,30 @@ class Container(ABC):
         self._map_sections(sections)
 
     def region_del(self, sections: Sequence[RamBlock]) -> None:
-        """Unmap RAM sections; failures are logged (QEMU reports and carries on)."""
+        """Unmap RAM sections. Each failure is logged (as QEMU reports them) and the others
+        are still unmapped; then the first failure is raised, so that the address space
+        does not free memory the IOMMU still maps."""
+        first: Exception | None = None
         for s in sections:
             try:
                 self.dma_unmap(s.gpa, s.length)
             except Exception as e:
                 log.error("%r: unmapping %r failed: %s", self, s, e)
+                first = first or e
+        if first is not None:
+            raise first
+
+    def listener_unregister(self) -> None:
+        """Stop following the address space, unmapping all its RAM. A failed unmap is only
+        logged here: the container is being torn down, and its IOAS's close unmaps all."""
+        try:
+            self.space.unregister_listener(self)
+        except Exception as e:
+            log.error("%r: unmapping the address space's RAM failed: %s", self, e)
 
     def listener_register(self) -> None:
         """Follow the address space: map all its RAM now, and later blocks as they come."""
         self.space.register_listener(self)
-
-    def listener_unregister(self) -> None:
-        """Stop following the address space, unmapping all its RAM."""
-        self.space.unregister_listener(self)
 
     @property
     def listening(self) -> bool:

@@ -1,38 +1,80 @@
-"""u64 arguments: the one place Python values become the uint64 arrays the engine takes.
+"""The one place where Python integers, integer arrays and paths are checked before they
+reach the kernel.
 
-Every API that takes addresses, lengths or ranges converts them here, so they all refuse the
-same things the same way: a non-integer (float, str, a float dtype) is a `TypeError`; a
-negative value, one past 2**64 - 1 or a wrong shape is a `ValueError` naming the argument.
-Nothing wraps or rounds: numpy would silently turn ``[0, 2**63]`` into floats, so Python
-sequences are converted element by element.
+ctypes and pybind11 would otherwise truncate (ctypes: 2**32 + 5 into a u32 is 5), coerce
+(True is the address 1) or fail with an unhelpful "incompatible function arguments". Every
+uAPI struct field assignment (fastmap._layout) and every integer argument of the raw layer
+goes through `integer`, so an out-of-range value is a ValueError naming where it was going.
+Arrays of addresses, lengths and ranges (`u64_array`, `u64_pairs`) follow the same rule: a
+non-integer is a TypeError, a negative value, one past 2**64 - 1 or a wrong shape a
+ValueError naming the argument. Nothing wraps or rounds: numpy would silently turn
+``[0, 2**63]`` into floats, so Python sequences are converted element by element.
 """
 
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Iterable
 from typing import Any, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["U64_MAX", "U64Array", "u64", "u64_array", "u64_pairs"]
-
 U64_MAX = (1 << 64) - 1
 U64Array: TypeAlias = npt.NDArray[np.uint64]
+
+#: (low, high) inclusive for each scalar uAPI type.
+LIMITS: dict[str, tuple[int, int]] = {
+    "u8": (0, (1 << 8) - 1),
+    "u16": (0, (1 << 16) - 1),
+    "u32": (0, (1 << 32) - 1),
+    "u64": (0, (1 << 64) - 1),
+    "s32": (-(1 << 31), (1 << 31) - 1),
+}
+
+
+def integer(name: str, value: object, kind: str = "u64") -> int:
+    """`value` as an int of uAPI type `kind` ("u8".."u64", "s32").
+
+    TypeError for non-integers and for bools (a bool is never an address, length or id);
+    ValueError naming `name` and the value when it does not fit.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not bool ({value!r})")
+    try:
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+    lo, hi = LIMITS[kind]
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={v:#x} is outside the {kind} range [{lo:#x}, {hi:#x}]")
+    return v
+
+
+def fd_number(name: str, value: object) -> int:
+    """A file descriptor number: an int in 0..2**31-1."""
+    v = integer(name, value, "s32")
+    if v < 0:
+        raise ValueError(f"{name}={v} is not a file descriptor (negative)")
+    return v
+
+
+def path(name: str, value: object) -> str:
+    """A filesystem path for open(2): str or bytes without NUL (the C string would end there
+    and open a different file)."""
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str path, not {type(value).__name__}")
+    if "\0" in value:
+        raise ValueError(f"{name}={value!r} contains a NUL byte")
+    return value
 
 
 def u64(name: str, value: object) -> int:
     """`value` as an int in [0, 2**64)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int, got {value!r}")
-    try:
-        v = operator.index(cast("Any", value))
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {value!r}") from None
-    if not 0 <= v <= U64_MAX:
-        raise ValueError(f"{name}: expected 0 <= {name} < 2**64, got {v}")
-    return v
+    return integer(name, value, "u64")
 
 
 def u64_array(name: str, values: npt.ArrayLike) -> U64Array:
