@@ -134,19 +134,20 @@ void test_mapper(sim::SimKernel& k, int fd) {
   CHECK(mapper.segment_count() == before);
 
   // Unmaps: exact segments, then everything.
-  std::vector<std::uint64_t> removed;
+  std::uint64_t removed = 0;
   CHECK(!mapper.unmap(std::vector<std::uint64_t>(out.begin(), out.begin() + 10),
-                      std::vector<std::uint64_t>(10, kPage), &removed));
-  CHECK(removed.size() == 10);
+                      std::vector<std::uint64_t>(10, kPage), nullptr, &removed));
+  CHECK(removed == 10 * kPage);
   std::uint64_t unmapped = 0;
   CHECK(mapper.unmap_all(&unmapped) == 0);
   CHECK(unmapped == (54 + 256 + 256) * kPage);
   CHECK(mapper.segment_count() == 0);
 
-  // A mapping left in place at close: the kernel side must free it.
+  // A mapping left in place, holding a pin: the mapper and the kernel side must free both.
   std::vector<std::uint64_t> one(1);
+  std::vector<engine::Pin> pins{engine::Pin(new int(7), [](void* p) { delete static_cast<int*>(p); })};
   CHECK(!mapper.map(std::vector<std::uint64_t>{buf.va()}, std::vector<std::uint64_t>{kPage}, {},
-                    one, rw, {}));
+                    one, rw, {}, pins));
 }
 
 void test_harvester(sim::SimKernel& k, int fd) {
