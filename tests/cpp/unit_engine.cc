@@ -143,11 +143,18 @@ void test_mapper(sim::SimKernel& k, int fd) {
   CHECK(unmapped == (54 + 256 + 256) * kPage);
   CHECK(mapper.segment_count() == 0);
 
-  // A mapping left in place, holding a pin: the mapper and the kernel side must free both.
+  // A pinned mapping: its unmap hands the pin back (a mapper destroyed with it still mapped
+  // keeps it on purpose, since a device may still reach the memory).
   std::vector<std::uint64_t> one(1);
   std::vector<engine::Pin> pins{engine::Pin(new int(7), [](void* p) { delete static_cast<int*>(p); })};
   CHECK(!mapper.map(std::vector<std::uint64_t>{buf.va()}, std::vector<std::uint64_t>{kPage}, {},
                     one, rw, {}, pins));
+  std::vector<engine::Pin> released;
+  CHECK(mapper.unmap_all(&unmapped, &released) == 0);
+  CHECK(released.size() == 1 && released[0].use_count() == 1);
+  // A mapping without a pin left in place at close: the kernel side must free it.
+  CHECK(!mapper.map(std::vector<std::uint64_t>{buf.va()}, std::vector<std::uint64_t>{kPage}, {},
+                    one, rw, {}));
 }
 
 void test_harvester(sim::SimKernel& k, int fd) {
