@@ -32,6 +32,8 @@ from fastmap._u64 import U64_MAX, u64_array
 from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.errors import BatchError, KernelError
 from fastmap.kernel import Fd
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 if TYPE_CHECKING:
     from fastmap.kernel import Kernel
@@ -45,14 +47,6 @@ _HINT_COALESCED = (
     "the range covers part of a coalesced mapping: unmap the whole run (see segments()) "
     "or map without coalesce=True"
 )
-
-
-def _prot(readable: bool, writeable: bool) -> int:
-    if not (readable or writeable):
-        raise ValueError("a mapping must be readable, writeable or both")
-    return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
-        uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
-    )
 
 
 class Ioas(Closing):
@@ -113,18 +107,17 @@ class Ioas(Closing):
         length: int | None = None,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
 
         With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
         """
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         if iova is not None:
             iova = _checks.integer("iova", iova)
-        pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
         chosen, err = self._mapper.map_one(va, length, iova, prot)
         if err is not None:
             if pin is not None:
@@ -163,8 +156,7 @@ class Ioas(Closing):
         lengths: npt.ArrayLike,
         iovas: npt.ArrayLike | Literal["kernel", "dense", "identity"] | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
         coalesce: bool = False,
         threads: int = 1,
     ) -> U64Array:
@@ -187,7 +179,7 @@ class Ioas(Closing):
         v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         if isinstance(iovas, str):
             if iovas == "kernel":
                 return self._run_map(v, ln, None, prot, coalesce, threads)
@@ -325,14 +317,13 @@ class Ioas(Closing):
         length: int,
         dst_iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_COPY: map here the pages `src` maps at [src_iova, +length), sharing
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if dst_iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -345,7 +336,7 @@ class Ioas(Closing):
             src_iova=src_iova,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
-        self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.dst_iova), length, check_prot(prot))
         self._record(int(cmd.dst_iova), length)
         return int(cmd.dst_iova)
 
@@ -356,8 +347,7 @@ class Ioas(Closing):
         length: int,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
 
@@ -376,7 +366,7 @@ class Ioas(Closing):
             ) from e
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"fd={fd} is not a memfd or regular file (mode {st.st_mode:#o})")
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -389,7 +379,7 @@ class Ioas(Closing):
             iova=iova or 0,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
-        self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.iova), length, check_prot(prot))
         self._record(int(cmd.iova), length)
         return int(cmd.iova)
 
@@ -488,7 +478,7 @@ class Ioas(Closing):
             if writeable:
                 raise ValueError(
                     f"{type(buffer_or_va).__name__} buffer is read-only or not contiguous: "
-                    "map it with writeable=False, or pass a writable contiguous buffer"
+                    "map it with prot=Prot.READ, or pass a writable contiguous buffer"
                 ) from e
             raise ValueError(f"{type(buffer_or_va).__name__} is not a contiguous buffer") from e
         except TypeError as e:

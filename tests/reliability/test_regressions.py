@@ -258,7 +258,7 @@ def test_out_of_range_ids_are_not_truncated() -> None:
         with pytest.raises(ValueError, match=r"iommu_destroy\.id"):
             be.free_id(ioas.id + (1 << 32))
         with pytest.raises(ValueError, match="iova"):
-            be.map_dma(ioas.id, -PAGE, PAGE, buf.ctypes.data)
+            be.map_dma(ioas.id, buf.ctypes.data, PAGE, -PAGE)
         assert ioas.translate_iova(iova) == buf.ctypes.data
         assert [s.iova for s in ioas.segments()] == [iova]
         ioas.unmap(iova, PAGE)

@@ -37,6 +37,8 @@ from fastmap import _checks, uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
@@ -235,25 +237,23 @@ class IOMMUFDBackend:
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
     def map_dma(
-        self, ioas_id: int, iova: int, size: int, vaddr: int, readonly: bool = False
+        self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
     ) -> None:
-        """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable.
-        An EFAULT usually means `vaddr` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-        if not readonly:
-            flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
+        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`.
+        An EFAULT usually means `va` is a PCI BAR mapping (iommufd cannot map MMIO)."""
+        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | int(check_prot(prot))
         cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=vaddr, length=size, iova=iova
+            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=va, length=length, iova=iova
         )
         self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
 
     def unmap_dma(
-        self, ioas_id: int, iova: int, size: int, *, enoent_ok: bool | None = None
+        self, ioas_id: int, iova: int, length: int, *, enoent_ok: bool | None = None
     ) -> int:
         """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
         backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
         returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=size)
+        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=length)
         try:
             self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
         except KernelError as e:
@@ -277,7 +277,7 @@ class IOMMUFDBackend:
         self,
         hwpt_id: int,
         iova: int,
-        size: int,
+        length: int,
         page_size: int,
         bitmap: npt.NDArray[np.uint64] | None = None,
     ) -> npt.NDArray[np.uint64]:
@@ -291,18 +291,18 @@ class IOMMUFDBackend:
         (or checks) the bitmap by the kernel's rule, so the kernel never writes past it."""
         hwpt_id = _checks.integer("hwpt_id", hwpt_id, "u32")
         iova = _checks.integer("iova", iova, "u64")
-        size = _checks.integer("size", size, "u64")
+        length = _checks.integer("length", length, "u64")
         page_size = _checks.integer("page_size", page_size, "u64")
         if page_size == 0 or page_size & (page_size - 1):
             raise KernelError.from_errno(
                 _errno.EINVAL,
                 "IOMMU_HWPT_GET_DIRTY_BITMAP",
-                {"hwpt_id": hwpt_id, "iova": iova, "length": size, "page_size": page_size},
+                {"hwpt_id": hwpt_id, "iova": iova, "length": length, "page_size": page_size},
                 "page_size must be a power of two (one bitmap bit per page_size bytes)",
             )
         # The kernel's granule: one bit per 2**ctz(page_size) bytes (== page_size here).
         granule = page_size & -page_size
-        words = (-(-size // granule) + 63) // 64
+        words = (-(-length // granule) + 63) // 64
         if bitmap is None:
             bitmap = np.zeros(max(words, 1), np.uint64)
         elif (
@@ -320,7 +320,7 @@ class IOMMUFDBackend:
             hwpt_id=hwpt_id,
             flags=0,
             iova=iova,
-            length=size,
+            length=length,
             page_size=page_size,
             data=bitmap.ctypes.data,
         )
