@@ -21,6 +21,7 @@ from fastmap.backend import IOMMUFDBackend
 from fastmap.kernel import Kernel
 from fastmap.sysfs import HostSysfs
 from fastmap.vfio_iommufd import bind, open_cdev, query_iova_ranges
+from tests.facilities import missing
 from tests.lifecycle.faulty import FaultyKernel
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
@@ -59,7 +60,7 @@ def edu(kernel: Kernel) -> str:
     for bdf in sysfs.find_pci(EDU_VENDOR, EDU_DEVICE):
         if sysfs.driver(f"/sys/bus/pci/devices/{bdf}") == "vfio-pci":
             return bdf
-    pytest.skip("no edu device bound to vfio-pci (tools/vmtest/guest-setup.sh binds it)")
+    missing("vfio", "no edu device bound to vfio-pci (tools/vmtest/guest-setup.sh binds it)")
 
 
 @pytest.fixture

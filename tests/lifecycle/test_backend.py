@@ -18,6 +18,7 @@ from fastmap.kernel import Fd, Kernel
 from fastmap.ram import RamBlock
 from fastmap.sysfs import sysfs_for
 from fastmap.vfio_iommufd import bind, open_cdev
+from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
 PAGE = mmap.PAGESIZE
@@ -191,6 +192,7 @@ def test_get_device_info_and_hwpt(kernel: Kernel, edu: str) -> None:
         kernel.close(fd)
 
 
+@only_on_sim
 def test_dirty_bitmap_on_a_dirty_capable_sim_device(kernel: Kernel) -> None:
     machine = getattr(kernel, "machine", None)
     if machine is None:

@@ -29,6 +29,7 @@ from fastmap.vfio_errors import (
 )
 from fastmap.vfio_iommufd import IommufdContainer
 from fastmap.vfio_legacy import open_groups
+from tests.facilities import only_on_sim
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
@@ -287,6 +288,7 @@ def test_legacy_step_fails(
     assert fk.open_fds == set()
 
 
+@only_on_sim
 def test_legacy_failure_of_second_device_keeps_group_and_container(
     fk: FaultyKernel, space: AddressSpace
 ) -> None:
