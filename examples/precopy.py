@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastmap._tools.precopy import DemoOptions, run_demo
 from fastmap.cli import add_migrate_demo_arguments
-from fastmap.precopy import DemoOptions, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,24 +1,15 @@
 // The embedded simulated kernel: the other side of the ioctl seam.
 //
-// It keeps a table of device nodes (path -> a factory that opens a File, like a char
-// device's open()) and a table of open files. /dev/iommu is registered at construction; the
-// VFIO side registers /dev/vfio/vfio, /dev/vfio/N and /dev/vfio/devices/vfioN as it creates
-// devices. fds are numbered in the simulator's own namespace (lowest free from 3, like a
-// fresh process) and mean nothing to the real kernel. Thread-safe.
+// The top of csrc/sim: the core (fd table, device nodes, accounting) with the subsystems
+// plugged in. /dev/iommu is registered at construction; the VFIO side registers
+// /dev/vfio/vfio, /dev/vfio/N and /dev/vfio/devices/vfioN as it creates devices.
+// Thread-safe.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
-#include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <string>
-#include <vector>
 
-#include "seam/kernel.h"
-#include "sim/config.h"
-#include "sim/file.h"
+#include "sim/core/config.h"
+#include "sim/core/kernel_core.h"
 
 namespace fastmap::sim {
 
@@ -26,50 +17,15 @@ namespace vfio {
 class Machine;
 }
 
-class SimKernel final : public Kernel {
+class SimKernel final : public KernelCore {
  public:
   explicit SimKernel(SimConfig config = {});
   ~SimKernel() override;
 
-  int open(const char* path, int flags) noexcept override;
-  int close(int fd) noexcept override;
-  long ioctl(int fd, unsigned long request, void* arg) noexcept override;
-  ssize_t pread(int fd, void* buf, std::size_t count, std::uint64_t offset) noexcept override;
-  ssize_t pwrite(int fd, const void* buf, std::size_t count,
-                 std::uint64_t offset) noexcept override;
-  const char* name() const noexcept override { return "sim"; }
-
-  const SimConfig& config() const noexcept { return config_; }
-
-  // A char-device open(): a new File, or -errno through `*err`.
-  using NodeOpen = std::function<std::shared_ptr<File>(SimKernel&, int flags, int* err)>;
-  void register_node(const std::string& path, NodeOpen open);
-  void unregister_node(const std::string& path);
-
-  // fget(): the file behind an fd, for calls that take another fd as an argument
-  // (BIND_IOMMUFD's iommufd, GROUP_SET_CONTAINER, MAP_FILE). nullptr for a bad fd.
-  std::shared_ptr<File> fget(int fd) const;
-  // Install an already-created file (GROUP_GET_DEVICE_FD returns a new fd): fd or -EMFILE.
-  int install(std::shared_ptr<File> file);
-
   // The simulated machine's PCI devices behind VFIO (empty until devices are added).
   vfio::Machine& machine() noexcept { return *machine_; }
 
-  // Pinned-memory accounting of the one simulated process and its user, in pages, checked
-  // against config().rlimit_memlock: iommufd charges the user's (default) or the mm's
-  // locked_vm (IOMMU_OPTION_RLIMIT_MODE), Type1 the mm's.
-  std::atomic<std::uint64_t>& locked_vm(bool per_mm) noexcept {
-    return per_mm ? mm_locked_vm_ : user_locked_vm_;
-  }
-
  private:
-  std::atomic<std::uint64_t> user_locked_vm_{0};
-  std::atomic<std::uint64_t> mm_locked_vm_{0};
-  SimConfig config_;
-  mutable std::mutex fd_mu_;  // guards nodes_ and fds_
-  std::map<std::string, NodeOpen> nodes_;
-  std::vector<std::shared_ptr<File>> fds_;
-  // Declared last so it goes first; the destructor has closed every file before that.
   std::unique_ptr<vfio::Machine> machine_;
 };
 

@@ -15,14 +15,14 @@ inclusive, so the whole 64-bit space is expressible.
 from __future__ import annotations
 
 import errno
-import operator
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, NamedTuple, cast
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from fastmap import _core
+from fastmap._u64 import U64_MAX, u64, u64_array
 
 __all__ = [
     "DEFAULT_HUGE_PAGE_SIZES",
@@ -40,7 +40,6 @@ __all__ = [
     "TranslationMap",
 ]
 
-U64_MAX = (1 << 64) - 1
 DEFAULT_HUGE_PAGE_SIZES: tuple[int, ...] = (1 << 21, 1 << 30)
 PAGE_SIZE = 4096
 
@@ -151,10 +150,10 @@ _new_range = tuple.__new__
 
 
 def _u64(name: str, value: int) -> int:
-    v = operator.index(value)
-    if not 0 <= v <= U64_MAX:
-        raise InvalidRequestError(f"{name}={v:#x} is not a u64", errno.EINVAL)
-    return v
+    try:
+        return u64(name, value)
+    except ValueError as e:
+        raise InvalidRequestError(str(e), errno.EINVAL) from None
 
 
 def _range(name: str, r: tuple[int, int]) -> tuple[int, int]:
@@ -169,28 +168,10 @@ def _range(name: str, r: tuple[int, int]) -> tuple[int, int]:
 
 
 def _u64_array(name: str, values: npt.ArrayLike) -> U64Array:
-    """A contiguous 1-D uint64 array of `values`, refusing negatives, floats and values past
-    2**64 - 1 rather than letting them wrap or round."""
-    if not isinstance(values, np.ndarray):
-        # Python sequences: check each int (numpy would turn [0, 2**63] into floats).
-        try:
-            items: list[Any] = list(cast("Iterable[Any]", values))
-        except TypeError:
-            raise TypeError(f"{name} must be a 1-D sequence of integers") from None
-        return np.fromiter((_u64(name, v) for v in items), dtype=np.uint64, count=len(items))
-    if values.ndim != 1:
-        raise InvalidRequestError(f"{name} must be 1-D, got shape {values.shape}", errno.EINVAL)
-    if values.dtype == np.uint64:
-        return np.ascontiguousarray(values)
-    if values.dtype.kind == "u":
-        return values.astype(np.uint64)
-    if values.dtype.kind == "i":
-        if values.size and int(values.min()) < 0:
-            raise InvalidRequestError(f"{name} holds negative values", errno.EINVAL)
-        return values.astype(np.uint64)
-    if values.dtype.kind == "O":
-        return _u64_array(name, values.tolist())
-    raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+    try:
+        return u64_array(name, values)
+    except ValueError as e:
+        raise InvalidRequestError(str(e), errno.EINVAL) from None
 
 
 def _fit(fit: str) -> int:

@@ -16,7 +16,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from fastmap.kernel import Kernel, open_kernel
+from fastmap.kernel import Kernel
+from fastmap.seam import open_kernel
 
 
 def _kernel(args: argparse.Namespace) -> Kernel:
@@ -32,13 +33,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fastmap.demo import run_demo
+    from fastmap._tools.demo import run_demo
 
     return run_demo(_kernel(args), print)
 
 
 def cmd_bench_map(args: argparse.Namespace) -> int:
-    from fastmap.bench_map import SIZES, ratios, run_map_benchmark
+    from fastmap._tools.bench_map import SIZES, ratios, run_map_benchmark
 
     kernel = _kernel(args)
     rows = run_map_benchmark(kernel, SIZES, repeat=args.repeat, scale=args.scale)
@@ -60,7 +61,7 @@ def cmd_bench_map(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_dirty(args: argparse.Namespace) -> int:
-    from fastmap.bench_dirty import run_dirty_benchmark
+    from fastmap._tools.bench_dirty import run_dirty_benchmark
 
     kernel = _kernel(args)
     rows = run_dirty_benchmark(kernel, repeat=max(1, args.repeat), scale=args.scale)
@@ -91,7 +92,7 @@ def cmd_bench_dirty(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_alloc(args: argparse.Namespace) -> int:
-    from fastmap.bench_alloc import ReferenceModel, default_backends, measure_alloc
+    from fastmap._tools.bench_alloc import ReferenceModel, default_backends, measure_alloc
 
     backends = [*default_backends(), ReferenceModel]
     rows = measure_alloc(backends=backends, max_seconds=2.0 * args.scale)
@@ -117,7 +118,7 @@ def cmd_bench_alloc(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_demo(args: argparse.Namespace) -> int:
-    from fastmap.precopy import DemoOptions, run_demo
+    from fastmap._tools.precopy import DemoOptions, run_demo
 
     return run_demo(DemoOptions.from_args(args, args.kernel or "sim"), print)
 

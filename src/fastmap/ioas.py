@@ -20,7 +20,6 @@ import ctypes
 import errno as _errno
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
@@ -28,7 +27,8 @@ import numpy.typing as npt
 
 from fastmap import _core, uapi
 from fastmap._closing import Closing
-from fastmap.allocator import IovaAllocator
+from fastmap._u64 import U64_MAX, u64_array
+from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.errors import BatchError, KernelError
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 Buffer: TypeAlias = Any  # anything exporting a contiguous PEP 3118 buffer
 U64Array: TypeAlias = npt.NDArray[np.uint64]
 
-U64_MAX = (1 << 64) - 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _HINT_COALESCED = (
@@ -46,46 +45,12 @@ _HINT_COALESCED = (
 )
 
 
-@dataclass(frozen=True)
-class IovaRange:
-    """An IOVA range, `last` inclusive (as the uAPI reports it)."""
-
-    start: int
-    last: int
-
-    @property
-    def length(self) -> int:
-        return self.last - self.start + 1
-
-
 def _prot(readable: bool, writeable: bool) -> int:
     if not (readable or writeable):
         raise ValueError("a mapping must be readable, writeable or both")
     return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
         uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
     )
-
-
-def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
-    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
-    if isinstance(values, np.ndarray):
-        arr = values
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
-            raise ValueError(f"{name} has negative entries")
-    else:
-        # Element by element: mixing numpy uint64 with Python ints would promote to float.
-        try:
-            items: Iterable[Any] = values  # type: ignore[assignment]
-            arr = np.array([int(v) for v in items], dtype=np.uint64)
-        except OverflowError as e:
-            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
-        except TypeError as e:
-            raise TypeError(f"{name} must be a sequence of integers") from e
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)
 
 
 class Ioas(Closing):
@@ -196,7 +161,7 @@ class Ioas(Closing):
         """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
+        v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
         prot = _prot(readable, writeable)
@@ -217,7 +182,7 @@ class Ioas(Closing):
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
-            fixed = _u64s("iovas", iovas)
+            fixed = u64_array("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
         return self._run_map(v, ln, fixed, prot, coalesce, threads)
@@ -242,7 +207,7 @@ class Ioas(Closing):
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
         """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
-        io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
+        io, ln = u64_array("iovas", iovas), u64_array("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
         removed, err = self._mapper.unmap(io, ln)

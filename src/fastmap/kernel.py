@@ -4,7 +4,7 @@
 and turns its -errno results into typed `KernelError`s. Code written against it (raw uAPI
 structs from fastmap.uapi passed to `ioctl`) runs unchanged on either kernel:
 
-    with open_kernel() as k, k.open_fd("/dev/iommu") as fd:
+    with open_kernel() as k, k.open_fd("/dev/iommu") as fd:   # fastmap.seam.open_kernel
         alloc = uapi.new(uapi.iommu_ioas_alloc)
         fd.ioctl(uapi.IOMMU_IOAS_ALLOC, alloc)
 
@@ -201,27 +201,3 @@ class RealKernel(Kernel):
 
     def __init__(self) -> None:
         super().__init__(_core.RealKernel(), real_kernel_version())
-
-
-def default_kind() -> KernelKind:
-    """$FASTMAP_KERNEL if set, else 'real' where /dev/iommu exists, else 'sim'."""
-    env = os.environ.get("FASTMAP_KERNEL", "")
-    if env == "real":
-        return "real"
-    if env == "sim":
-        return "sim"
-    if env:
-        raise ValueError(f"FASTMAP_KERNEL must be 'real' or 'sim', not {env!r}")
-    return "real" if os.path.exists("/dev/iommu") else "sim"
-
-
-def open_kernel(kind: KernelKind | None = None) -> Kernel:
-    """The kernel to use: `kind`, else $FASTMAP_KERNEL, else real if /dev/iommu exists."""
-    kind = kind or default_kind()
-    if kind == "real":
-        return RealKernel()
-    if kind == "sim":
-        from fastmap.sim import SimKernel
-
-        return SimKernel()
-    raise ValueError(f"kernel kind must be 'real' or 'sim', not {kind!r}")

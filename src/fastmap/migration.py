@@ -48,12 +48,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import bitmap
-from fastmap.address_space import AddressSpace
-from fastmap.container import Container
-from fastmap.errors import KernelError
+from fastmap.errors import DirtyTrackingWarning, KernelError
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.container import Container
+from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer
 from fastmap.ram import PAGE_SIZE, RamBlock
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import Hwpt, IommufdContainer
 
 __all__ = ["BlockDirty", "DirtyTracker", "SyncResult", "UntrackedDevicesWarning"]
 

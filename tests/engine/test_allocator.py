@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 from fastmap.allocator import (
     AllocationError,
     AllocatorError,
@@ -20,7 +21,6 @@ from fastmap.allocator import (
     RangeNotFoundError,
     ReservedRangeError,
 )
-from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 K = 0x1000
 M2 = 1 << 21

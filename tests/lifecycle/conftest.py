@@ -16,11 +16,11 @@ from types import ModuleType
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
 from fastmap.kernel import Kernel
-from fastmap.sysfs import HostSysfs
-from fastmap.vfio_iommufd import bind, open_cdev, query_iova_ranges
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.sysfs import HostSysfs
+from fastmap.lifecycle.vfio_iommufd import bind, open_cdev, query_iova_ranges
 from tests.facilities import missing
 from tests.lifecycle.faulty import FaultyKernel
 
@@ -66,8 +66,7 @@ def edu(kernel: Kernel) -> str:
 @pytest.fixture
 def two_edus(kernel: Kernel) -> tuple[str, str]:
     """Two edu devices bound to vfio-pci, in IOMMU groups of their own: plugged into the
-    simulated machine, or the VM's when it has two (FASTMAP_VMTEST_EXTRA_EDU=1 in a local
-    tools/vmtest/run.sh that adds a second `-device edu`)."""
+    simulated machine, or the VM's (tools/vmtest/run.sh plugs in two: --edus)."""
     if kernel.name == "sim":
         return add_sim_device(kernel), add_sim_device(kernel)
     sysfs = HostSysfs()
@@ -77,7 +76,7 @@ def two_edus(kernel: Kernel) -> tuple[str, str]:
         if sysfs.driver(f"/sys/bus/pci/devices/{bdf}") == "vfio-pci"
     ]
     if len(bound) < 2:
-        pytest.skip("the VM has one edu device")
+        missing("vfio", "fewer than two edu devices bound to vfio-pci (run.sh --edus 2)")
     return bound[0], bound[1]
 
 

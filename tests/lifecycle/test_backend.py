@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from fastmap import uapi
-from fastmap.backend import IOMMUFDBackend, IommufdUnavailableError
 from fastmap.errors import KernelError, NotFoundError
 from fastmap.kernel import Fd, Kernel
+from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
+from fastmap.lifecycle.sysfs import sysfs_for
+from fastmap.lifecycle.vfio_iommufd import bind, open_cdev
 from fastmap.ram import RamBlock
-from fastmap.sysfs import sysfs_for
-from fastmap.vfio_iommufd import bind, open_cdev
 from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 

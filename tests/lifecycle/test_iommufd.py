@@ -9,15 +9,19 @@ import os
 import pytest
 
 from fastmap import uapi
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice, find_pci_devices
-from fastmap.errors import KernelError
+from fastmap.errors import (
+    DeviceNotFoundError,
+    DirtyTrackingWarning,
+    IovaRangesFallbackWarning,
+    KernelError,
+)
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice, find_pci_devices
+from fastmap.lifecycle.sysfs import sysfs_for
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.ram import default_hugepage_size, free_hugepages
-from fastmap.sysfs import sysfs_for
-from fastmap.vfio_errors import DeviceNotFoundError, DirtyTrackingWarning, IovaRangesFallbackWarning
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.facilities import missing, only_on_sim
 from tests.lifecycle.conftest import MOCK_RAM_GPA, RAM_GPA, add_sim_device, load_example
 from tests.lifecycle.faulty import FaultyKernel

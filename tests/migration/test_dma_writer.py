@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
-from fastmap.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap._tools.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap._tools.mock_device import MockDevice
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import DirtyTracker
-from fastmap.mock_device import MockDevice
 from fastmap.ram import RamBlock
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.facilities import only_on_sim
 from tests.migration.conftest import GPA, PAGE, add_sim_device, set_bits, sim_only
 

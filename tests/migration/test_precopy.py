@@ -13,17 +13,17 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
+from fastmap._tools.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap._tools.mock_device import MockDevice
+from fastmap._tools.precopy import Precopy, Round
 from fastmap.cli import main as cli_main
-from fastmap.device import VFIODevice
-from fastmap.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap.errors import DirtyTrackingWarning
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
-from fastmap.mock_device import MockDevice
-from fastmap.precopy import Precopy, Round
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.facilities import only_on_sim
 from tests.migration.conftest import GPA, PAGE, add_sim_device, sim_only
 
@@ -220,7 +220,7 @@ def test_demo_on_the_real_kernel(kernel: Kernel, mock_ok: None) -> None:
     if kernel.name != "real":
         pytest.skip("the simulator runs the demo in test_migrate_demo")
     out: list[str] = []
-    from fastmap.precopy import DemoOptions, run_demo
+    from fastmap._tools.precopy import DemoOptions, run_demo
 
     opts = DemoOptions(kernel="real", device="mock", ram_mib=(8,), rate=2000, max_rounds=5)
     assert run_demo(opts, out.append) == 0, "\n".join(out)

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from fastmap import bitmap
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
-from fastmap.errors import KernelError
+from fastmap._tools.mock_device import MockDevice
+from fastmap.errors import DirtyTrackingWarning, KernelError
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker, UntrackedDevicesWarning
-from fastmap.mock_device import MockDevice
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import IommufdContainer
-from fastmap.vfio_legacy import LegacyContainer
 from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import (
@@ -115,6 +114,7 @@ def test_a_block_added_while_tracking_is_all_dirty(
 
 
 # --- start / stop across containers -----------------------------------------------------------
+@only_on_sim
 def test_start_is_all_or_nothing_across_containers(fk: FaultyKernel) -> None:
     """Two containers (two backends in one space); the second start fails: the first is
     stopped again, the error propagates, the tracker is not started."""

@@ -7,15 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.container import Container
-from fastmap.device import VFIODevice
+from fastmap._tools.mock_device import MockDevice
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.container import Container
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker
-from fastmap.mock_device import MockDevice
-from fastmap.vfio_iommufd import IommufdContainer
-from fastmap.vfio_legacy import LegacyContainer
 from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits, sim_only

@@ -6,7 +6,7 @@
 
 #include "sim/iommufd/backing.h"
 #include "sim/iommufd/ctx.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 

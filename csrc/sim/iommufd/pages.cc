@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/kernel_core.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 
@@ -96,7 +96,7 @@ std::uint64_t IoptPages::pinned_pages_with(std::pair<std::uint64_t, std::uint64_
   return total;
 }
 
-int IoptPages::charge(SimKernel& kernel, std::uint64_t npages) {
+int IoptPages::charge(KernelCore& kernel, std::uint64_t npages) {
   if (npages == 0 || account_mode == AccountMode::kNone) return 0;
   // incr_locked_vm / io_uring-style: an atomic compare against RLIMIT_MEMLOCK.
   const std::uint64_t limit = kernel.config().rlimit_memlock / host_page_size();
@@ -109,13 +109,13 @@ int IoptPages::charge(SimKernel& kernel, std::uint64_t npages) {
   return 0;
 }
 
-void IoptPages::uncharge(SimKernel& kernel, std::uint64_t npages) {
+void IoptPages::uncharge(KernelCore& kernel, std::uint64_t npages) {
   if (npages == 0 || account_mode == AccountMode::kNone) return;
   kernel.locked_vm(account_mode == AccountMode::kMm).fetch_sub(npages);
   charged_ -= npages;
 }
 
-int IoptPages::pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
+int IoptPages::pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) {
   if (int rc = check_pages(first, last)) return rc;
   const std::uint64_t before = pinned_pages_with({1, 0});
   const std::uint64_t after = pinned_pages_with({first, last});
@@ -124,7 +124,7 @@ int IoptPages::pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
   return 0;
 }
 
-void IoptPages::unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
+void IoptPages::unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) {
   auto it = std::find(pins_.begin(), pins_.end(), std::make_pair(first, last));
   if (it == pins_.end()) return;
   const std::uint64_t before = pinned_pages_with({1, 0});

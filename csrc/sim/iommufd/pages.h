@@ -44,9 +44,9 @@ class IoptPages {
 
   // Pin pages [first, last] (page indices) for one area: check they can be pinned, then
   // charge the pages no other pin already holds. 0, -EFAULT, -ENOMEM.
-  int pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+  int pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last);
   // Undo one pin(first, last), uncharging the pages nobody pins any more.
-  void unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+  void unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t last);
   // An area holding pin [first, last] was split in two: the pin becomes [first, lhs_last]
   // and [rhs_first, last]. The pinned set, and so the charge, does not change.
   void split_pin(std::uint64_t first, std::uint64_t last, std::uint64_t lhs_last,
@@ -58,8 +58,8 @@ class IoptPages {
   IoptPages() = default;
   int check_pages(std::uint64_t first, std::uint64_t last);
   std::uint64_t pinned_pages_with(std::pair<std::uint64_t, std::uint64_t> extra) const;
-  int charge(SimKernel& kernel, std::uint64_t npages);
-  void uncharge(SimKernel& kernel, std::uint64_t npages);
+  int charge(KernelCore& kernel, std::uint64_t npages);
+  void uncharge(KernelCore& kernel, std::uint64_t npages);
 
   bool writable_ = false;
   bool is_file_ = false;

@@ -15,7 +15,7 @@
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/idev.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd_test.h"
 
 namespace fastmap::sim {

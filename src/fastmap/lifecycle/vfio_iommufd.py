@@ -41,25 +41,26 @@ import numpy.typing as npt
 
 from fastmap import uapi
 from fastmap._unwind import Unwind
-from fastmap.backend import IOMMUFDBackend
-from fastmap.container import FULL_IOVA_RANGE, Container
+from fastmap.allocator import IovaRange
 from fastmap.dirty import DirtyHarvester, Harvest
-from fastmap.errors import KernelError
-from fastmap.host_iommu_device import HostIOMMUDevice
-from fastmap.ioas import Ioas, IovaRange
-from fastmap.kernel import Fd, Kernel
-from fastmap.ram import PAGE_SIZE, RamBlock
-from fastmap.sysfs import Sysfs
-from fastmap.vfio_errors import (
+from fastmap.errors import (
     DeviceMismatchError,
     DeviceNotFoundError,
     DirtyTrackingWarning,
     IovaRangesFallbackWarning,
+    KernelError,
 )
+from fastmap.ioas import Ioas
+from fastmap.kernel import Fd, Kernel
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container
+from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
+from fastmap.lifecycle.sysfs import Sysfs
+from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
-    from fastmap.address_space import AddressSpace
-    from fastmap.device import VFIODevice
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.device import VFIODevice
 
 log = logging.getLogger("fastmap.vfio")
 

@@ -18,10 +18,10 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice, find_pci_devices
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice, find_pci_devices
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
 BAR0 = 0

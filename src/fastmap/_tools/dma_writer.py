@@ -27,8 +27,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from fastmap._tools.mock_device import MockDevice
 from fastmap.kernel import Kernel
-from fastmap.mock_device import MockDevice
 from fastmap.ram import PAGE_SIZE
 
 __all__ = ["DeviceWriter", "MockDeviceWriter", "SimDeviceWriter", "WriterStats"]

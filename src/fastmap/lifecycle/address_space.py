@@ -25,7 +25,7 @@ from fastmap._closing import Closing
 from fastmap.ram import PAGE_SIZE, RamBlock, RamKind
 
 if TYPE_CHECKING:
-    from fastmap.container import Container
+    from fastmap.lifecycle.container import Container
 
 log = logging.getLogger("fastmap.address_space")
 

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from fastmap.allocator import IovaRange
 from fastmap.errors import KernelError
-from fastmap.ioas import IovaRange
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
-    from fastmap.address_space import AddressSpace
-    from fastmap.device import VFIODevice
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.device import VFIODevice
 
 log = logging.getLogger("fastmap.vfio")
 

@@ -39,17 +39,17 @@ from numpy.typing import NDArray
 
 from fastmap import bitmap, uapi
 from fastmap._unwind import Unwind
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
 from fastmap.errors import KernelError
-from fastmap.host_iommu_device import HostIOMMUDevice
 from fastmap.kernel import Kernel, KernelKind
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
+from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_auto_hwpt
 from fastmap.ram import PAGE_SIZE
-from fastmap.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_auto_hwpt
 
 if TYPE_CHECKING:
-    from fastmap.address_space import AddressSpace
-    from fastmap.sysfs import Sysfs
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.sysfs import Sysfs
 
 #: The mock IOMMU's IOPTE size (MOCK_IO_PAGE_SIZE): half a host page on 6.12.
 MOCK_PAGE_SIZE = PAGE_SIZE // 2

@@ -177,7 +177,7 @@ class ReferenceModel:
     name = "python reference"
 
     def prefill(self, w: Workload) -> None:
-        from fastmap.reference_allocator import ReferenceAllocator
+        from fastmap._tools.reference_allocator import ReferenceAllocator
 
         self.ref = ReferenceAllocator([w.window])
         lengths = w.prefill_lengths.tolist()

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from fastmap import uapi
-from fastmap.ioas import IovaRange
+from fastmap.allocator import IovaRange
 
 if TYPE_CHECKING:
-    from fastmap.backend import DeviceHwInfo
-    from fastmap.device import VFIODevice
+    from fastmap.lifecycle.backend import DeviceHwInfo
+    from fastmap.lifecycle.device import VFIODevice
 
 _TYPE_NAMES = {
     "IOMMU_HW_INFO_TYPE_NONE": "none",

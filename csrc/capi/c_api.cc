@@ -1,4 +1,4 @@
-#include "engine/c_api.h"
+#include "capi/c_api.h"
 
 #include <cerrno>
 #include <new>

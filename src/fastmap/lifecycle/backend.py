@@ -11,7 +11,7 @@ This mirrors QEMU's `iommufd` backend object (backends/iommufd.c, QEMU 10.0):
   A pre-opened fd (`IOMMUFDBackend(fd=...)`) is never closed by the backend.
 * `kernel=` picks the kernel: a `fastmap.kernel.Kernel`, "real" or "sim"; by default
   $FASTMAP_KERNEL, else the real kernel where /dev/iommu exists and the simulated one
-  otherwise (`fastmap.kernel.open_kernel`).
+  otherwise (`fastmap.seam.open_kernel`).
 * The thin calls (`map_dma`, `unmap_dma`, `alloc_hwpt`, dirty tracking, `get_device_info`)
   are QEMU's, one ioctl each; bulk mapping goes through the `Ioas` that `alloc_ioas()`
   returns, which drives the C++ batch engine.
@@ -36,7 +36,8 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
-from fastmap.kernel import Kernel, KernelKind, open_kernel
+from fastmap.kernel import Kernel, KernelKind
+from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
 

@@ -1,4 +1,4 @@
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 #include <setjmp.h>
 #include <signal.h>

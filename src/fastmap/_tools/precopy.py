@@ -39,8 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import bitmap
-from fastmap.address_space import AddressSpace
-from fastmap.dma_writer import DeviceWriter
+from fastmap._tools.dma_writer import DeviceWriter
+from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult
 from fastmap.ram import PAGE_SIZE, RamBlock
 
@@ -305,12 +305,12 @@ RAM_BASE = 0x200_0000
 
 def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     """The pre-copy demo; 0 when the destination matches the source byte for byte."""
-    from fastmap.backend import IOMMUFDBackend
-    from fastmap.device import VFIODevice
-    from fastmap.dma_writer import MockDeviceWriter, SimDeviceWriter
-    from fastmap.kernel import open_kernel
-    from fastmap.mock_device import MockDevice
-    from fastmap.vfio_iommufd import IommufdContainer
+    from fastmap._tools.dma_writer import MockDeviceWriter, SimDeviceWriter
+    from fastmap._tools.mock_device import MockDevice
+    from fastmap.lifecycle.backend import IOMMUFDBackend
+    from fastmap.lifecycle.device import VFIODevice
+    from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+    from fastmap.seam import open_kernel
 
     kernel = open_kernel(opts.kernel)  # type: ignore[arg-type]
     machine = getattr(kernel, "machine", None)

@@ -33,18 +33,22 @@ import numpy.typing as npt
 
 from fastmap import uapi
 from fastmap._unwind import Unwind
-from fastmap.container import FULL_IOVA_RANGE, Container, bitmap_words
-from fastmap.errors import KernelError
-from fastmap.host_iommu_device import HostIOMMUDevice
-from fastmap.ioas import IovaRange
+from fastmap.allocator import IovaRange
+from fastmap.errors import (
+    ContainerSetupError,
+    DeviceNotFoundError,
+    GroupNotViableError,
+    KernelError,
+)
 from fastmap.kernel import Fd, Kernel
+from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container, bitmap_words
+from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
+from fastmap.lifecycle.sysfs import Sysfs
 from fastmap.ram import PAGE_SIZE, RamBlock
-from fastmap.sysfs import Sysfs
-from fastmap.vfio_errors import ContainerSetupError, DeviceNotFoundError, GroupNotViableError
 
 if TYPE_CHECKING:
-    from fastmap.address_space import AddressSpace
-    from fastmap.device import VFIODevice
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.device import VFIODevice
 
 log = logging.getLogger("fastmap.vfio")
 

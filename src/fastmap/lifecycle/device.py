@@ -25,16 +25,17 @@ from typing import TYPE_CHECKING
 
 from fastmap import uapi
 from fastmap._closing import Closing
-from fastmap.kernel import Fd, Kernel, KernelKind, open_kernel
-from fastmap.sysfs import PCI_DEVICES, Sysfs, sysfs_for
+from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
+from fastmap.seam import open_kernel
 
 if TYPE_CHECKING:
-    from fastmap.address_space import AddressSpace
-    from fastmap.backend import IOMMUFDBackend
-    from fastmap.container import Container
-    from fastmap.host_iommu_device import HostIOMMUDevice
-    from fastmap.vfio_iommufd import Hwpt, IommufdOps
-    from fastmap.vfio_legacy import LegacyOps, VfioGroup
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.backend import IOMMUFDBackend
+    from fastmap.lifecycle.container import Container
+    from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
+    from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdOps
+    from fastmap.lifecycle.vfio_legacy import LegacyOps, VfioGroup
 
 PCI_COMMAND = 0x04
 PCI_COMMAND_MEMORY = 1 << 1
@@ -147,8 +148,8 @@ class VFIODevice(Closing):
         IOMMUFD domains are allocated with IOMMU_HWPT_ALLOC as QEMU does; `hwpt_alloc=False`
         attaches to the IOAS and lets the kernel make the domain instead (needed with
         virtio-iommu on Linux 6.12, whose allocated domains have no aperture)."""
-        from fastmap.vfio_iommufd import IommufdOps
-        from fastmap.vfio_legacy import LegacyOps
+        from fastmap.lifecycle.vfio_iommufd import IommufdOps
+        from fastmap.lifecycle.vfio_legacy import LegacyOps
 
         if self.ops is not None:
             raise RuntimeError(f"{self.name} is already attached")
