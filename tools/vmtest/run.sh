@@ -41,7 +41,7 @@
 #                            [on, except with --iommu none]
 #   --accel A                QEMU accelerator [FASTMAP_VMTEST_ACCEL, tcg]
 #   --append ARGS            extra kernel command line [FASTMAP_VMTEST_APPEND]
-#   --edus N                 QEMU edu devices (1234:11e8) to plug in [FASTMAP_VMTEST_EDUS, 2]
+#   --edus N                 QEMU edu devices (1234:11e8) to plug in [FASTMAP_VMTEST_EDUS, 1]
 #   --hugepages N            reserve N default-size huge pages at boot (hugepages=N)
 #                            [FASTMAP_VMTEST_HUGEPAGES, 64]
 #   --attempts N             VMs to try when guests wedge [FASTMAP_VMTEST_ATTEMPTS, 3]
@@ -76,7 +76,7 @@ kernel=${FASTMAP_VMTEST_KERNEL:-}
 out=${FASTMAP_VMTEST_OUT:-}
 accel=${FASTMAP_VMTEST_ACCEL:-tcg}
 extra_append=${FASTMAP_VMTEST_APPEND:-}
-edus=${FASTMAP_VMTEST_EDUS:-2}
+edus=${FASTMAP_VMTEST_EDUS:-1}
 hugepages=${FASTMAP_VMTEST_HUGEPAGES:-64}
 attempts=${FASTMAP_VMTEST_ATTEMPTS:-3}
 boot_timeout=${FASTMAP_VMTEST_BOOT_TIMEOUT:-150}
@@ -245,8 +245,8 @@ p9=trans=virtio,version=9p2000.L,msize=512000
 append="root=/dev/root rootfstype=9p rootflags=$p9,cache=loose ro console=ttyS0"
 append+=" panic=-1 mitigations=off hugepages=$hugepages $iommu_args $extra_append init=$init"
 
-# Two edu devices by default: the lifecycle tests that need two devices (in groups of
-# their own) run on the real kernel too.
+# --edus 2 lets the lifecycle tests that need two devices (in groups of their own) run on
+# the real kernel too.
 edu_devs=()
 for ((i = 0; i < edus; i++)); do edu_devs+=(-device edu); done
 
