@@ -38,9 +38,24 @@ LAYERS: dict[str, frozenset[str]] = {
     "sim/iommufd": frozenset({"sim/iommu", "sim/core", "uapi", "seam"}),
     "sim/vfio": frozenset({"sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}),
     "sim": frozenset({"sim/vfio", "sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}),
+    # The simulator as a C library (its header, fastmap_sim.h, is in src/fastmap: "capi"),
+    # and sim-run's interposer, which sees the simulator only through that header.
+    "capi_sim": frozenset(
+        {"capi", "sim", "sim/vfio", "sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}
+    ),
+    "preload": frozenset({"capi"}),
     "bindings": frozenset(
-        {"capi", "engine", "seam", "uapi", "sim", "sim/vfio", "sim/iommufd", "sim/iommu",
-         "sim/core"}
+        {
+            "capi",
+            "engine",
+            "seam",
+            "uapi",
+            "sim",
+            "sim/vfio",
+            "sim/iommufd",
+            "sim/iommu",
+            "sim/core",
+        }
     ),
 }
 
@@ -75,7 +90,7 @@ def edges(csrc: Path) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
         src = folder_of(csrc, path)
         for spec in INCLUDE.findall(path.read_text()):
             target = resolve(csrc, path, spec)
-            where = f"{path.relative_to(csrc.parent)}: #include \"{spec}\""
+            where = f'{path.relative_to(csrc.parent)}: #include "{spec}"'
             if target is None:
                 unresolved.append(where)
                 continue
