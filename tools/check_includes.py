@@ -45,8 +45,17 @@ LAYERS: dict[str, frozenset[str]] = {
     ),
     "preload": frozenset({"capi"}),
     "bindings": frozenset(
-        {"capi", "engine", "seam", "uapi", "sim", "sim/vfio", "sim/iommufd", "sim/iommu",
-         "sim/core"}
+        {
+            "capi",
+            "engine",
+            "seam",
+            "uapi",
+            "sim",
+            "sim/vfio",
+            "sim/iommufd",
+            "sim/iommu",
+            "sim/core",
+        }
     ),
 }
 
@@ -81,7 +90,7 @@ def edges(csrc: Path) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
         src = folder_of(csrc, path)
         for spec in INCLUDE.findall(path.read_text()):
             target = resolve(csrc, path, spec)
-            where = f"{path.relative_to(csrc.parent)}: #include \"{spec}\""
+            where = f'{path.relative_to(csrc.parent)}: #include "{spec}"'
             if target is None:
                 unresolved.append(where)
                 continue

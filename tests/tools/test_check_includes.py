@@ -35,10 +35,13 @@ def test_repository_is_layered(check: ModuleType) -> None:
 
 
 def test_cycle_between_sim_folders_is_found(check: ModuleType, tmp_path: Path) -> None:
-    csrc = write(tmp_path, {
-        "sim/sim_kernel.h": '#include "sim/iommufd/ctx.h"\n',
-        "sim/iommufd/ctx.h": '#include "sim/sim_kernel.h"\n',
-    })
+    csrc = write(
+        tmp_path,
+        {
+            "sim/sim_kernel.h": '#include "sim/iommufd/ctx.h"\n',
+            "sim/iommufd/ctx.h": '#include "sim/sim_kernel.h"\n',
+        },
+    )
     report = check.problems(csrc)
     assert "include cycle between folders: sim <-> sim/iommufd" in report
     assert "layer violation: sim/iommufd may not include sim" in report
@@ -46,10 +49,13 @@ def test_cycle_between_sim_folders_is_found(check: ModuleType, tmp_path: Path) -
 
 
 def test_downward_include_against_the_order_is_found(check: ModuleType, tmp_path: Path) -> None:
-    csrc = write(tmp_path, {
-        "sim/core/user_memory.h": '#include "sim/iommu/domain.h"\n',
-        "sim/iommu/domain.h": "\n",
-    })
+    csrc = write(
+        tmp_path,
+        {
+            "sim/core/user_memory.h": '#include "sim/iommu/domain.h"\n',
+            "sim/iommu/domain.h": "\n",
+        },
+    )
     assert check.problems(csrc) == [
         "layer violation: sim/core may not include sim/iommu",
         '    csrc/sim/core/user_memory.h: #include "sim/iommu/domain.h"',

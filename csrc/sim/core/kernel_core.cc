@@ -4,6 +4,8 @@
 
 #include <cerrno>
 
+#include "sim/core/fork_gate.h"
+
 namespace fastmap::sim {
 
 namespace {
@@ -121,6 +123,7 @@ std::vector<int> KernelCore::fds() const {
 }
 
 int KernelCore::open(const char* path, int flags) noexcept {
+  SimEntry entry;
   if (path == nullptr) return -EFAULT;
   NodeOpen opener;
   {
@@ -149,6 +152,7 @@ std::shared_ptr<File> KernelCore::drop_locked(FdTable& t, int fd) {
 }
 
 int KernelCore::close(int fd) noexcept {
+  SimEntry entry;
   std::shared_ptr<File> dropped;  // released outside the lock: release may re-enter
   {
     std::lock_guard<std::mutex> g(fd_mu_);
@@ -208,12 +212,14 @@ int KernelCore::drop_table(int table) {
 }
 
 long KernelCore::ioctl(int fd, unsigned long request, void* arg) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->ioctl(request, arg);
 }
 
 ssize_t KernelCore::pread(int fd, void* buf, std::size_t count, std::uint64_t offset) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->pread(buf, count, offset);
@@ -221,6 +227,7 @@ ssize_t KernelCore::pread(int fd, void* buf, std::size_t count, std::uint64_t of
 
 ssize_t KernelCore::pwrite(int fd, const void* buf, std::size_t count,
                           std::uint64_t offset) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->pwrite(buf, count, offset);

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 
+#include "sim/core/fork_gate.h"
 #include "sim/iommu/domain.h"
 #include "sim/iommu/iommu_model.h"
 
@@ -38,10 +39,12 @@ class Device {
 
   // DMA helpers for device models: 0 or -errno (a fault, also recorded by the domain).
   int dma_read(std::uint64_t iova, void* dst, std::size_t len) noexcept {
+    SimEntry entry;
     auto d = domain();
     return d ? d->dma_read(iova, dst, len) : -EFAULT;
   }
   int dma_write(std::uint64_t iova, const void* src, std::size_t len) noexcept {
+    SimEntry entry;
     auto d = domain();
     return d ? d->dma_write(iova, src, len) : -EFAULT;
   }

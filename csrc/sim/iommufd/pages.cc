@@ -121,6 +121,11 @@ int IoptPages::pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) 
   const std::uint64_t after = pinned_pages_with({first, last});
   if (int rc = charge(kernel, after - before)) return rc;
   pins_.emplace_back(first, last);
+  if (!is_file_ && pins_.size() == 1) {
+    // The first pin takes hold of the pages now at the VA; later pins share them.
+    hold_ = PageHold(base_, npages_ * host_page_size());
+    va_base_ = hold_.addr();
+  }
   return 0;
 }
 
@@ -130,6 +135,10 @@ void IoptPages::unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t las
   const std::uint64_t before = pinned_pages_with({1, 0});
   pins_.erase(it);
   uncharge(kernel, before - pinned_pages_with({1, 0}));
+  if (!is_file_ && pins_.empty()) {
+    hold_ = PageHold();  // the last unpin lets go of the pages; a new pin takes the VA's
+    va_base_ = base_;
+  }
 }
 
 void IoptPages::split_pin(std::uint64_t first, std::uint64_t last, std::uint64_t lhs_last,

@@ -3,8 +3,9 @@
 // pinning and RLIMIT_MEMLOCK charging happen here, once per page, not per area.
 //
 // "Pinning" in the simulator means: the pages are checked to really exist (and be writable
-// for a writable mapping) the way GUP would, and are charged. The simulator's "physical"
-// address is the process VA, so a pinned user range is used in place; a file range is
+// for a writable mapping) the way GUP would, are charged, and are held (PageHold) while any
+// pin lasts: shared memory through the simulator's own mapping of it, private memory
+// through the process VA (see sim/core/page_hold.h for that limit). A file range is
 // mmap()ed MAP_SHARED once and that mapping lives as long as this object.
 //
 // Locking: only touched under the owning context's mutex.
@@ -15,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "sim/core/page_hold.h"
 #include "sim/iommufd/ctx.h"
 
 namespace fastmap::sim {
@@ -66,7 +68,8 @@ class IoptPages {
   std::uint64_t base_ = 0;        // page-aligned user VA or file offset of page 0
   std::uint64_t first_byte_ = 0;  // offset of the mapped range's first byte in page 0
   std::uint64_t npages_ = 0;
-  std::uint64_t va_base_ = 0;     // process VA of page 0 (user: base_; file: our mmap)
+  std::uint64_t va_base_ = 0;     // VA of page 0 (user: held pages or base_; file: our mmap)
+  PageHold hold_;                 // user: the pinned pages, while pins_ is not empty
   int fd_ = -1;                   // file: our duplicate
   void* map_ = nullptr;           // file: MAP_SHARED mapping of all npages_ pages
   std::vector<std::pair<std::uint64_t, std::uint64_t>> pins_;  // one [first,last] per pin

@@ -179,12 +179,13 @@ int Type1::attach_group(VfioGroup& group) {
     std::vector<Dma*> done;
     for (auto& [iova, dma] : dmas_) {
       int rc = first ? pin_and_map(dma, target, true)
-                     : domain->map(dma.iova, dma.vaddr, dma.size, dma.prot);
+                     : domain->map(dma.iova, dma.hold.addr(), dma.size, dma.prot);
       if (rc != 0) {
         if (first) {
           for (Dma* d : done) {
             uncharge(d->size / page_size());
             d->iommu_mapped = false;
+            d->hold = PageHold();
           }
         }
         return rc;
@@ -260,10 +261,12 @@ int Type1::pin_and_map(Dma& dma, const std::vector<Domain*>& domains, bool accou
     if (account) uncharge(npages);
     return -EFAULT;
   }
+  dma.hold = PageHold(dma.vaddr, dma.size);
   for (std::size_t i = 0; i < domains.size(); ++i) {
-    if (int rc = domains[i]->map(dma.iova, dma.vaddr, dma.size, dma.prot)) {
+    if (int rc = domains[i]->map(dma.iova, dma.hold.addr(), dma.size, dma.prot)) {
       for (std::size_t j = 0; j < i; ++j) domains[j]->unmap(dma.iova, dma.size);
       if (account) uncharge(npages);
+      dma.hold = PageHold();
       return rc;
     }
   }
@@ -370,13 +373,13 @@ long Type1::map_dma(void* arg) {
   if (dma_avail_ == 0) return -ENOSPC;
   if (!iova_valid(map.iova, map.iova + map.size - 1)) return -EINVAL;
 
-  Dma dma{map.iova, map.size, map.vaddr, prot, false};
+  Dma dma{map.iova, map.size, map.vaddr, prot, false, PageHold()};
   if (!domains_.empty()) {
     std::vector<Domain*> targets;
     for (DomainSlot& s : domains_) targets.push_back(s.domain.get());
     if (int rc = pin_and_map(dma, targets, true)) return rc;
   }
-  dmas_.emplace(dma.iova, dma);
+  dmas_.emplace(dma.iova, std::move(dma));
   dma_avail_--;
   return 0;
 }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "sim/core/config.h"
+#include "sim/core/page_hold.h"
 #include "sim/iommu/domain.h"
 #include "sim/vfio/vfio_device.h"
 
@@ -61,6 +62,7 @@ class Type1 {
     std::uint64_t vaddr;
     int prot;
     bool iommu_mapped;  // pinned and in every domain
+    PageHold hold;      // the pinned pages while iommu_mapped (what the domains map)
   };
   struct DomainSlot {
     IommuModel model;
