@@ -32,12 +32,9 @@ import sys
 import time
 from contextlib import ExitStack
 
-from fastmap.kernel import Kernel
-from fastmap.lifecycle.address_space import AddressSpace
-from fastmap.lifecycle.backend import IOMMUFDBackend
-from fastmap.lifecycle.device import VFIODevice, find_pci_devices
+from fastmap import AddressSpace, IOMMUFDBackend, Kernel, VFIODevice, open_kernel
+from fastmap.lifecycle.device import find_pci_devices
 from fastmap.ram import RAM_KINDS, default_hugepage_size
-from fastmap.seam import open_kernel
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
 EDU_IDENT = 0x010000ED

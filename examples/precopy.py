@@ -17,7 +17,7 @@ once more, sends the rest, and compares the destination with the source byte for
 The real kernel's selftest mock device has no DMA: there its writes are made by the CPU and
 the pages then marked dirty in the mock IOMMU with IOMMU_TEST_OP_DIRTY, so the dirty bits
 and their harvest are the real kernel's while the writes are emulated (see
-fastmap.dma_writer). Exit status 0 when the destination matches.
+fastmap._tools.dma_writer). Exit status 0 when the destination matches.
 """
 
 from __future__ import annotations

@@ -38,6 +38,12 @@ LAYERS: dict[str, frozenset[str]] = {
     "sim/iommufd": frozenset({"sim/iommu", "sim/core", "uapi", "seam"}),
     "sim/vfio": frozenset({"sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}),
     "sim": frozenset({"sim/vfio", "sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}),
+    # The simulator as a C library (its header, fastmap_sim.h, is in src/fastmap: "capi"),
+    # and sim-run's interposer, which sees the simulator only through that header.
+    "capi_sim": frozenset(
+        {"capi", "sim", "sim/vfio", "sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}
+    ),
+    "preload": frozenset({"capi"}),
     "bindings": frozenset(
         {
             "capi",

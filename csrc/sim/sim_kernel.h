@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "sim/core/config.h"
 #include "sim/core/kernel_core.h"
@@ -24,6 +25,9 @@ class SimKernel final : public KernelCore {
 
   // The simulated machine's PCI devices behind VFIO (empty until devices are added).
   vfio::Machine& machine() noexcept { return *machine_; }
+
+  // stat(2) of a device node by path: 1 and its char device (major, minor), or -ENOENT.
+  int node_chardev(const std::string& path, unsigned* major, unsigned* minor) const;
 
  private:
   std::unique_ptr<vfio::Machine> machine_;

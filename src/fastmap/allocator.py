@@ -23,6 +23,14 @@ import numpy.typing as npt
 
 from fastmap import _core
 from fastmap._u64 import U64_MAX, u64, u64_array
+from fastmap.errors import (
+    AllocationError,
+    AllocatorError,
+    InvalidRequestError,
+    RangeInUseError,
+    RangeNotFoundError,
+    RangeReservedError,
+)
 
 __all__ = [
     "DEFAULT_HUGE_PAGE_SIZES",
@@ -36,7 +44,7 @@ __all__ = [
     "Mapping",
     "RangeInUseError",
     "RangeNotFoundError",
-    "ReservedRangeError",
+    "RangeReservedError",
     "TranslationMap",
 ]
 
@@ -48,73 +56,6 @@ _FITS: dict[str, int] = {"first": 0, "best": 1}
 
 U64Array = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-# ---- errors ----------------------------------------------------------------------------------
-# Kept local until fastmap.errors exists; each class carries the errno the engine returned.
-
-
-class AllocatorError(Exception):
-    """Base class for allocator and translation-map errors. ``index`` names the failing
-    element of a batch call (None otherwise)."""
-
-    def __init__(self, message: str, err: int, index: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = err
-        self.index = index
-
-
-class InvalidRequestError(AllocatorError, ValueError):
-    """A malformed request: zero length, alignment not a power of two, a range that wraps
-    past 2**64, or a value that is not a u64 (EINVAL / EOVERFLOW)."""
-
-
-class AllocationError(AllocatorError, MemoryError):
-    """No free gap can hold the request (ENOSPC). Says what was asked for and the largest
-    gap there was, which tells fragmentation (a big gap, misaligned) from exhaustion."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        length: int,
-        align: int,
-        hint_va: int | None = None,
-        fit: Fit = "first",
-        index: int | None = None,
-        largest_free_gap: IovaRange | None = None,
-    ) -> None:
-        super().__init__(message, errno.ENOSPC, index)
-        self.length = length
-        self.align = align
-        self.hint_va = hint_va
-        self.fit = fit
-        self.largest_free_gap = largest_free_gap
-
-
-class RangeInUseError(AllocatorError, ValueError):
-    """The range overlaps an allocation or mapping (EEXIST), or in a TranslationMap the VA
-    range overlaps a mapping (EADDRINUSE); ``space`` says which, "iova" or "va"."""
-
-    def __init__(self, message: str, err: int, *, space: str, start: int, last: int) -> None:
-        super().__init__(message, err)
-        self.space = space
-        self.start = start
-        self.last = last
-
-
-class ReservedRangeError(AllocatorError, ValueError):
-    """The range touches a reserved range or lies outside the allowed ranges
-    (EADDRNOTAVAIL), or a reserved range was to be freed (EPERM)."""
-
-
-class RangeNotFoundError(AllocatorError, LookupError):
-    """Nothing is allocated (or mapped) where the call said (ENOENT). ``index`` names the
-    element of a batch."""
-
-    def __init__(self, message: str, *, address: int, index: int | None = None) -> None:
-        super().__init__(message, errno.ENOENT, index)
-        self.address = address
 
 
 # ---- values ----------------------------------------------------------------------------------
@@ -262,14 +203,14 @@ class IovaAllocator:
             hit = next(
                 (r for r in self.reserved_ranges() if r.start <= last and start <= r.last), None
             )
-            raise ReservedRangeError(
+            raise RangeReservedError(
                 f"{what} {rng} touches the reserved range {hit!r} (a reserved region such as "
                 "an MSI window, or space outside the allowed IOVA ranges)",
                 e,
                 index,
             )
         if e == errno.EPERM:
-            raise ReservedRangeError(
+            raise RangeReservedError(
                 f"{what} {rng} is a reserved range; it cannot be freed", e, index
             )
         if e == errno.ENOENT:

@@ -5,6 +5,7 @@
     fastmap bench all            every benchmark
     fastmap migrate-demo         live-migration pre-copy of guest RAM, driven by IOMMU
                                  dirty tracking, while a device writes it
+    fastmap sim-run -- PROG ...  run an unmodified program on the simulated kernel
 
 `--kernel real|sim` picks the kernel (default: real where /dev/iommu exists, else sim;
 FASTMAP_KERNEL also sets it).
@@ -157,10 +158,33 @@ def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the RAM contents and writes")
 
 
+def cmd_bench_simrun(args: argparse.Namespace) -> int:
+    from fastmap._tools.bench_simrun import run_simrun_benchmark
+
+    scale = max(args.scale, 0.01)
+    rows = run_simrun_benchmark(
+        calls=int(200_000 * scale), child_calls=int(20_000 * scale), repeat=max(1, args.repeat)
+    )
+    print("per-ioctl cost of the simulated kernel's entry paths (IOMMU_OPTION get)")
+    print(
+        _table(
+            ["path", "calls", "ns/call"], [(r.mode, r.calls, f"{r.ns_per_call:,.0f}") for r in rows]
+        )
+    )
+    direct = next(r.ns_per_call for r in rows if r.mode == "direct")
+    for r in rows:
+        if r.mode in ("owner", "child"):
+            print(
+                f"sim-run {r.mode}: +{(r.ns_per_call - direct) / 1e3:.2f} us per ioctl over direct"
+            )
+    return 0
+
+
 _BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
     "alloc": cmd_bench_alloc,
     "map": cmd_bench_map,
     "dirty": cmd_bench_dirty,
+    "simrun": cmd_bench_simrun,
 }
 
 
@@ -193,6 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_migrate_demo_arguments(migrate)
     migrate.set_defaults(func=cmd_migrate_demo)
+    simrun = sub.add_parser(
+        "sim-run", help="run an unmodified C/C++/Rust program on the simulated kernel"
+    )
+    from fastmap import simrun as simrun_mod
+
+    simrun_mod.add_arguments(simrun)
+    simrun.set_defaults(func=simrun_mod.run)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -110,9 +110,9 @@ def hwpt_alloc(kernel: Kernel, edu: str) -> bool:
             IOMMUFDBackend(kernel=kernel) as be,
             open_cdev(kernel, HostSysfs(), f"/sys/bus/pci/devices/{edu}") as fd,
         ):
-            devid = bind(fd, be)
+            dev_id = bind(fd, be)
             with be.alloc_ioas() as ioas:
-                hwpt = be.alloc_hwpt(devid, ioas.id)
+                hwpt = be.alloc_hwpt(dev_id, ioas.id)
                 ranges, _ = query_iova_ranges(be, ioas.id)
                 be.free_id(hwpt)
         _HWPT_ALLOC_WORKS[kernel.name] = any(r.last > 0 for r in ranges)

@@ -41,7 +41,7 @@ def unpinnable_ram(space: AddressSpace) -> None:
     """A RAM block whose pages no kernel can pin for writing (PROT_NONE): mapping it for
     DMA fails with EFAULT, on the real kernel and the simulated one alike."""
     block = space.add_ram(PAGE, 0x800000)
-    assert _libc.mprotect(block.va, block.size, 0) == 0  # PROT_NONE
+    assert _libc.mprotect(block.va, block.length, 0) == 0  # PROT_NONE
 
 
 @pytest.fixture

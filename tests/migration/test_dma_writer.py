@@ -29,7 +29,7 @@ PAGES = SIZE // PAGE
 
 
 def pages_of(block: RamBlock) -> NDArray[np.uint8]:
-    buf = (ctypes.c_uint8 * block.size).from_address(block.va)
+    buf = (ctypes.c_uint8 * block.length).from_address(block.va)
     return np.ctypeslib.as_array(buf).reshape(-1, PAGE).copy()
 
 
@@ -112,7 +112,7 @@ def test_sim_writer_is_stopped_by_the_iommu(
     stats = writer.stop()
     assert stats.pages == 0 and stats.faults >= 20
     assert changed(before, pages_of(block)) == set()
-    c.dma_map(GPA, SIZE, block.va)
+    c.dma_map(block.va, SIZE, GPA)
 
 
 def test_sim_writer_needs_bus_mastering(kernel: Kernel) -> None:

@@ -91,7 +91,7 @@ def test_sync_at_a_coarser_page_size(
     with DirtyTracker(space, page_size=page_size) as t:
         dma_write_pages(dev, a.gpa, written)
         got = t.sync().for_block(a)
-        assert got.nbits == -(-a.size // page_size)
+        assert got.nbits == -(-a.length // page_size)
         assert set_bits(got.bitmap, got.nbits) == {p * PAGE // page_size for p in written}
 
 

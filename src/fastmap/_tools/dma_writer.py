@@ -8,7 +8,7 @@ once nothing more will be written):
   writes are real DMA from a C++ thread of the simulator, through the device's IOMMU
   domain: they set the IOPTE dirty bits exactly as the edu DMA engine's writes do, and they
   fault if the range is not mapped (or bus mastering is off).
-* `MockDeviceWriter`: the iommufd selftest mock device (`fastmap.mock_device`), on the real
+* `MockDeviceWriter`: the iommufd selftest mock device (`fastmap._tools.mock_device`), on the real
   kernel or the simulated one. The mock has no DMA, so a Python thread plays the device:
   it writes the bytes into guest RAM from the CPU, then marks the pages dirty with
   IOMMU_TEST_OP_DIRTY (one call per batch). What the tracker sees is the same as for a

@@ -2,7 +2,7 @@
 
 Kernels built with CONFIG_IOMMUFD_TEST (the test VM's, and the simulated kernel) offer a
 mock device on a mock IOMMU whose domains support dirty tracking. `MockDevice` attaches it
-to an `AddressSpace` the way a VFIO device attaches through IOMMUFD (`fastmap.vfio_iommufd`),
+to an `AddressSpace` the way a VFIO device attaches through IOMMUFD (`lifecycle.vfio_iommufd`),
 so it lands in the same containers, with the same HWPT choice:
 
     with IOMMUFDBackend() as be, AddressSpace() as space:
@@ -44,7 +44,7 @@ from fastmap.kernel import Kernel, KernelKind
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
-from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_auto_hwpt
+from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_allocated_hwpt
 from fastmap.ram import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class MockDevice(VFIODevice):
     def __repr__(self) -> str:
         if self.ops is None:
             return f"<MockDevice {self.name} detached>"
-        return f"<MockDevice {self.name} stdev {self.stdev_id} idev {self.devid}>"
+        return f"<MockDevice {self.name} stdev {self.stdev_id} dev_id {self.dev_id}>"
 
     # --- what the device "does" ----------------------------------------------------------------
     def mark_dirty(self, gpas: Sequence[int] | NDArray[np.uint64]) -> int:
@@ -186,7 +186,7 @@ class MockOps(IommufdOps):
         dev_flags = 0 if dev.dirty_capable else uapi.MOCK_FLAGS_DEVICE_NO_DIRTY
         for hwpt in container.hwpts:
             try:
-                dev.stdev_id, dev.devid = _mock_domain(be, hwpt.id, dev_flags)
+                dev.stdev_id, dev.dev_id = _mock_domain(be, hwpt.id, dev_flags)
             except KernelError as e:
                 if e.errno == _errno.EINVAL:
                     continue  # this domain does not suit the device: try the next
@@ -195,19 +195,19 @@ class MockOps(IommufdOps):
                 _realize(dev, be)
             except BaseException:
                 be.free_id(dev.stdev_id)
-                dev.stdev_id = dev.devid = None
+                dev.stdev_id = dev.dev_id = None
                 raise
             hwpt.devices.insert(0, dev)
             dev.hwpt = hwpt
             dev.iommu_dirty_tracking = hwpt.dirty_tracking
             return
 
-        stdev, devid = _mock_domain(be, container.ioas_id, dev_flags)
+        stdev, dev_id = _mock_domain(be, container.ioas_id, dev_flags)
         try:
-            dev.stdev_id, dev.devid = stdev, devid
+            dev.stdev_id, dev.dev_id = stdev, dev_id
             hiod = _realize(dev, be)
             flags = uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING if hiod.dirty_tracking else 0
-            hwpt_id = be.alloc_hwpt(devid, container.ioas_id, flags)
+            hwpt_id = be.alloc_hwpt(dev_id, container.ioas_id, flags)
             try:
                 _mock_replace(be, stdev, hwpt_id)
             except BaseException:
@@ -215,10 +215,10 @@ class MockOps(IommufdOps):
                 raise
         except BaseException:
             be.free_id(stdev)
-            dev.stdev_id = dev.devid = None
+            dev.stdev_id = dev.dev_id = None
             dev.hiod = None
             raise
-        add_auto_hwpt(container, dev, hwpt_id, flags)
+        add_allocated_hwpt(container, dev, hwpt_id, flags)
 
     def _detach_container(self, dev: VFIODevice, container: IommufdContainer) -> None:
         """Destroy the selftest object (detaches and unbinds the device), then drop the
@@ -226,7 +226,7 @@ class MockOps(IommufdOps):
         assert isinstance(dev, MockDevice)
         if dev.stdev_id is not None:
             self.backend.free_id(dev.stdev_id)
-        dev.stdev_id = dev.devid = None
+        dev.stdev_id = dev.dev_id = None
         hwpt = dev.hwpt
         if hwpt is None:
             return
@@ -240,7 +240,7 @@ class MockOps(IommufdOps):
 
 def _mock_domain(be: IOMMUFDBackend, pt_id: int, dev_flags: int) -> tuple[int, int]:
     """IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: a mock device bound and attached to `pt_id` (an
-    IOAS: an auto domain; a HWPT: that HWPT). Returns (stdev id, idev id)."""
+    IOAS: an auto domain; a HWPT: that HWPT). Returns (stdev_id, dev_id)."""
     cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, id=pt_id)
     cmd.u.mock_domain_flags.dev_flags = dev_flags
     be.kernel.ioctl(be.fd, uapi.IOMMU_TEST_CMD, cmd)
@@ -256,6 +256,6 @@ def _mock_replace(be: IOMMUFDBackend, stdev_id: int, pt_id: int) -> None:
 
 
 def _realize(dev: MockDevice, be: IOMMUFDBackend) -> HostIOMMUDevice:
-    assert dev.devid is not None
-    dev.hiod = HostIOMMUDevice.from_hw_info(dev.name, be.get_device_info(dev.devid), dev)
+    assert dev.dev_id is not None
+    dev.hiod = HostIOMMUDevice.from_hw_info(dev.name, be.get_device_info(dev.dev_id), dev)
     return dev.hiod

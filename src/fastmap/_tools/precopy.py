@@ -16,7 +16,7 @@ round, and the remainder shrink by `rate * page / bandwidth` a round.
 
 `run_demo` (the `fastmap migrate-demo` command, and examples/precopy.py) sets it all up:
 guest RAM, a device with a dirty-tracking HWPT attached through the lifecycle, and a writer
-(see fastmap.dma_writer):
+(see fastmap._tools.dma_writer):
 
 * `--kernel sim` (default) `--device edu`: a simulated edu device behind a VT-d IOMMU with
   dirty tracking; its writes are real DMA through the simulated IOMMU;
@@ -88,7 +88,7 @@ class PrecopyReport:
 
 def _view(block: RamBlock) -> NDArray[np.uint8]:
     """The block's memory as a writable uint8 array (no copy)."""
-    buf = (ctypes.c_uint8 * block.size).from_address(block.va)
+    buf = (ctypes.c_uint8 * block.length).from_address(block.va)
     return np.ctypeslib.as_array(buf)
 
 
@@ -116,10 +116,10 @@ class Precopy:
         #: The destination host's copy of each block (by block name).
         # Gather buffer for sends, as large as the largest block and faulted in now, so no
         # round pays for fresh memory.
-        most = max((b.size // PAGE_SIZE for b in self.blocks), default=0)
+        most = max((b.length // PAGE_SIZE for b in self.blocks), default=0)
         self._stage = np.ones((most, PAGE_SIZE), np.uint8)
         self.dest = {
-            b.name: np.zeros((b.size // PAGE_SIZE, PAGE_SIZE), np.uint8) for b in self.blocks
+            b.name: np.zeros((b.length // PAGE_SIZE, PAGE_SIZE), np.uint8) for b in self.blocks
         }
 
     # --- sending ---------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class Precopy:
         n = 0
         for b in self.blocks:
             np.copyto(self.dest[b.name], self._src[id(b)])
-            n += b.size
+            n += b.length
         self._pace(n, t0)
         return n, time.perf_counter() - t0
 
@@ -215,7 +215,7 @@ class Precopy:
         (None if the rounds ran out after sending everything found)."""
         sent, secs = self.send_all()
         r = Round(
-            0, sum(b.size for b in self.blocks) // PAGE_SIZE, 0.0, sent, secs, writer.stats.pages
+            0, sum(b.length for b in self.blocks) // PAGE_SIZE, 0.0, sent, secs, writer.stats.pages
         )
         report.rounds.append(r)
         report.total_bytes_sent += sent
@@ -353,7 +353,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         for i, mib in enumerate(opts.ram_mib):
             space.add_ram(mib * MiB, gpa, name=f"ram{i}")
             gpa += mib * MiB
-        ranges = [(b.gpa, b.size) for b in space.blocks]
+        ranges = [(b.gpa, b.length) for b in space.blocks]
         rate = opts.rate or (50_000.0 if kind == "edu" else 5_000.0)
         writer: DeviceWriter
         if kind == "edu":
@@ -363,9 +363,9 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             writer = MockDeviceWriter(dev, ranges, rate, seed=opts.seed)
         rng = np.random.default_rng(opts.seed)
         for b in space.blocks:
-            _view(b)[:] = rng.integers(0, 256, b.size, np.uint8)
+            _view(b)[:] = rng.integers(0, 256, b.length, np.uint8)
 
-        total = sum(b.size for b in space.blocks)
+        total = sum(b.length for b in space.blocks)
         out(f"kernel: {kernel.name}; device: {what}")
         out(
             f"container: {container!r}, HWPT {dev.hwpt.id} dirty tracking "
@@ -373,7 +373,7 @@ def run_demo(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         )
         out(
             "guest RAM: "
-            + ", ".join(f"{b.name} [{b.gpa:#x}, +{b.size // MiB} MiB)" for b in space.blocks)
+            + ", ".join(f"{b.name} [{b.gpa:#x}, +{b.length // MiB} MiB)" for b in space.blocks)
             + f" = {total // PAGE_SIZE} pages of {PAGE_SIZE} bytes"
         )
         bw = opts.bandwidth_mib * MiB if opts.bandwidth_mib > 0 else None

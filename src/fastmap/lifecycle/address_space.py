@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from fastmap._closing import Closing
+from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock, RamKind
 
 if TYPE_CHECKING:
@@ -58,12 +59,12 @@ class AddressSpace(Closing):
 
     def add_ram(
         self,
-        size: int,
+        length: int,
         gpa: int | None = None,
         kind: RamKind = "anon",
         *,
         name: str | None = None,
-        readonly: bool = False,
+        prot: Prot = Prot.RW,
         hugepage_size: int | None = None,
     ) -> RamBlock:
         """Allocate a RAM block at `gpa` (default: just above the highest block, aligned to
@@ -73,7 +74,7 @@ class AddressSpace(Closing):
             align = hugepage_size or PAGE_SIZE
             top = max((b.end for b in self._blocks), default=0)
             gpa = -(-top // align) * align
-        block = RamBlock(size, gpa, kind, name=name, readonly=readonly, hugepage_size=hugepage_size)
+        block = RamBlock(length, gpa, kind, name=name, prot=prot, hugepage_size=hugepage_size)
         try:
             self.add_block(block)
         except BaseException:
@@ -101,11 +102,21 @@ class AddressSpace(Closing):
         self._blocks.sort(key=lambda b: b.gpa)
 
     def remove_ram(self, block: RamBlock) -> None:
-        """Unmap a block from every container, then free it."""
+        """Unmap a block from every container, then free it. If a container cannot unmap
+        it, the others map it again, the block stays, and the error propagates."""
         if block not in self._blocks:
             raise ValueError(f"{block!r} is not in address space {self.name}")
-        for listener in reversed(self._listeners):
-            listener.region_del([block])
+        done: list[MemoryListener] = []
+        try:
+            for listener in reversed(self._listeners):
+                listener.region_del([block])
+                done.append(listener)
+        except BaseException:
+            # A container still maps the block: freeing it would hand the device memory
+            # the process reuses. Map it back where it was removed and keep it.
+            for listener in reversed(done):
+                listener.region_add([block])
+            raise
         self._blocks.remove(block)
         block.close()
 
@@ -162,7 +173,7 @@ class AddressSpace(Closing):
             self.remove_ram(self._blocks[-1])
 
     def __repr__(self) -> str:
-        total = sum(b.size for b in self._blocks)
+        total = sum(b.length for b in self._blocks)
         return (
             f"<AddressSpace {self.name}: {len(self._blocks)} RAM blocks, {total:#x} bytes, "
             f"{len(self.containers)} containers>"

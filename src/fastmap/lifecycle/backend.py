@@ -33,10 +33,12 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from fastmap import uapi
+from fastmap import _checks, uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
-from fastmap.kernel import Kernel, KernelKind
+from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
@@ -109,21 +111,28 @@ class IOMMUFDBackend:
         self.kernel: Kernel = kernel if isinstance(kernel, Kernel) else open_kernel(kernel)
         self.path = path
         self.owned = fd is None
-        self._fd = -1 if fd is None else fd
+        # An Fd object, not a number: objects allocated here hold it, and once it is closed
+        # they cannot reach whatever later reuses the number.
+        self._fd: Fd | None = None if fd is None else Fd(self.kernel, fd, owned=False)
         self.users = 0
         self.unmap_enoent_ok = unmap_enoent_ok
 
     # --- connection ----------------------------------------------------------------------
     @property
     def fd(self) -> int:
-        """The iommufd; RuntimeError while an owned backend is not connected."""
-        if self._fd < 0:
+        """The iommufd's number; RuntimeError while an owned backend is not connected."""
+        return self.fd_object.number
+
+    @property
+    def fd_object(self) -> Fd:
+        """The iommufd as an Fd (closed when the backend's last user disconnects)."""
+        if self._fd is None:
             raise RuntimeError("the IOMMUFD backend is not connected: call connect() first")
         return self._fd
 
     @property
     def connected(self) -> bool:
-        return self._fd >= 0
+        return self._fd is not None
 
     def connect(self) -> None:
         """Take a reference; the first one opens /dev/iommu (owned backends only).
@@ -133,7 +142,7 @@ class IOMMUFDBackend:
         """
         if self.owned and self.users == 0:
             try:
-                self._fd = self.kernel.open(self.path, os.O_RDWR)
+                self._fd = self.kernel.open_fd(self.path, os.O_RDWR)
             except KernelError as e:
                 raise IommufdUnavailableError(
                     e.errno,
@@ -149,12 +158,12 @@ class IOMMUFDBackend:
         if self.users == 0:
             return
         self.users -= 1
-        if self.users == 0 and self.owned:
-            fd, self._fd = self._fd, -1
+        if self.users == 0 and self.owned and self._fd is not None:
+            fd, self._fd = self._fd, None
             try:
-                self.kernel.close(fd)
+                fd.close()
             except KernelError as e:
-                log.error("closing the iommufd %d failed: %s", fd, e)
+                log.error("closing the iommufd %s failed: %s", fd, e)
 
     @property
     def can_be_deleted(self) -> bool:
@@ -174,7 +183,7 @@ class IOMMUFDBackend:
         self.disconnect()
 
     def __repr__(self) -> str:
-        state = f"fd {self._fd}" if self._fd >= 0 else "closed"
+        state = f"fd {self._fd.fd}" if self._fd is not None else "closed"
         owner = "owned" if self.owned else "borrowed"
         return f"<IOMMUFDBackend {state} ({owner}) users={self.users} on {self.kernel.name}>"
 
@@ -182,7 +191,7 @@ class IOMMUFDBackend:
     def alloc_ioas(self) -> Ioas:
         """IOMMU_IOAS_ALLOC: a new IOAS. Its `close()` unmaps everything and destroys it;
         close it before the backend's last disconnect."""
-        return Ioas.allocate(self.kernel, self.fd)
+        return Ioas.allocate(self.kernel, self.fd_object)
 
     @contextmanager
     def ioas(self) -> Iterator[Ioas]:
@@ -228,25 +237,23 @@ class IOMMUFDBackend:
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
     def map_dma(
-        self, ioas_id: int, iova: int, size: int, vaddr: int, readonly: bool = False
+        self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
     ) -> None:
-        """IOMMU_IOAS_MAP at a fixed IOVA, readable and (unless `readonly`) writeable.
-        An EFAULT usually means `vaddr` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
-        if not readonly:
-            flags |= uapi.IOMMU_IOAS_MAP_WRITEABLE
+        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`.
+        An EFAULT usually means `va` is a PCI BAR mapping (iommufd cannot map MMIO)."""
+        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | int(check_prot(prot))
         cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=vaddr, length=size, iova=iova
+            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=va, length=length, iova=iova
         )
         self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
 
     def unmap_dma(
-        self, ioas_id: int, iova: int, size: int, *, enoent_ok: bool | None = None
+        self, ioas_id: int, iova: int, length: int, *, enoent_ok: bool | None = None
     ) -> int:
         """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
         backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
         returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=size)
+        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=length)
         try:
             self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
         except KernelError as e:
@@ -270,24 +277,50 @@ class IOMMUFDBackend:
         self,
         hwpt_id: int,
         iova: int,
-        size: int,
+        length: int,
         page_size: int,
         bitmap: npt.NDArray[np.uint64] | None = None,
     ) -> npt.NDArray[np.uint64]:
         """IOMMU_HWPT_GET_DIRTY_BITMAP (read and clear, flags 0 as QEMU 10.0): bit i of the
         result is page `iova + i * page_size`. Bits are ORed into `bitmap` when given (the
-        kernel only sets bits), so several HWPTs can report into one bitmap."""
-        words = (-(-size // page_size) + 63) // 64
+        kernel only sets bits), so several HWPTs can report into one bitmap.
+
+        `page_size` must be a power of two. Linux 6.12 rejects 0 (EINVAL) but takes any other
+        value and writes one bit per 2**ctz(page_size) bytes, which is not what bit i above
+        means; fastmap refuses such sizes with the same EINVAL before the call, and sizes
+        (or checks) the bitmap by the kernel's rule, so the kernel never writes past it."""
+        hwpt_id = _checks.integer("hwpt_id", hwpt_id, "u32")
+        iova = _checks.integer("iova", iova, "u64")
+        length = _checks.integer("length", length, "u64")
+        page_size = _checks.integer("page_size", page_size, "u64")
+        if page_size == 0 or page_size & (page_size - 1):
+            raise KernelError.from_errno(
+                _errno.EINVAL,
+                "IOMMU_HWPT_GET_DIRTY_BITMAP",
+                {"hwpt_id": hwpt_id, "iova": iova, "length": length, "page_size": page_size},
+                "page_size must be a power of two (one bitmap bit per page_size bytes)",
+            )
+        # The kernel's granule: one bit per 2**ctz(page_size) bytes (== page_size here).
+        granule = page_size & -page_size
+        words = (-(-length // granule) + 63) // 64
         if bitmap is None:
             bitmap = np.zeros(max(words, 1), np.uint64)
-        elif bitmap.dtype != np.uint64 or not bitmap.flags.c_contiguous or bitmap.size < words:
-            raise ValueError(f"bitmap must be a contiguous uint64 array of >= {words} words")
+        elif (
+            not isinstance(bitmap, np.ndarray)
+            or bitmap.dtype != np.uint64
+            or not bitmap.flags.c_contiguous
+            or not bitmap.flags.writeable
+            or bitmap.size < words
+        ):
+            raise ValueError(
+                f"bitmap must be a writable contiguous uint64 array of >= {words} words"
+            )
         cmd = uapi.new(
             uapi.iommu_hwpt_get_dirty_bitmap,
             hwpt_id=hwpt_id,
             flags=0,
             iova=iova,
-            length=size,
+            length=length,
             page_size=page_size,
             data=bitmap.ctypes.data,
         )

@@ -1,8 +1,8 @@
 """What every VFIO container has in common (QEMU's VFIOContainerBase).
 
 A container is one I/O address space shared by the devices attached to it: an iommufd IOAS
-(`fastmap.vfio_iommufd.IommufdContainer`) or a legacy Type1 container
-(`fastmap.vfio_legacy.LegacyContainer`). It listens to an `AddressSpace` and keeps every
+(`fastmap.lifecycle.vfio_iommufd.IommufdContainer`) or a legacy Type1 container
+(`fastmap.lifecycle.vfio_legacy.LegacyContainer`). It listens to an `AddressSpace` and keeps every
 RAM block mapped at IOVA = GPA for as long as it has devices.
 """
 
@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from fastmap.allocator import IovaRange
 from fastmap.errors import KernelError
+from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
@@ -36,10 +37,10 @@ FULL_IOVA_RANGE = (IovaRange(0, U64_MAX),)
 UnmapDirtySink = Callable[[int, int, "npt.NDArray[np.uint64]"], None]
 
 
-def bitmap_words(size: int, page_size: int) -> int:
+def bitmap_words(length: int, page_size: int) -> int:
     """uint64 words of a dirty bitmap for `size` bytes at `page_size` (QEMU rounds the page
     count up to 64)."""
-    pages = -(-size // page_size)
+    pages = -(-length // page_size)
     return (pages + 63) // 64
 
 
@@ -66,20 +67,30 @@ class Container(ABC):
         self._map_sections(sections)
 
     def region_del(self, sections: Sequence[RamBlock]) -> None:
-        """Unmap RAM sections; failures are logged (QEMU reports and carries on)."""
+        """Unmap RAM sections. Each failure is logged (as QEMU reports them) and the others
+        are still unmapped; then the first failure is raised, so that the address space
+        does not free memory the IOMMU still maps."""
+        first: Exception | None = None
         for s in sections:
             try:
-                self.dma_unmap(s.gpa, s.size)
+                self.dma_unmap(s.gpa, s.length)
             except Exception as e:
                 log.error("%r: unmapping %r failed: %s", self, s, e)
+                first = first or e
+        if first is not None:
+            raise first
+
+    def listener_unregister(self) -> None:
+        """Stop following the address space, unmapping all its RAM. A failed unmap is only
+        logged here: the container is being torn down, and its IOAS's close unmaps all."""
+        try:
+            self.space.unregister_listener(self)
+        except Exception as e:
+            log.error("%r: unmapping the address space's RAM failed: %s", self, e)
 
     def listener_register(self) -> None:
         """Follow the address space: map all its RAM now, and later blocks as they come."""
         self.space.register_listener(self)
-
-    def listener_unregister(self) -> None:
-        """Stop following the address space, unmapping all its RAM."""
-        self.space.unregister_listener(self)
 
     @property
     def listening(self) -> bool:
@@ -88,15 +99,14 @@ class Container(ABC):
     # --- per-kind operations -------------------------------------------------------------
     @abstractmethod
     def _map_sections(self, sections: Sequence[RamBlock]) -> None:
-        """Map every section (readonly ones read-only); on failure unmap what was mapped
-        and raise."""
+        """Map every section with its `prot`; on failure unmap what was mapped and raise."""
 
     @abstractmethod
-    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
-        """Map one range."""
+    def dma_map(self, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
+        """Map `length` bytes at `va` to `iova`."""
 
     @abstractmethod
-    def dma_unmap(self, iova: int, size: int) -> None:
+    def dma_unmap(self, iova: int, length: int) -> None:
         """Unmap one range; unmapping nothing is not an error."""
 
     @abstractmethod
@@ -105,7 +115,7 @@ class Container(ABC):
 
     @abstractmethod
     def _query_dirty_bitmap(
-        self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
+        self, iova: int, length: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
     ) -> None:
         """OR the dirty bits of [iova, iova+size) at `page_size` into `bitmap`."""
 
@@ -116,7 +126,7 @@ class Container(ABC):
         return self.dirty_pages_supported
 
     def get_dirty_bitmap(
-        self, iova: int, size: int, page_size: int = PAGE_SIZE
+        self, iova: int, length: int, page_size: int = PAGE_SIZE
     ) -> npt.NDArray[np.uint64]:
         """Dirty bits of [iova, iova+size), one per page (bit i = iova + i*page_size).
 
@@ -124,38 +134,40 @@ class Container(ABC):
         reports every page dirty (the caller must assume the device wrote anywhere); so does
         one with a device whose writes its bitmaps do not see (`tracks_all_devices`).
         """
-        words = bitmap_words(size, page_size)
+        words = bitmap_words(length, page_size)
         bitmap = np.zeros(max(words, 1), np.uint64)
         if not self.tracks_all_devices:
-            pages = -(-size // page_size)
+            pages = -(-length // page_size)
             _set_bits(bitmap, pages)
             return bitmap
-        self._query_dirty_bitmap(iova, size, bitmap, page_size)
+        self._query_dirty_bitmap(iova, length, bitmap, page_size)
         return bitmap
 
-    def _unmapping(self, iova: int, size: int) -> None:
+    def _unmapping(self, iova: int, length: int) -> None:
         """Before unmapping [iova, iova+size) while tracking is on: hand its dirty bits to
         the unmap_dirty_sinks (all pages dirty if they cannot be read: never under-report)."""
         if not (self.dirty_tracking and self.unmap_dirty_sinks):
             return
         try:
-            bitmap = self.get_dirty_bitmap(iova, size)
+            bitmap = self.get_dirty_bitmap(iova, length)
         except KernelError as e:
             log.warning(
                 "%r: dirty bits of [%#x, +%#x) unreadable before unmap (%s): "
                 "reporting every page dirty",
                 self,
                 iova,
-                size,
+                length,
                 e,
             )
-            bitmap = np.zeros(max(bitmap_words(size, PAGE_SIZE), 1), np.uint64)
-            _set_bits(bitmap, -(-size // PAGE_SIZE))
-        self._report_unmapped_dirty(iova, size, bitmap)
+            bitmap = np.zeros(max(bitmap_words(length, PAGE_SIZE), 1), np.uint64)
+            _set_bits(bitmap, -(-length // PAGE_SIZE))
+        self._report_unmapped_dirty(iova, length, bitmap)
 
-    def _report_unmapped_dirty(self, iova: int, size: int, bitmap: npt.NDArray[np.uint64]) -> None:
+    def _report_unmapped_dirty(
+        self, iova: int, length: int, bitmap: npt.NDArray[np.uint64]
+    ) -> None:
         for sink in list(self.unmap_dirty_sinks):
-            sink(iova, size, bitmap)
+            sink(iova, length, bitmap)
 
     # --- geometry --------------------------------------------------------------------------
     @property

@@ -7,13 +7,13 @@ address space through IOMMUFD or the legacy Type1 container, and driven through 
             dev.write_u64(VFIO_PCI_BAR0_REGION_INDEX, 0x80, 0x100000)   # program the device
 
 `attach(space, backend)` chooses the ops class as QEMU's vfio_attach_device does: IOMMUFD
-when a backend is given (`fastmap.vfio_iommufd`), the legacy group + Type1 container
-otherwise (`fastmap.vfio_legacy`). Every kernel object it creates (device fd, HWPT, IOAS,
+when a backend is given (`fastmap.lifecycle.vfio_iommufd`), the legacy group + Type1 container
+otherwise (`fastmap.lifecycle.vfio_legacy`). Every kernel object it creates (device fd, HWPT, IOAS,
 container, group fd, mappings) is released by `detach()` (or the end of the `with`
 block), in QEMU's order, and by a failing attach, which undoes exactly its finished steps.
 
 The same code runs on the real kernel and on the simulated one: sysfs goes through
-`fastmap.sysfs` (the real /sys, or the simulated machine's view).
+`fastmap.lifecycle.sysfs` (the real /sys, or the simulated machine's view).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class VFIODevice(Closing):
         self.hiod: HostIOMMUDevice | None = None
         # IOMMUFD
         self.backend: IOMMUFDBackend | None = None
-        self.devid: int | None = None
+        self.dev_id: int | None = None
         self.hwpt: Hwpt | None = None
         self.iommu_dirty_tracking = False
         # legacy
@@ -210,13 +210,13 @@ class VFIODevice(Closing):
         self._fd().ioctl(uapi.VFIO_DEVICE_GET_REGION_INFO, info)
         return RegionInfo(index, int(info.flags), int(info.size), int(info.offset))
 
-    def read(self, index: int, offset: int, size: int) -> bytes:
+    def read(self, index: int, offset: int, length: int) -> bytes:
         """pread `size` bytes at `offset` in region `index`."""
         region = self.region_info(index)
-        _check_access(region, offset, size)
-        data = self._fd().pread(size, region.offset + offset)
-        if len(data) != size:
-            raise OSError(f"short read of region {index} at {offset:#x}: {len(data)}/{size}")
+        _check_access(region, offset, length)
+        data = self._fd().pread(length, region.offset + offset)
+        if len(data) != length:
+            raise OSError(f"short read of region {index} at {offset:#x}: {len(data)}/{length}")
         return data
 
     def write(self, index: int, offset: int, data: bytes) -> None:
@@ -258,8 +258,8 @@ class VFIODevice(Closing):
         self._fd().ioctl(uapi.VFIO_DEVICE_RESET)
 
 
-def _check_access(region: RegionInfo, offset: int, size: int) -> None:
-    if offset < 0 or size < 0 or offset + size > region.size:
+def _check_access(region: RegionInfo, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset + length > region.size:
         raise ValueError(
-            f"[{offset:#x}, +{size:#x}) is outside region {region.index} ({region.size:#x} bytes)"
+            f"[{offset:#x}, +{length:#x}) is outside region {region.index} ({region.size:#x} bytes)"
         )

@@ -161,7 +161,11 @@ class SimSysfs(Sysfs):
 
 def sysfs_for(kernel: Kernel) -> Sysfs:
     """The sysfs that goes with `kernel`: the simulator's for a simulated kernel, else /sys."""
+    core: _core.Kernel = kernel.core
+    # A fault-injecting kernel (_core.FaultKernel) has the sysfs of the kernel it wraps.
+    while isinstance(core, _core.FaultKernel):
+        core = core.inner
     sim_type = getattr(_core, "SimKernel", None)
-    if sim_type is not None and isinstance(kernel.core, sim_type):
-        return SimSysfs(kernel.core)
+    if sim_type is not None and isinstance(core, sim_type):
+        return SimSysfs(core)
     return HostSysfs()

@@ -1,20 +1,21 @@
-"""Attaching a VFIO device through IOMMUFD: a cdev bound to an iommufd, auto domains.
+"""Attaching a VFIO device through IOMMUFD: a cdev bound to an iommufd, its HWPTs.
 
 This is QEMU 10.0's hw/vfio/iommufd.c, step by step (attach, in order; a failing step
 undoes exactly the steps before it):
 
 1. open the cdev: `<sysfsdev>/vfio-dev/vfioN/dev` gives major:minor, /dev/vfio/devices/
    vfioN is opened and must be that char device (else /dev/char/M:m is tried);
-2. `backend.connect()`, then VFIO_DEVICE_BIND_IOMMUFD (the devid);
+2. `backend.connect()`, then VFIO_DEVICE_BIND_IOMMUFD (the dev_id);
 3. realize the HostIOMMUDevice from IOMMU_GET_HW_INFO;
 4. try every container of the address space on the same backend: attach there (errors
    only skip to the next container);
-5. otherwise a new container: IOMMU_IOAS_ALLOC, attach with auto domains (reuse one of
+5. otherwise a new container: IOMMU_IOAS_ALLOC, attach to an allocated HWPT (what QEMU
+   calls autodomains_get; fastmap keeps "auto domain" for the kernel-made kind): reuse one of
    the container's HWPTs, EINVAL meaning "incompatible, try the next"; else HWPT_ALLOC,
    with DIRTY_TRACKING when the IOMMU has it, and attach to it), learn the IOVA ranges
    (two IOAS_IOVA_RANGES calls; on failure warn and assume 64 bits), register the memory
    listener, which maps all guest RAM through the batch engine. (`hwpt_alloc=False`
-   attaches to the IOAS instead and lets the kernel make the domain: see IommufdOps.)
+   attaches to the IOAS instead and lets the kernel make an auto domain: see IommufdOps.)
 6. VFIO_DEVICE_GET_INFO.
 
 Detach, in QEMU's order: unlink the device, DETACH_IOMMUFD_PT (a failure is only logged),
@@ -56,6 +57,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
+from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
@@ -67,13 +69,14 @@ log = logging.getLogger("fastmap.vfio")
 
 @dataclass(eq=False)
 class Hwpt:
-    """An auto-domain HWPT of a container, shared by the devices it suits."""
+    """A HWPT of a container (allocated, or the kernel's auto domain), shared by the devices
+    it suits."""
 
     id: int
     flags: int
     devices: list[VFIODevice] = field(default_factory=list)
-    #: Created by the kernel for an attach to the IOAS (hwpt_alloc=False): the kernel
-    #: destroys it with its last device, so it is never freed from here.
+    #: An auto domain: created by the kernel for an attach to the IOAS (hwpt_alloc=False);
+    #: the kernel destroys it with its last device, so it is never freed from here.
     kernel_owned: bool = False
 
     @property
@@ -88,7 +91,8 @@ class IommufdContainer(Container):
         super().__init__(space)
         self.backend = backend
         self.ioas = ioas
-        #: Auto-domain HWPTs, newest first.
+        #: The HWPTs its devices are attached to (allocated ones and auto domains), newest
+        #: first.
         self.hwpts: list[Hwpt] = []
         self._harvester: DirtyHarvester | None = None
 
@@ -100,29 +104,29 @@ class IommufdContainer(Container):
     def _map_sections(self, sections: Sequence[RamBlock]) -> None:
         done: list[RamBlock] = []
         try:
-            for readonly in (False, True):
-                batch = [s for s in sections if s.readonly == readonly]
+            for prot in sorted({s.prot for s in sections}):
+                batch = [s for s in sections if s.prot == prot]
                 if not batch:
                     continue
                 self.ioas.map_batch(
                     [s.va for s in batch],
-                    [s.size for s in batch],
+                    [s.length for s in batch],
                     [s.gpa for s in batch],
-                    writeable=not readonly,
+                    prot=prot,
                 )
                 done.extend(batch)
         except BaseException:
             if done:
-                self.ioas.unmap_batch([s.gpa for s in done], [s.size for s in done])
+                self.ioas.unmap_batch([s.gpa for s in done], [s.length for s in done])
             raise
 
-    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
-        self.ioas.map(vaddr, size, iova, writeable=not readonly)
+    def dma_map(self, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
+        self.ioas.map(va, length, iova, prot=prot)
 
-    def dma_unmap(self, iova: int, size: int) -> None:
-        self._unmapping(iova, size)
+    def dma_unmap(self, iova: int, length: int) -> None:
+        self._unmapping(iova, length)
         try:
-            self.ioas.unmap(iova, size)
+            self.ioas.unmap(iova, length)
         except KernelError as e:
             # As QEMU's backend: unmapping what is not mapped is not an error.
             if e.errno != _errno.ENOENT or not self.backend.unmap_enoent_ok:
@@ -155,9 +159,9 @@ class IommufdContainer(Container):
         return bool(self.hwpts) and all(h.dirty_tracking for h in self.hwpts)
 
     def _query_dirty_bitmap(
-        self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
+        self, iova: int, length: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
     ) -> None:
-        span = -(-size // page_size) * page_size  # the kernel wants whole pages
+        span = -(-length // page_size) * page_size  # the kernel wants whole pages
         bits = self.query_dirty_ranges([(iova, span)], page_size).buffer
         head = bitmap[: bits.size]
         np.bitwise_or(head, bits, out=head)
@@ -247,7 +251,7 @@ def open_cdev(kernel: Kernel, sysfs: Sysfs, sysfsdev: str) -> Fd:
 
 
 def bind(dev_fd: Fd, backend: IOMMUFDBackend) -> int:
-    """VFIO_DEVICE_BIND_IOMMUFD: returns the devid."""
+    """VFIO_DEVICE_BIND_IOMMUFD: returns the dev_id."""
     cmd = uapi.new(uapi.vfio_device_bind_iommufd, flags=0, iommufd=backend.fd)
     dev_fd.ioctl(uapi.VFIO_DEVICE_BIND_IOMMUFD, cmd)
     return int(cmd.out_devid)
@@ -318,11 +322,11 @@ class IommufdOps:
             # 2. connect and bind
             be.connect()
             undo.push("disconnect the backend", be.disconnect)
-            dev.devid = bind(fd, be)
+            dev.dev_id = bind(fd, be)
             dev.backend = be
 
-            # 3. the host IOMMU device (QEMU 10.0 realizes it here: it needs the devid)
-            dev.hiod = HostIOMMUDevice.from_hw_info(dev.name, be.get_device_info(dev.devid), dev)
+            # 3. the host IOMMU device (QEMU 10.0 realizes it here: it needs the dev_id)
+            dev.hiod = HostIOMMUDevice.from_hw_info(dev.name, be.get_device_info(dev.dev_id), dev)
 
             # 4. an existing container of this backend in the space
             container = self._join_existing(dev, space)
@@ -404,7 +408,7 @@ class IommufdOps:
         be.disconnect()
         _close_device_fd(dev)
 
-    # The container steps, overridable for devices that attach differently (fastmap.mock_device).
+    # The container steps, overridable for devices that attach differently (_tools.mock_device).
     def _attach_container(self, dev: VFIODevice, container: IommufdContainer) -> None:
         _attach_container(dev, container, self.hwpt_alloc)
 
@@ -429,7 +433,7 @@ def _empty_harvest(
 def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: bool) -> None:
     """QEMU's iommufd_cdev_autodomains_get (for a physical device); with `hwpt_alloc`
     False, QEMU's mdev path: ATTACH_PT to the IOAS, the kernel choosing the domain."""
-    assert dev.fd is not None and dev.devid is not None and dev.hiod is not None
+    assert dev.fd is not None and dev.dev_id is not None and dev.hiod is not None
     if not hwpt_alloc:
         _attach_kernel_domain(dev, container)
         return
@@ -447,16 +451,18 @@ def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: 
 
     flags = uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING if dev.hiod.dirty_tracking else 0
     be = container.backend
-    hwpt_id = be.alloc_hwpt(dev.devid, container.ioas_id, flags)
+    hwpt_id = be.alloc_hwpt(dev.dev_id, container.ioas_id, flags)
     try:
         attach_pt(dev.fd, hwpt_id)
     except BaseException:
         be.free_id(hwpt_id)
         raise
-    add_auto_hwpt(container, dev, hwpt_id, flags)
+    add_allocated_hwpt(container, dev, hwpt_id, flags)
 
 
-def add_auto_hwpt(container: IommufdContainer, dev: VFIODevice, hwpt_id: int, flags: int) -> None:
+def add_allocated_hwpt(
+    container: IommufdContainer, dev: VFIODevice, hwpt_id: int, flags: int
+) -> None:
     """Record a HWPT just allocated and attached for `dev` in the container's list, as
     QEMU's autodomains_get does, warning when the container tracks dirty pages and the
     device cannot."""
@@ -495,7 +501,10 @@ def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
     try:
         detach_pt(dev.fd)
     except KernelError as e:
-        log.error("detaching %s from its HWPT failed: %s", dev.name, e)
+        log.error("detaching %s from its HWPT failed: %s; closing its fd", dev.name, e)
+        # Closing the device fd unbinds the device, which detaches it in the kernel:
+        # otherwise its HWPT and IOAS stay busy and leak in the iommufd.
+        _close_device_fd(dev)
     hwpt = dev.hwpt
     if hwpt is None:
         return
@@ -511,7 +520,7 @@ def _close_device_fd(dev: VFIODevice) -> None:
     """Close the device fd (the kernel unbinds it from the iommufd) and forget what the
     binding gave."""
     fd, dev.fd = dev.fd, None
-    dev.devid = None
+    dev.dev_id = None
     dev.hiod = None
     dev.backend = None
     dev.passed_fd = None

@@ -44,6 +44,8 @@ from fastmap.kernel import Fd, Kernel
 from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container, bitmap_words
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
 if TYPE_CHECKING:
@@ -141,20 +143,23 @@ class LegacyContainer(Container):
         done: list[RamBlock] = []
         try:
             for s in sections:
-                self.dma_map(s.gpa, s.size, s.va, s.readonly)
+                self.dma_map(s.va, s.length, s.gpa, s.prot)
                 done.append(s)
         except BaseException:
             for s in reversed(done):
                 try:
-                    self.dma_unmap(s.gpa, s.size)
+                    self.dma_unmap(s.gpa, s.length)
                 except KernelError as e:
                     log.error("%r: undoing the map of %r failed: %s", self, s, e)
             raise
 
-    def dma_map(self, iova: int, size: int, vaddr: int, readonly: bool = False) -> None:
-        flags = uapi.VFIO_DMA_MAP_FLAG_READ | (0 if readonly else uapi.VFIO_DMA_MAP_FLAG_WRITE)
+    def dma_map(self, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
+        prot = check_prot(prot)
+        flags = (uapi.VFIO_DMA_MAP_FLAG_READ if prot & Prot.READ else 0) | (
+            uapi.VFIO_DMA_MAP_FLAG_WRITE if prot & Prot.WRITE else 0
+        )
         cmd = uapi.new(
-            uapi.vfio_iommu_type1_dma_map, flags=flags, vaddr=vaddr, iova=iova, size=size
+            uapi.vfio_iommu_type1_dma_map, flags=flags, vaddr=va, iova=iova, size=length
         )
         try:
             self.fd.ioctl(uapi.VFIO_IOMMU_MAP_DMA, cmd)
@@ -162,17 +167,17 @@ class LegacyContainer(Container):
             # Old kernels said EBUSY for an overlap: QEMU unmaps the old mapping and retries.
             if e.errno != _errno.EBUSY:
                 raise
-            self.dma_unmap(iova, size)
+            self.dma_unmap(iova, length)
             self.fd.ioctl(uapi.VFIO_IOMMU_MAP_DMA, cmd)
 
-    def dma_unmap(self, iova: int, size: int) -> None:
+    def dma_unmap(self, iova: int, length: int) -> None:
         if self.dirty_tracking and self.unmap_dirty_sinks and self.dirty_pages_supported:
-            self._unmap_with_dirty_bitmap(iova, size)
+            self._unmap_with_dirty_bitmap(iova, length)
             return
-        cmd = uapi.new(uapi.vfio_iommu_type1_dma_unmap, flags=0, iova=iova, size=size)
+        cmd = uapi.new(uapi.vfio_iommu_type1_dma_unmap, flags=0, iova=iova, size=length)
         self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
 
-    def _unmap_with_dirty_bitmap(self, iova: int, size: int) -> None:
+    def _unmap_with_dirty_bitmap(self, iova: int, length: int) -> None:
         """QEMU's vfio_dma_unmap_bitmap: UNMAP_DMA with GET_DIRTY_BITMAP returns the range's
         dirty bits in the same call (nothing can be written in between); they go to the
         unmap_dirty_sinks."""
@@ -180,17 +185,17 @@ class LegacyContainer(Container):
         class _UnmapBitmap(ctypes.Structure):
             _fields_ = [("hdr", uapi.vfio_iommu_type1_dma_unmap), ("bitmap", uapi.vfio_bitmap)]
 
-        bits = np.zeros(max(bitmap_words(size, PAGE_SIZE), 1), np.uint64)
+        bits = np.zeros(max(bitmap_words(length, PAGE_SIZE), 1), np.uint64)
         cmd = _UnmapBitmap()
         cmd.hdr.argsz = ctypes.sizeof(cmd)
         cmd.hdr.flags = uapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
         cmd.hdr.iova = iova
-        cmd.hdr.size = size
+        cmd.hdr.size = length
         cmd.bitmap.pgsize = PAGE_SIZE
         cmd.bitmap.size = bits.nbytes
         cmd.bitmap.data = bits.ctypes.data
         self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
-        self._report_unmapped_dirty(iova, size, bits)
+        self._report_unmapped_dirty(iova, length, bits)
 
     # --- dirty pages: VFIO_IOMMU_DIRTY_PAGES ---------------------------------------------------
     def set_dirty_page_tracking(self, start: bool) -> None:
@@ -204,7 +209,7 @@ class LegacyContainer(Container):
         self.dirty_tracking = start
 
     def _query_dirty_bitmap(
-        self, iova: int, size: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
+        self, iova: int, length: int, bitmap: npt.NDArray[np.uint64], page_size: int = PAGE_SIZE
     ) -> None:
         class _GetBitmap(ctypes.Structure):
             _fields_ = [
@@ -217,7 +222,7 @@ class LegacyContainer(Container):
         cmd.hdr.argsz = ctypes.sizeof(cmd)
         cmd.hdr.flags = uapi.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP
         cmd.range.iova = iova
-        cmd.range.size = size
+        cmd.range.size = length
         cmd.range.bitmap.pgsize = page_size
         cmd.range.bitmap.size = out.nbytes
         cmd.range.bitmap.data = out.ctypes.data
