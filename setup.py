@@ -1,4 +1,12 @@
-"""Build of fastmap._core: every .cc under csrc/ is one C++20 extension."""
+"""Build of fastmap's native parts, all from the one C++ core in csrc/:
+
+- fastmap._core: the Python extension (every .cc under csrc/ but the C library's and the
+  interposer's own folders);
+- fastmap/libfastmap_sim.so: the simulated kernel as a C library (csrc/sim + csrc/capi_sim),
+  no Python in it;
+- fastmap/libfastmap_preload.so: `fastmap sim-run`'s LD_PRELOAD interposer (csrc/preload),
+  linked against libfastmap_sim.so.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +14,77 @@ import os
 from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import Extension, setup
 
 ParallelCompile("FASTMAP_BUILD_JOBS", default=os.cpu_count() or 1).install()
 
 ROOT = Path(__file__).parent
-SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cc"))
+CSRC = ROOT / "csrc"
+C_ONLY = ("capi_sim", "preload")  # folders that only the plain C libraries build
+
+
+def sources(*folders: str) -> list[str]:
+    found = (
+        (p for f in folders for p in (CSRC / f).rglob("*.cc")) if folders else CSRC.rglob("*.cc")
+    )
+    return sorted(
+        str(p.relative_to(ROOT))
+        for p in found
+        if folders or p.relative_to(CSRC).parts[0] not in C_ONLY
+    )
+
+
 # setuptools only rebuilds when a listed file is newer than the extension: list the headers.
-HEADERS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.h"))
-HEADERS.append("src/fastmap/fastmap_capi.h")
+HEADERS = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h"))
+HEADERS += ["src/fastmap/fastmap_capi.h", "src/fastmap/fastmap_sim.h"]
+WARN = ["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"]
 
 core = Pybind11Extension(
     "fastmap._core",
-    SOURCES,
+    sources(),
     depends=HEADERS,
     include_dirs=["csrc", "src/fastmap"],
     cxx_std=20,
-    extra_compile_args=["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"],
+    extra_compile_args=WARN,
 )
+SIM_LIB = "fastmap.libfastmap_sim"
+sim_lib = Extension(
+    SIM_LIB,
+    sources("sim", "capi_sim"),
+    depends=HEADERS,
+    include_dirs=["csrc", "src/fastmap"],
+    language="c++",
+    extra_compile_args=["-std=c++20", *WARN],
+    extra_link_args=["-Wl,-soname,libfastmap_sim.so", "-Wl,--no-undefined"],
+)
+preload = Extension(
+    "fastmap.libfastmap_preload",
+    sources("preload"),
+    depends=HEADERS,
+    include_dirs=["csrc", "src/fastmap"],
+    language="c++",
+    libraries=["fastmap_sim", "dl", "pthread"],
+    runtime_library_dirs=["$ORIGIN"],
+    extra_compile_args=["-std=c++20", *WARN],
+    extra_link_args=["-Wl,--no-undefined"],
+)
+PLAIN = {n.rsplit(".", 1)[1] for n in (SIM_LIB, preload.name)}
 
-setup(ext_modules=[core], cmdclass={"build_ext": build_ext})
+
+class BuildExt(build_ext):  # type: ignore[misc]
+    """Plain shared libraries are named lib*.so (no Python ABI tag) and the interposer
+    links against the simulator library built just before it."""
+
+    def get_ext_filename(self, fullname: str) -> str:
+        *pkg, name = fullname.split(".")
+        if name in PLAIN:
+            return os.path.join(*pkg, name + ".so")
+        return str(super().get_ext_filename(fullname))
+
+    def build_extension(self, ext: Extension) -> None:
+        if ext.name == preload.name:
+            ext.library_dirs = [os.path.dirname(self.get_ext_fullpath(SIM_LIB))]
+        super().build_extension(ext)
+
+
+setup(ext_modules=[core, sim_lib, preload], cmdclass={"build_ext": BuildExt})

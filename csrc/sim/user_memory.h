@@ -9,10 +9,31 @@
 // copy-on-write), so unmapped, PROT_NONE and read-only memory fail exactly where GUP fails.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 
 namespace fastmap::sim {
+
+// Whose memory user pointers name, for the calling thread while the scope lives: by
+// default this process's; inside a RemoteMmScope(pid) another process's, reached with
+// process_vm_readv/writev (sim-run's owner process serving a call forwarded by a forked
+// child). A failed or short remote access is -EFAULT, as a bad pointer is.
+class RemoteMmScope {
+ public:
+  explicit RemoteMmScope(pid_t pid) noexcept;
+  ~RemoteMmScope();
+  RemoteMmScope(const RemoteMmScope&) = delete;
+  RemoteMmScope& operator=(const RemoteMmScope&) = delete;
+
+ private:
+  pid_t saved_;
+};
+// The remote process of the calling thread's scope, or 0 for this process.
+pid_t current_remote_mm() noexcept;
+// Sets it for the calling thread outright (a thread that serves one process for life).
+void set_thread_remote_mm(pid_t pid) noexcept;
 
 // 0 or -EFAULT.
 int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept;

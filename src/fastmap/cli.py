@@ -5,6 +5,7 @@
     fastmap bench all            every benchmark
     fastmap migrate-demo         live-migration pre-copy of guest RAM, driven by IOMMU
                                  dirty tracking, while a device writes it
+    fastmap sim-run -- PROG ...  run an unmodified program on the simulated kernel
 
 `--kernel real|sim` picks the kernel (default: real where /dev/iommu exists, else sim;
 FASTMAP_KERNEL also sets it).
@@ -192,6 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_migrate_demo_arguments(migrate)
     migrate.set_defaults(func=cmd_migrate_demo)
+    simrun = sub.add_parser(
+        "sim-run", help="run an unmodified C/C++/Rust program on the simulated kernel"
+    )
+    from fastmap import simrun as simrun_mod
+
+    simrun_mod.add_arguments(simrun)
+    simrun.set_defaults(func=simrun_mod.run)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

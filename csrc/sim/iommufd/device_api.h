@@ -14,6 +14,9 @@ namespace fastmap::sim {
 class SimKernel;
 class IommufdCtx;
 
+// /dev/iommu is misc major 10 with a dynamic minor; the simulator shows this one.
+inline constexpr unsigned kIommufdMinor = 123;
+
 // open("/dev/iommu"): a new iommufd context.
 std::shared_ptr<File> iommufd_open(SimKernel& kernel);
 

@@ -104,6 +104,13 @@ class IommufdFile final : public File {
 
   const std::shared_ptr<IommufdCtx>& ctx() const noexcept { return ctx_; }
 
+  // /dev/iommu is a misc device with a dynamic minor; this is the one the simulator shows.
+  bool chardev(unsigned* major, unsigned* minor) const noexcept override {
+    *major = 10;
+    *minor = kIommufdMinor;
+    return true;
+  }
+
  private:
   long dispatch(unsigned long cmd, std::uint64_t arg) {
     IommufdCtx& ctx = *ctx_;

@@ -109,6 +109,12 @@ class ContainerFile final : public File {
   explicit ContainerFile(std::shared_ptr<Container> c) : c_(std::move(c)) {}
   long ioctl(unsigned long request, void* arg) noexcept override { return c_->ioctl(request, arg); }
   const std::shared_ptr<Container>& container() const noexcept { return c_; }
+  // /dev/vfio/vfio is the misc device VFIO_MINOR.
+  bool chardev(unsigned* major, unsigned* minor) const noexcept override {
+    *major = 10;
+    *minor = 196;  // VFIO_MINOR
+    return true;
+  }
 
  private:
   std::shared_ptr<Container> c_;

@@ -317,3 +317,19 @@ ssize_t VfioDeviceFile::pwrite(const void* buf, std::size_t count, std::uint64_t
 }
 
 }  // namespace fastmap::sim::vfio
+
+namespace fastmap::sim::vfio {
+
+ssize_t VfioDeviceFile::read(void* buf, std::size_t count) noexcept {
+  const ssize_t n = pread(buf, count, pos_.load());
+  if (n > 0) pos_ += static_cast<std::uint64_t>(n);
+  return n;
+}
+
+ssize_t VfioDeviceFile::write(const void* buf, std::size_t count) noexcept {
+  const ssize_t n = pwrite(buf, count, pos_.load());
+  if (n > 0) pos_ += static_cast<std::uint64_t>(n);
+  return n;
+}
+
+}  // namespace fastmap::sim::vfio

@@ -38,12 +38,18 @@ class VfioDeviceFile final : public File {
   long ioctl(unsigned long request, void* arg) noexcept override;
   ssize_t pread(void* buf, std::size_t count, std::uint64_t off) noexcept override;
   ssize_t pwrite(const void* buf, std::size_t count, std::uint64_t off) noexcept override;
+  // read(2)/write(2): the region access at the file position, which they advance.
+  ssize_t read(void* buf, std::size_t count) noexcept override;
+  ssize_t write(const void* buf, std::size_t count) noexcept override;
 
   // What fstat() reports as st_rdev: the cdev's (major, minor) when the file was opened
   // from /dev/vfio/devices/vfioN; false for a GROUP_GET_DEVICE_FD file, which is an
   // anonymous inode and not a char device. Userspace (QEMU's open_cdev) checks this
   // against sysfs vfio-dev/vfioN/dev to be sure it opened the device it meant.
   bool cdev_devt(unsigned* major, unsigned* minor) const noexcept;
+  bool chardev(unsigned* major, unsigned* minor) const noexcept override {
+    return cdev_devt(major, minor);
+  }
 
  private:
   long bind_iommufd(void* arg) noexcept;
@@ -62,6 +68,7 @@ class VfioDeviceFile final : public File {
   // Set once the file may be used (bound, or opened through the group); read without the
   // device lock by every ioctl, as the kernel's smp_load_acquire does.
   std::atomic<bool> access_granted_{false};
+  std::atomic<std::uint64_t> pos_{0};  // f_pos
   // cdev binding, guarded by dev_->mu.
   std::shared_ptr<IommufdCtx> ictx_;
   std::uint32_t devid_ = 0;

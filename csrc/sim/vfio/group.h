@@ -29,6 +29,11 @@ class GroupFile final : public File, public std::enable_shared_from_this<GroupFi
   ~GroupFile() override;
 
   long ioctl(unsigned long request, void* arg) noexcept override;
+  bool chardev(unsigned* major, unsigned* minor) const noexcept override {
+    *major = kVfioGroupMajor;
+    *minor = static_cast<unsigned>(group_->id);
+    return true;
+  }
 
  private:
   long get_status(void* arg);

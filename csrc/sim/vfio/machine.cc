@@ -193,4 +193,14 @@ int Machine::read_link(const std::string& path, std::string* out) const {
   return sysfs_.read_link(path, out);
 }
 
+int Machine::sysfs_realpath(const std::string& path, std::string* out) const {
+  std::lock_guard<std::mutex> g(mu_);
+  return sysfs_.canonical(path, out);
+}
+
+int Machine::sysfs_type(const std::string& path) const {
+  std::lock_guard<std::mutex> g(mu_);
+  return sysfs_.type_of(path);
+}
+
 }  // namespace fastmap::sim::vfio

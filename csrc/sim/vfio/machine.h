@@ -70,6 +70,8 @@ class Machine {
   int list_dir(const std::string& path, std::vector<std::string>* out) const;
   int read_file(const std::string& path, std::string* out) const;
   int read_link(const std::string& path, std::string* out) const;
+  int sysfs_type(const std::string& path) const;  // SysfsTree::type_of
+  int sysfs_realpath(const std::string& path, std::string* out) const;
 
  private:
   struct Entry {

@@ -130,4 +130,25 @@ int SysfsTree::read_link(const std::string& path, std::string* out) const {
   return 0;
 }
 
+int SysfsTree::canonical(const std::string& path, std::string* out) const {
+  std::string canon;
+  if (int rc = resolve(path, true, &canon)) return rc;
+  if (nodes_.find(canon) == nodes_.end()) return -ENOENT;
+  *out = canon;
+  return 0;
+}
+
+int SysfsTree::type_of(const std::string& path) const {
+  std::string canon;
+  if (int rc = resolve(path, false, &canon)) return rc;
+  auto it = nodes_.find(canon);
+  if (it == nodes_.end()) return -ENOENT;
+  switch (it->second.type) {
+    case Type::kDir: return 0;
+    case Type::kFile: return 1;
+    case Type::kLink: return 2;
+  }
+  return -ENOENT;
+}
+
 }  // namespace fastmap::sim::vfio

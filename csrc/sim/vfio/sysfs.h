@@ -21,6 +21,10 @@ class SysfsTree {
   int list_dir(const std::string& path, std::vector<std::string>* out) const;
   int read_file(const std::string& path, std::string* out) const;
   int read_link(const std::string& path, std::string* out) const;
+  // 0 directory, 1 file, 2 symlink (the last component is not followed), or -errno.
+  int type_of(const std::string& path) const;
+  // realpath(3): the canonical path with every symlink followed. 0 or -errno.
+  int canonical(const std::string& path, std::string* out) const;
 
  private:
   enum class Type { kDir, kFile, kLink };

@@ -18,6 +18,9 @@ struct VfioGroup;
 // The char major of /dev/vfio/devices/vfioN (the kernel hands vfio a dynamic major; the
 // simulator always uses this one). The minor is N.
 inline constexpr unsigned kVfioDevMajor = 511;
+// The char major of the group nodes /dev/vfio/N (also dynamic in the kernel); the minor is
+// the group's number.
+inline constexpr unsigned kVfioGroupMajor = 510;
 
 struct VfioDevice {
   std::shared_ptr<PciDevice> pci;
