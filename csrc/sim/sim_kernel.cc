@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "sim/iommufd/device_api.h"
+#include "sim/user_memory.h"
 #include "sim/vfio/machine.h"
 #include "sim/vfio/vfio_device.h"
 
@@ -273,6 +274,22 @@ int SimKernel::chardev(int fd, unsigned* major, unsigned* minor) const noexcept 
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->chardev(major, minor) ? 1 : 0;
+}
+
+void SimKernel::add_page_pins(std::uint64_t va, std::uint64_t npages, int delta) {
+  const std::uint64_t ps = host_page_size();
+  std::lock_guard<std::mutex> g(pins_mu_);
+  for (std::uint64_t i = 0; i < npages; ++i, va += ps) {
+    unsigned& n = page_pins_[va];
+    n += static_cast<unsigned>(delta);
+    if (n == 0) page_pins_.erase(va);
+  }
+}
+
+unsigned SimKernel::page_pins(std::uint64_t va) const {
+  std::lock_guard<std::mutex> g(pins_mu_);
+  auto it = page_pins_.find(va);
+  return it == page_pins_.end() ? 0 : it->second;
 }
 
 }  // namespace fastmap::sim

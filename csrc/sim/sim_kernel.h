@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "seam/kernel.h"
@@ -107,10 +108,18 @@ class SimKernel final : public Kernel {
     return per_mm ? mm_locked_vm_ : user_locked_vm_;
   }
 
+  // Pins iommufd holds on each page of process memory (the kernel's page_ref_count in units
+  // of GUP_PIN_COUNTING_BIAS), which IOMMU_TEST_OP_MD_CHECK_REFS reads. Keyed by the page's
+  // VA; `delta` is applied to `npages` pages from `va`.
+  void add_page_pins(std::uint64_t va, std::uint64_t npages, int delta);
+  unsigned page_pins(std::uint64_t va) const;
+
  private:
   std::atomic<std::uint64_t> user_locked_vm_{0};
   std::atomic<std::uint64_t> mm_locked_vm_{0};
   SimConfig config_;
+  mutable std::mutex pins_mu_;
+  std::unordered_map<std::uint64_t, unsigned> page_pins_;  // page VA -> pins (never 0)
   using FdTable = std::vector<std::shared_ptr<File>>;  // indexed by fd
   FdTable* table_locked();                             // the current table; fd_mu_ held
   const FdTable* table_locked() const;

@@ -121,7 +121,31 @@ int IoptPages::pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
   const std::uint64_t after = pinned_pages_with({first, last});
   if (int rc = charge(kernel, after - before)) return rc;
   pins_.emplace_back(first, last);
+  count_pins(kernel, first, last, 1);
   return 0;
+}
+
+void IoptPages::count_pins(SimKernel& kernel, std::uint64_t first, std::uint64_t last,
+                           int delta) {
+  if (page_pins_.empty()) page_pins_.assign(npages_, 0);
+  const std::uint64_t ps = host_page_size();
+  // Report runs of pages whose pinned state flips, in one call each.
+  std::uint64_t run = 0, run_first = 0;
+  auto flush = [&] {
+    if (run) kernel.add_page_pins(va_base_ + run_first * ps, run, delta);
+    run = 0;
+  };
+  for (std::uint64_t i = first; i <= last; ++i) {
+    std::uint32_t& n = page_pins_[i];
+    const bool flips = delta > 0 ? n++ == 0 : --n == 0;
+    if (flips) {
+      if (!run) run_first = i;
+      ++run;
+    } else {
+      flush();
+    }
+  }
+  flush();
 }
 
 void IoptPages::unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last) {
@@ -130,6 +154,7 @@ void IoptPages::unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last
   const std::uint64_t before = pinned_pages_with({1, 0});
   pins_.erase(it);
   uncharge(kernel, before - pinned_pages_with({1, 0}));
+  count_pins(kernel, first, last, -1);
 }
 
 void IoptPages::split_pin(std::uint64_t first, std::uint64_t last, std::uint64_t lhs_last,
