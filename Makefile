@@ -23,8 +23,9 @@ demo: $(STAMP)
 	$(VENV)/bin/fastmap demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples tools
 	$(VENV)/bin/mypy
+	$(PY) tools/check_includes.py
 
 # The simulator tier: everything that runs without /dev/iommu.
 test-sim: $(STAMP)

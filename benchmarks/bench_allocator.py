@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastmap.bench_alloc import (
+from fastmap._tools.bench_alloc import (
     AllocBackend,
     FastmapBatch,
     FastmapSingle,

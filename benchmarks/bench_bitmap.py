@@ -3,7 +3,7 @@
     pytest benchmarks/bench_bitmap.py --benchmark-enable      # timed
     pytest benchmarks/bench_bitmap.py                         # --benchmark-disable: one quick pass
 
-Cases (fastmap.bench_dirty.BITMAP_CASES): 64 GiB of guest memory at 4 KiB with 10 % of the
+Cases (fastmap._tools.bench_dirty.BITMAP_CASES): 64 GiB of guest memory at 4 KiB with 10 % of the
 pages dirty at random (goal < 12 ms) and 512 GiB all dirty (goal < 4.6 ms); to_ranges
 should stay within 2x of count_floor, a single popcount pass over the same bitmap. With
 benchmarks disabled the bitmaps are 1/64 of that size so that the file runs in seconds.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fastmap import bitmap
-from fastmap.bench_dirty import (
+from fastmap._tools.bench_dirty import (
     BITMAP_CASES,
     BitmapCase,
     numpy_to_ranges,

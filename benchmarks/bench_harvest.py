@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fastmap.bench_dirty import GiB, MiB, MockDirtyBed
+from fastmap._tools.bench_dirty import GiB, MiB, MockDirtyBed
 
 PAGE = 4096
 

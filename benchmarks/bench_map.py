@@ -15,9 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmap import bench_map, uapi
+from fastmap import uapi
+from fastmap._tools import bench_map
 from fastmap.ioas import Ioas
-from fastmap.kernel import Kernel, open_kernel
+from fastmap.kernel import Kernel
+from fastmap.seam import open_kernel
 
 
 def _quick(request: pytest.FixtureRequest) -> bool:

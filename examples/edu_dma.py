@@ -32,10 +32,8 @@ import sys
 import time
 from contextlib import ExitStack
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice, find_pci_devices
-from fastmap.kernel import Kernel, open_kernel
+from fastmap import AddressSpace, IOMMUFDBackend, Kernel, VFIODevice, open_kernel
+from fastmap.lifecycle.device import find_pci_devices
 from fastmap.ram import RAM_KINDS, default_hugepage_size
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8

@@ -17,7 +17,7 @@ once more, sends the rest, and compares the destination with the source byte for
 The real kernel's selftest mock device has no DMA: there its writes are made by the CPU and
 the pages then marked dirty in the mock IOMMU with IOMMU_TEST_OP_DIRTY, so the dirty bits
 and their harvest are the real kernel's while the writes are emulated (see
-fastmap.dma_writer). Exit status 0 when the destination matches.
+fastmap._tools.dma_writer). Exit status 0 when the destination matches.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastmap._tools.precopy import DemoOptions, run_demo
 from fastmap.cli import add_migrate_demo_arguments
-from fastmap.precopy import DemoOptions, run_demo
 
 
 def main(argv: list[str] | None = None) -> int:

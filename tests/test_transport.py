@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from fastmap import _core, kernel, uapi
+from fastmap import _core, kernel, seam, uapi
 from fastmap.errors import (
     BadAddressError,
     FastmapError,
@@ -79,17 +79,17 @@ def test_pickle_round_trip() -> None:
 
 def test_default_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTMAP_KERNEL", "sim")
-    assert kernel.default_kind() == "sim"
+    assert seam.default_kind() == "sim"
     monkeypatch.setenv("FASTMAP_KERNEL", "real")
-    assert kernel.default_kind() == "real"
+    assert seam.default_kind() == "real"
     monkeypatch.setenv("FASTMAP_KERNEL", "bogus")
     with pytest.raises(ValueError):
-        kernel.default_kind()
+        seam.default_kind()
     monkeypatch.delenv("FASTMAP_KERNEL")
-    monkeypatch.setattr(kernel.os.path, "exists", lambda p: p == "/dev/iommu")
-    assert kernel.default_kind() == "real"
-    monkeypatch.setattr(kernel.os.path, "exists", lambda p: False)
-    assert kernel.default_kind() == "sim"
+    monkeypatch.setattr(seam.os.path, "exists", lambda p: p == "/dev/iommu")
+    assert seam.default_kind() == "real"
+    monkeypatch.setattr(seam.os.path, "exists", lambda p: False)
+    assert seam.default_kind() == "sim"
 
 
 def test_real_kernel_version_parses() -> None:
@@ -147,7 +147,7 @@ def test_sim_config_mirrors_core() -> None:
 
 @needs_sim
 def test_open_kernel_sim() -> None:
-    k = kernel.open_kernel("sim")
+    k = seam.open_kernel("sim")
     assert k.name == "sim"
     with k.open_fd("/dev/iommu") as fd:
         with pytest.raises(KernelError) as info:

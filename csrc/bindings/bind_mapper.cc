@@ -9,7 +9,7 @@
 #include <tuple>
 
 #include "bindings/bindings.h"
-#include "engine/c_api.h"
+#include "capi/c_api.h"
 #include "engine/map_engine.h"
 #include "engine/map_floor.h"
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bindings/bindings.h"
+#include "bindings/cbuffer.h"
 #include "sim/iommu/domain.h"
 #include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
@@ -114,10 +115,10 @@ void bind_iommu(py::module_& m) {
         }
         return py::make_tuple(rc, py::bytes(buf));
       }, py::arg("iova"), py::arg("length"))
-      .def("dma_write", [](sim::Domain& d, std::uint64_t iova, const py::buffer& data) {
-        py::buffer_info info = data.request();
-        const void* p = info.ptr;
-        auto n = static_cast<std::size_t>(info.size * info.itemsize);
+      .def("dma_write", [](sim::Domain& d, std::uint64_t iova, const py::object& data) {
+        CBuffer buf(data, /*writable=*/false, "dma_write data");
+        const void* p = buf.data();
+        const std::size_t n = buf.size();
         py::gil_scoped_release nogil;
         return d.dma_write(iova, p, n);
       }, py::arg("iova"), py::arg("data"))

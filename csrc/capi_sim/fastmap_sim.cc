@@ -11,7 +11,7 @@
 
 #include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "sim/vfio/machine.h"
 
 #define FASTMAP_SIM_EXPORT extern "C" __attribute__((visibility("default")))

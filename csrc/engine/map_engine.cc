@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cerrno>
 #include <limits>
+#include <system_error>
 #include <thread>
 
 #include "uapi/iommufd.h"
@@ -111,20 +112,28 @@ BatchError IoasMapper::submit_parallel(std::vector<Run>& runs, unsigned threads,
   std::vector<std::size_t> failed_at(threads, n);
   std::vector<int> failed_err(threads, 0);
   std::vector<std::thread> pool;
+  pool.reserve(threads);
   const std::size_t chunk = (n + threads - 1) / threads;
+  auto slice = [&](unsigned t, std::size_t begin, std::size_t end) noexcept {
+    for (std::size_t r = begin; r < end; ++r) {
+      if (int err = map_one(runs[r].va, runs[r].length, &runs[r].iova, true, runs[r].prot)) {
+        failed_at[t] = r;
+        failed_err[t] = err;
+        return;
+      }
+      mapped[r] = 1;
+    }
+  };
   for (unsigned t = 0; t < threads; ++t) {
     const std::size_t begin = t * chunk, end = std::min(n, begin + chunk);
     if (begin >= end) break;
-    pool.emplace_back([&, t, begin, end] {
-      for (std::size_t r = begin; r < end; ++r) {
-        if (int err = map_one(runs[r].va, runs[r].length, &runs[r].iova, true, runs[r].prot)) {
-          failed_at[t] = r;
-          failed_err[t] = err;
-          return;
-        }
-        mapped[r] = 1;
-      }
-    });
+    try {
+      pool.emplace_back(slice, t, begin, end);
+    } catch (const std::system_error&) {
+      // No thread to be had (pids limit, ulimit -v): this thread maps the slice itself.
+      // Slices are disjoint, so the result is the same, only slower.
+      slice(t, begin, end);
+    }
   }
   for (auto& th : pool) th.join();
   std::size_t first_bad = n;

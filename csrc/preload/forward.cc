@@ -8,7 +8,9 @@
 //
 // A forwarded call that may install an fd (open, ioctl) carries a placeholder fd the
 // child reserved; the owner hands that number to the simulator as the new fd.
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -113,6 +115,19 @@ ssize_t recv_msg(int sock, void* p, std::size_t n, int* passed_fd) {
 
 void start_server(int sock, int table);
 
+// Our sockets move to the top of the fd range, out of the way of the program's own
+// numbering (the kernel hands the program the lowest free fd; ours must not be it).
+int move_high(int fd) {
+  struct rlimit rl;
+  if (fd < 0 || ::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < 256) return fd;
+  const rlim_t cap = rl.rlim_cur < static_cast<rlim_t>(kMaxFd) ? rl.rlim_cur : kMaxFd;
+  const int high = FASTMAP_REAL("fcntl", int (*)(int, int, ...))(
+      fd, F_DUPFD_CLOEXEC, static_cast<int>(cap - 128));
+  if (high < 0) return fd;
+  real_close(fd);
+  return high;
+}
+
 struct Served {
   int sock;
   int table;
@@ -139,7 +154,7 @@ void* serve(void* arg) {
       // A grandchild is being forked: serve its socket with a copy of this table.
       const int table = fastmap_sim_table_clone(sim, s.table);
       if (table >= 0 && passed >= 0) {
-        start_server(passed, table);
+        start_server(move_high(passed), table);
       } else if (passed >= 0) {
         real_close(passed);
       }
@@ -203,6 +218,8 @@ void prepare() noexcept {
   if (!fwd && !hosting()) return;  // no simulator yet: the child starts its own
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return;
+  sv[0] = move_high(sv[0]);
+  sv[1] = move_high(sv[1]);
   if (fwd) {
     // Ask the owner to serve sv[0] with a copy of our table.
     Request req{};

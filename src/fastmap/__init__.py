@@ -1,8 +1,110 @@
-"""fastmap: a high-performance DMA mapping engine for Linux userspace."""
+"""fastmap: a high-performance DMA mapping engine for Linux userspace.
+
+Start here: open an IOMMUFD backend (the real /dev/iommu, or the embedded simulated kernel
+where there is none), make an I/O address space, and map memory into it::
+
+    import numpy as np
+    import fastmap
+
+    with fastmap.IOMMUFDBackend() as be, be.ioas() as ioas:
+        buf = np.zeros(1 << 20, np.uint8)
+        iova = ioas.map(buf)                       # pinned until unmapped
+        ioas.unmap(iova, buf.nbytes)
+
+Everything named in ``fastmap.__all__`` is importable from ``fastmap`` itself. The package,
+top down (docs/architecture.md has the layer diagram and the vocabulary):
+
+Mapping
+    `Ioas` (ioas.py): map/unmap (single and batched, all or nothing), translation VA<->IOVA.
+    `Prot` (prot.py): what a device may do with a mapping (READ, WRITE, RW).
+    `IovaAllocator`, `IovaRange` (allocator.py): the C++ IOVA allocator (`Ioas.allocator`).
+Devices: the QEMU-shaped lifecycle (fastmap.lifecycle)
+    `IOMMUFDBackend` (lifecycle/backend.py): the iommufd fd and its objects.
+    `AddressSpace` (lifecycle/address_space.py): guest RAM (`RamBlock`, ram.py) at GPAs.
+    `VFIODevice` (lifecycle/device.py): bind/attach a VFIO device, BAR access.
+    `Container`, `IommufdContainer`, `LegacyContainer`, `HostIOMMUDevice`, `Hwpt`:
+    the containers an `AddressSpace` is mapped through, one per IOMMU setup.
+Dirty tracking and migration
+    `DirtyHarvester` (dirty.py): read and clear HWPT dirty bitmaps, in C++.
+    `DirtyTracker` (migration.py): per-RAM-block dirty pages across every container.
+    `fastmap.bitmap`: word-at-a-time operations on the kernel's bitmap layout.
+Raw access: the ioctl seam
+    `open_kernel`, `Kernel`, `Fd` (kernel.py, seam.py): open/ioctl/close on either kernel.
+    `SimKernel`, `SimConfig` (sim.py): the simulated Linux, in-process.
+    `fastmap.uapi`: every uAPI struct and constant, as ctypes.
+Errors
+    `FastmapError` is the base of every error; a failed kernel call is a `KernelError` (an
+    `OSError` naming the call, errno, fields and a likely cause); `fastmap.errors` has one
+    subclass per errno family and the lifecycle's errors and warnings.
+
+Internal: ``fastmap._tools`` (benchmarks, demos, test rigs behind the ``fastmap`` CLI),
+``fastmap._core`` (the C++ extension), and other ``_``-prefixed modules.
+"""
 
 from __future__ import annotations
 
+from fastmap import bitmap, errors, uapi
+from fastmap.allocator import IovaAllocator, IovaRange
+from fastmap.dirty import DirtyHarvester, Harvest
+from fastmap.errors import (
+    BatchError,
+    FastmapError,
+    KernelError,
+    LifecycleWarning,
+    VFIOError,
+)
+from fastmap.ioas import Ioas
+from fastmap.kernel import Fd, Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.container import Container
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
+from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer
+from fastmap.lifecycle.vfio_legacy import LegacyContainer
+from fastmap.migration import BlockDirty, DirtyTracker, SyncResult
+from fastmap.prot import Prot
+from fastmap.ram import RamBlock
+from fastmap.seam import open_kernel
+from fastmap.sim import SimConfig, SimKernel
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AddressSpace",
+    "BatchError",
+    "BlockDirty",
+    "Container",
+    "DirtyHarvester",
+    "DirtyTracker",
+    "FastmapError",
+    "Fd",
+    "Harvest",
+    "HostIOMMUDevice",
+    "Hwpt",
+    "IOMMUFDBackend",
+    "Ioas",
+    "IommufdContainer",
+    "IovaAllocator",
+    "IovaRange",
+    "Kernel",
+    "KernelError",
+    "LegacyContainer",
+    "LifecycleWarning",
+    "Prot",
+    "RamBlock",
+    "SimConfig",
+    "SimKernel",
+    "SyncResult",
+    "VFIODevice",
+    "VFIOError",
+    "__version__",
+    "bitmap",
+    "errors",
+    "get_include",
+    "open_kernel",
+    "uapi",
+]
 
 
 def get_include() -> str:

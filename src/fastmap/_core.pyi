@@ -29,6 +29,23 @@ class Kernel:
 class RealKernel(Kernel):
     def __init__(self) -> None: ...
 
+class FaultKernel(Kernel):
+    """Forwards to `inner`; fails the nth open/ioctl on request (fault injection)."""
+
+    def __init__(self, inner: Kernel) -> None: ...
+    def fail_nth(self, nth: int, errno: int) -> None:
+        """Fail the nth open/ioctl from now with -errno (0: none); resets the count"""
+    def spare(self, request: int) -> None:
+        """Never count (so never fail) this ioctl request"""
+    @property
+    def calls(self) -> int: ...
+    @property
+    def fired(self) -> bool: ...
+    @property
+    def open_fds(self) -> set[int]: ...
+    @property
+    def inner(self) -> Kernel: ...
+
 # --- bind_sim.cc --------------------------------------------------------------------------
 class SimConfig:
     kernel_version: int

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
+
+from fastmap._checks import integer
 
 _SCALARS: dict[str, type[Any]] = {
     "u8": ctypes.c_uint8,
@@ -47,8 +49,25 @@ def field_values(obj: ctypes.Structure | ctypes.Union) -> dict[str, object]:
     return out
 
 
+def _checked_setattr(obj: ctypes.Structure | ctypes.Union, name: str, value: Any) -> Any:
+    # ctypes truncates silently (2**32 + 5 into a u32 is 5; True is 1): range-check here,
+    # the one place every field assignment (constructor keywords included) passes through.
+    kinds: dict[str, str] = getattr(type(obj), "_kinds_", {})
+    kind = kinds.get(name)
+    if kind is not None:
+        return integer(f"{type(obj).__name__}.{name}", value, kind)
+    return value
+
+
 class UapiStruct(ctypes.Structure):
-    """Base of every generated uAPI struct: a ctypes.Structure with a readable repr."""
+    """Base of every generated uAPI struct: a ctypes.Structure with a readable repr and
+    range-checked scalar fields (ValueError naming the field and value, never truncation)."""
+
+    #: field name -> scalar type ("u32", ...) for the fields that are plain integers.
+    _kinds_: ClassVar[dict[str, str]] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, _checked_setattr(self, name, value))
 
     def __repr__(self) -> str:
         return _describe(self)
@@ -59,7 +78,12 @@ class UapiStruct(ctypes.Structure):
 
 
 class UapiUnion(ctypes.Union):
-    """Base of every generated uAPI union."""
+    """Base of every generated uAPI union (scalar members range-checked as in UapiStruct)."""
+
+    _kinds_: ClassVar[dict[str, str]] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, _checked_setattr(self, name, value))
 
     def __repr__(self) -> str:
         return _describe(self)
@@ -80,13 +104,17 @@ def build_structs(rows: Iterable[StructRow]) -> dict[str, type[UapiStruct | Uapi
     classes: dict[str, type[UapiStruct | UapiUnion]] = {}
     for name, size, is_union, fields in rows:
         ctype_fields: list[tuple[str, type[Any]]] = []
+        kinds: dict[str, str] = {}
         for fname, _offset, _fsize, tname, count in fields:
+            if tname in _SCALARS and not count:
+                kinds[fname] = tname
             base = _SCALARS.get(tname) or classes.get(tname)
             if base is None:
                 raise LayoutError(f"{name}.{fname}: unknown type {tname!r}")
             ctype_fields.append((fname, base * count if count else base))
         base_cls: type[UapiStruct | UapiUnion] = UapiUnion if is_union else UapiStruct
-        cls = type(name, (base_cls,), {"_fields_": ctype_fields, "__module__": "fastmap.uapi"})
+        namespace = {"_fields_": ctype_fields, "_kinds_": kinds, "__module__": "fastmap.uapi"}
+        cls = type(name, (base_cls,), namespace)
         _verify(cls, size, fields)
         classes[name] = cls
     return classes

@@ -15,14 +15,22 @@ inclusive, so the whole 64-bit space is expressible.
 from __future__ import annotations
 
 import errno
-import operator
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, NamedTuple, cast
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from fastmap import _core
+from fastmap._u64 import U64_MAX, u64, u64_array
+from fastmap.errors import (
+    AllocationError,
+    AllocatorError,
+    InvalidRequestError,
+    RangeInUseError,
+    RangeNotFoundError,
+    RangeReservedError,
+)
 
 __all__ = [
     "DEFAULT_HUGE_PAGE_SIZES",
@@ -36,11 +44,10 @@ __all__ = [
     "Mapping",
     "RangeInUseError",
     "RangeNotFoundError",
-    "ReservedRangeError",
+    "RangeReservedError",
     "TranslationMap",
 ]
 
-U64_MAX = (1 << 64) - 1
 DEFAULT_HUGE_PAGE_SIZES: tuple[int, ...] = (1 << 21, 1 << 30)
 PAGE_SIZE = 4096
 
@@ -49,73 +56,6 @@ _FITS: dict[str, int] = {"first": 0, "best": 1}
 
 U64Array = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-# ---- errors ----------------------------------------------------------------------------------
-# Kept local until fastmap.errors exists; each class carries the errno the engine returned.
-
-
-class AllocatorError(Exception):
-    """Base class for allocator and translation-map errors. ``index`` names the failing
-    element of a batch call (None otherwise)."""
-
-    def __init__(self, message: str, err: int, index: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = err
-        self.index = index
-
-
-class InvalidRequestError(AllocatorError, ValueError):
-    """A malformed request: zero length, alignment not a power of two, a range that wraps
-    past 2**64, or a value that is not a u64 (EINVAL / EOVERFLOW)."""
-
-
-class AllocationError(AllocatorError, MemoryError):
-    """No free gap can hold the request (ENOSPC). Says what was asked for and the largest
-    gap there was, which tells fragmentation (a big gap, misaligned) from exhaustion."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        length: int,
-        align: int,
-        hint_va: int | None = None,
-        fit: Fit = "first",
-        index: int | None = None,
-        largest_free_gap: IovaRange | None = None,
-    ) -> None:
-        super().__init__(message, errno.ENOSPC, index)
-        self.length = length
-        self.align = align
-        self.hint_va = hint_va
-        self.fit = fit
-        self.largest_free_gap = largest_free_gap
-
-
-class RangeInUseError(AllocatorError, ValueError):
-    """The range overlaps an allocation or mapping (EEXIST), or in a TranslationMap the VA
-    range overlaps a mapping (EADDRINUSE); ``space`` says which, "iova" or "va"."""
-
-    def __init__(self, message: str, err: int, *, space: str, start: int, last: int) -> None:
-        super().__init__(message, err)
-        self.space = space
-        self.start = start
-        self.last = last
-
-
-class ReservedRangeError(AllocatorError, ValueError):
-    """The range touches a reserved range or lies outside the allowed ranges
-    (EADDRNOTAVAIL), or a reserved range was to be freed (EPERM)."""
-
-
-class RangeNotFoundError(AllocatorError, LookupError):
-    """Nothing is allocated (or mapped) where the call said (ENOENT). ``index`` names the
-    element of a batch."""
-
-    def __init__(self, message: str, *, address: int, index: int | None = None) -> None:
-        super().__init__(message, errno.ENOENT, index)
-        self.address = address
 
 
 # ---- values ----------------------------------------------------------------------------------
@@ -151,10 +91,10 @@ _new_range = tuple.__new__
 
 
 def _u64(name: str, value: int) -> int:
-    v = operator.index(value)
-    if not 0 <= v <= U64_MAX:
-        raise InvalidRequestError(f"{name}={v:#x} is not a u64", errno.EINVAL)
-    return v
+    try:
+        return u64(name, value)
+    except ValueError as e:
+        raise InvalidRequestError(str(e), errno.EINVAL) from None
 
 
 def _range(name: str, r: tuple[int, int]) -> tuple[int, int]:
@@ -169,28 +109,10 @@ def _range(name: str, r: tuple[int, int]) -> tuple[int, int]:
 
 
 def _u64_array(name: str, values: npt.ArrayLike) -> U64Array:
-    """A contiguous 1-D uint64 array of `values`, refusing negatives, floats and values past
-    2**64 - 1 rather than letting them wrap or round."""
-    if not isinstance(values, np.ndarray):
-        # Python sequences: check each int (numpy would turn [0, 2**63] into floats).
-        try:
-            items: list[Any] = list(cast("Iterable[Any]", values))
-        except TypeError:
-            raise TypeError(f"{name} must be a 1-D sequence of integers") from None
-        return np.fromiter((_u64(name, v) for v in items), dtype=np.uint64, count=len(items))
-    if values.ndim != 1:
-        raise InvalidRequestError(f"{name} must be 1-D, got shape {values.shape}", errno.EINVAL)
-    if values.dtype == np.uint64:
-        return np.ascontiguousarray(values)
-    if values.dtype.kind == "u":
-        return values.astype(np.uint64)
-    if values.dtype.kind == "i":
-        if values.size and int(values.min()) < 0:
-            raise InvalidRequestError(f"{name} holds negative values", errno.EINVAL)
-        return values.astype(np.uint64)
-    if values.dtype.kind == "O":
-        return _u64_array(name, values.tolist())
-    raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+    try:
+        return u64_array(name, values)
+    except ValueError as e:
+        raise InvalidRequestError(str(e), errno.EINVAL) from None
 
 
 def _fit(fit: str) -> int:
@@ -281,14 +203,14 @@ class IovaAllocator:
             hit = next(
                 (r for r in self.reserved_ranges() if r.start <= last and start <= r.last), None
             )
-            raise ReservedRangeError(
+            raise RangeReservedError(
                 f"{what} {rng} touches the reserved range {hit!r} (a reserved region such as "
                 "an MSI window, or space outside the allowed IOVA ranges)",
                 e,
                 index,
             )
         if e == errno.EPERM:
-            raise ReservedRangeError(
+            raise RangeReservedError(
                 f"{what} {rng} is a reserved range; it cannot be freed", e, index
             )
         if e == errno.ENOENT:

@@ -10,7 +10,8 @@ Runs of set bits ("ranges") are ``(N, 2)`` uint64 arrays of ``[first_page, page_
 in increasing page order; ``to_ranges`` never emits empty or touching runs.
 
 Every function checks its arguments and raises ValueError naming the argument and the bad
-value; the work itself runs in C++ without the GIL.
+value (a TypeError for a non-integer, as everywhere in fastmap: see fastmap._u64); the work
+itself runs in C++ without the GIL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import _core
+from fastmap._u64 import u64, u64_pairs
 
 __all__ = [
     "convert",
@@ -81,7 +83,7 @@ def from_ranges(ranges: Any, nbits: SupportsIndex) -> Bitmap:
     and may be empty, but each must end at or before ``nbits``.
     """
     _check_count("nbits", nbits)
-    pairs = _as_pairs(ranges)
+    pairs = u64_pairs("ranges", ranges)
     result, bad = _core.bitmap_from_ranges(pairs, int(nbits))
     if bad >= 0:
         first, count = (int(x) for x in pairs[bad])
@@ -118,10 +120,7 @@ def convert(bm: Bitmap, nbits: int, from_page: int, to_page: int) -> Bitmap:
 
 
 def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an int, got {value!r}")
-    if not 0 <= int(value) < 1 << 64:
-        raise ValueError(f"{name}: expected 0 <= {name} < 2**64, got {value}")
+    u64(name, value)
 
 
 def _check_page(name: str, value: object) -> None:
@@ -152,31 +151,3 @@ def _bitmap_and_bits(bm: object, nbits: SupportsIndex | None) -> tuple[Bitmap, i
     if nbits > 64 * bm.shape[0]:
         raise ValueError(f"nbits: {nbits} bits need {words_for(nbits)} words, bm has {bm.shape[0]}")
     return np.ascontiguousarray(bm), nbits
-
-
-def _as_pairs(ranges: Any) -> NDArray[np.uint64]:
-    try:
-        arr = np.asarray(ranges)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"ranges: not an (N, 2) array of integers ({e})") from None
-    if arr.size == 0:
-        return np.zeros((0, 2), dtype=np.uint64)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"ranges: expected shape (N, 2), got {arr.shape}")
-    if arr.dtype.kind in "fO" and not isinstance(ranges, np.ndarray):
-        # Python ints past int64 make numpy guess float64 or object; take them exactly.
-        obj = np.asarray(ranges, dtype=object)
-        if all(type(x) is int for x in obj.flat):
-            arr = obj
-    if arr.dtype.kind == "O" and all(type(x) is int for x in arr.flat):
-        too_big = np.array([[not 0 <= x < 1 << 64 for x in row] for row in arr])
-        if too_big.any():
-            row = int(np.flatnonzero(too_big.any(1))[0])
-            raise ValueError(f"ranges: row {row} {arr[row].tolist()} is not in [0, 2**64)")
-        return np.ascontiguousarray(arr.astype(np.uint64))
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"ranges: expected integers, got dtype={arr.dtype}")
-    if arr.dtype.kind == "i" and (arr < 0).any():
-        row = int(np.flatnonzero((arr < 0).any(1))[0])
-        raise ValueError(f"ranges: negative value in row {row}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)

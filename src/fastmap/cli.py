@@ -17,7 +17,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from fastmap.kernel import Kernel, open_kernel
+from fastmap.kernel import Kernel
+from fastmap.seam import open_kernel
 
 
 def _kernel(args: argparse.Namespace) -> Kernel:
@@ -33,13 +34,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fastmap.demo import run_demo
+    from fastmap._tools.demo import run_demo
 
     return run_demo(_kernel(args), print)
 
 
 def cmd_bench_map(args: argparse.Namespace) -> int:
-    from fastmap.bench_map import SIZES, ratios, run_map_benchmark
+    from fastmap._tools.bench_map import SIZES, ratios, run_map_benchmark
 
     kernel = _kernel(args)
     rows = run_map_benchmark(kernel, SIZES, repeat=args.repeat, scale=args.scale)
@@ -61,7 +62,7 @@ def cmd_bench_map(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_dirty(args: argparse.Namespace) -> int:
-    from fastmap.bench_dirty import run_dirty_benchmark
+    from fastmap._tools.bench_dirty import run_dirty_benchmark
 
     kernel = _kernel(args)
     rows = run_dirty_benchmark(kernel, repeat=max(1, args.repeat), scale=args.scale)
@@ -92,7 +93,7 @@ def cmd_bench_dirty(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_alloc(args: argparse.Namespace) -> int:
-    from fastmap.bench_alloc import ReferenceModel, default_backends, measure_alloc
+    from fastmap._tools.bench_alloc import ReferenceModel, default_backends, measure_alloc
 
     backends = [*default_backends(), ReferenceModel]
     rows = measure_alloc(backends=backends, max_seconds=2.0 * args.scale)
@@ -118,7 +119,7 @@ def cmd_bench_alloc(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_demo(args: argparse.Namespace) -> int:
-    from fastmap.precopy import DemoOptions, run_demo
+    from fastmap._tools.precopy import DemoOptions, run_demo
 
     return run_demo(DemoOptions.from_args(args, args.kernel or "sim"), print)
 
@@ -157,10 +158,33 @@ def add_migrate_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the RAM contents and writes")
 
 
+def cmd_bench_simrun(args: argparse.Namespace) -> int:
+    from fastmap._tools.bench_simrun import run_simrun_benchmark
+
+    scale = max(args.scale, 0.01)
+    rows = run_simrun_benchmark(
+        calls=int(200_000 * scale), child_calls=int(20_000 * scale), repeat=max(1, args.repeat)
+    )
+    print("per-ioctl cost of the simulated kernel's entry paths (IOMMU_OPTION get)")
+    print(
+        _table(
+            ["path", "calls", "ns/call"], [(r.mode, r.calls, f"{r.ns_per_call:,.0f}") for r in rows]
+        )
+    )
+    direct = next(r.ns_per_call for r in rows if r.mode == "direct")
+    for r in rows:
+        if r.mode in ("owner", "child"):
+            print(
+                f"sim-run {r.mode}: +{(r.ns_per_call - direct) / 1e3:.2f} us per ioctl over direct"
+            )
+    return 0
+
+
 _BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
     "alloc": cmd_bench_alloc,
     "map": cmd_bench_map,
     "dirty": cmd_bench_dirty,
+    "simrun": cmd_bench_simrun,
 }
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import _core, bitmap, uapi
+from fastmap._u64 import u64_pairs
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel
 
@@ -173,13 +174,12 @@ def _ranges(ranges: Any, page_size: int) -> tuple[U64, U64]:
         raise ValueError(f"page_size: expected an int, got {page_size!r}")
     if page_size <= 0 or page_size & (page_size - 1):
         raise ValueError(f"page_size: expected a power of two, got {page_size}")
-    rows = [(int(iova), int(length)) for iova, length in ranges]
-    for i, (iova, length) in enumerate(rows):
+    pairs = u64_pairs("ranges", list(ranges))
+    for i, (iova, length) in enumerate(pairs.tolist()):
         if length <= 0 or iova < 0 or iova + length > 1 << 64:
             raise ValueError(f"{_row(i, iova, length)} is empty or outside the 64-bit IOVA space")
         if iova % page_size or length % page_size:
             raise ValueError(f"{_row(i, iova, length)} is not a multiple of {page_size=:#x}")
-    pairs = np.array(rows, dtype=np.uint64).reshape(-1, 2)
     return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
 
 

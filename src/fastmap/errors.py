@@ -17,9 +17,12 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastmap._layout import SIZE_FIELDS
+
+if TYPE_CHECKING:
+    from fastmap.allocator import Fit, IovaRange
 
 
 class FastmapError(Exception):
@@ -320,7 +323,27 @@ class BatchError(KernelError):
     Attributes beyond KernelError's: `index` (the failing entry), `rollback_failed` (undoing
     the entries before it failed too, so the IOAS is not as it was: very rare, e.g. memory
     freed under a rollback). `arguments` holds the entry's iova/va/length.
+
+    A BatchError is also the errno's own class: `BatchError(errno.EEXIST, ...)` is an
+    instance of IovaInUseError, so `except IovaInUseError` catches a batch's EEXIST too.
     """
+
+    _typed: ClassVar[dict[type[KernelError], type[BatchError]]] = {}
+
+    def __new__(cls, err: int, *args: Any, **kwargs: Any) -> BatchError:
+        base = KernelError._by_errno.get(err)
+        if cls is BatchError and base is not None:
+            cls = BatchError._typed.get(base) or BatchError._typed.setdefault(
+                base,
+                type(
+                    f"Batch{base.__name__}",
+                    (BatchError, base),
+                    {"_errnos": (), "__module__": __name__, "__doc__": BatchError.__doc__},
+                ),
+            )
+        # OSError.__new__ fills errno/strerror itself once a class defines __new__ (and its
+        # __init__ then does nothing): give it exactly what KernelError.__init__ would.
+        return super().__new__(cls, err, os.strerror(err))
 
     def __init__(
         self,
@@ -346,6 +369,112 @@ class BatchError(KernelError):
     def __reduce__(self) -> tuple[Any, ...]:
         args = {k: v for k, v in self.arguments.items() if k != "entry"}
         return (
-            type(self),
+            BatchError,  # picks the errno's class again
             (self.errno, self.call, self.index, args, self.hint, self.rollback_failed),
         )
+
+
+# ---- the VFIO device lifecycle: failures that are not one call's errno, and the conditions
+# QEMU only warns about (a failing call during attach raises its own KernelError) ----------
+
+
+class VFIOError(FastmapError):
+    """A VFIO device could not be found, opened or attached (not a single call's errno)."""
+
+
+class DeviceNotFoundError(VFIOError, LookupError):
+    """No such device, or it is not bound to vfio-pci (no vfio-dev/ or iommu_group)."""
+
+
+class DeviceMismatchError(VFIOError):
+    """The opened VFIO cdev is not the char device sysfs names (stale or raced node)."""
+
+
+class GroupNotViableError(VFIOError):
+    """VFIO_GROUP_GET_STATUS says the IOMMU group is not viable: a device in it is bound to
+    a host driver. Bind every device of the group to vfio-pci (or unbind it)."""
+
+
+class ContainerSetupError(VFIOError):
+    """The legacy container cannot be set up (VFIO API version, no Type1 IOMMU model)."""
+
+
+class LifecycleWarning(UserWarning):
+    """Base of the warnings the lifecycle emits where QEMU warns and carries on."""
+
+
+class IovaRangesFallbackWarning(LifecycleWarning):
+    """IOMMU_IOAS_IOVA_RANGES failed: the container assumes the whole 64-bit IOVA space
+    and the host page size, which may let maps fail later (QEMU does the same)."""
+
+
+class DirtyTrackingWarning(LifecycleWarning):
+    """A device joined a dirty-tracking container through an IOMMU without dirty tracking:
+    its DMA writes will not show in the container's dirty bitmaps."""
+
+
+# ---- the IOVA allocator and translation map (fastmap.allocator): refused requests, each
+# with the errno the engine returned ------------------------------------------------------
+
+
+class AllocatorError(FastmapError):
+    """Base class for allocator and translation-map errors. ``index`` names the failing
+    element of a batch call (None otherwise)."""
+
+    def __init__(self, message: str, err: int, index: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.index = index
+
+
+class InvalidRequestError(AllocatorError, ValueError):
+    """A malformed request: zero length, alignment not a power of two, a range that wraps
+    past 2**64, or a value that is not a u64 (EINVAL / EOVERFLOW)."""
+
+
+class AllocationError(AllocatorError, MemoryError):
+    """No free gap can hold the request (ENOSPC). Says what was asked for and the largest
+    gap there was, which tells fragmentation (a big gap, misaligned) from exhaustion."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        length: int,
+        align: int,
+        hint_va: int | None = None,
+        fit: Fit = "first",
+        index: int | None = None,
+        largest_free_gap: IovaRange | None = None,
+    ) -> None:
+        super().__init__(message, _errno.ENOSPC, index)
+        self.length = length
+        self.align = align
+        self.hint_va = hint_va
+        self.fit = fit
+        self.largest_free_gap = largest_free_gap
+
+
+class RangeInUseError(AllocatorError, ValueError):
+    """The range overlaps an allocation or mapping (EEXIST), or in a TranslationMap the VA
+    range overlaps a mapping (EADDRINUSE); ``space`` says which, "iova" or "va"."""
+
+    def __init__(self, message: str, err: int, *, space: str, start: int, last: int) -> None:
+        super().__init__(message, err)
+        self.space = space
+        self.start = start
+        self.last = last
+
+
+class RangeReservedError(AllocatorError, ValueError):
+    """The range touches a reserved range or lies outside the allowed ranges
+    (EADDRNOTAVAIL), or a reserved range was to be freed (EPERM)."""
+
+
+class RangeNotFoundError(AllocatorError, LookupError):
+    """Nothing is allocated (or mapped) where the call said (ENOENT). ``index`` names the
+    element of a batch."""
+
+    def __init__(self, message: str, *, address: int, index: int | None = None) -> None:
+        super().__init__(message, _errno.ENOENT, index)
+        self.address = address

@@ -20,16 +20,19 @@ import ctypes
 import errno as _errno
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from fastmap import _core, uapi
+from fastmap import _checks, _core, uapi
 from fastmap._closing import Closing
-from fastmap.allocator import IovaAllocator
+from fastmap._u64 import U64_MAX, u64_array
+from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.errors import BatchError, KernelError
+from fastmap.kernel import Fd
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 if TYPE_CHECKING:
     from fastmap.kernel import Kernel
@@ -37,7 +40,6 @@ if TYPE_CHECKING:
 Buffer: TypeAlias = Any  # anything exporting a contiguous PEP 3118 buffer
 U64Array: TypeAlias = npt.NDArray[np.uint64]
 
-U64_MAX = (1 << 64) - 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _HINT_COALESCED = (
@@ -46,67 +48,43 @@ _HINT_COALESCED = (
 )
 
 
-@dataclass(frozen=True)
-class IovaRange:
-    """An IOVA range, `last` inclusive (as the uAPI reports it)."""
-
-    start: int
-    last: int
-
-    @property
-    def length(self) -> int:
-        return self.last - self.start + 1
-
-
-def _prot(readable: bool, writeable: bool) -> int:
-    if not (readable or writeable):
-        raise ValueError("a mapping must be readable, writeable or both")
-    return (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (
-        uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0
-    )
-
-
-def _u64s(name: str, values: npt.ArrayLike) -> U64Array:
-    """A 1-D contiguous uint64 array of `values` (ints, numpy integer arrays)."""
-    if isinstance(values, np.ndarray):
-        arr = values
-        if arr.size and arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-        if arr.dtype.kind == "i" and arr.size and (arr < 0).any():
-            raise ValueError(f"{name} has negative entries")
-    else:
-        # Element by element: mixing numpy uint64 with Python ints would promote to float.
-        try:
-            items: Iterable[Any] = values  # type: ignore[assignment]
-            arr = np.array([int(v) for v in items], dtype=np.uint64)
-        except OverflowError as e:
-            raise ValueError(f"{name} has entries outside 0..2**64-1") from e
-        except TypeError as e:
-            raise TypeError(f"{name} must be a sequence of integers") from e
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.uint64)
-
-
 class Ioas(Closing):
     """One IOAS of an iommufd. Allocate with `Ioas.allocate` or `IOMMUFDBackend.ioas()`."""
 
-    def __init__(self, kernel: Kernel, iommufd: int, ioas_id: int, *, owned: bool = True) -> None:
+    def __init__(
+        self, kernel: Kernel, iommufd: Fd | int, ioas_id: int, *, owned: bool = True
+    ) -> None:
+        """`iommufd`: preferably the Fd (then this Ioas stops reaching the kernel once it is
+        closed, whatever later reuses its number); a bare number is trusted to stay open."""
         self._kernel = kernel
-        self._fd = iommufd
+        self._iommufd = iommufd
         self._id = ioas_id
         self._owned = owned
-        self._mapper = _core.IoasMapper(kernel.core, iommufd, ioas_id)
+        self._core_mapper = _core.IoasMapper(kernel.core, int(iommufd), ioas_id)
         self._pins: dict[int, _core.BufferPin] = {}  # segment iova -> pinned buffer
         self._allocator: IovaAllocator | None = None  # made on first use of iovas="dense"
         self._closed = False
 
     @classmethod
-    def allocate(cls, kernel: Kernel, iommufd: int) -> Ioas:
+    def allocate(cls, kernel: Kernel, iommufd: Fd | int) -> Ioas:
         """IOMMU_IOAS_ALLOC on `iommufd`."""
         cmd = uapi.new(uapi.iommu_ioas_alloc)
-        kernel.ioctl(iommufd, uapi.IOMMU_IOAS_ALLOC, cmd)
+        kernel.ioctl(int(iommufd), uapi.IOMMU_IOAS_ALLOC, cmd)
         return cls(kernel, iommufd, int(cmd.out_ioas_id))
+
+    @property
+    def _fd(self) -> int:
+        """The iommufd's number, checked open on every use (ValueError once closed)."""
+        return self._iommufd.number if isinstance(self._iommufd, Fd) else self._iommufd
+
+    @property
+    def _mapper(self) -> _core.IoasMapper:
+        # The C++ mapper holds the number: let it act only while the fd is the one we had.
+        _ = self._fd
+        return self._core_mapper
+
+    def _fd_gone(self) -> bool:
+        return isinstance(self._iommufd, Fd) and self._iommufd.closed
 
     @property
     def id(self) -> int:
@@ -128,16 +106,17 @@ class Ioas(Closing):
         length: int | None = None,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
 
         With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
         """
-        prot = _prot(readable, writeable)
-        pin, va, length = self._resolve(buffer_or_va, length, writeable)
+        prot = check_prot(prot)
+        if iova is not None:
+            iova = _checks.integer("iova", iova)
+        pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
         chosen, err = self._mapper.map_one(va, length, iova, prot)
         if err is not None:
             if pin is not None:
@@ -176,8 +155,7 @@ class Ioas(Closing):
         lengths: npt.ArrayLike,
         iovas: npt.ArrayLike | Literal["kernel", "dense", "identity"] | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
         coalesce: bool = False,
         threads: int = 1,
     ) -> U64Array:
@@ -194,12 +172,13 @@ class Ioas(Closing):
         fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
         The caller keeps the memory at `vas` alive while mapped.
         """
+        threads = _checks.integer("threads", threads, "u32")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        v, ln = _u64s("vas", vas), _u64s("lengths", lengths)
+        v, ln = u64_array("vas", vas), u64_array("lengths", lengths)
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
-        prot = _prot(readable, writeable)
+        prot = check_prot(prot)
         if isinstance(iovas, str):
             if iovas == "kernel":
                 return self._run_map(v, ln, None, prot, coalesce, threads)
@@ -217,7 +196,7 @@ class Ioas(Closing):
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
-            fixed = _u64s("iovas", iovas)
+            fixed = u64_array("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
         return self._run_map(v, ln, fixed, prot, coalesce, threads)
@@ -242,7 +221,7 @@ class Ioas(Closing):
 
     def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
         """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
-        io, ln = _u64s("iovas", iovas), _u64s("lengths", lengths)
+        io, ln = u64_array("iovas", iovas), u64_array("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
         removed, err = self._mapper.unmap(io, ln)
@@ -337,14 +316,13 @@ class Ioas(Closing):
         length: int,
         dst_iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_COPY: map here the pages `src` maps at [src_iova, +length), sharing
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if dst_iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -357,7 +335,7 @@ class Ioas(Closing):
             src_iova=src_iova,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
-        self._mapper.adopt(int(cmd.dst_iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.dst_iova), length, check_prot(prot))
         self._record(int(cmd.dst_iova), length)
         return int(cmd.dst_iova)
 
@@ -368,12 +346,11 @@ class Ioas(Closing):
         length: int,
         iova: int | None = None,
         *,
-        readable: bool = True,
-        writeable: bool = True,
+        prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
         `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
-        flags = _prot(readable, writeable)
+        flags = int(check_prot(prot))
         if iova is not None:
             flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
         cmd = uapi.new(
@@ -386,7 +363,7 @@ class Ioas(Closing):
             iova=iova or 0,
         )
         self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
-        self._mapper.adopt(int(cmd.iova), length, _prot(readable, writeable))
+        self._mapper.adopt(int(cmd.iova), length, check_prot(prot))
         self._record(int(cmd.iova), length)
         return int(cmd.iova)
 
@@ -413,11 +390,11 @@ class Ioas(Closing):
     # --- translation --------------------------------------------------------------------------
     def translate_iova(self, iova: int) -> int | None:
         """The VA behind `iova` (None where nothing mapped through fastmap covers it)."""
-        return self._mapper.translate_iova(iova)
+        return self._mapper.translate_iova(_checks.integer("iova", iova))
 
     def translate_va(self, va: int) -> int | None:
         """An IOVA at which `va` is mapped (the lowest), or None. O(log n), like vtophys."""
-        return self._mapper.translate_va(va)
+        return self._mapper.translate_va(_checks.integer("va", va))
 
     def _c_mapper(self) -> object:
         """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport
@@ -441,32 +418,51 @@ class Ioas(Closing):
         """Unmap everything, destroy the IOAS (if owned), then release the buffer pins."""
         if self._closed:
             return
-        self.unmap_all()
+        if self._fd_gone():
+            # Closing the iommufd destroyed the IOAS with everything in it (the kernel
+            # unmapped and unpinned): forget it without touching a number someone may reuse.
+            self._release_pins(list(self._pins))
+            self._closed = True
+            return
+        try:
+            self.unmap_all()
+        except KernelError:
+            if not self._owned:
+                raise
+            # IOMMU_DESTROY unmaps and unpins everything itself: an IOAS whose unmap
+            # failed is still destroyed rather than leaked in the iommufd.
         if self._owned:
             cmd = uapi.new(uapi.iommu_destroy, id=self._id)
             self._kernel.ioctl(self._fd, uapi.IOMMU_DESTROY, cmd)
+            self._release_pins(list(self._pins))
         self._closed = True
 
     def __repr__(self) -> str:
         return (
-            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._fd}: {len(self)} mappings>"
+            f"<fastmap Ioas {self._id} on {self._kernel.name} fd {self._iommufd!r}: "
+            f"{len(self._core_mapper)} mappings>"
         )
 
     # --- helpers -------------------------------------------------------------------------------
     def _resolve(
         self, buffer_or_va: Buffer | int, length: int | None, writeable: bool
     ) -> tuple[_core.BufferPin | None, int, int]:
-        if isinstance(buffer_or_va, int):
+        if length is not None:
+            length = _checks.integer("length", length)
+            if length == 0:
+                raise ValueError("length must be positive (a mapping of 0 bytes maps nothing)")
+        if isinstance(buffer_or_va, int):  # bool included: _checks refuses it as an address
+            va = _checks.integer("va", buffer_or_va)
             if length is None:
                 raise ValueError("mapping a raw VA needs a length")
-            return None, buffer_or_va, length
+            return None, va, length
         try:
             pin = _core.BufferPin(buffer_or_va, writeable)
         except BufferError as e:
             if writeable:
                 raise ValueError(
                     f"{type(buffer_or_va).__name__} buffer is read-only or not contiguous: "
-                    "map it with writeable=False, or pass a writable contiguous buffer"
+                    "map it with prot=Prot.READ, or pass a writable contiguous buffer"
                 ) from e
             raise ValueError(f"{type(buffer_or_va).__name__} is not a contiguous buffer") from e
         except TypeError as e:
@@ -475,7 +471,7 @@ class Ioas(Closing):
             ) from e
         if length is None:
             length = pin.nbytes
-        elif not 0 < length <= pin.nbytes:
+        elif length > pin.nbytes:
             pin.release()
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length

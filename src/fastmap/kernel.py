@@ -4,7 +4,7 @@
 and turns its -errno results into typed `KernelError`s. Code written against it (raw uAPI
 structs from fastmap.uapi passed to `ioctl`) runs unchanged on either kernel:
 
-    with open_kernel() as k, k.open_fd("/dev/iommu") as fd:
+    with open_kernel() as k, k.open_fd("/dev/iommu") as fd:   # fastmap.seam.open_kernel
         alloc = uapi.new(uapi.iommu_ioas_alloc)
         fd.ioctl(uapi.IOMMU_IOAS_ALLOC, alloc)
 
@@ -21,12 +21,14 @@ import platform
 import re
 from typing import Any, Literal, TypeAlias
 
-from fastmap import _core, uapi
+from fastmap import _checks, _core, uapi
 from fastmap._closing import Closing
 from fastmap._layout import field_values
 from fastmap.errors import KernelError
 
 KernelKind = Literal["real", "sim"]
+# Linux moves at most MAX_RW_COUNT (INT_MAX rounded down to a page) bytes per read/write.
+_MAX_RW_COUNT = 0x7FFFF000
 #: What ioctl() accepts: a uAPI struct/union/array (passed by address and updated in place),
 #: a writable buffer, an integer passed by value, or None (a NULL argument).
 IoctlArg: TypeAlias = (
@@ -60,28 +62,42 @@ class Kernel:
         return self._version
 
     def open(self, path: str, flags: int = os.O_RDWR) -> int:
-        """open(2) a device node; returns the fd number (in this kernel's fd namespace)."""
+        """open(2) a device node; returns the fd number (in this kernel's fd namespace).
+        A path with a NUL byte is a ValueError (C would open the path before the NUL)."""
+        path = _checks.path("path", path)
+        flags = _checks.integer("flags", flags, "s32")
         return _check(self._core.open(path, flags), f"open({path})", {"flags": flags})
 
     def close(self, fd: int) -> None:
         """close(2)."""
+        fd = _checks.fd_number("fd", fd)
         _check(self._core.close(fd), "close", {"fd": fd})
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = None) -> int:
         """ioctl(2): `arg` is a uAPI struct (updated in place), a writable buffer, an int
-        passed by value, or None. Returns the ioctl's non-negative result."""
-        if isinstance(arg, ctypes.Structure | ctypes.Union | ctypes.Array):
-            # The address, not the buffer protocol: ctypes' PEP 3118 formats are not
-            # something pybind11 needs to parse, and `arg` stays referenced across the call.
-            ret = self._core.ioctl(fd, request, ctypes.addressof(arg))
-        else:
-            ret = self._core.ioctl(fd, request, arg)
+        passed by value, or None. Returns the ioctl's non-negative result.
+
+        A buffer (ctypes objects included) must be C-contiguous, writable, and at least as
+        long as its leading size/argsz field says, or the call is refused with ValueError
+        before it reaches the kernel (which would read and write that many bytes)."""
+        fd = _checks.fd_number("fd", fd)
+        request = _checks.integer("request", request, "u32")
+        if isinstance(arg, int):
+            arg = _checks.integer("ioctl arg", arg, "u64")
+        # ctypes objects go through the buffer protocol too (_core asks for a plain
+        # C-contiguous writable export, no format), so _core checks their length.
+        ret = self._core.ioctl(fd, request, arg)
         if ret < 0:
             raise KernelError.from_errno(-ret, _call_name(request, arg), _arguments(arg))
         return ret
 
     def pread(self, fd: int, count: int, offset: int) -> bytes:
         """pread(2): up to `count` bytes at `offset` (VFIO region access)."""
+        fd = _checks.fd_number("fd", fd)
+        offset = _checks.integer("offset", offset, "u64")
+        count = _checks.integer("count", count, "u64")
+        if count > _MAX_RW_COUNT:
+            raise ValueError(f"count={count:#x} is above Linux's per-call limit {_MAX_RW_COUNT:#x}")
         data = self._core.pread(fd, count, offset)
         if isinstance(data, int):
             _check(data, "pread", {"fd": fd, "count": count, "offset": offset})
@@ -89,11 +105,13 @@ class Kernel:
         return data
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        """pwrite(2): returns the number of bytes written."""
+        """pwrite(2) of all of `data` (a C-contiguous buffer); returns the bytes written."""
+        fd = _checks.fd_number("fd", fd)
+        offset = _checks.integer("offset", offset, "u64")
         return _check(
             self._core.pwrite(fd, data, offset),
             "pwrite",
-            {"fd": fd, "count": len(data), "offset": offset},
+            {"fd": fd, "count": memoryview(data).nbytes, "offset": offset},
         )
 
     def open_fd(self, path: str, flags: int = os.O_RDWR) -> Fd:
@@ -111,11 +129,21 @@ class Kernel:
 
 
 class Fd(Closing):
-    """One open fd of a Kernel, closed on `close()` or at the end of a `with` block."""
+    """One open fd of a Kernel, closed on `close()` or at the end of a `with` block.
 
-    def __init__(self, kernel: Kernel, fd: int) -> None:
+    Objects living in the fd (an Ioas, a HWPT) hold the Fd, not its number: once it is
+    closed, `number` raises, so a stale object can never act on a later fd that reused the
+    number. `owned=False` wraps an fd someone else closes: `close()` only forgets it.
+    """
+
+    def __init__(self, kernel: Kernel, fd: int, *, owned: bool = True) -> None:
         self.kernel = kernel
-        self.fd: int | None = fd
+        self.fd: int | None = _checks.fd_number("fd", fd)
+        self.owned = owned
+
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
 
     @property
     def number(self) -> int:
@@ -142,7 +170,7 @@ class Fd(Closing):
     def close(self) -> None:
         """Close the fd (idempotent)."""
         fd, self.fd = self.fd, None
-        if fd is not None:
+        if fd is not None and self.owned:
             self.kernel.close(fd)
 
     def __repr__(self) -> str:
@@ -201,27 +229,3 @@ class RealKernel(Kernel):
 
     def __init__(self) -> None:
         super().__init__(_core.RealKernel(), real_kernel_version())
-
-
-def default_kind() -> KernelKind:
-    """$FASTMAP_KERNEL if set, else 'real' where /dev/iommu exists, else 'sim'."""
-    env = os.environ.get("FASTMAP_KERNEL", "")
-    if env == "real":
-        return "real"
-    if env == "sim":
-        return "sim"
-    if env:
-        raise ValueError(f"FASTMAP_KERNEL must be 'real' or 'sim', not {env!r}")
-    return "real" if os.path.exists("/dev/iommu") else "sim"
-
-
-def open_kernel(kind: KernelKind | None = None) -> Kernel:
-    """The kernel to use: `kind`, else $FASTMAP_KERNEL, else real if /dev/iommu exists."""
-    kind = kind or default_kind()
-    if kind == "real":
-        return RealKernel()
-    if kind == "sim":
-        from fastmap.sim import SimKernel
-
-        return SimKernel()
-    raise ValueError(f"kernel kind must be 'real' or 'sim', not {kind!r}")

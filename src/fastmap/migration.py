@@ -48,12 +48,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import bitmap
-from fastmap.address_space import AddressSpace
-from fastmap.container import Container
-from fastmap.errors import KernelError
+from fastmap.errors import DirtyTrackingWarning, KernelError
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.container import Container
+from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer
 from fastmap.ram import PAGE_SIZE, RamBlock
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import Hwpt, IommufdContainer
 
 __all__ = ["BlockDirty", "DirtyTracker", "SyncResult", "UntrackedDevicesWarning"]
 
@@ -99,8 +98,8 @@ class BlockDirty:
         out = self.ranges * np.uint64(self.page_size)
         if len(out):
             end = out[-1, 0] + out[-1, 1]
-            if end > self.block.size:
-                out[-1, 1] -= end - np.uint64(self.block.size)
+            if end > self.block.length:
+                out[-1, 1] -= end - np.uint64(self.block.length)
         return out
 
     def gpa_ranges(self) -> U64:
@@ -291,7 +290,7 @@ class DirtyTracker:
             if at is not None:
                 _or_ranges(bitmaps[at], u.block, u.gpa_ranges, ps)
             else:
-                bm = removed.get(id(u.block), (u.block, _zeros(u.block.size, ps)))[1]
+                bm = removed.get(id(u.block), (u.block, _zeros(u.block.length, ps)))[1]
                 _or_ranges(bm, u.block, u.gpa_ranges, ps)
                 removed[id(u.block)] = (u.block, bm)
         self._unmapped.clear()
@@ -394,23 +393,23 @@ class DirtyTracker:
             return
         for b, bm in zip(blocks, bitmaps, strict=True):
             if ps == PAGE_SIZE:
-                got = c.get_dirty_bitmap(b.gpa, b.size)
+                got = c.get_dirty_bitmap(b.gpa, b.length)
             else:  # Type1 reports at the IOMMU page size only
-                raw = c.get_dirty_bitmap(b.gpa, b.size)
-                got = bitmap.convert(raw, -(-b.size // PAGE_SIZE), PAGE_SIZE, ps)
+                raw = c.get_dirty_bitmap(b.gpa, b.length)
+                got = bitmap.convert(raw, -(-b.length // PAGE_SIZE), PAGE_SIZE, ps)
             n = min(bm.size, got.size)
             np.bitwise_or(bm[:n], got[:n], out=bm[:n])
 
-    def _on_unmap(self, iova: int, size: int, bits: U64) -> None:
+    def _on_unmap(self, iova: int, length: int, bits: U64) -> None:
         """A container's unmap sink: keep the dirty runs of [iova, iova+size) per block."""
         if not self.started:
             return
-        runs = bitmap.to_ranges(bits, -(-size // PAGE_SIZE)) * np.uint64(PAGE_SIZE)
+        runs = bitmap.to_ranges(bits, -(-length // PAGE_SIZE)) * np.uint64(PAGE_SIZE)
         if not len(runs):
             return
         runs[:, 0] += np.uint64(iova)
         for b in self._blocks():
-            if b.gpa < iova + size and iova < b.end:
+            if b.gpa < iova + length and iova < b.end:
                 self._unmapped.append(_Unmapped(b, runs))
 
     def _all(self, reasons: list[str], why: str) -> None:
@@ -418,7 +417,7 @@ class DirtyTracker:
             reasons[i] = reasons[i] or why
 
     def _nbits(self, b: RamBlock) -> int:
-        return -(-b.size // self.page_size)
+        return -(-b.length // self.page_size)
 
     def _span(self, b: RamBlock) -> int:
         """The block's size rounded up to whole tracker pages (the kernel wants aligned
@@ -434,23 +433,23 @@ def bitmap_all(bm: U64, nbits: int) -> None:
         bm[full] = np.uint64((1 << rest) - 1)
 
 
-def _zeros(size: int, page_size: int) -> U64:
-    return np.zeros(max(bitmap.words_for(-(-size // page_size)), 1), np.uint64)
+def _zeros(length: int, page_size: int) -> U64:
+    return np.zeros(max(bitmap.words_for(-(-length // page_size)), 1), np.uint64)
 
 
 def _or_ranges(bm: U64, block: RamBlock, gpa_ranges: U64, page_size: int) -> None:
     """OR the pages of `block` that intersect the guest byte ranges into `bm`."""
     start = gpa_ranges[:, 0].astype(np.int64) - block.gpa
     end = start + gpa_ranges[:, 1].astype(np.int64)
-    start = np.clip(start, 0, block.size)
-    end = np.clip(end, 0, block.size)
+    start = np.clip(start, 0, block.length)
+    end = np.clip(end, 0, block.length)
     keep = end > start
     if not keep.any():
         return
     first = start[keep] // page_size
     last = (end[keep] - 1) // page_size
     pages = np.stack([first, last - first + 1], axis=1).astype(np.uint64)
-    nbits = -(-block.size // page_size)
+    nbits = -(-block.length // page_size)
     add = bitmap.from_ranges(pages, nbits)
     bitmap.or_merge(bm[: add.size], add)
 

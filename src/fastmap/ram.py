@@ -23,9 +23,13 @@ import mmap
 import os
 from typing import Literal
 
+from fastmap import _checks
 from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
+from fastmap.errors import FastmapError
+from fastmap.prot import Prot
+from fastmap.prot import check as check_prot
 
 RamKind = Literal["anon", "memfd", "hugetlb"]
 RAM_KINDS: tuple[RamKind, ...] = ("anon", "memfd", "hugetlb")
@@ -34,7 +38,7 @@ _HUGE_SHIFT = 26  # MFD_HUGE_SHIFT: log2(page size) goes in bits 26..31 of the f
 
 
 
-class RamUnavailableError(OSError):
+class RamUnavailableError(FastmapError, OSError):
     """The requested kind of memory cannot be had here (e.g. no free huge pages)."""
 
 
@@ -61,16 +65,16 @@ def free_hugepages(page_size: int) -> int:
 
 
 class RamBlock(Closing):
-    """`size` bytes of host memory that a guest sees at `gpa` (IOVA = GPA for devices)."""
+    """`length` bytes of host memory that a guest sees at `gpa` (IOVA = GPA for devices)."""
 
     def __init__(
         self,
-        size: int,
+        length: int,
         gpa: int,
         kind: RamKind = "anon",
         *,
         name: str | None = None,
-        readonly: bool = False,
+        prot: Prot = Prot.RW,
         hugepage_size: int | None = None,
     ) -> None:
         if kind not in RAM_KINDS:
@@ -79,15 +83,22 @@ class RamBlock(Closing):
         self.page_size = PAGE_SIZE
         if kind == "hugetlb":
             self.page_size = hugepage_size or default_hugepage_size()
-        if size <= 0 or size % self.page_size:
+        length = _checks.integer("length", length)
+        gpa = _checks.integer("gpa", gpa)
+        if gpa + length > 1 << 64:
             raise ValueError(
-                f"RAM size {size:#x} must be a positive multiple of {self.page_size:#x}"
+                f"gpa={gpa:#x} + length={length:#x} runs past the 64-bit address space"
+            )
+        if length <= 0 or length % self.page_size:
+            raise ValueError(
+                f"RAM length {length:#x} must be a positive multiple of {self.page_size:#x}"
             )
         if gpa < 0 or gpa % self.page_size:
             raise ValueError(f"guest address {gpa:#x} must be aligned to {self.page_size:#x}")
-        self.size = size
+        self.length = length
         self.gpa = gpa
-        self.readonly = readonly
+        #: what devices may do with it (QEMU's read-only RAM is Prot.READ)
+        self.prot = check_prot(prot)
         self.name = name or f"{kind}@{gpa:#x}"
         self.fd: int | None = None
         self._va: int | None = None
@@ -100,7 +111,7 @@ class RamBlock(Closing):
         else:
             mfd_flags = os.MFD_CLOEXEC
             if self.kind == "hugetlb":
-                needed = self.size // self.page_size
+                needed = self.length // self.page_size
                 free = free_hugepages(self.page_size)
                 if free < needed:
                     sysfs = f"/sys/kernel/mm/hugepages/hugepages-{self.page_size // 1024}kB"
@@ -113,20 +124,20 @@ class RamBlock(Closing):
                 mfd_flags |= os.MFD_HUGETLB | (self.page_size.bit_length() - 1) << _HUGE_SHIFT
             fd = os.memfd_create(self.name, mfd_flags)
             try:
-                os.ftruncate(fd, self.size)
+                os.ftruncate(fd, self.length)
             except OSError:
                 os.close(fd)
                 raise
             flags = mmap.MAP_SHARED
             self.fd = fd
-        va = _libc.mmap(None, self.size, prot, flags, fd, 0)
+        va = _libc.mmap(None, self.length, prot, flags, fd, 0)
         if va in (None, _MAP_FAILED):
             err = ctypes.get_errno()
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
             raise RamUnavailableError(
-                err, f"mmap of {self.size:#x} bytes of {self.kind} RAM: {os.strerror(err)}"
+                err, f"mmap of {self.length:#x} bytes of {self.kind} RAM: {os.strerror(err)}"
             )
         self._va = int(va)
 
@@ -145,16 +156,16 @@ class RamBlock(Closing):
     @property
     def end(self) -> int:
         """The first guest address after the block."""
-        return self.gpa + self.size
+        return self.gpa + self.length
 
     def contains(self, gpa: int, length: int = 1) -> bool:
         return self.gpa <= gpa and gpa + length <= self.end
 
     def _check(self, offset: int, length: int) -> int:
-        if offset < 0 or length < 0 or offset + length > self.size:
+        if offset < 0 or length < 0 or offset + length > self.length:
             raise ValueError(
                 f"[{offset:#x}, +{length:#x}) is outside RAM block {self.name} "
-                f"({self.size:#x} bytes)"
+                f"({self.length:#x} bytes)"
             )
         return self.va + offset
 
@@ -172,11 +183,11 @@ class RamBlock(Closing):
         """Release the memory (idempotent). Unmap it from every device first."""
         va, self._va = self._va, None
         if va is not None:
-            _libc.munmap(va, self.size)
+            _libc.munmap(va, self.length)
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
 
     def __repr__(self) -> str:
-        ro = " ro" if self.readonly else ""
+        ro = "" if self.prot & Prot.WRITE else " ro"
         return f"<RamBlock {self.name} gpa [{self.gpa:#x}, {self.end:#x}) {self.kind}{ro}>"

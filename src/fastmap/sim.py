@@ -24,7 +24,7 @@ _DEFAULTS = _core.SimConfig()
 
 @dataclasses.dataclass(frozen=True)
 class SimConfig:
-    """What the simulated kernel models (mirrors csrc/sim/config.h)."""
+    """What the simulated kernel models (mirrors csrc/sim/core/config.h)."""
 
     #: Linux version as major*100+minor (612 = 6.12).
     kernel_version: int = _DEFAULTS.kernel_version

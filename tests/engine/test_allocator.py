@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 from fastmap.allocator import (
     AllocationError,
     AllocatorError,
@@ -18,9 +19,8 @@ from fastmap.allocator import (
     IovaRange,
     RangeInUseError,
     RangeNotFoundError,
-    ReservedRangeError,
+    RangeReservedError,
 )
-from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 K = 0x1000
 M2 = 1 << 21
@@ -203,10 +203,10 @@ def test_alloc_fixed_conflicts() -> None:
     with pytest.raises(RangeInUseError) as e:
         a.alloc_fixed(0xF_F800, 0x1000)
     assert e.value.errno == errno.EEXIST and isinstance(e.value, ValueError)
-    with pytest.raises(ReservedRangeError) as r:
+    with pytest.raises(RangeReservedError) as r:
         a.alloc_fixed(0xFEEF_F000, 0x2000)  # the MSI window
     assert r.value.errno == errno.EADDRNOTAVAIL
-    with pytest.raises(ReservedRangeError):
+    with pytest.raises(RangeReservedError):
         a.alloc_fixed(0, 0x1000)  # outside the allowed ranges
     with pytest.raises(InvalidRequestError) as o:
         a.alloc_fixed(U64_MAX, 2)
@@ -220,7 +220,7 @@ def test_free_errors() -> None:
     x = a.alloc(2 * K)
     with pytest.raises(RangeNotFoundError):
         a.free(x + K)  # not the start
-    with pytest.raises(ReservedRangeError) as e:
+    with pytest.raises(RangeReservedError) as e:
         a.free(0x8000)
     assert e.value.errno == errno.EPERM
     a.free(x)
@@ -308,7 +308,7 @@ def test_bulk_free_is_all_or_nothing() -> None:
         a.bulk_free([out[0], out[5], out[0]])  # a double free inside the batch
     assert e.value.index == 2
     assert ranges(a) == before
-    with pytest.raises(ReservedRangeError) as r:
+    with pytest.raises(RangeReservedError) as r:
         a.bulk_free([out[1], 0xF0_0000])
     assert r.value.index == 1
     assert ranges(a) == before
@@ -392,7 +392,7 @@ def test_error_classes_share_a_base() -> None:
         InvalidRequestError,
         RangeInUseError,
         RangeNotFoundError,
-        ReservedRangeError,
+        RangeReservedError,
     ):
         assert issubclass(cls, AllocatorError)
 

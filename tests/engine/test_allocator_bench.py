@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmap.bench_alloc import (
+from fastmap._tools.bench_alloc import (
     AllocBenchRow,
     FastmapBatch,
     FastmapSingle,

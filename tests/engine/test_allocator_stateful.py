@@ -17,8 +17,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 from fastmap.allocator import AllocatorError, IovaAllocator
-from fastmap.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 
 SETTINGS = settings(
     derandomize=True,

@@ -1,4 +1,5 @@
-"""fastmap.bitmap refuses bad arguments with a ValueError naming the argument and value."""
+"""fastmap.bitmap refuses bad arguments with a ValueError naming the argument and value (a
+TypeError for a non-integer, fastmap's one u64 convention)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ CASES = [
     (lambda: bitmap.to_ranges(np.zeros((2, 2), dtype=np.uint64)), r"bm: .*shape=\(2, 2\)"),
     (lambda: bitmap.to_ranges(U64, 129), r"nbits: 129 bits need 3 words, bm has 2"),
     (lambda: bitmap.to_ranges(U64, -1), r"nbits: expected 0 <= nbits < 2\*\*64, got -1"),
-    (lambda: bitmap.popcount(U64, 1.5), r"nbits: expected an int, got 1.5"),  # type: ignore[arg-type]
-    (lambda: bitmap.popcount(U64, True), r"nbits: expected an int, got True"),
     (lambda: bitmap.count_floor(np.zeros(2, dtype=np.uint32)), r"bm: .*dtype=uint32"),
     (
         lambda: bitmap.or_merge(U64.copy(), np.zeros(3, dtype=np.uint64)),
@@ -40,7 +39,6 @@ CASES = [
     (fr([[0, -1]]), r"ranges: negative value in row 0"),
     (fr([[0, 1], [-1, 2**63]]), r"ranges: row 1 \[-1, 9223372036854775808\] is not in"),
     (fr([[2**64, 1]]), r"ranges: row 0 \[18446744073709551616, 1\] is not in"),
-    (fr([[0.5, 1]]), r"ranges: expected integers, got dtype=float64"),
     (fr([], -3), r"nbits: expected 0 <= nbits < 2\*\*64, got -3"),
     (lambda: bitmap.convert(U64, 128, 4096, 3000), r"to_page: expected a power of two, got 3000"),
     (lambda: bitmap.convert(U64, 128, 0, 4096), r"from_page: expected a power of two, got 0"),
@@ -52,6 +50,19 @@ CASES = [
 @pytest.mark.parametrize(("call", "match"), CASES)
 def test_bad_arguments(call: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
+        call()
+
+
+NOT_INTEGERS = [
+    (lambda: bitmap.popcount(U64, 1.5), r"nbits: expected an int, got 1.5"),  # type: ignore[arg-type]
+    (lambda: bitmap.popcount(U64, True), r"nbits: expected an int, got True"),
+    (fr([[0.5, 1]]), r"ranges: expected integers, got dtype=float64"),
+]
+
+
+@pytest.mark.parametrize(("call", "match"), NOT_INTEGERS)
+def test_non_integers_are_type_errors(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(TypeError, match=match):
         call()
 
 

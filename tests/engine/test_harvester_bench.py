@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastmap import bitmap
-from fastmap.bench_dirty import (
+from fastmap._tools.bench_dirty import (
     BenchRow,
     MiB,
     MockDirtyBed,

@@ -20,6 +20,7 @@ from fastmap import uapi
 from fastmap.errors import BatchError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
+from fastmap.prot import Prot
 
 PAGE = mmap.PAGESIZE
 BASE = 1 << 32
@@ -234,9 +235,9 @@ def test_close_unmaps_then_releases(kernel: Kernel) -> None:
 
 def test_read_only_buffer_needs_writeable_false(ioas: Ioas) -> None:
     data = b"\x01" * PAGE
-    with pytest.raises(ValueError, match="writeable=False"):
+    with pytest.raises(ValueError, match=r"prot=Prot.READ"):
         ioas.map(data)
-    iova = ioas.map(data, writeable=False)
+    iova = ioas.map(data, prot=Prot.READ)
     assert ioas.segments()[0].prot == uapi.IOMMU_IOAS_MAP_READABLE
     ioas.unmap(iova, PAGE)
 
@@ -244,7 +245,7 @@ def test_read_only_buffer_needs_writeable_false(ioas: Ioas) -> None:
 def test_bad_batch_shapes_are_refused_before_any_call(ioas: Ioas) -> None:
     with pytest.raises(ValueError, match="differ"):
         ioas.map_batch([1, 2], [PAGE])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"vas: expected 0 <= vas < 2\*\*64"):
         ioas.map_batch([-1], [PAGE])
     with pytest.raises(ValueError, match="negative"):
         ioas.map_batch(np.array([-1]), [PAGE])

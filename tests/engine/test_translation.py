@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from fastmap._tools.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 from fastmap.allocator import (
     AllocatorError,
     InvalidRequestError,
@@ -22,7 +23,6 @@ from fastmap.allocator import (
     RangeNotFoundError,
     TranslationMap,
 )
-from fastmap.reference_allocator import U64_MAX, ReferenceTranslationMap, RefError
 
 K = 0x1000
 

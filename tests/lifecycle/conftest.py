@@ -16,11 +16,11 @@ from types import ModuleType
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
 from fastmap.kernel import Kernel
-from fastmap.sysfs import HostSysfs
-from fastmap.vfio_iommufd import bind, open_cdev, query_iova_ranges
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.sysfs import HostSysfs
+from fastmap.lifecycle.vfio_iommufd import bind, open_cdev, query_iova_ranges
 from tests.lifecycle.faulty import FaultyKernel
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
@@ -110,9 +110,9 @@ def hwpt_alloc(kernel: Kernel, edu: str) -> bool:
             IOMMUFDBackend(kernel=kernel) as be,
             open_cdev(kernel, HostSysfs(), f"/sys/bus/pci/devices/{edu}") as fd,
         ):
-            devid = bind(fd, be)
+            dev_id = bind(fd, be)
             with be.alloc_ioas() as ioas:
-                hwpt = be.alloc_hwpt(devid, ioas.id)
+                hwpt = be.alloc_hwpt(dev_id, ioas.id)
                 ranges, _ = query_iova_ranges(be, ioas.id)
                 be.free_id(hwpt)
         _HWPT_ALLOC_WORKS[kernel.name] = any(r.last > 0 for r in ranges)

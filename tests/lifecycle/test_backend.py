@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from fastmap import uapi
-from fastmap.backend import IOMMUFDBackend, IommufdUnavailableError
 from fastmap.errors import KernelError, NotFoundError
 from fastmap.kernel import Fd, Kernel
+from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
+from fastmap.lifecycle.sysfs import sysfs_for
+from fastmap.lifecycle.vfio_iommufd import bind, open_cdev
+from fastmap.prot import Prot
 from fastmap.ram import RamBlock
-from fastmap.sysfs import sysfs_for
-from fastmap.vfio_iommufd import bind, open_cdev
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
 PAGE = mmap.PAGESIZE
@@ -132,10 +133,10 @@ def test_free_id_only_logs(kernel: Kernel, caplog: pytest.LogCaptureFixture) -> 
 
 def test_map_and_unmap_dma(kernel: Kernel) -> None:
     with IOMMUFDBackend(kernel=kernel) as be, be.ioas() as ioas, RamBlock(4 * PAGE, 0) as ram:
-        be.map_dma(ioas.id, 0x100000, 2 * PAGE, ram.va)
-        be.map_dma(ioas.id, 0x200000, PAGE, ram.va, readonly=True)
+        be.map_dma(ioas.id, ram.va, 2 * PAGE, 0x100000)
+        be.map_dma(ioas.id, ram.va, PAGE, 0x200000, prot=Prot.READ)
         with pytest.raises(KernelError) as info:  # fixed IOVA already used
-            be.map_dma(ioas.id, 0x100000, PAGE, ram.va)
+            be.map_dma(ioas.id, ram.va, PAGE, 0x100000)
         assert info.value.errno == errno.EEXIST
         assert be.unmap_dma(ioas.id, 0x100000, 2 * PAGE) == 2 * PAGE
         # ENOENT (nothing mapped) is success by default, as in QEMU...
@@ -161,8 +162,8 @@ def test_get_device_info_and_hwpt(kernel: Kernel, edu: str) -> None:
         with be:
             dev_fd = open_cdev(kernel, sysfs_for(kernel), f"/sys/bus/pci/devices/{edu}")
             with dev_fd:
-                devid = bind(dev_fd, be)
-                info = be.get_device_info(devid)
+                dev_id = bind(dev_fd, be)
+                info = be.get_device_info(dev_id)
                 assert info.type in (
                     uapi.IOMMU_HW_INFO_TYPE_NONE,
                     uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD,
@@ -174,7 +175,7 @@ def test_get_device_info_and_hwpt(kernel: Kernel, edu: str) -> None:
                 with be.ioas() as ioas:
                     flags = uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
                     if info.dirty_tracking:
-                        hwpt = be.alloc_hwpt(devid, ioas.id, flags)
+                        hwpt = be.alloc_hwpt(dev_id, ioas.id, flags)
                         be.set_dirty_tracking(hwpt, True)
                         bitmap = be.get_dirty_bitmap(hwpt, 0, 64 * PAGE, PAGE)
                         assert bitmap.dtype == np.uint64 and not bitmap.any()
@@ -182,9 +183,9 @@ def test_get_device_info_and_hwpt(kernel: Kernel, edu: str) -> None:
                         be.free_id(hwpt)
                     else:
                         with pytest.raises(KernelError) as e:
-                            be.alloc_hwpt(devid, ioas.id, flags)
+                            be.alloc_hwpt(dev_id, ioas.id, flags)
                         assert e.value.errno == errno.EOPNOTSUPP
-                    hwpt = be.alloc_hwpt(devid, ioas.id)
+                    hwpt = be.alloc_hwpt(dev_id, ioas.id)
                     assert be.free_id(hwpt)
         assert destroy_sweep(kernel, fd) == {}
     finally:
@@ -197,12 +198,12 @@ def test_dirty_bitmap_on_a_dirty_capable_sim_device(kernel: Kernel) -> None:
         pytest.skip("the VM's IOMMUs have no dirty tracking (the sim's VT-d model can)")
     bdf = machine.add_pci_device(iommu="vtd", dirty=True)["bdf"]
     with IOMMUFDBackend(kernel=kernel) as be:
-        dev_fd, devid = _bound_device(kernel, be, bdf)
+        dev_fd, dev_id = _bound_device(kernel, be, bdf)
         with dev_fd:
-            info = be.get_device_info(devid)
+            info = be.get_device_info(dev_id)
             assert info.dirty_tracking
             with be.ioas() as ioas:
-                hwpt = be.alloc_hwpt(devid, ioas.id, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+                hwpt = be.alloc_hwpt(dev_id, ioas.id, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
                 mine = np.zeros(1, np.uint64)
                 mine[0] = 1 << 63  # bits already set stay set: the kernel only ORs
                 out = be.get_dirty_bitmap(hwpt, 0, 4 * PAGE, PAGE, mine)

@@ -9,15 +9,20 @@ import os
 import pytest
 
 from fastmap import uapi
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice, find_pci_devices
-from fastmap.errors import KernelError
+from fastmap.errors import (
+    DeviceNotFoundError,
+    DirtyTrackingWarning,
+    IovaRangesFallbackWarning,
+    KernelError,
+)
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice, find_pci_devices
+from fastmap.lifecycle.sysfs import sysfs_for
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.prot import Prot
 from fastmap.ram import default_hugepage_size, free_hugepages
-from fastmap.sysfs import sysfs_for
-from fastmap.vfio_errors import DeviceNotFoundError, DirtyTrackingWarning, IovaRangesFallbackWarning
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.lifecycle.conftest import MOCK_RAM_GPA, RAM_GPA, add_sim_device, load_example
 from tests.lifecycle.faulty import FaultyKernel
 
@@ -44,7 +49,7 @@ def test_attach_maps_guest_ram_and_dma_works(
             c = dev.container
             assert isinstance(c, IommufdContainer) and c.initialized
             assert space.containers == [c] and c.devices == [dev]
-            assert dev.devid is not None and dev.hwpt is not None and c.hwpts == [dev.hwpt]
+            assert dev.dev_id is not None and dev.hwpt is not None and c.hwpts == [dev.hwpt]
             assert dev.num_regions == uapi.VFIO_PCI_NUM_REGIONS and dev.num_irqs > 0
             seg = c.ioas.segments()
             assert [(s.iova, s.length) for s in seg] == [(RAM_GPA, 2 << 20)]
@@ -75,7 +80,7 @@ def test_ram_added_and_removed_while_attached(
         ]
         dev.enable_dma()
         assert roundtrip(dev, space, 0x400000, RAM_GPA)
-        ro = space.add_ram(PAGE, 0x600000, readonly=True)
+        ro = space.add_ram(PAGE, 0x600000, prot=Prot.READ)
         assert [s.prot for s in c.ioas.segments() if s.iova == 0x600000] == [
             uapi.IOMMU_IOAS_MAP_READABLE
         ]
@@ -289,7 +294,7 @@ def test_detach_order(fk: FaultyKernel, edu: str, hwpt_alloc: bool) -> None:
         assert fk.log[start:] == expected
         assert seen_mapped[-1] == 0  # the IOAS was empty when destroyed
         assert not be.connected and fk.open_fds == set()
-        assert dev.fd is None and dev.devid is None and dev.container is None
+        assert dev.fd is None and dev.dev_id is None and dev.container is None
 
 
 def test_preopened_device_fd(

@@ -7,11 +7,11 @@ import mmap
 import pytest
 
 from fastmap import uapi
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
 from fastmap.kernel import Kernel
-from fastmap.vfio_legacy import LegacyContainer, open_groups
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_legacy import LegacyContainer, open_groups
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device
 from tests.lifecycle.faulty import FaultyKernel
 from tests.lifecycle.test_iommufd import roundtrip

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fastmap.address_space import AddressSpace
+from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.ram import RamBlock, RamUnavailableError, default_hugepage_size, free_hugepages
 
 PAGE = mmap.PAGESIZE

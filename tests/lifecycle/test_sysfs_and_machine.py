@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
 from fastmap.kernel import Kernel
-from fastmap.sysfs import HostSysfs, SimSysfs, sysfs_for
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.sysfs import HostSysfs, SimSysfs, sysfs_for
 from tests.lifecycle.conftest import MOCK_RAM_GPA
 
 

@@ -16,19 +16,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend, IommufdUnavailableError
-from fastmap.device import VFIODevice
-from fastmap.errors import KernelError
-from fastmap.kernel import Kernel
-from fastmap.vfio_errors import (
+from fastmap.errors import (
     ContainerSetupError,
     DeviceMismatchError,
     DeviceNotFoundError,
     GroupNotViableError,
+    KernelError,
 )
-from fastmap.vfio_iommufd import IommufdContainer
-from fastmap.vfio_legacy import open_groups
+from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.lifecycle.vfio_legacy import open_groups
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
@@ -41,7 +41,7 @@ def unpinnable_ram(space: AddressSpace) -> None:
     """A RAM block whose pages no kernel can pin for writing (PROT_NONE): mapping it for
     DMA fails with EFAULT, on the real kernel and the simulated one alike."""
     block = space.add_ram(PAGE, 0x800000)
-    assert _libc.mprotect(block.va, block.size, 0) == 0  # PROT_NONE
+    assert _libc.mprotect(block.va, block.length, 0) == 0  # PROT_NONE
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_iommufd_step_fails_borrowed_iommufd(
 def test_devt_mismatch_closes_the_fd(
     fk: FaultyKernel, edu: str, space: AddressSpace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastmap import sysfs
+    from fastmap.lifecycle import sysfs
 
     for cls in (sysfs.HostSysfs, sysfs.SimSysfs):
         monkeypatch.setattr(cls, "devt", lambda self, fd: (1, 3))  # /dev/null's

@@ -16,10 +16,10 @@ import pytest
 from numpy.typing import NDArray
 
 from fastmap import uapi
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
 from fastmap.errors import KernelError
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
 from fastmap.ram import PAGE_SIZE
 from tests.lifecycle.conftest import (  # noqa: F401  (fixtures)
     MOCK_RAM_GPA,

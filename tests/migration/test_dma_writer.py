@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
-from fastmap.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap._tools.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap._tools.mock_device import MockDevice
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import DirtyTracker
-from fastmap.mock_device import MockDevice
 from fastmap.ram import RamBlock
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.migration.conftest import GPA, PAGE, add_sim_device, set_bits, sim_only
 
 SIZE = 1 << 20
@@ -29,7 +29,7 @@ PAGES = SIZE // PAGE
 
 
 def pages_of(block: RamBlock) -> NDArray[np.uint8]:
-    buf = (ctypes.c_uint8 * block.size).from_address(block.va)
+    buf = (ctypes.c_uint8 * block.length).from_address(block.va)
     return np.ctypeslib.as_array(buf).reshape(-1, PAGE).copy()
 
 
@@ -112,7 +112,7 @@ def test_sim_writer_is_stopped_by_the_iommu(
     stats = writer.stop()
     assert stats.pages == 0 and stats.faults >= 20
     assert changed(before, pages_of(block)) == set()
-    c.dma_map(GPA, SIZE, block.va)
+    c.dma_map(block.va, SIZE, GPA)
 
 
 def test_sim_writer_needs_bus_mastering(kernel: Kernel) -> None:

@@ -13,17 +13,17 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
+from fastmap._tools.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap._tools.mock_device import MockDevice
+from fastmap._tools.precopy import Precopy, Round
 from fastmap.cli import main as cli_main
-from fastmap.device import VFIODevice
-from fastmap.dma_writer import DeviceWriter, MockDeviceWriter, SimDeviceWriter
+from fastmap.errors import DirtyTrackingWarning
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
-from fastmap.mock_device import MockDevice
-from fastmap.precopy import Precopy, Round
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import IommufdContainer
 from tests.migration.conftest import GPA, PAGE, add_sim_device, sim_only
 
 SIZES = (2 << 20, 1 << 20)
@@ -33,7 +33,7 @@ HOT = 48  # pages the device writes: at most this many can be dirty in a round
 def fill(space: AddressSpace, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for b in space.blocks:
-        b.write(0, rng.integers(0, 256, b.size, np.uint8).tobytes())
+        b.write(0, rng.integers(0, 256, b.length, np.uint8).tobytes())
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_precopy_converges_and_matches(
     assert report.device_pages > 0 and report.device_faults == 0
     assert report.stale_all_covered and report.mismatches == [] and report.ok
     for b in space.blocks:
-        assert pre.dest[b.name].tobytes() == b.read(0, b.size)
+        assert pre.dest[b.name].tobytes() == b.read(0, b.length)
 
 
 def test_precopy_without_convergence_still_matches(
@@ -105,7 +105,7 @@ def test_precopy_without_convergence_still_matches(
     """Rounds that never get below the threshold (-1: never) run out, and stop-and-copy
     still leaves an exact copy."""
     space, dev = guest
-    ranges = [(b.gpa, b.size) for b in space.blocks]
+    ranges = [(b.gpa, b.length) for b in space.blocks]
     writer = SimDeviceWriter(kernel, dev.name, ranges, 50_000, seed=3)
     pre = Precopy(space, DirtyTracker(space), bandwidth=64 << 20, threshold_pages=-1, max_rounds=3)
     report = pre.run(writer, after_round_0(writer))
@@ -163,7 +163,7 @@ def test_lost_dirty_pages_are_caught(
 
 def test_precopy_with_the_mock_device(kernel: Kernel, mock_ok: None) -> None:
     """The same loop over the selftest mock device: on the VM's real kernel the dirty bits
-    and their harvest are the kernel's (the writes are emulated, see fastmap.dma_writer)."""
+    and their harvest are the kernel's (the writes are emulated, see fastmap._tools.dma_writer)."""
     with (
         AddressSpace() as space,
         IOMMUFDBackend(kernel=kernel) as be,
@@ -179,7 +179,7 @@ def test_precopy_with_the_mock_device(kernel: Kernel, mock_ok: None) -> None:
         report = pre.run(writer, after_round_0(writer))
         assert report.converged and report.ok and report.device_pages >= 20
         for b in space.blocks:
-            assert pre.dest[b.name].tobytes() == b.read(0, b.size)
+            assert pre.dest[b.name].tobytes() == b.read(0, b.length)
 
 
 # --- the demo -------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_demo_on_the_real_kernel(kernel: Kernel, mock_ok: None) -> None:
     if kernel.name != "real":
         pytest.skip("the simulator runs the demo in test_migrate_demo")
     out: list[str] = []
-    from fastmap.precopy import DemoOptions, run_demo
+    from fastmap._tools.precopy import DemoOptions, run_demo
 
     opts = DemoOptions(kernel="real", device="mock", ram_mib=(8,), rate=2000, max_rounds=5)
     assert run_demo(opts, out.append) == 0, "\n".join(out)

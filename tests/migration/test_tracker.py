@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from fastmap import bitmap
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.device import VFIODevice
-from fastmap.errors import KernelError
+from fastmap._tools.mock_device import MockDevice
+from fastmap.errors import DirtyTrackingWarning, KernelError
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker, UntrackedDevicesWarning
-from fastmap.mock_device import MockDevice
-from fastmap.vfio_errors import DirtyTrackingWarning
-from fastmap.vfio_iommufd import IommufdContainer
-from fastmap.vfio_legacy import LegacyContainer
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import (
     GPA,
@@ -92,7 +91,7 @@ def test_sync_at_a_coarser_page_size(
     with DirtyTracker(space, page_size=page_size) as t:
         dma_write_pages(dev, a.gpa, written)
         got = t.sync().for_block(a)
-        assert got.nbits == -(-a.size // page_size)
+        assert got.nbits == -(-a.length // page_size)
         assert set_bits(got.bitmap, got.nbits) == {p * PAGE // page_size for p in written}
 
 

@@ -7,15 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmap.address_space import AddressSpace
-from fastmap.backend import IOMMUFDBackend
-from fastmap.container import Container
-from fastmap.device import VFIODevice
+from fastmap._tools.mock_device import MockDevice
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
+from fastmap.lifecycle.backend import IOMMUFDBackend
+from fastmap.lifecycle.container import Container
+from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
+from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker
-from fastmap.mock_device import MockDevice
-from fastmap.vfio_iommufd import IommufdContainer
-from fastmap.vfio_legacy import LegacyContainer
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits, sim_only
 
@@ -28,8 +28,8 @@ def split(c: Container, gpa: int, va: int) -> None:
     """Map the block at gpa as two halves, as a vIOMMU maps pieces (neither iommufd nor
     Type1 v2 unmaps part of a mapping)."""
     c.dma_unmap(gpa, SIZE)
-    c.dma_map(gpa, HALF, va)
-    c.dma_map(gpa + HALF, HALF, va + HALF)
+    c.dma_map(va, HALF, gpa)
+    c.dma_map(va + HALF, HALF, gpa + HALF)
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_dma_unmap_keeps_the_writes(tracked: tuple[AddressSpace, VFIODevice]) ->
         assert set_bits(r.for_block(a).bitmap, PAGES) == {3, 200, 255}
         assert r.removed == []
         assert t.sync().dirty_pages == 0
-        c.dma_map(a.gpa + HALF, HALF, a.va + HALF)
+        c.dma_map(a.va + HALF, HALF, a.gpa + HALF)
 
 
 def test_without_the_harvest_the_writes_are_gone(
@@ -80,7 +80,7 @@ def test_without_the_harvest_the_writes_are_gone(
     c.dma_unmap(a.gpa + HALF, HALF)
     assert set_bits(c.get_dirty_bitmap(a.gpa, SIZE), PAGES) == {3}
     c.set_dirty_page_tracking(False)
-    c.dma_map(a.gpa + HALF, HALF, a.va + HALF)
+    c.dma_map(a.va + HALF, HALF, a.gpa + HALF)
 
 
 def test_removed_block_reports_its_writes(tracked: tuple[AddressSpace, VFIODevice]) -> None:
@@ -134,7 +134,7 @@ def test_legacy_unmap_returns_the_bitmap(kernel: Kernel, edu: str) -> None:
                 r = t.sync()
                 # The kernel's answer for the unmapped half (every page), then the rest.
                 assert set_bits(r.blocks[0].bitmap, PAGES) == set(range(PAGES))
-            c.dma_map(0x100000 + HALF, HALF, space.blocks[0].va + HALF)
+            c.dma_map(space.blocks[0].va + HALF, HALF, 0x100000 + HALF)
 
 
 def test_mock_device_unmap(kernel: Kernel, mock_ok: None) -> None:
@@ -148,6 +148,6 @@ def test_mock_device_unmap(kernel: Kernel, mock_ok: None) -> None:
                 dev.emulate_dma_write(GPA + p * PAGE, b"before unmap")
             c.dma_unmap(GPA + HALF, HALF)
             assert set_bits(t.sync().blocks[0].bitmap, PAGES) == {2, 130, 250}
-            c.dma_map(GPA + HALF, HALF, space.blocks[0].va + HALF)
+            c.dma_map(space.blocks[0].va + HALF, HALF, GPA + HALF)
             dev.emulate_dma_write(GPA + 140 * PAGE, b"after remap")
             assert set_bits(t.sync().blocks[0].bitmap, PAGES) == {140}

@@ -26,12 +26,19 @@ from tests.selftests.tap import outcomes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-REAL = json.loads((HERE / "real_6.12.95.json").read_text())
+REAL_JSON = HERE / "real_6.12.95.json"
+if not REAL_JSON.exists() and os.environ.get("FASTMAP_REQUIRE_SELFTESTS") != "1":
+    pytest.skip("no recorded real-kernel outcomes (tools/selftests/record-real.sh)",
+                allow_module_level=True)
+REAL = json.loads(REAL_JSON.read_text())
 
 
 def _divergences() -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in (HERE / "sim_divergences.txt").read_text().splitlines():
+    path = HERE / "sim_divergences.txt"
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name, _, why = line.partition(" ")

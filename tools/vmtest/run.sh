@@ -9,7 +9,16 @@
 # when they lie under /tmp (the guest's /tmp, /run and /dev/shm are its own tmpfs).
 # COMMAND runs as root in the current directory; its output (stdout and stderr, merged)
 # streams to this script's stdout. Exit status: COMMAND's; 125 if the VM did not
-# report one (boot failure, timeout, crash); 2 for usage errors.
+# report one (boot failure, timeout, crash, a guest wedged on every attempt); 2 for usage
+# errors.
+#
+# Watchdog: a guest that wedges (seen in CI: emulated VT-d stopped its timer interrupts
+# during boot) is killed and replaced by a fresh VM, up to --attempts VMs within the one
+# --timeout. A guest is wedged when it has not started COMMAND --boot-timeout seconds after
+# QEMU started; when the kernel reported an RCU stall or a soft lockup on the console and
+# then nothing came out (console or command output) for --stall-timeout seconds; or when
+# nothing came out for --silence-timeout seconds. A command that started runs again from
+# the beginning in the fresh VM.
 #
 # Options (defaults from the environment in brackets):
 #   --iommu virtio|vtd|none  IOMMU model [FASTMAP_VMTEST_IOMMU, virtio]
@@ -32,6 +41,15 @@
 #                            [on, except with --iommu none]
 #   --accel A                QEMU accelerator [FASTMAP_VMTEST_ACCEL, tcg]
 #   --append ARGS            extra kernel command line [FASTMAP_VMTEST_APPEND]
+#   --attempts N             VMs to try when guests wedge [FASTMAP_VMTEST_ATTEMPTS, 3]
+#   --boot-timeout S         wedged if COMMAND has not started after S seconds
+#                            [FASTMAP_VMTEST_BOOT_TIMEOUT, 150]
+#   --stall-timeout S        wedged if silent for S seconds after an RCU stall or soft
+#                            lockup report [FASTMAP_VMTEST_STALL_TIMEOUT, 60]
+#   --silence-timeout S      wedged if silent for S seconds [FASTMAP_VMTEST_SILENCE_TIMEOUT, 900]
+#   --qemu-prefix CMD        run CMD QEMU-ARGS... instead of QEMU (a wrapper or a fake, for
+#                            testing the watchdog); repeatable, words in order
+#   --qemu-arg ARG           one more QEMU argument (e.g. -S: a guest that never runs)
 #
 # Environment passed into the guest command: PATH, VIRTUAL_ENV, PYENV_*, PYTHONPATH,
 # PYTHONHASHSEED, PYTHONFAULTHANDLER, PYTHONWARNINGS, FASTMAP_*, HYPOTHESIS_*,
@@ -39,12 +57,13 @@
 # and --env. The guest also sets FASTMAP_VMTEST=1, FASTMAP_VMTEST_IOMMU and
 # VMTEST_OUT (= FASTMAP_VMTEST_OUT), HOME=/tmp, PYTHONDONTWRITEBYTECODE=1.
 # Out directory: output.log (the command's output), console.log (kernel console),
-# dmesg.txt, qemu.log (QEMU's stderr), rc, times, plus what the command wrote there.
+# dmesg.txt, qemu.log (QEMU's stderr), rc, times, attempts (one line per VM: why it ended),
+# the logs of replaced VMs as *.attemptN, plus what the command wrote there.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,43s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,63s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 iommu=${FASTMAP_VMTEST_IOMMU:-virtio}
 timeout_s=${FASTMAP_VMTEST_TIMEOUT:-1200}
@@ -54,6 +73,11 @@ kernel=${FASTMAP_VMTEST_KERNEL:-}
 out=${FASTMAP_VMTEST_OUT:-}
 accel=${FASTMAP_VMTEST_ACCEL:-tcg}
 extra_append=${FASTMAP_VMTEST_APPEND:-}
+attempts=${FASTMAP_VMTEST_ATTEMPTS:-3}
+boot_timeout=${FASTMAP_VMTEST_BOOT_TIMEOUT:-150}
+stall_timeout=${FASTMAP_VMTEST_STALL_TIMEOUT:-60}
+silence_timeout=${FASTMAP_VMTEST_SILENCE_TIMEOUT:-900}
+qemu_prefix=() qemu_extra=()
 bind_edu=auto keep=0
 env_pats=(PATH VIRTUAL_ENV 'PYENV_*' PYTHONPATH PYTHONHASHSEED PYTHONFAULTHANDLER
           PYTHONWARNINGS 'FASTMAP_*' 'HYPOTHESIS_*' 'PYTEST_*' 'COVERAGE_*' CI)
@@ -79,6 +103,12 @@ while [ $# -gt 0 ]; do
     --no-bind-edu) bind_edu=0; shift ;;
     --accel) need_arg "$@"; accel=$2; shift 2 ;;
     --append) need_arg "$@"; extra_append+=" $2"; shift 2 ;;
+    --attempts) need_arg "$@"; attempts=$2; shift 2 ;;
+    --boot-timeout) need_arg "$@"; boot_timeout=$2; shift 2 ;;
+    --stall-timeout) need_arg "$@"; stall_timeout=$2; shift 2 ;;
+    --silence-timeout) need_arg "$@"; silence_timeout=$2; shift 2 ;;
+    --qemu-prefix) need_arg "$@"; qemu_prefix+=("$2"); shift 2 ;;
+    --qemu-arg) need_arg "$@"; qemu_extra+=("$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
     *) usage >&2; vmtest_die "run.sh: unknown option $1 (the command goes after --)" ;;
@@ -87,6 +117,10 @@ done
 [ $# -gt 0 ] || { usage >&2; vmtest_die "run.sh: no command given"; }
 [[ "$timeout_s" =~ ^[0-9]+$ ]] || vmtest_die "run.sh: --timeout must be a number of seconds"
 [[ "$smp" =~ ^[0-9]+$ ]] || vmtest_die "run.sh: --smp must be a number"
+for v in attempts boot_timeout stall_timeout silence_timeout; do
+  [[ "${!v}" =~ ^[0-9]+$ ]] || vmtest_die "run.sh: --${v//_/-} must be a number"
+done
+[ "$attempts" -ge 1 ] || vmtest_die "run.sh: --attempts must be at least 1"
 
 case "$iommu" in
   # virtio-iommu has no MSI isolation, so iommufd and type1 must be told to accept that
@@ -103,7 +137,7 @@ if [ "$bind_edu" = auto ]; then
   if [ "$iommu" = none ]; then bind_edu=0; else bind_edu=1; fi
 fi
 
-command -v qemu-system-x86_64 >/dev/null ||
+[ ${#qemu_prefix[@]} -gt 0 ] || command -v qemu-system-x86_64 >/dev/null ||
   vmtest_die "qemu-system-x86_64 is not installed (run tools/vmtest/install-qemu.sh as root)"
 
 if [ -z "$kernel" ]; then
@@ -129,7 +163,8 @@ if [ -z "$out" ]; then
 else
   mkdir -p "$out"
   out=$(cd "$out" && pwd)
-  rm -f "$out/rc" "$out/console.log" "$out/output.log" "$out/dmesg.txt" "$out/qemu.log" "$out/times"
+  rm -f "$out/rc" "$out/console.log" "$out/output.log" "$out/dmesg.txt" "$out/qemu.log" \
+    "$out/times" "$out/attempts" "$out"/*.attempt[0-9]*
 fi
 case "$out/" in /proc/*|/sys/*|/dev/*) case "$out/" in /dev/shm/*) ;; *) vmtest_die "out directory $out is not usable";; esac ;; esac
 
@@ -203,7 +238,7 @@ p9=trans=virtio,version=9p2000.L,msize=512000
 append="root=/dev/root rootfstype=9p rootflags=$p9,cache=loose ro console=ttyS0"
 append+=" panic=-1 mitigations=off $iommu_args $extra_append init=$init"
 
-qemu=(qemu-system-x86_64
+qemu=("${qemu_prefix[@]}" qemu-system-x86_64
   -machine "q35,kernel-irqchip=split" -accel "$accel" -cpu max -smp "$smp" -m "$mem"
   -nodefaults -display none -no-reboot
   "${iommu_dev[@]}" -device edu
@@ -216,28 +251,109 @@ qemu=(qemu-system-x86_64
   "${qemu_shares[@]}"
   -chardev "file,id=console,path=$(qpath "$out/console.log")" -serial chardev:console
   -chardev "stdio,id=cmdout,signal=off" -serial chardev:cmdout
-  -kernel "$kernel" -append "$append")
+  -kernel "$kernel" -append "$append" "${qemu_extra[@]}")
 
 # Stop the VM too when we are interrupted (the trap runs at once because we `wait`).
+qpid="" tpid=""
+# A child that exited stays a zombie until waited for, and kill -0 still reaches it.
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; [[ $st != Z* ]]; }
+stop_qemu() {
+  local pid
+  for pid in "$qpid" "$(cat "$out/qemu.pid" 2>/dev/null)"; do
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  done
+  # QEMU stops at once on SIGTERM; a wrapper that ignores it gets SIGKILL.
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    alive "$qpid" || return 0
+    sleep 1
+  done
+  kill -9 "$qpid" 2>/dev/null || true
+}
 # shellcheck disable=SC2317  # invoked through trap
 on_signal() {
   trap - INT TERM HUP
-  [ -s "$out/qemu.pid" ] && kill "$(cat "$out/qemu.pid")" 2>/dev/null
+  stop_qemu
   wait 2>/dev/null
   vmtest_log "interrupted; out=$out"
   exit 130
 }
+
+size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
+now() { date +%s; }
+
+# Runs one VM to its end or until it wedges or the deadline passes. Sets `ended` to
+# done (QEMU exited), timeout or wedged, and `why` to a sentence.
+run_attempt() {
+  local t0 last_out=-1 last_con=-1 last_change started=0 stalled=0 s_out s_con t
+  rm -f "$out/qemu.status" "$out/qemu.pid" "$out/rc" "$out/.stdout"
+  : > "$out/console.log"
+  mkfifo "$out/.stdout"
+  # tee keeps a copy and keeps QEMU's stdio settings off our own stdout.
+  tee "$out/output.log" < "$out/.stdout" &
+  tpid=$!
+  "${qemu[@]}" -pidfile "$out/qemu.pid" </dev/null >"$out/.stdout" 2>"$out/qemu.log" &
+  qpid=$!
+  t0=$(now) last_change=$t0
+  ended="" why=""
+  while [ -z "$ended" ]; do
+    if ! alive "$qpid"; then
+      st=0; wait "$qpid" || st=$?
+      echo "$st" > "$out/qemu.status"
+      ended=done why="QEMU exited with status $st"
+      break
+    fi
+    sleep 1
+    t=$(now)
+    s_out=$(size_of "$out/output.log") s_con=$(size_of "$out/console.log")
+    if [ "$s_out" != "$last_out" ] || [ "$s_con" != "$last_con" ]; then
+      last_out=$s_out last_con=$s_con last_change=$t
+      if [ "$started" = 0 ] && grep -q 'VMTEST-START' "$out/console.log"; then started=1; fi
+      if [ "$stalled" = 0 ] && grep -Eq 'detected stalls? on CPU|self-detected stall|soft lockup' "$out/console.log"; then
+        stalled=1
+        vmtest_log "the guest kernel reported an RCU stall or soft lockup (see console.log)"
+      fi
+    fi
+    if [ "$t" -ge "$deadline" ]; then
+      ended=timeout why="the VM timed out after ${timeout_s}s (--timeout)"
+    elif [ "$started" = 0 ] && [ $((t - t0)) -ge "$boot_timeout" ]; then
+      ended=wedged why="the guest did not start the command within ${boot_timeout}s (--boot-timeout)"
+    elif [ "$stalled" = 1 ] && [ $((t - last_change)) -ge "$stall_timeout" ]; then
+      ended=wedged why="the guest reported a stall and then was silent for ${stall_timeout}s (--stall-timeout)"
+    elif [ $((t - last_change)) -ge "$silence_timeout" ]; then
+      ended=wedged why="the guest was silent for ${silence_timeout}s (--silence-timeout)"
+    fi
+  done
+  if [ "$ended" != done ]; then
+    stop_qemu
+    wait "$qpid" 2>/dev/null || true
+    # A wrapper's own children may still hold the pipe: a wedged VM's last output can go.
+    sleep 1
+    if alive "$tpid"; then kill "$tpid" 2>/dev/null || true; fi
+  fi
+  wait "$tpid" 2>/dev/null || true
+  rm -f "$out/.stdout"
+  vm_started=$started
+}
+
 start_ns=$(date +%s%N)
-rm -f "$out/qemu.status" "$out/qemu.pid"
+deadline=$(( $(now) + timeout_s ))
 trap on_signal INT TERM HUP
-# The pipe keeps QEMU's stdio settings off our own stdout; tee keeps a copy.
-{
-  st=0
-  timeout --foreground -k 10 "$timeout_s" "${qemu[@]}" -pidfile "$out/qemu.pid" \
-    </dev/null 2>"$out/qemu.log" || st=$?
-  echo "$st" > "$out/qemu.status"
-} | tee "$out/output.log" &
-wait $! || true
+attempt=0
+while :; do
+  attempt=$((attempt + 1))
+  run_attempt
+  echo "attempt $attempt: $ended: $why" >> "$out/attempts"
+  # Retry only what a fresh VM can mend: a wedged guest, or one that died before the
+  # command started. A command that ran to its end (any status) is final.
+  retry=0
+  if [ "$ended" = wedged ]; then retry=1; fi
+  if [ "$ended" = done ] && [ "$vm_started" = 0 ] && [ ! -s "$out/rc" ]; then retry=1; fi
+  if [ "$retry" = 0 ] || [ "$attempt" -ge "$attempts" ] || [ "$(now)" -ge "$deadline" ]; then break; fi
+  vmtest_log "attempt $attempt/$attempts: $why; starting a fresh VM"
+  for f in console.log output.log qemu.log dmesg.txt; do
+    if [ -e "$out/$f" ]; then mv -f "$out/$f" "$out/$f.attempt$attempt"; fi
+  done
+done
 trap - INT TERM HUP
 qemu_status=$(cat "$out/qemu.status" 2>/dev/null || echo '?')
 total=$(( ($(date +%s%N) - start_ns) / 1000000 ))
@@ -250,15 +366,15 @@ elif [ -r "$out/console.log" ]; then
 fi
 up_start=$(sed -n 's/.*VMTEST-START uptime=\([0-9.]*\).*/\1/p' "$out/console.log" 2>/dev/null | tail -n1)
 up_done=$(sed -n 's/.*VMTEST-DONE rc=[0-9]* uptime=\([0-9.]*\).*/\1/p' "$out/console.log" 2>/dev/null | tail -n1)
-times="boot_to_command=${up_start:-?}s command=$(awk -v a="${up_start:-0}" -v b="${up_done:-0}" 'BEGIN { if (b > 0) printf "%.2f", b - a; else printf "?" }')s total=$(awk -v t="$total" 'BEGIN { printf "%.2f", t / 1000 }')s"
+times="attempts=$attempt boot_to_command=${up_start:-?}s command=$(awk -v a="${up_start:-0}" -v b="${up_done:-0}" 'BEGIN { if (b > 0) printf "%.2f", b - a; else printf "?" }')s total=$(awk -v t="$total" 'BEGIN { printf "%.2f", t / 1000 }')s"
 echo "$times" > "$out/times"
 
 if [ -z "$rc" ]; then
   rc=125
-  if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
-    vmtest_log "the VM timed out after ${timeout_s}s (--timeout)"
-  else
+  if [ "$ended" = done ]; then
     vmtest_log "the VM stopped without reporting an exit status (qemu status $qemu_status)"
+  else
+    vmtest_log "attempt $attempt/$attempts: $why; giving up"
   fi
   if [ -s "$out/qemu.log" ]; then vmtest_log "qemu.log:"; tail -n 20 "$out/qemu.log" >&2; fi
   if [ -s "$out/console.log" ]; then vmtest_log "console.log (last lines):"; tail -n 40 "$out/console.log" >&2; fi

@@ -20,7 +20,7 @@
 #include <shared_mutex>
 #include <vector>
 
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 

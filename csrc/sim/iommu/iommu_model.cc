@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd.h"
 #include "uapi/iommufd_test.h"
 

@@ -12,13 +12,13 @@
 #include <mutex>
 #include <vector>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
+#include "sim/core/kernel_core.h"
+#include "sim/core/user_memory.h"
 #include "sim/iommufd/access.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/ioas.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
 #include "uapi/iommufd_test.h"
 
 namespace fastmap::sim {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 

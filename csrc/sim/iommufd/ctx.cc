@@ -4,12 +4,12 @@
 #include <vector>
 
 #include "sim/iommufd/ioctls.h"
-#include "sim/sim_kernel.h"
+#include "sim/core/kernel_core.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::sim {
 
-IommufdCtx::IommufdCtx(SimKernel& k) : kernel(k), config(k.config()) {}
+IommufdCtx::IommufdCtx(KernelCore& k) : kernel(k), config(k.config()) {}
 
 IommufdCtx::~IommufdCtx() {
   // Like iommufd_fops_release: objects form a graph of user counts, so repeatedly destroy

@@ -9,25 +9,25 @@
 #include <memory>
 #include <mutex>
 
-#include "sim/config.h"
+#include "sim/core/config.h"
 #include "sim/iommufd/objects.h"
 
 namespace fastmap::sim {
 
-class SimKernel;
+class KernelCore;
 
 // How pinned pages are charged (IOMMU_OPTION_RLIMIT_MODE; CAP_IPC_LOCK means none).
 enum class AccountMode { kNone, kUser, kMm };
 
 class IommufdCtx : public std::enable_shared_from_this<IommufdCtx> {
  public:
-  explicit IommufdCtx(SimKernel& kernel);
+  explicit IommufdCtx(KernelCore& kernel);
   // release(): destroys the remaining objects leaves first.
   ~IommufdCtx();
   IommufdCtx(const IommufdCtx&) = delete;
   IommufdCtx& operator=(const IommufdCtx&) = delete;
 
-  SimKernel& kernel;
+  KernelCore& kernel;
   const SimConfig config;
 
   std::mutex mu;

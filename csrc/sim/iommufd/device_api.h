@@ -6,19 +6,19 @@
 #include <cstdint>
 #include <memory>
 
-#include "sim/device.h"
-#include "sim/file.h"
+#include "sim/iommu/device.h"
+#include "sim/core/file.h"
 
 namespace fastmap::sim {
 
-class SimKernel;
+class KernelCore;
 class IommufdCtx;
 
 // /dev/iommu is misc major 10 with a dynamic minor; the simulator shows this one.
 inline constexpr unsigned kIommufdMinor = 123;
 
 // open("/dev/iommu"): a new iommufd context.
-std::shared_ptr<File> iommufd_open(SimKernel& kernel);
+std::shared_ptr<File> iommufd_open(KernelCore& kernel);
 
 // The iommufd context behind a file, or nullptr when the file is not an iommufd (the caller
 // answers EBADFD, as vfio's bind does).

@@ -18,7 +18,7 @@
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/hwpt.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::sim {

@@ -16,7 +16,7 @@
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/device_api.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/sim_kernel.h"
+#include "sim/core/kernel_core.h"
 #include "uapi/iommufd.h"
 #include "uapi/iommufd_test.h"
 
@@ -150,7 +150,7 @@ class IommufdFile final : public File {
 
 }  // namespace
 
-std::shared_ptr<File> iommufd_open(SimKernel& kernel) {
+std::shared_ptr<File> iommufd_open(KernelCore& kernel) {
   return std::make_shared<IommufdFile>(std::make_shared<IommufdCtx>(kernel));
 }
 

@@ -6,10 +6,10 @@
 #include <memory>
 #include <mutex>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/sim_kernel.h"
+#include "sim/core/kernel_core.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::sim {

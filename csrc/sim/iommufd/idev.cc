@@ -9,7 +9,7 @@
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/device_api.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::sim {

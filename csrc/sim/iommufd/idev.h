@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "sim/device.h"
+#include "sim/iommu/device.h"
 #include "sim/iommufd/hwpt.h"
 #include "sim/iommufd/objects.h"
 

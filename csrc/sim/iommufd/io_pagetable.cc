@@ -6,7 +6,7 @@
 
 #include "sim/iommufd/backing.h"
 #include "sim/iommufd/ctx.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 
@@ -465,7 +465,8 @@ int IoPagetable::access_pin(std::uint64_t iova, std::uint64_t length, bool write
     if (int r = a.pages->pin(ctx_.kernel, first, lasti)) return r;
     ++a.num_accesses;
     pins->push_back({a.iova, first, lasti});
-    for (std::uint64_t i = first; i <= lasti; ++i) vas->push_back(a.pages->va(i * ps));
+    // The user VA of each page (hint() of a user range), for the caller's check.
+    for (std::uint64_t i = first; i <= lasti; ++i) vas->push_back(a.pages->hint(i * ps));
     return 0;
   });
   if (rc) {

@@ -127,7 +127,7 @@ class IoPagetable {
   // iommufd_access_pin_pages' walk: pin the pages under [iova, iova+length) for an access.
   // 0, -EINVAL (empty, or not page aligned), -EOVERFLOW, -EPERM (area lacks the
   // permission), -ENOENT (not contiguously mapped), -EFAULT/-ENOMEM (pinning). On success
-  // *pins lists what to give to access_unpin, and *vas the process VA of each page.
+  // *pins lists what to give to access_unpin, and *vas the user VA of each page.
   int access_pin(std::uint64_t iova, std::uint64_t length, bool write,
                  std::vector<AccessPin>* pins, std::vector<std::uint64_t>* vas);
   void access_unpin(const std::vector<AccessPin>& pins);

@@ -12,7 +12,7 @@
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/ioas.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::sim {

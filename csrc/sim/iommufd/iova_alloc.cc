@@ -15,7 +15,7 @@
 
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/io_pagetable.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 

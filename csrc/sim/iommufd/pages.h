@@ -3,21 +3,29 @@
 // pinning and RLIMIT_MEMLOCK charging happen here, once per page, not per area.
 //
 // "Pinning" in the simulator means: the pages are checked to really exist (and be writable
-// for a writable mapping) the way GUP would, and are charged. The simulator's "physical"
-// address is the process VA, so a pinned user range is used in place; a file range is
+// for a writable mapping) the way GUP would, are charged, and are held (PageHold) while any
+// pin lasts: shared memory through the simulator's own mapping of it, private memory
+// through the process VA (see sim/core/page_hold.h for that limit). A file range is
 // mmap()ed MAP_SHARED once and that mapping lives as long as this object.
 //
 // Locking: only touched under the owning context's mutex.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
 #include <utility>
 #include <vector>
 
+#include "sim/core/page_hold.h"
 #include "sim/iommufd/ctx.h"
 
 namespace fastmap::sim {
+
+// Pins iommufd holds on the page at user VA `va` in `kernel`'s process (the kernel's
+// page_ref_count in units of GUP_PIN_COUNTING_BIAS), which MD_CHECK_REFS reads.
+unsigned page_pins(const KernelCore& kernel, std::uint64_t va);
 
 class IoptPages {
  public:
@@ -44,9 +52,9 @@ class IoptPages {
 
   // Pin pages [first, last] (page indices) for one area: check they can be pinned, then
   // charge the pages no other pin already holds. 0, -EFAULT, -ENOMEM.
-  int pin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+  int pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last);
   // Undo one pin(first, last), uncharging the pages nobody pins any more.
-  void unpin(SimKernel& kernel, std::uint64_t first, std::uint64_t last);
+  void unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t last);
   // An area holding pin [first, last] was split in two: the pin becomes [first, lhs_last]
   // and [rhs_first, last]. The pinned set, and so the charge, does not change.
   void split_pin(std::uint64_t first, std::uint64_t last, std::uint64_t lhs_last,
@@ -58,15 +66,17 @@ class IoptPages {
   IoptPages() = default;
   int check_pages(std::uint64_t first, std::uint64_t last);
   std::uint64_t pinned_pages_with(std::pair<std::uint64_t, std::uint64_t> extra) const;
-  int charge(SimKernel& kernel, std::uint64_t npages);
-  void uncharge(SimKernel& kernel, std::uint64_t npages);
+  int charge(KernelCore& kernel, std::uint64_t npages);
+  void uncharge(KernelCore& kernel, std::uint64_t npages);
 
   bool writable_ = false;
   bool is_file_ = false;
   std::uint64_t base_ = 0;        // page-aligned user VA or file offset of page 0
   std::uint64_t first_byte_ = 0;  // offset of the mapped range's first byte in page 0
   std::uint64_t npages_ = 0;
-  std::uint64_t va_base_ = 0;     // process VA of page 0 (user: base_; file: our mmap)
+  std::uint64_t va_base_ = 0;     // VA of page 0 (user: held pages or base_; file: our mmap)
+  PageHold hold_;                 // user: the pinned pages, while pins_ is not empty
+  pid_t mm_ = 0;                  // user: the process that mapped it (0: this one)
   int fd_ = -1;                   // file: our duplicate
   void* map_ = nullptr;           // file: MAP_SHARED mapping of all npages_ pages
   std::vector<std::pair<std::uint64_t, std::uint64_t>> pins_;  // one [first,last] per pin
@@ -74,7 +84,7 @@ class IoptPages {
   // Pins on each page (one per pin() covering it), sized on the first pin: a page's first
   // pin and its last unpin are what the kernel's page refcount sees.
   std::vector<std::uint32_t> page_pins_;
-  void count_pins(SimKernel& kernel, std::uint64_t first, std::uint64_t last, int delta);
+  void count_pins(KernelCore& kernel, std::uint64_t first, std::uint64_t last, int delta);
 };
 
 }  // namespace fastmap::sim

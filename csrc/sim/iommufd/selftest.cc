@@ -16,8 +16,8 @@
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/idev.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/iommufd/pages.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd_test.h"
 
 namespace fastmap::sim {
@@ -157,7 +157,7 @@ int md_check_refs(Ucmd& u, iommu_test_cmd& cmd) {
   if (length % ps || uptr % ps || uptr + length < uptr) return -EINVAL;
   for (; length; length -= ps, uptr += ps) {
     if (int rc = check_user_pages(uptr, ps, false)) return rc;
-    if (u.ctx.kernel.page_pins(uptr) != cmd.u.check_refs.refs) return -EIO;
+    if (page_pins(u.ctx.kernel, uptr) != cmd.u.check_refs.refs) return -EIO;
   }
   return 0;
 }

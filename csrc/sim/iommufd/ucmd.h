@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 

@@ -11,7 +11,7 @@
 #include "sim/iommufd/hwpt.h"
 #include "sim/iommufd/ioas.h"
 #include "sim/iommufd/ioctls.h"
-#include "sim/user_memory.h"
+#include "sim/core/user_memory.h"
 #include "uapi/iommufd.h"
 #include "uapi/vfio.h"
 

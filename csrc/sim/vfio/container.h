@@ -1,40 +1,27 @@
-// The legacy VFIO container (/dev/vfio/vfio) with the Type1 IOMMU backend
-// (vfio_iommu_type1): groups are added with VFIO_GROUP_SET_CONTAINER, VFIO_SET_IOMMU picks
-// TYPE1 or TYPE1v2, then MAP_DMA/UNMAP_DMA manage vfio_dma entries that are pinned and
-// mapped into one Domain per IOMMU driver in use (groups behind the same kind of IOMMU
-// share a domain, as type1 reuses a compatible domain).
-//
-// Type1 has no hardware dirty tracking: with any IOMMU-backed group attached, every
-// mapped page is reported dirty (VFIO_IOMMU_DIRTY_PAGES GET_BITMAP and UNMAP_DMA
-// GET_DIRTY_BITMAP).
-//
-// Not modelled: VFIO_UPDATE_VADDR / the VADDR flags (CHECK_EXTENSION says 0, the flags are
-// refused with EINVAL), mdev (emulated IOMMU) groups, nesting. Pinned pages are charged
-// to the process's mm locked_vm (shared with iommufd's per-mm accounting mode) unless the
-// caller has CAP_IPC_LOCK.
+// The legacy VFIO container (/dev/vfio/vfio): groups are added with
+// VFIO_GROUP_SET_CONTAINER, VFIO_SET_IOMMU opens the IOMMU backend (Type1 or Type1v2, see
+// type1.h) over them, and the backend's ioctls go through the container. The last group
+// leaving releases the backend (all mappings go, SET_IOMMU is needed again).
 #pragma once
 
-#include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
 
-#include "sim/config.h"
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/iommu/domain.h"
+#include "sim/vfio/type1.h"
 #include "sim/vfio/vfio_device.h"
 
 namespace fastmap::sim {
-class SimKernel;
+class KernelCore;
 }
 
 namespace fastmap::sim::vfio {
 
 class Container {
  public:
-  explicit Container(SimKernel& kernel);
-  ~Container();
+  explicit Container(KernelCore& kernel) : kernel_(kernel) {}
   Container(const Container&) = delete;
   Container& operator=(const Container&) = delete;
 
@@ -42,8 +29,7 @@ class Container {
 
   // VFIO_GROUP_SET_CONTAINER, with the group's lock held: 0 or -errno.
   int attach_group(VfioGroup& group) noexcept;
-  // UNSET_CONTAINER or the group file's release, with the group's lock held. The last
-  // group leaving releases the IOMMU backend (all mappings go, SET_IOMMU is needed again).
+  // UNSET_CONTAINER or the group file's release, with the group's lock held.
   void detach_group(VfioGroup& group) noexcept;
 
   // VFIO_SET_IOMMU has been done (devices of attached groups may be opened).
@@ -54,53 +40,13 @@ class Container {
   std::size_t dma_count() const;
 
  private:
-  struct Dma {
-    std::uint64_t iova;
-    std::uint64_t size;
-    std::uint64_t vaddr;
-    int prot;
-    bool iommu_mapped;  // pinned and in every domain
-  };
-  struct DomainSlot {
-    IommuModel model;
-    std::shared_ptr<Domain> domain;
-    std::vector<VfioGroup*> groups;
-  };
-
   long check_extension(unsigned long ext) const;
   long set_iommu(unsigned long type);
-  long get_info(void* arg);
-  long map_dma(void* arg);
-  long unmap_dma(void* arg);
-  long dirty_pages(void* arg);
 
-  int attach_to_domain(VfioGroup& group);
-  void detach_from_domain(VfioGroup& group);
-  void release_backend();
-  void recompute_geometry();
-  int pin_and_map(Dma& dma, const std::vector<Domain*>& domains, bool account);
-  bool charge(std::uint64_t npages);
-  void uncharge(std::uint64_t npages);
-  void unmap_and_unpin(const Dma& dma);
-  std::map<std::uint64_t, Dma>::iterator find_dma(std::uint64_t start, std::uint64_t size);
-  bool iova_valid(std::uint64_t first, std::uint64_t last) const;
-  int update_user_bitmap(std::uint64_t user_bitmap, const Dma& dma, std::uint64_t base_iova,
-                         std::uint64_t pgsize) const;
-  std::uint64_t min_pgsize() const;
-
-  SimKernel& kernel_;
-  const SimConfig config_;
-  mutable std::mutex mu_;  // container->group_lock and iommu->lock in one
+  KernelCore& kernel_;
+  mutable std::mutex mu_;  // container->group_lock and the backend's iommu->lock in one
   std::vector<VfioGroup*> groups_;
-  bool backend_ = false;  // SET_IOMMU done
-  bool v2_ = false;
-  std::map<std::uint64_t, Dma> dmas_;
-  std::vector<DomainSlot> domains_;
-  std::uint32_t dma_avail_;
-  std::uint64_t pgsize_bitmap_;
-  std::vector<IovaRange> iova_list_;  // empty until the first domain
-  bool dirty_tracking_ = false;
-  std::uint64_t locked_pages_ = 0;  // what this container charged to locked_vm
+  std::unique_ptr<Type1> iommu_;  // set by VFIO_SET_IOMMU
 };
 
 // An open /dev/vfio/vfio.

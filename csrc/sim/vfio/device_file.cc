@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "sim/iommufd/device_api.h"
-#include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/kernel_core.h"
+#include "sim/core/user_memory.h"
 #include "uapi/vfio.h"
 
 namespace fastmap::sim::vfio {
@@ -32,10 +32,10 @@ constexpr std::uint32_t kFeatureFlagsKnown = VFIO_DEVICE_FEATURE_MASK | VFIO_DEV
 
 }  // namespace
 
-VfioDeviceFile::VfioDeviceFile(SimKernel& kernel, std::shared_ptr<VfioDevice> dev)
+VfioDeviceFile::VfioDeviceFile(KernelCore& kernel, std::shared_ptr<VfioDevice> dev)
     : kernel_(kernel), dev_(std::move(dev)) {}
 
-std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(SimKernel& kernel,
+std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kernel,
                                                                 std::shared_ptr<VfioDevice> dev,
                                                                 std::shared_ptr<File> group_file,
                                                                 int* err) {

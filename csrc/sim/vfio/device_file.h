@@ -13,11 +13,11 @@
 #include <cstdint>
 #include <memory>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/vfio/vfio_device.h"
 
 namespace fastmap::sim {
-class SimKernel;
+class KernelCore;
 class IommufdCtx;
 }  // namespace fastmap::sim
 
@@ -26,10 +26,10 @@ namespace fastmap::sim::vfio {
 class VfioDeviceFile final : public File {
  public:
   // open() of the cdev.
-  VfioDeviceFile(SimKernel& kernel, std::shared_ptr<VfioDevice> dev);
+  VfioDeviceFile(KernelCore& kernel, std::shared_ptr<VfioDevice> dev);
   // GROUP_GET_DEVICE_FD: `group_file` stays referenced (the group counts as open) until
   // this file is closed. Fails with -errno through *err.
-  static std::shared_ptr<VfioDeviceFile> open_from_group(SimKernel& kernel,
+  static std::shared_ptr<VfioDeviceFile> open_from_group(KernelCore& kernel,
                                                          std::shared_ptr<VfioDevice> dev,
                                                          std::shared_ptr<File> group_file,
                                                          int* err);
@@ -62,7 +62,7 @@ class VfioDeviceFile final : public File {
   long reset() noexcept;
   ssize_t region_rw(char* buf, std::size_t count, std::uint64_t off, bool write) noexcept;
 
-  SimKernel& kernel_;
+  KernelCore& kernel_;
   std::shared_ptr<VfioDevice> dev_;
   std::shared_ptr<File> group_file_;  // set when opened through the group
   // Set once the file may be used (bound, or opened through the group); read without the

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <system_error>
 
 namespace fastmap::sim::vfio {
 
@@ -29,7 +31,8 @@ int DmaWriter::create(std::shared_ptr<PciDevice> dev, std::vector<Range> ranges,
                       std::uint64_t page_size, std::uint64_t write_size, std::uint64_t seed,
                       std::unique_ptr<DmaWriter>* out) {
   if (!dev || ranges.empty() || page_size == 0 || (page_size & (page_size - 1))) return -EINVAL;
-  if (write_size == 0 || write_size > page_size || (write_size < page_size && write_size % 8)) {
+  if (write_size == 0 || write_size > page_size || write_size > kMaxWriteSize ||
+      (write_size < page_size && write_size % 8)) {
     return -EINVAL;
   }
   for (const Range& r : ranges) {
@@ -61,10 +64,20 @@ int DmaWriter::start(double pages_per_second) {
   if (!valid_rate(pages_per_second)) return -EINVAL;
   std::lock_guard<std::mutex> g(mu_);
   if (thread_.joinable()) return -EBUSY;
+  try {
+    // Allocated here, on the caller's thread, so a failure is an errno and not an abort.
+    buf_.resize(write_size_);
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
   rate_ = pages_per_second;
   rate_changed_ = true;
   stop_ = false;
-  thread_ = std::thread([this] { run(); });
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (const std::system_error&) {
+    return -EAGAIN;
+  }
   return 0;
 }
 
@@ -129,8 +142,16 @@ void DmaWriter::write_one(std::vector<std::uint8_t>& buf) {
   }
 }
 
-void DmaWriter::run() {
-  std::vector<std::uint8_t> buf(write_size_);
+void DmaWriter::run() noexcept {
+  try {
+    loop();
+  } catch (...) {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void DmaWriter::loop() {
+  std::vector<std::uint8_t>& buf = buf_;
   std::unique_lock<std::mutex> lk(mu_);
   Clock::time_point epoch{};
   std::uint64_t done = 0;  // pages written since epoch

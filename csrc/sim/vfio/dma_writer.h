@@ -38,7 +38,9 @@ class DmaWriter {
   };
 
   // 0, or -EINVAL: no ranges, a range empty, unaligned to page_size or wrapping; page_size
-  // not a power of two; write_size 0, not a multiple of 8 below page_size, or above it.
+  // not a power of two; write_size 0, not a multiple of 8 below page_size, above it, or
+  // above kMaxWriteSize (the writer's buffer is write_size bytes).
+  static constexpr std::uint64_t kMaxWriteSize = std::uint64_t{1} << 30;
   static int create(std::shared_ptr<PciDevice> dev, std::vector<Range> ranges,
                     std::uint64_t page_size, std::uint64_t write_size, std::uint64_t seed,
                     std::unique_ptr<DmaWriter>* out);
@@ -47,7 +49,8 @@ class DmaWriter {
   DmaWriter& operator=(const DmaWriter&) = delete;
 
   // Start writing `pages_per_second` pages a second. -EINVAL for a rate that is not a
-  // positive finite number, -EBUSY when already running.
+  // positive finite number, -EBUSY when already running, -ENOMEM when the write buffer
+  // cannot be allocated, -EAGAIN when no thread can be created (pids limit, ulimit -v).
   int start(double pages_per_second);
   // Change the rate of a running or stopped writer (counted afresh from now). -EINVAL as
   // for start.
@@ -61,7 +64,10 @@ class DmaWriter {
  private:
   DmaWriter(std::shared_ptr<PciDevice> dev, std::vector<Range> ranges, std::uint64_t page_size,
             std::uint64_t write_size, std::uint64_t seed);
-  void run();
+  // The thread's body: nothing may escape a thread (std::terminate), so loop() failing
+  // just ends the writing (counted in `failed_`).
+  void run() noexcept;
+  void loop();
   void write_one(std::vector<std::uint8_t>& buf);
   std::uint64_t next_random() noexcept;
 
@@ -79,8 +85,9 @@ class DmaWriter {
   bool rate_changed_ = false;
   bool stop_ = false;
   std::thread thread_;
+  std::vector<std::uint8_t> buf_;  // write_size_ bytes, allocated by start() on its caller
 
-  std::atomic<std::uint64_t> pages_{0}, faults_{0}, bytes_{0};
+  std::atomic<std::uint64_t> pages_{0}, faults_{0}, bytes_{0}, failed_{0};
 };
 
 }  // namespace fastmap::sim::vfio

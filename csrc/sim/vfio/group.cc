@@ -4,8 +4,8 @@
 #include <new>
 #include <string>
 
-#include "sim/sim_kernel.h"
-#include "sim/user_memory.h"
+#include "sim/core/kernel_core.h"
+#include "sim/core/user_memory.h"
 #include "sim/vfio/container.h"
 #include "sim/vfio/device_file.h"
 #include "uapi/vfio.h"
@@ -34,7 +34,7 @@ int string_from_user(std::uint64_t p, std::string* out) {
 
 }  // namespace
 
-std::shared_ptr<GroupFile> GroupFile::open(SimKernel& kernel, std::shared_ptr<VfioGroup> group,
+std::shared_ptr<GroupFile> GroupFile::open(KernelCore& kernel, std::shared_ptr<VfioGroup> group,
                                            int* err) {
   std::lock_guard<std::mutex> g(group->mu);
   if (group->devices.empty()) {

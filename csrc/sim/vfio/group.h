@@ -10,11 +10,11 @@
 
 #include <memory>
 
-#include "sim/file.h"
+#include "sim/core/file.h"
 #include "sim/vfio/vfio_device.h"
 
 namespace fastmap::sim {
-class SimKernel;
+class KernelCore;
 }
 
 namespace fastmap::sim::vfio {
@@ -22,9 +22,9 @@ namespace fastmap::sim::vfio {
 class GroupFile final : public File, public std::enable_shared_from_this<GroupFile> {
  public:
   // open("/dev/vfio/N"): the file, or nullptr with -errno in *err.
-  static std::shared_ptr<GroupFile> open(SimKernel& kernel, std::shared_ptr<VfioGroup> group,
+  static std::shared_ptr<GroupFile> open(KernelCore& kernel, std::shared_ptr<VfioGroup> group,
                                          int* err);
-  GroupFile(SimKernel& kernel, std::shared_ptr<VfioGroup> group)
+  GroupFile(KernelCore& kernel, std::shared_ptr<VfioGroup> group)
       : kernel_(kernel), group_(std::move(group)) {}
   ~GroupFile() override;
 
@@ -41,7 +41,7 @@ class GroupFile final : public File, public std::enable_shared_from_this<GroupFi
   long unset_container();
   long get_device_fd(void* arg);
 
-  SimKernel& kernel_;
+  KernelCore& kernel_;
   std::shared_ptr<VfioGroup> group_;
 };
 

@@ -4,7 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 
-#include "sim/sim_kernel.h"
+#include "sim/core/kernel_core.h"
 #include "sim/vfio/container.h"
 #include "sim/vfio/device_file.h"
 #include "sim/vfio/edu.h"
@@ -28,7 +28,7 @@ std::string device_dir(const std::string& bdf) { return "/sys/devices/pci0000:00
 
 }  // namespace
 
-Machine::Machine(SimKernel& kernel) : kernel_(kernel) {
+Machine::Machine(KernelCore& kernel) : kernel_(kernel) {
   // What a host shows before any device is bound to vfio-pci.
   sysfs_.add_dir("/sys/bus/pci/devices");
   sysfs_.add_dir("/sys/bus/pci/drivers/vfio-pci");
@@ -103,7 +103,7 @@ int Machine::add_pci_device(const PciDeviceSpec& spec, PciDeviceInfo* out) {
     group->id = group_id;
     groups_.emplace(group_id, group);
     kernel_.register_node("/dev/vfio/" + std::to_string(group_id),
-                          [group](SimKernel& k, int, int* err) -> std::shared_ptr<File> {
+                          [group](KernelCore& k, int, int* err) -> std::shared_ptr<File> {
                             return GroupFile::open(k, group, err);
                           });
   } else {
@@ -123,11 +123,11 @@ int Machine::add_pci_device(const PciDeviceSpec& spec, PciDeviceInfo* out) {
   e.info.group_path = "/dev/vfio/" + std::to_string(group_id);
   e.info.sysfs = "/sys/bus/pci/devices/" + bdf;
   e.dev = dev;
-  kernel_.register_node(e.info.cdev, [dev](SimKernel& k, int, int*) -> std::shared_ptr<File> {
+  kernel_.register_node(e.info.cdev, [dev](KernelCore& k, int, int*) -> std::shared_ptr<File> {
     return std::make_shared<VfioDeviceFile>(k, dev);
   });
   if (!container_node_) {
-    kernel_.register_node("/dev/vfio/vfio", [](SimKernel& k, int, int*) -> std::shared_ptr<File> {
+    kernel_.register_node("/dev/vfio/vfio", [](KernelCore& k, int, int*) -> std::shared_ptr<File> {
       return std::make_shared<ContainerFile>(std::make_shared<Container>(k));
     });
     container_node_ = true;

@@ -12,7 +12,7 @@
 //   /sys/kernel/iommu_groups/<N>/devices/<bdf> -> ../../../../devices/pci0000:00/<bdf>
 //   /sys/bus/pci/drivers/vfio-pci/<bdf> -> ../../../../devices/pci0000:00/<bdf>
 //   /sys/class/iommu/dmar0 -> ../../devices/virtual/iommu/dmar0  (once a VT-d device exists)
-// A new SimKernel has no devices; they are added at run time.
+// A new KernelCore has no devices; they are added at run time.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +28,7 @@
 #include "sim/vfio/vfio_device.h"
 
 namespace fastmap::sim {
-class SimKernel;
+class KernelCore;
 }
 
 namespace fastmap::sim::vfio {
@@ -53,7 +53,7 @@ struct PciDeviceInfo {
 
 class Machine {
  public:
-  explicit Machine(SimKernel& kernel);
+  explicit Machine(KernelCore& kernel);
   ~Machine();
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
@@ -82,7 +82,7 @@ class Machine {
   std::string next_free_bdf() const;
   void publish_sysfs(const Entry& e);
 
-  SimKernel& kernel_;
+  KernelCore& kernel_;
   mutable std::mutex mu_;
   std::vector<Entry> entries_;
   std::map<int, std::shared_ptr<VfioGroup>> groups_;

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/device.h"
+#include "sim/iommu/device.h"
 
 namespace fastmap::sim::vfio {
 

@@ -1,0 +1,1 @@
+"""The QEMU-shaped VFIO/IOMMUFD lifecycle: backend, address space, containers, devices."""

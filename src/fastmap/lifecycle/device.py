@@ -1,0 +1,265 @@
+"""A VFIO device: found by PCI address, sysfs path or a pre-opened cdev fd, attached to an
+address space through IOMMUFD or the legacy Type1 container, and driven through its regions.
+
+    with IOMMUFDBackend() as be, AddressSpace() as space:
+        space.add_ram(16 << 20, gpa=0x100000)
+        with VFIODevice("0000:00:03.0", kernel=be.kernel).attach(space, be) as dev:
+            dev.write_u64(VFIO_PCI_BAR0_REGION_INDEX, 0x80, 0x100000)   # program the device
+
+`attach(space, backend)` chooses the ops class as QEMU's vfio_attach_device does: IOMMUFD
+when a backend is given (`fastmap.lifecycle.vfio_iommufd`), the legacy group + Type1 container
+otherwise (`fastmap.lifecycle.vfio_legacy`). Every kernel object it creates (device fd, HWPT, IOAS,
+container, group fd, mappings) is released by `detach()` (or the end of the `with`
+block), in QEMU's order, and by a failing attach, which undoes exactly its finished steps.
+
+The same code runs on the real kernel and on the simulated one: sysfs goes through
+`fastmap.lifecycle.sysfs` (the real /sys, or the simulated machine's view).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastmap import uapi
+from fastmap._closing import Closing
+from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
+from fastmap.seam import open_kernel
+
+if TYPE_CHECKING:
+    from fastmap.lifecycle.address_space import AddressSpace
+    from fastmap.lifecycle.backend import IOMMUFDBackend
+    from fastmap.lifecycle.container import Container
+    from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
+    from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdOps
+    from fastmap.lifecycle.vfio_legacy import LegacyOps, VfioGroup
+
+PCI_COMMAND = 0x04
+PCI_COMMAND_MEMORY = 1 << 1
+PCI_COMMAND_MASTER = 1 << 2
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    """VFIO_DEVICE_GET_REGION_INFO: where a region is in the device fd and what it allows."""
+
+    index: int
+    flags: int
+    size: int
+    offset: int
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_READ)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_WRITE)
+
+    @property
+    def mmap(self) -> bool:
+        return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP)
+
+
+def find_pci_devices(kernel: Kernel, vendor: int, device: int) -> list[str]:
+    """BDFs of the PCI devices with these ids on `kernel`'s machine."""
+    return sysfs_for(kernel).find_pci(vendor, device)
+
+
+class VFIODevice(Closing):
+    """One VFIO device (QEMU's VFIODevice): identity, attach/detach, region access."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        sysfsdev: str | None = None,
+        fd: int | None = None,
+        kernel: Kernel | KernelKind | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Name the device by PCI address (`host`, e.g. "0000:00:03.0"), by `sysfsdev`
+        (e.g. /sys/bus/pci/devices/0000:00:03.0), or by a pre-opened cdev `fd` (IOMMUFD
+        only; the device owns and closes it, as QEMU does). `kernel`: the kernel the device
+        is on; by default the backend's at attach, else `open_kernel()`."""
+        if host is not None and sysfsdev is not None:
+            raise ValueError("name the device by host= or sysfsdev=, not both")
+        if host is None and sysfsdev is None and fd is None:
+            raise ValueError("name the device by host=, sysfsdev= or fd=")
+        if sysfsdev is None and host is not None:
+            sysfsdev = f"{PCI_DEVICES}/{host}"
+        self.sysfsdev = sysfsdev or ""
+        self.name = name or (
+            posixpath.basename(sysfsdev.rstrip("/")) if sysfsdev else f"VFIO_FD{fd}"
+        )
+        self._kernel: Kernel | None = kernel if isinstance(kernel, Kernel) else None
+        self._kernel_kind: KernelKind | None = None if isinstance(kernel, Kernel) else kernel
+        #: A pre-opened cdev fd, until attach takes it.
+        self.passed_fd: int | None = fd
+
+        # State while attached (set by the ops classes).
+        self.ops: IommufdOps | LegacyOps | None = None
+        self.space: AddressSpace | None = None
+        self.fd: Fd | None = None
+        self.container: Container | None = None
+        self.hiod: HostIOMMUDevice | None = None
+        # IOMMUFD
+        self.backend: IOMMUFDBackend | None = None
+        self.dev_id: int | None = None
+        self.hwpt: Hwpt | None = None
+        self.iommu_dirty_tracking = False
+        # legacy
+        self.group: VfioGroup | None = None
+        # VFIO_DEVICE_GET_INFO
+        self.flags = 0
+        self.num_regions = 0
+        self.num_irqs = 0
+
+    # --- identity ------------------------------------------------------------------------
+    @property
+    def kernel(self) -> Kernel:
+        """The kernel the device is on."""
+        if self._kernel is None:
+            self._kernel = open_kernel(self._kernel_kind)
+        return self._kernel
+
+    @property
+    def attached(self) -> bool:
+        return self.ops is not None
+
+    @property
+    def reset_works(self) -> bool:
+        return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_RESET)
+
+    # --- attach / detach -----------------------------------------------------------------------
+    def attach(
+        self,
+        space: AddressSpace,
+        backend: IOMMUFDBackend | None = None,
+        *,
+        hwpt_alloc: bool = True,
+    ) -> VFIODevice:
+        """Attach to `space`: through IOMMUFD when `backend` is given, else legacy Type1.
+        Returns self (a context manager that detaches).
+
+        IOMMUFD domains are allocated with IOMMU_HWPT_ALLOC as QEMU does; `hwpt_alloc=False`
+        attaches to the IOAS and lets the kernel make the domain instead (needed with
+        virtio-iommu on Linux 6.12, whose allocated domains have no aperture)."""
+        from fastmap.lifecycle.vfio_iommufd import IommufdOps
+        from fastmap.lifecycle.vfio_legacy import LegacyOps
+
+        if self.ops is not None:
+            raise RuntimeError(f"{self.name} is already attached")
+        if backend is not None:
+            if self._kernel is None and self._kernel_kind is None:
+                self._kernel = backend.kernel
+            if self.kernel.core is not backend.kernel.core:
+                raise ValueError(
+                    f"{self.name} is on the {self.kernel.name} kernel but the backend uses "
+                    f"another ({backend.kernel.name}) kernel"
+                )
+        ops: IommufdOps | LegacyOps = (
+            IommufdOps(backend, hwpt_alloc=hwpt_alloc) if backend is not None else LegacyOps()
+        )
+        ops.attach_device(self, space, self.sysfs)
+        self.ops = ops
+        self.space = space
+        return self
+
+    def detach(self) -> None:
+        """Undo attach, in QEMU's order (idempotent)."""
+        ops, self.ops = self.ops, None
+        if ops is None:
+            return
+        ops.detach_device(self)
+        self.space = None
+
+    def close(self) -> None:
+        """Detach (the end of a `with` block)."""
+        self.detach()
+
+    def __repr__(self) -> str:
+        if self.ops is None:
+            return f"<VFIODevice {self.name} detached>"
+        return f"<VFIODevice {self.name} via {self.ops.name} fd {self.fd.fd if self.fd else None}>"
+
+    @property
+    def sysfs(self) -> Sysfs:
+        return sysfs_for(self.kernel)
+
+    # --- device calls --------------------------------------------------------------------------
+    def _fd(self) -> Fd:
+        if self.fd is None:
+            raise RuntimeError(f"{self.name} is not attached")
+        return self.fd
+
+    def read_device_info(self) -> None:
+        """VFIO_DEVICE_GET_INFO: flags, number of regions and IRQs."""
+        info = uapi.new(uapi.vfio_device_info)
+        self._fd().ioctl(uapi.VFIO_DEVICE_GET_INFO, info)
+        self.flags = int(info.flags)
+        self.num_regions = int(info.num_regions)
+        self.num_irqs = int(info.num_irqs)
+
+    def region_info(self, index: int) -> RegionInfo:
+        """VFIO_DEVICE_GET_REGION_INFO."""
+        info = uapi.new(uapi.vfio_region_info, index=index)
+        self._fd().ioctl(uapi.VFIO_DEVICE_GET_REGION_INFO, info)
+        return RegionInfo(index, int(info.flags), int(info.size), int(info.offset))
+
+    def read(self, index: int, offset: int, length: int) -> bytes:
+        """pread `size` bytes at `offset` in region `index`."""
+        region = self.region_info(index)
+        _check_access(region, offset, length)
+        data = self._fd().pread(length, region.offset + offset)
+        if len(data) != length:
+            raise OSError(f"short read of region {index} at {offset:#x}: {len(data)}/{length}")
+        return data
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        """pwrite `data` at `offset` in region `index`."""
+        region = self.region_info(index)
+        _check_access(region, offset, len(data))
+        n = self._fd().pwrite(data, region.offset + offset)
+        if n != len(data):
+            raise OSError(f"short write to region {index} at {offset:#x}: {n}/{len(data)}")
+
+    def read_u16(self, index: int, offset: int) -> int:
+        return int(struct.unpack("<H", self.read(index, offset, 2))[0])
+
+    def read_u32(self, index: int, offset: int) -> int:
+        return int(struct.unpack("<I", self.read(index, offset, 4))[0])
+
+    def read_u64(self, index: int, offset: int) -> int:
+        return int(struct.unpack("<Q", self.read(index, offset, 8))[0])
+
+    def write_u16(self, index: int, offset: int, value: int) -> None:
+        self.write(index, offset, struct.pack("<H", value))
+
+    def write_u32(self, index: int, offset: int, value: int) -> None:
+        self.write(index, offset, struct.pack("<I", value))
+
+    def write_u64(self, index: int, offset: int, value: int) -> None:
+        self.write(index, offset, struct.pack("<Q", value))
+
+    def enable_dma(self) -> int:
+        """Turn on memory decoding and bus mastering in the PCI command register (a device
+        can neither answer BAR accesses nor DMA before). Returns the new command value."""
+        cfg = uapi.VFIO_PCI_CONFIG_REGION_INDEX
+        cmd = self.read_u16(cfg, PCI_COMMAND) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER
+        self.write_u16(cfg, PCI_COMMAND, cmd)
+        return self.read_u16(cfg, PCI_COMMAND)
+
+    def reset(self) -> None:
+        """VFIO_DEVICE_RESET."""
+        self._fd().ioctl(uapi.VFIO_DEVICE_RESET)
+
+
+def _check_access(region: RegionInfo, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset + length > region.size:
+        raise ValueError(
+            f"[{offset:#x}, +{length:#x}) is outside region {region.index} ({region.size:#x} bytes)"
+        )

@@ -1,0 +1,40 @@
+"""Unmodified C programs under `fastmap sim-run`: the fd table, fork, exec, sysfs, and the
+errnos of calls the simulated files do not implement. Each program checks itself and
+exits non-zero at the first wrong answer (tests/simrun/progs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.simrun.conftest import PROGS, expect_ok, sim_run
+
+CASES = [
+    ("fds", ()),  # no devices: /dev/vfio/* must be ENOENT
+    ("fork", ()),
+    ("exec", ()),
+    ("sysfs", ("--device", "edu")),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=[c[0] for c in CASES])
+def test_program_under_sim_run(
+    cc: Callable[..., Path], name: str, options: tuple[str, ...]
+) -> None:
+    exe = cc(PROGS / f"{name}.c")
+    assert expect_ok(sim_run([str(exe)], *options)).strip() == f"{name} ok"
+
+
+def test_bad_config_is_reported(cc: Callable[..., Path]) -> None:
+    exe = cc(PROGS / "fds.c")
+    result = sim_run([str(exe)], "--device", "edu,colour=blue")
+    assert "bad FASTMAP_SIM_CONFIG" in result.stderr
+    assert result.returncode != 0
+
+
+def test_no_program() -> None:
+    result = sim_run([])
+    assert result.returncode != 0
+    assert "no program given" in result.stderr
