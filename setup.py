@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 ParallelCompile("FASTMAP_BUILD_JOBS", default=os.cpu_count() or 1).install()
 
@@ -36,7 +37,7 @@ def sources(*folders: str) -> list[str]:
 
 # setuptools only rebuilds when a listed file is newer than the extension: list the headers.
 HEADERS = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h"))
-HEADERS += ["src/fastmap/fastmap_capi.h", "src/fastmap/fastmap_sim.h"]
+HEADERS += ["src/fastmap/fastmap_sim.h"]
 WARN = ["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"]
 
 core = Pybind11Extension(
@@ -87,4 +88,25 @@ class BuildExt(build_ext):  # type: ignore[misc]
         super().build_extension(ext)
 
 
-setup(ext_modules=[core, sim_lib, preload], cmdclass={"build_ext": BuildExt})
+CAPI_HEADER = ROOT / "csrc" / "capi" / "fastmap_capi.h"
+
+
+class BuildPy(build_py):
+    """Install the C API header (it lives in csrc/capi) as package data of fastmap. An
+    editable install gets a copy in the package source directory, like the extension
+    itself (generated, ignored by git)."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            target = ROOT / "src" / "fastmap"
+        else:
+            target = Path(self.build_lib) / "fastmap"
+        target.mkdir(parents=True, exist_ok=True)
+        self.copy_file(str(CAPI_HEADER), str(target / CAPI_HEADER.name))
+
+
+setup(
+    ext_modules=[core, sim_lib, preload],
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
+)

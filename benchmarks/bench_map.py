@@ -71,3 +71,22 @@ def test_map(
     for io in ioases:
         io.close()
     region.close()
+
+
+# --- whole operations (issue 10 item 4): deferred work included, each next to its floor ------
+def test_whole_operations(
+    benchmark,  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest,
+    kernel: Kernel,
+) -> None:
+    """map + first translate vs the map floor, unmap_batch vs the unmap floor, bulk
+    translation rate, and threads on separate IOASes: the ratios come from one run and go
+    into the benchmark's extra_info. Targets at 100k x 4 KiB on the simulator: map <= 1.2x
+    its floor, unmap_batch <= 1.2x its floor, translate_va_bulk >= 5 M lookups/s."""
+    entries = 256 if _quick(request) else 100_000
+    benchmark.group = f"whole operations {entries} x 4KiB on {kernel.name}"
+    life = benchmark.pedantic(
+        bench_map.run_lifecycle_benchmark, args=(kernel, entries), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(life.ratios)
+    assert life.map_floor > 0 and life.unmap_floor > 0

@@ -1,4 +1,4 @@
-// The engine's allocator and translation index. Results come back as (-errno, value) tuples;
+// The engine's standalone IOVA allocator. Results come back as (-errno, value) tuples;
 // fastmap.allocator turns them into typed exceptions. Batch calls take and return numpy
 // arrays and run without the GIL.
 #include <pybind11/numpy.h>
@@ -14,7 +14,6 @@
 
 #include "bindings/bindings.h"
 #include "engine/iova_allocator.h"
-#include "engine/translation.h"
 
 namespace py = pybind11;
 
@@ -25,7 +24,6 @@ namespace {
 using engine::Fit;
 using engine::IovaAllocator;
 using engine::IovaRange;
-using engine::TranslationMap;
 using U64Array = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
 
 // The engine objects are not thread-safe and batch calls run without the GIL, so every bound
@@ -52,7 +50,6 @@ std::span<const std::uint64_t> view(const U64Array& a) {
 }
 
 using GuardedAllocator = Guarded<IovaAllocator>;
-using GuardedMap = Guarded<TranslationMap>;
 
 void bind_allocator(py::module_& m) {
   py::class_<GuardedAllocator>(m, "IovaAllocator")
@@ -178,101 +175,10 @@ void bind_allocator(py::module_& m) {
       });
 }
 
-void bind_translation(py::module_& m) {
-  using Triple = std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>;
-  py::class_<GuardedMap>(m, "TranslationMap")
-      .def(py::init<>())
-      .def("insert", [](GuardedMap& g, std::uint64_t va, std::uint64_t iova,
-                        std::uint64_t length) {
-        auto lk = lock_holding_gil(g.mu);
-        return g.obj.insert(va, iova, length);
-      }, py::arg("va"), py::arg("iova"), py::arg("length"))
-      .def("remove", [](GuardedMap& g, std::uint64_t iova) {
-        engine::Mapping r{0, 0, 0};
-        auto lk = lock_holding_gil(g.mu);
-        const int err = g.obj.remove(iova, &r);
-        return std::make_tuple(err, r.va, r.iova, r.length);
-      }, py::arg("iova"))
-      .def("translate_va", [](GuardedMap& g, std::uint64_t va) {
-        auto lk = lock_holding_gil(g.mu);
-        return g.obj.translate_va(va);
-      }, py::arg("va"))
-      .def("translate_iova", [](GuardedMap& g, std::uint64_t iova) {
-        auto lk = lock_holding_gil(g.mu);
-        return g.obj.translate_iova(iova);
-      }, py::arg("iova"))
-      .def("find_va", [](GuardedMap& g, std::uint64_t va) -> std::optional<Triple> {
-        auto lk = lock_holding_gil(g.mu);
-        auto r = g.obj.find_va(va);
-        if (!r) return std::nullopt;
-        return Triple{r->va, r->iova, r->length};
-      }, py::arg("va"))
-      .def("find_iova", [](GuardedMap& g, std::uint64_t iova) -> std::optional<Triple> {
-        auto lk = lock_holding_gil(g.mu);
-        auto r = g.obj.find_iova(iova);
-        if (!r) return std::nullopt;
-        return Triple{r->va, r->iova, r->length};
-      }, py::arg("iova"))
-      .def("translate_va_bulk", [](GuardedMap& g, const U64Array& vas) {
-        const auto n = static_cast<std::size_t>(vas.size());
-        U64Array out(vas.size());
-        py::array_t<bool> found(vas.size());
-        std::span<std::uint64_t> dst{out.mutable_data(), n};
-        std::span<std::uint8_t> hit{reinterpret_cast<std::uint8_t*>(found.mutable_data()), n};
-        {
-          py::gil_scoped_release nogil;
-          std::lock_guard<std::mutex> lk(g.mu);
-          g.obj.translate_va_bulk(view(vas), dst, hit);
-        }
-        return std::make_pair(out, found);
-      }, py::arg("vas"))
-      .def("translate_iova_bulk", [](GuardedMap& g, const U64Array& iovas) {
-        const auto n = static_cast<std::size_t>(iovas.size());
-        U64Array out(iovas.size());
-        py::array_t<bool> found(iovas.size());
-        std::span<std::uint64_t> dst{out.mutable_data(), n};
-        std::span<std::uint8_t> hit{reinterpret_cast<std::uint8_t*>(found.mutable_data()), n};
-        {
-          py::gil_scoped_release nogil;
-          std::lock_guard<std::mutex> lk(g.mu);
-          g.obj.translate_iova_bulk(view(iovas), dst, hit);
-        }
-        return std::make_pair(out, found);
-      }, py::arg("iovas"))
-      .def("__len__", [](GuardedMap& g) {
-        auto lk = lock_holding_gil(g.mu);
-        return g.obj.size();
-      })
-      // (vas, iovas, lengths) of every mapping in IOVA order.
-      .def("mappings", [](GuardedMap& g) {
-        auto lk = lock_holding_gil(g.mu);
-        const std::size_t n = g.obj.size();
-        U64Array vas(n);
-        U64Array iovas(n);
-        U64Array lengths(n);
-        auto* v = vas.mutable_data();
-        auto* i = iovas.mutable_data();
-        auto* l = lengths.mutable_data();
-        std::size_t k = 0;
-        g.obj.for_each([&](const engine::Mapping& mp) {
-          v[k] = mp.va;
-          i[k] = mp.iova;
-          l[k] = mp.length;
-          ++k;
-        });
-        return std::make_tuple(vas, iovas, lengths);
-      })
-      .def("check_invariants", [](GuardedMap& g) {
-        auto lk = lock_holding_gil(g.mu);
-        return g.obj.check_invariants();
-      });
-}
-
 }  // namespace
 
 void bind_engine(py::module_& m) {
   bind_allocator(m);
-  bind_translation(m);
 }
 
 }  // namespace fastmap::bindings

@@ -1,7 +1,7 @@
-// The C-level API table (src/fastmap/fastmap_capi.h) over IoasMapper.
+// The C-level API table (capi/fastmap_capi.h, installed with the package) over IoasMapper.
 #pragma once
 
-#include "fastmap_capi.h"
+#include "capi/fastmap_capi.h"
 
 namespace fastmap::engine {
 

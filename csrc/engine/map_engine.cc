@@ -6,6 +6,7 @@
 #include <limits>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "uapi/iommufd.h"
 
@@ -14,6 +15,9 @@ namespace fastmap::engine {
 namespace {
 
 constexpr std::size_t kMinRunsPerThread = 256;
+// Batches up to this size update a built VA index in place (O(log n) + a memmove each)
+// instead of invalidating it: single maps and unmaps stay cheap with many mappings live.
+constexpr std::size_t kIncrementalIndex = 64;
 constexpr std::uint32_t kProtMask = uapi::IOMMU_IOAS_MAP_READABLE | uapi::IOMMU_IOAS_MAP_WRITEABLE;
 
 BatchError fail(int err, std::size_t index, const char* call) {
@@ -158,12 +162,26 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
                            std::span<const std::uint64_t> lengths,
                            std::span<const std::uint64_t> fixed_iovas,
                            std::span<std::uint64_t> out_iovas, std::uint32_t prot,
-                           const BatchOptions& options) {
+                           const BatchOptions& options, std::span<Pin> pins) {
   const std::size_t n = vas.size();
-  if (lengths.size() != n || out_iovas.size() != n || (!fixed_iovas.empty() && fixed_iovas.size() != n)) {
+  if (lengths.size() != n || out_iovas.size() != n || (!fixed_iovas.empty() && fixed_iovas.size() != n) ||
+      (!pins.empty() && pins.size() != n) || (options.dense && !fixed_iovas.empty())) {
     return fail(EINVAL, 0, "batch shape");
   }
   if ((prot & ~kProtMask) != 0 || (prot & kProtMask) == 0) return fail(EINVAL, 0, "batch permissions");
+
+  std::lock_guard<std::mutex> g(mu_);
+  // "dense": the allocator places the batch, then it maps like a fixed-IOVA batch.
+  std::vector<std::uint64_t> chosen;
+  if (options.dense) {
+    if (!allocator_) return fail(EINVAL, 0, "allocator");
+    chosen.resize(n);
+    std::size_t failed = 0;
+    if (int rc = allocator_->bulk_alloc(lengths, options.align, vas, Fit::kFirst, chosen, &failed)) {
+      return fail(-rc, failed, "allocator");
+    }
+    fixed_iovas = chosen;
+  }
   const bool fixed = !fixed_iovas.empty();
 
   std::vector<Run> runs = plan_runs(vas, lengths, fixed_iovas, prot, options.coalesce);
@@ -190,45 +208,126 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
     }
   }
 
-  std::lock_guard<std::mutex> g(mu_);
   std::size_t done = 0;
   BatchError err = parallel ? submit_parallel(runs, options.threads, &done)
                             : submit_serial(runs, fixed, &done);
   if (err) {
     if (!parallel) err.rollback_failed = !rollback_runs(runs, done, nullptr);
+    if (options.dense) {
+      std::size_t ignored = 0;
+      allocator_->bulk_free(chosen, &ignored);
+    }
     return err;
   }
   if (pending_.capacity() < pending_.size() + n) {
     pending_.reserve(std::max(pending_.size() + n, 2 * pending_.capacity()));  // stay geometric
   }
+  const bool record_each = allocator_.has_value() && !options.dense;
   for (const Run& r : runs) {
     std::uint64_t offset = 0;
     for (std::size_t i = r.first; i < r.first + r.count; ++i) {
       const std::uint64_t iova = r.iova + offset;
       out_iovas[i] = iova;
-      pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova});
+      Pin pin;
+      if (!pins.empty() && pins[i]) {
+        pin = std::move(pins[i]);
+        ++pins_;
+      }
+      pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova, std::move(pin)});
+      if (record_each) record(iova, lengths[i]);
       max_length_ = std::max(max_length_, lengths[i]);
       offset += lengths[i];
     }
   }
+  // Small batches (single maps) keep a built VA index up to date in place; big ones let
+  // the next lookup rebuild it once.
+  if (!va_stale_ && n <= kIncrementalIndex) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (vas[i] != 0) va_insert(VaEntry{vas[i], out_iovas[i], lengths[i]});
+    }
+  } else {
+    va_stale_ = true;
+  }
   return {};
+}
+
+void IoasMapper::va_insert(const VaEntry& e) {
+  auto at = std::lower_bound(va_index_.begin(), va_index_.end(), e, va_order);
+  va_index_.insert(at, e);
+}
+
+void IoasMapper::va_erase(std::uint64_t va, std::uint64_t iova) {
+  const VaEntry key{va, iova, 0};
+  auto at = std::lower_bound(va_index_.begin(), va_index_.end(), key, va_order);
+  if (at != va_index_.end() && at->va == va && at->iova == iova) {
+    va_index_.erase(at);
+  } else {
+    va_stale_ = true;  // not found: cannot happen, but never leave a wrong index
+  }
+}
+
+void IoasMapper::record(std::uint64_t iova, std::uint64_t length) {
+  // Only the parts inside the usable ranges matter: the allocator never hands out the rest.
+  // The kernel refused any overlap with an existing mapping, so this cannot collide with a
+  // live allocation; a failure only means the range was already unusable.
+  if (length == 0 || wraps(iova, length)) return;
+  const std::uint64_t last = iova + (length - 1);
+  for (const IovaRange& u : usable_) {
+    const std::uint64_t s = std::max(u.start, iova), l = std::min(u.last, last);
+    if (s <= l) allocator_->alloc_fixed(s, l - s + 1);
+  }
+}
+
+void IoasMapper::forget(std::uint64_t iova, std::uint64_t length) {
+  if (!allocator_ || length == 0 || wraps(iova, length)) return;
+  const std::uint64_t last = iova + (length - 1);
+  for (const IovaRange& u : usable_) {
+    const std::uint64_t s = std::max(u.start, iova), l = std::min(u.last, last);
+    if (s > l) continue;
+    // Free only what this segment recorded, exactly: never a neighbour's range.
+    auto held = allocator_->find(s);
+    if (held && !held->reserved && held->start == s && held->last == l) allocator_->free(s);
+  }
+}
+
+void IoasMapper::release(Pin&& pin, std::vector<Pin>* released) {
+  if (!pin) return;
+  --pins_;
+  (released ? *released : parked_).push_back(std::move(pin));
 }
 
 void IoasMapper::index_pending() const {
   if (pending_.empty()) return;
-  by_va_stale_ = true;
-  std::sort(pending_.begin(), pending_.end(),
-            [](const Segment& a, const Segment& b) { return a.iova < b.iova; });
-  // Sorted keys go in with a hint: amortized O(1) each when they extend the index.
+  auto by_iova = [](const Segment& a, const Segment& b) { return a.iova < b.iova; };
+  if (!std::is_sorted(pending_.begin(), pending_.end(), by_iova)) {
+    std::sort(pending_.begin(), pending_.end(), by_iova);
+  }
+  // Sorted keys go in with a hint: amortized O(1) each when they extend the index. The
+  // nodes come from the mapper's pool, not malloc. pending_ keeps its capacity for the
+  // next batch (ephemeral map/unmap cycles then allocate nothing).
   auto hint = segments_.end();
-  for (const Segment& s : pending_) hint = std::next(segments_.insert_or_assign(hint, s.iova, s));
+  for (Segment& s : pending_) {
+    const std::uint64_t key = s.iova;
+    hint = std::next(segments_.insert_or_assign(hint, key, std::move(s)));
+  }
   pending_.clear();
-  pending_.shrink_to_fit();
 }
 
-bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
-  std::lock_guard<std::mutex> g(mu_);
+void IoasMapper::index_vas() const {
   index_pending();
+  if (!va_stale_) return;
+  va_index_.clear();
+  va_index_.reserve(segments_.size());
+  for (const auto& [seg_iova, s] : segments_) {
+    if (s.va != 0) va_index_.push_back(VaEntry{s.va, seg_iova, s.length});
+  }
+  if (!std::is_sorted(va_index_.begin(), va_index_.end(), va_order)) {
+    std::sort(va_index_.begin(), va_index_.end(), va_order);
+  }
+  va_stale_ = false;
+}
+
+bool IoasMapper::lookup_iova(std::uint64_t iova, std::uint64_t* va) const {
   auto it = segments_.upper_bound(iova);
   if (it == segments_.begin()) return false;
   const Segment& s = std::prev(it)->second;
@@ -237,37 +336,72 @@ bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
   return true;
 }
 
-bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
-  std::lock_guard<std::mutex> g(mu_);
-  index_pending();
-  if (by_va_stale_) {
-    by_va_.clear();
-    for (const auto& [seg_iova, s] : segments_) {
-      if (s.va != 0) by_va_.emplace(s.va, seg_iova);
-    }
-    by_va_stale_ = false;
-  }
+bool IoasMapper::lookup_va(std::uint64_t va, std::uint64_t* iova) const {
   // Segments may overlap in VA; scan back from the last one starting at or below `va`.
   // Segment lengths are bounded by what was mapped, so stop once nothing earlier can reach.
-  auto it = by_va_.upper_bound(va);
+  auto it = std::upper_bound(va_index_.begin(), va_index_.end(), va,
+                             [](std::uint64_t v, const VaEntry& e) { return v < e.va; });
   bool found = false;
   std::uint64_t best = 0;
-  while (it != by_va_.begin()) {
+  while (it != va_index_.begin()) {
     --it;
-    const Segment& s = segments_.at(it->second);
-    if (va - s.va < s.length && (!found || s.iova + (va - s.va) < best)) {
-      best = s.iova + (va - s.va);
+    if (va - it->va < it->length && (!found || it->iova + (va - it->va) < best)) {
+      best = it->iova + (va - it->va);
       found = true;
     }
-    if (va - it->first >= max_length_) break;
+    if (va - it->va >= max_length_) break;
   }
   if (found) *iova = best;
   return found;
 }
 
+bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_pending();
+  return lookup_iova(iova, va);
+}
+
+bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_vas();
+  return lookup_va(va, iova);
+}
+
+std::size_t IoasMapper::translate_va_bulk(std::span<const std::uint64_t> vas,
+                                          std::span<std::uint64_t> out,
+                                          std::span<std::uint8_t> found) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_vas();
+  std::size_t hits = 0;
+  for (std::size_t i = 0; i < vas.size(); ++i) {
+    std::uint64_t v = 0;
+    const bool ok = lookup_va(vas[i], &v);
+    out[i] = v;
+    found[i] = ok;
+    hits += ok;
+  }
+  return hits;
+}
+
+std::size_t IoasMapper::translate_iova_bulk(std::span<const std::uint64_t> iovas,
+                                            std::span<std::uint64_t> out,
+                                            std::span<std::uint8_t> found) const {
+  std::lock_guard<std::mutex> g(mu_);
+  index_pending();
+  std::size_t hits = 0;
+  for (std::size_t i = 0; i < iovas.size(); ++i) {
+    std::uint64_t v = 0;
+    const bool ok = lookup_iova(iovas[i], &v);
+    out[i] = v;
+    found[i] = ok;
+    hits += ok;
+  }
+  return hits;
+}
+
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
-                             std::span<const std::uint64_t> lengths,
-                             std::vector<std::uint64_t>* removed_segments) {
+                             std::span<const std::uint64_t> lengths, std::vector<Pin>* released,
+                             std::uint64_t* removed_bytes) {
   const std::size_t n = iovas.size();
   if (lengths.size() != n) return fail(EINVAL, 0, "batch shape");
   std::lock_guard<std::mutex> g(mu_);
@@ -275,86 +409,250 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
 
   // Validate everything first, so a refusal changes nothing. The kernel only removes whole
   // areas, and every run is one area: a request must take all of a run or none of it.
-  struct Victim {
-    std::uint64_t run_iova;
-    std::uint64_t va;
-    std::uint64_t length;
-    std::uint32_t prot;
+  // Flat arrays throughout: this path is measured against a bare loop of unmap ioctls.
+  using SegIt = decltype(segments_)::iterator;
+  struct Hit {
+    SegIt seg;
+    std::size_t entry;  // the request that takes it
   };
-  std::map<std::uint64_t, std::size_t> taken;  // segment iova -> requesting entry
+  std::vector<Hit> hits;
+  hits.reserve(n);
+  SegIt next = segments_.end();
   for (std::size_t i = 0; i < n; ++i) {
     if (lengths[i] == 0) return fail(EINVAL, i, "IOMMU_IOAS_UNMAP");
     if (wraps(iovas[i], lengths[i])) return fail(EOVERFLOW, i, "IOMMU_IOAS_UNMAP");
     const std::uint64_t last = iovas[i] + (lengths[i] - 1);
-    auto it = segments_.upper_bound(iovas[i]);
-    if (it != segments_.begin()) {
-      auto prev = std::prev(it);
-      if (prev->second.iova + prev->second.length > iovas[i]) it = prev;
+    // Batches usually come in IOVA order: try where the previous request stopped first (a
+    // segment starting exactly there cannot be covered by an earlier one).
+    SegIt it = next;
+    if (it == segments_.end() || it->first != iovas[i]) {
+      it = segments_.upper_bound(iovas[i]);
+      if (it != segments_.begin()) {
+        auto prev = std::prev(it);
+        if (prev->second.iova + prev->second.length > iovas[i]) it = prev;
+      }
     }
     std::size_t found = 0;
     for (; it != segments_.end() && it->first <= last; ++it) {
       const Segment& s = it->second;
       // A segment sticking out of the range would have to be split: the kernel says ENOENT.
       if (s.iova < iovas[i] || s.iova + (s.length - 1) > last) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
-      if (!taken.emplace(s.iova, i).second) continue;
+      hits.push_back(Hit{it, i});
       ++found;
     }
     if (found == 0) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
+    next = it;
   }
-  std::map<std::uint64_t, Victim> runs;  // run iova -> whole run
-  std::map<std::uint64_t, std::size_t> run_entry;
-  for (const auto& [seg_iova, entry] : taken) {
-    const Segment& s = segments_.at(seg_iova);
-    auto [rit, inserted] = runs.try_emplace(s.run_iova, Victim{s.run_iova, 0, 0, s.prot});
-    if (inserted) run_entry[s.run_iova] = entry;
-    if (s.iova == s.run_iova) rit->second.va = s.va;
-    rit->second.length += s.length;
+  // Requests may overlap or come in any order: sort by IOVA, the first requester keeps it.
+  auto by_iova = [](const Hit& a, const Hit& b) {
+    return a.seg->first != b.seg->first ? a.seg->first < b.seg->first : a.entry < b.entry;
+  };
+  if (!std::is_sorted(hits.begin(), hits.end(), by_iova)) {
+    std::sort(hits.begin(), hits.end(), by_iova);
   }
-  // Every segment of a touched run must be taken.
-  for (const auto& [run_iova, v] : runs) {
-    auto it = segments_.find(run_iova);
-    std::uint64_t run_len = 0;
-    for (; it != segments_.end() && it->second.run_iova == run_iova; ++it) run_len += it->second.length;
-    if (run_len != v.length) return fail(EINVAL, run_entry[run_iova], "coalesced");
-  }
+  hits.erase(std::unique(hits.begin(), hits.end(),
+                         [](const Hit& a, const Hit& b) { return a.seg == b.seg; }),
+             hits.end());
 
-  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  // Group the hits into kernel areas (runs); every segment of a touched run must be taken.
+  struct Victim {
+    std::uint64_t run_iova;
+    std::uint64_t va;
+    std::uint64_t length;
+    std::uint32_t prot;
+    std::size_t entry;
+  };
   std::vector<Victim> order;
-  order.reserve(runs.size());
-  for (const auto& [run_iova, v] : runs) if (v.va != 0) order.push_back(v);
-  for (const auto& [run_iova, v] : runs) if (v.va == 0) order.push_back(v);
-  std::vector<Victim> removed;
-  removed.reserve(runs.size());
-  for (const Victim& v : order) {
-    const std::uint64_t run_iova = v.run_iova;
-    if (int err = unmap_one(v.run_iova, v.length)) {
-      BatchError e = fail(err, run_entry[run_iova], "IOMMU_IOAS_UNMAP");
-      for (auto r = removed.rbegin(); r != removed.rend(); ++r) {
-        std::uint64_t iova = r->run_iova;
-        if (r->va == 0 || map_one(r->va, r->length, &iova, true, r->prot) != 0) {
+  order.reserve(hits.size());
+  bool adopted = false;
+  for (std::size_t h = 0; h < hits.size();) {
+    const std::uint64_t run = hits[h].seg->second.run_iova;
+    const std::size_t first = h;
+    Victim v{run, 0, 0, hits[h].seg->second.prot, hits[h].entry};
+    SegIt head = hits[h].seg->first == run ? hits[h].seg : segments_.find(run);
+    for (SegIt it = head; it != segments_.end() && it->second.run_iova == run; ++it) {
+      if (h >= hits.size() || hits[h].seg != it) return fail(EINVAL, hits[first].entry, "coalesced");
+      if (it->first == run) v.va = it->second.va;
+      v.length += it->second.length;
+      ++h;
+    }
+    if (h == first) return fail(EINVAL, hits[first].entry, "coalesced");
+    adopted |= v.va == 0;
+    order.push_back(v);
+  }
+  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  if (adopted) std::stable_partition(order.begin(), order.end(), [](const Victim& v) { return v.va != 0; });
+
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    if (int err = unmap_one(order[k].run_iova, order[k].length)) {
+      BatchError e = fail(err, order[k].entry, "IOMMU_IOAS_UNMAP");
+      for (std::size_t r = k; r-- > 0;) {
+        std::uint64_t iova = order[r].run_iova;
+        if (order[r].va == 0 || map_one(order[r].va, order[r].length, &iova, true, order[r].prot) != 0) {
           e.rollback_failed = true;
         }
       }
       return e;
     }
-    removed.push_back(v);
   }
-  if (removed_segments) removed_segments->reserve(removed_segments->size() + taken.size());
-  for (const auto& [seg_iova, entry] : taken) {
-    segments_.erase(seg_iova);
-    if (removed_segments) removed_segments->push_back(seg_iova);
+  std::uint64_t bytes = 0;
+  if (released) released->reserve(released->size() + (pins_ ? hits.size() : 0));
+  const bool in_place = !va_stale_ && hits.size() <= kIncrementalIndex;
+  if (!in_place) va_stale_ = true;
+  for (const Hit& h : hits) {
+    Segment& s = h.seg->second;
+    if (in_place && s.va != 0) va_erase(s.va, s.iova);
+    bytes += s.length;
+    forget(s.iova, s.length);
+    release(std::move(s.pin), released);
+    segments_.erase(h.seg);
   }
-  by_va_stale_ = true;
+  if (removed_bytes) *removed_bytes = bytes;
   return {};
 }
 
-void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot) {
+void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t prot, Pin pin) {
   std::lock_guard<std::mutex> g(mu_);
-  index_pending();
-  segments_[iova] = Segment{iova, 0, length, prot, iova};
+  adopt_locked(iova, length, prot, std::move(pin));
 }
 
-int IoasMapper::unmap_all(std::uint64_t* unmapped) {
+void IoasMapper::adopt_locked(std::uint64_t iova, std::uint64_t length, std::uint32_t prot,
+                              Pin pin) {
+  index_pending();
+  if (pin) ++pins_;
+  // The kernel refuses to map over an area, so a stale entry here is only ever a leftover;
+  // its pin is parked, never dropped without the caller's lock.
+  if (auto old = segments_.find(iova); old != segments_.end()) release(std::move(old->second.pin), nullptr);
+  segments_.insert_or_assign(iova, Segment{iova, 0, length, prot, iova, std::move(pin)});
+  max_length_ = std::max(max_length_, length);
+  if (allocator_) record(iova, length);
+  va_stale_ = true;
+}
+
+Pin IoasMapper::pins_in_locked(std::uint64_t iova, std::uint64_t length) const {
+  index_pending();
+  auto shared = std::make_shared<std::vector<Pin>>();
+  if (length == 0) return {};
+  const std::uint64_t last = wraps(iova, length) ? std::numeric_limits<std::uint64_t>::max()
+                                                 : iova + (length - 1);
+  auto it = segments_.upper_bound(iova);
+  if (it != segments_.begin()) it = std::prev(it);
+  for (; it != segments_.end() && it->first <= last; ++it) {
+    const Segment& s = it->second;
+    if (s.iova + (s.length - 1) >= iova && s.pin) shared->push_back(s.pin);
+  }
+  if (shared->empty()) return {};
+  return shared;
+}
+
+int IoasMapper::copy_from(const IoasMapper& src, std::uint64_t src_iova, std::uint64_t length,
+                          std::uint64_t* iova, bool fixed, std::uint32_t prot) {
+  if ((prot & ~kProtMask) != 0 || (prot & kProtMask) == 0) return EINVAL;
+  // Both tables must stay still between the kernel's copy and the recording of its pins.
+  std::unique_lock<std::mutex> mine(mu_, std::defer_lock);
+  std::unique_lock<std::mutex> theirs(src.mu_, std::defer_lock);
+  if (&src == this) {
+    mine.lock();
+  } else {
+    std::lock(mine, theirs);
+  }
+  uapi::iommu_ioas_copy cmd{};
+  cmd.size = sizeof cmd;
+  cmd.flags = prot | (fixed ? uapi::IOMMU_IOAS_MAP_FIXED_IOVA : 0);
+  cmd.dst_ioas_id = ioas_id_;
+  cmd.src_ioas_id = src.ioas_id_;
+  cmd.length = length;
+  cmd.dst_iova = fixed ? *iova : 0;
+  cmd.src_iova = src_iova;
+  if (long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_COPY, &cmd); rc < 0) return static_cast<int>(-rc);
+  adopt_locked(cmd.dst_iova, length, prot, src.pins_in_locked(src_iova, length));
+  *iova = cmd.dst_iova;
+  return 0;
+}
+
+int IoasMapper::map_file(int file_fd, std::uint64_t offset, std::uint64_t length,
+                         std::uint64_t* iova, bool fixed, std::uint32_t prot) {
+  if ((prot & ~kProtMask) != 0 || (prot & kProtMask) == 0) return EINVAL;
+  std::lock_guard<std::mutex> g(mu_);
+  uapi::iommu_ioas_map_file cmd{};
+  cmd.size = sizeof cmd;
+  cmd.flags = prot | (fixed ? uapi::IOMMU_IOAS_MAP_FIXED_IOVA : 0);
+  cmd.ioas_id = ioas_id_;
+  cmd.fd = file_fd;
+  cmd.start = offset;
+  cmd.length = length;
+  cmd.iova = fixed ? *iova : 0;
+  if (long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_MAP_FILE, &cmd); rc < 0) return static_cast<int>(-rc);
+  adopt_locked(cmd.iova, length, prot, {});
+  *iova = cmd.iova;
+  return 0;
+}
+
+std::vector<Pin> IoasMapper::take_released() {
+  std::lock_guard<std::mutex> g(mu_);
+  return std::exchange(parked_, {});
+}
+
+int IoasMapper::enable_allocator(std::span<const IovaRange> usable) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (allocator_) return 0;
+  allocator_.emplace();
+  if (int rc = allocator_->restrict_to(usable)) {
+    allocator_.reset();
+    return rc;
+  }
+  usable_.assign(usable.begin(), usable.end());
+  index_pending();
+  for (const auto& [iova, s] : segments_) record(iova, s.length);
+  return 0;
+}
+
+bool IoasMapper::has_allocator() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return allocator_.has_value();
+}
+
+std::vector<IovaRange> IoasMapper::allocations() const {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<IovaRange> out;
+  if (!allocator_) return out;
+  allocator_->for_each([&](const IovaEntry& e) {
+    if (!e.reserved) out.push_back(IovaRange{e.start, e.last});
+  });
+  return out;
+}
+
+std::size_t IoasMapper::pin_count() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return pins_;
+}
+
+IoasMapper::~IoasMapper() {
+  // Whatever is still mapped may still be reached by a device: keep its memory referenced
+  // for the life of the process rather than free it under the kernel (see the header).
+  auto leak = [](Pin& p) {
+    if (p) new Pin(std::move(p));  // NOLINT: deliberate, documented leak
+  };
+  for (auto& [iova, s] : segments_) leak(s.pin);
+  for (Segment& s : pending_) leak(s.pin);
+  for (Pin& p : parked_) leak(p);
+}
+
+void IoasMapper::forget_all(std::vector<Pin>* released) {
+  std::lock_guard<std::mutex> g(mu_);
+  for (auto& [iova, s] : segments_) release(std::move(s.pin), released);
+  for (Segment& s : pending_) release(std::move(s.pin), released);
+  segments_.clear();
+  pending_.clear();
+  va_index_.clear();
+  va_stale_ = true;
+  if (allocator_) {
+    allocator_.emplace();
+    if (allocator_->restrict_to(usable_) != 0) allocator_.reset();
+  }
+}
+
+int IoasMapper::unmap_all(std::uint64_t* unmapped, std::vector<Pin>* released) {
   std::lock_guard<std::mutex> g(mu_);
   uapi::iommu_ioas_unmap cmd{};
   cmd.size = sizeof cmd;
@@ -363,9 +661,16 @@ int IoasMapper::unmap_all(std::uint64_t* unmapped) {
   cmd.length = std::numeric_limits<std::uint64_t>::max();
   long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_UNMAP, &cmd);
   if (rc < 0) return static_cast<int>(rc);
+  for (auto& [iova, s] : segments_) release(std::move(s.pin), released);
+  for (Segment& s : pending_) release(std::move(s.pin), released);
   segments_.clear();
   pending_.clear();
-  by_va_stale_ = true;
+  va_stale_ = true;
+  if (allocator_) {
+    // Everything is gone: start again from the usable ranges alone.
+    allocator_.emplace();
+    if (allocator_->restrict_to(usable_) != 0) allocator_.reset();
+  }
   *unmapped = cmd.length;
   return 0;
 }

@@ -108,8 +108,9 @@ __all__ = [
 
 
 def get_include() -> str:
-    """The directory holding fastmap_capi.h and capi.pxd, for C and Cython clients of
-    fastmap's C-level API (add it to include_dirs)."""
+    """The directory holding fastmap_capi.h (and fastmap_sim.h), for C and Cython clients
+    of fastmap's C-level API (add it to include_dirs; capi.pxd is cimported from the
+    package). The C API header lives in csrc/capi and is installed here as package data."""
     import os
 
     return os.path.dirname(os.path.abspath(__file__))

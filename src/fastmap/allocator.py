@@ -6,7 +6,8 @@ window. It finds the lowest fitting address (``fit="first"``) or the smallest fi
 (``fit="best"``) in O(log n), can keep a VA's offset inside a huge page so the IOMMU may use
 2 MiB / 1 GiB IOPTEs, and takes batches as numpy arrays in one call without the GIL.
 
-:class:`TranslationMap` answers "which IOVA is this VA" and back for mapped ranges.
+VA <-> IOVA translation of what an IOAS maps lives with its mappings, in the engine
+(`Ioas.translate_va` / `translate_va_bulk`); there is no second index.
 
 All addresses are Python ints in [0, 2**64 - 1]; a range is ``(start, last)`` with ``last``
 inclusive, so the whole 64-bit space is expressible.
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmap import _core
-from fastmap._u64 import U64_MAX, u64, u64_array
+from fastmap._checks import U64_MAX, u64, u64_array
 from fastmap.errors import (
     AllocationError,
     AllocatorError,
@@ -41,11 +42,9 @@ __all__ = [
     "InvalidRequestError",
     "IovaAllocator",
     "IovaRange",
-    "Mapping",
     "RangeInUseError",
     "RangeNotFoundError",
     "RangeReservedError",
-    "TranslationMap",
 ]
 
 DEFAULT_HUGE_PAGE_SIZES: tuple[int, ...] = (1 << 21, 1 << 30)
@@ -73,14 +72,6 @@ class IovaRange(NamedTuple):
 
     def __repr__(self) -> str:
         return f"IovaRange({self.start:#x}..{self.last:#x}, {self.length:#x} bytes)"
-
-
-class Mapping(NamedTuple):
-    """``length`` bytes at ``va`` in the process, mapped at ``iova``."""
-
-    va: int
-    iova: int
-    length: int
 
 
 # tuple.__new__ skips the NamedTuple's Python-level __new__: the hot paths build many.
@@ -428,89 +419,3 @@ class IovaAllocator:
 
 
 # ---- translation -----------------------------------------------------------------------------
-
-
-class TranslationMap:
-    """VA -> IOVA and IOVA -> VA lookups over mapped ranges, O(log n) each.
-
-    Mappings are disjoint in both spaces. Thread-safe; bulk lookups release the GIL.
-    """
-
-    def __init__(self) -> None:
-        self._m = _core.TranslationMap()
-
-    def insert(self, va: int, iova: int, length: int) -> None:
-        """Records that ``length`` bytes at ``va`` are mapped at ``iova``."""
-        v, i, n = _u64("va", va), _u64("iova", iova), _u64("length", length)
-        err = self._m.insert(v, i, n)
-        if err == 0:
-            return
-        e = -err
-        if e == errno.EEXIST:
-            raise RangeInUseError(
-                f"IOVA range [{i:#x}, +{n:#x}) overlaps a mapping",
-                e,
-                space="iova",
-                start=i,
-                last=i + n - 1,
-            )
-        if e == errno.EADDRINUSE:
-            raise RangeInUseError(
-                f"VA range [{v:#x}, +{n:#x}) overlaps a mapping (each VA translates to one IOVA)",
-                e,
-                space="va",
-                start=v,
-                last=v + n - 1,
-            )
-        if e == errno.ENOMEM:
-            raise MemoryError("TranslationMap.insert: out of host memory")
-        raise InvalidRequestError(
-            f"insert(va={v:#x}, iova={i:#x}, length={n:#x}): "
-            f"{'length is 0' if e == errno.EINVAL else 'a range wraps past 2**64'}",
-            e,
-        )
-
-    def remove(self, iova: int) -> Mapping:
-        """Removes the mapping that starts at ``iova`` and returns it."""
-        i = _u64("iova", iova)
-        err, va, start, length = self._m.remove(i)
-        if err != 0:
-            raise RangeNotFoundError(f"no mapping starts at IOVA {i:#x}", address=i)
-        return Mapping(va, start, length)
-
-    def translate_va(self, va: int) -> int | None:
-        return self._m.translate_va(_u64("va", va))
-
-    def translate_iova(self, iova: int) -> int | None:
-        return self._m.translate_iova(_u64("iova", iova))
-
-    def find_va(self, va: int) -> Mapping | None:
-        r = self._m.find_va(_u64("va", va))
-        return None if r is None else Mapping(*r)
-
-    def find_iova(self, iova: int) -> Mapping | None:
-        r = self._m.find_iova(_u64("iova", iova))
-        return None if r is None else Mapping(*r)
-
-    def bulk_translate_va(self, vas: npt.ArrayLike) -> tuple[U64Array, BoolArray]:
-        """(iovas, found): found[i] says whether vas[i] is mapped; iovas[i] is 0 where not."""
-        return self._m.translate_va_bulk(_u64_array("vas", vas))
-
-    def bulk_translate_iova(self, iovas: npt.ArrayLike) -> tuple[U64Array, BoolArray]:
-        """(vas, found), as bulk_translate_va the other way."""
-        return self._m.translate_iova_bulk(_u64_array("iovas", iovas))
-
-    def __len__(self) -> int:
-        return len(self._m)
-
-    def mappings(self) -> tuple[U64Array, U64Array, U64Array]:
-        """(vas, iovas, lengths) in IOVA order."""
-        return self._m.mappings()
-
-    def __iter__(self) -> Iterator[Mapping]:
-        vas, iovas, lengths = self._m.mappings()
-        for v, i, n in zip(vas.tolist(), iovas.tolist(), lengths.tolist(), strict=True):
-            yield Mapping(v, i, n)
-
-    def check_invariants(self) -> bool:
-        return self._m.check_invariants()

@@ -10,7 +10,7 @@ Runs of set bits ("ranges") are ``(N, 2)`` uint64 arrays of ``[first_page, page_
 in increasing page order; ``to_ranges`` never emits empty or touching runs.
 
 Every function checks its arguments and raises ValueError naming the argument and the bad
-value (a TypeError for a non-integer, as everywhere in fastmap: see fastmap._u64); the work
+value (a TypeError for a non-integer, as everywhere in fastmap: see fastmap._checks); the work
 itself runs in C++ without the GIL.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import _core
-from fastmap._u64 import u64, u64_pairs
+from fastmap._checks import u64, u64_pairs
 
 __all__ = [
     "convert",

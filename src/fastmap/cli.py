@@ -40,7 +40,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_map(args: argparse.Namespace) -> int:
-    from fastmap._tools.bench_map import SIZES, ratios, run_map_benchmark
+    from fastmap._tools.bench_map import SIZES, ratios, run_lifecycle_benchmark, run_map_benchmark
 
     kernel = _kernel(args)
     rows = run_map_benchmark(kernel, SIZES, repeat=args.repeat, scale=args.scale)
@@ -58,6 +58,22 @@ def cmd_bench_map(args: argparse.Namespace) -> int:
     )
     for size, rs in ratios(rows).items():
         print(f"{size}: " + ", ".join(f"{k} {v:.2f}x" for k, v in rs.items()))
+    life = run_lifecycle_benchmark(
+        kernel, max(1, int(100_000 * args.scale)), 4 << 10, repeat=max(1, args.repeat)
+    )
+    r = life.ratios
+    print(
+        f"whole operations, {life.entries:,} x 4 KiB (best of {max(1, args.repeat)}, one run):\n"
+        f"  map + first translate {life.map_indexed * 1e3:.1f} ms = "
+        f"{r['map_indexed_over_floor']:.2f}x the map floor ({life.map_floor * 1e3:.1f} ms; "
+        f"target <= 1.2x)\n"
+        f"  unmap_batch {life.unmap_batch * 1e3:.1f} ms = {r['unmap_batch_over_floor']:.2f}x "
+        f"the unmap floor ({life.unmap_floor * 1e3:.1f} ms; target <= 1.2x)\n"
+        f"  translate_va_bulk {r['translate_lookups_per_s'] / 1e6:.1f} M lookups/s "
+        f"(target >= 5 M/s)\n"
+        f"  {life.threads} IOASes mapped from {life.threads} threads: "
+        f"{r['separate_ioases_speedup']:.2f}x the serial time's speed"
+    )
     return 0
 
 

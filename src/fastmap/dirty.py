@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fastmap import _core, bitmap, uapi
-from fastmap._u64 import u64_pairs
+from fastmap._checks import u64_pairs
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel
 

@@ -29,6 +29,13 @@ class FastmapError(Exception):
     """Base of every error fastmap raises on purpose."""
 
 
+class RamInUseError(FastmapError, RuntimeError):
+    """A RamBlock was closed while a device mapping still holds it: unmap it first.
+    Nothing changed; `errno` is EBUSY."""
+
+    errno = _errno.EBUSY
+
+
 class KernelError(FastmapError, OSError):
     """A kernel call (open/close/ioctl/pread/pwrite) returned -errno.
 

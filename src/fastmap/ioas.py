@@ -5,13 +5,20 @@
         iovas = ioas.map_batch(vas, lengths)        # numpy arrays: one crossing into C++
         ioas.unmap(iova, len(buf))
 
-Every map goes through the C++ batch engine (`_core.IoasMapper`), which keeps a table of
-what it mapped, so batches are all or nothing and unmaps can be undone if a later one fails.
+Every map, copy and unmap goes through the C++ batch engine (`_core.IoasMapper`), in one
+crossing per call. The engine owns all of this IOAS's state: the table of what it mapped
+(so batches are all or nothing and unmaps can be undone if a later one fails), the one
+VA <-> IOVA translation index, the optional IOVA allocator of iovas="dense", and the pins.
+Its locking contract is in csrc/engine/map_engine.h and docs/thread-safety.md.
 
-Lifetime: a mapped Python buffer is pinned (its buffer export is held) until it is unmapped:
-it cannot be resized or freed while a device can reach it. Raw integer VAs are the caller's
-to keep alive. `close()` (or leaving the `with` block) unmaps everything, then destroys the
-IOAS, then releases the pins, in that order.
+Lifetime: a mapped Python buffer is pinned (its buffer export is held) by the mapping itself,
+in C++, until the unmap that removes the mapping from the kernel: it cannot be resized or
+freed while a device can reach it, whatever happens in Python (garbage collection of this
+object without `close()`, a KeyboardInterrupt mid-call, an unmap of the source of a
+`copy_from`). A copy keeps the source's pins. Raw integer VAs are the caller's to keep
+alive. `close()` (or leaving the `with` block) unmaps everything, releasing the pins, then
+destroys the IOAS. An Ioas collected without `close()` leaves its mappings in the kernel and
+keeps their memory referenced for the life of the process.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmap import _checks, _core, uapi
+from fastmap._checks import U64_MAX, u64_array
 from fastmap._closing import Closing
-from fastmap._u64 import U64_MAX, u64_array
-from fastmap.allocator import IovaAllocator, IovaRange
+from fastmap.allocator import AllocationError, InvalidRequestError, IovaRange
 from fastmap.errors import BatchError, KernelError
 from fastmap.kernel import Fd
 from fastmap.prot import Prot
@@ -58,11 +65,9 @@ class Ioas(Closing):
         closed, whatever later reuses its number); a bare number is trusted to stay open."""
         self._kernel = kernel
         self._iommufd = iommufd
-        self._id = ioas_id
+        self._id = _checks.integer("ioas_id", ioas_id, "u32")
         self._owned = owned
         self._core_mapper = _core.IoasMapper(kernel.core, int(iommufd), ioas_id)
-        self._pins: dict[int, _core.BufferPin] = {}  # segment iova -> pinned buffer
-        self._allocator: IovaAllocator | None = None  # made on first use of iovas="dense"
         self._closed = False
 
     @classmethod
@@ -99,6 +104,10 @@ class Ioas(Closing):
     def iommufd(self) -> int:
         return self._fd
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # --- single mappings ---------------------------------------------------------------
     def map(
         self,
@@ -107,35 +116,43 @@ class Ioas(Closing):
         iova: int | None = None,
         *,
         prot: Prot = Prot.RW,
+        keep: object = None,
     ) -> int:
         """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
 
         With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
         pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
+        `keep` (raw VAs only): an object the mapping holds until it is unmapped, e.g. the
+        owner of the memory (a RamBlock's lease).
         """
         prot = check_prot(prot)
         if iova is not None:
             iova = _checks.integer("iova", iova)
         pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
-        chosen, err = self._mapper.map_one(va, length, iova, prot)
-        if err is not None:
+        held: object = pin
+        if keep is not None:
             if pin is not None:
                 pin.release()
+                raise ValueError("keep= is for raw VAs: a mapped buffer is pinned already")
+            held = keep
+        # The mapping takes the pin inside the engine call: no Python step between the kernel
+        # map and its recording, so nothing (a signal included) can separate them.
+        chosen, err = self._mapper.map_one(va, length, iova, prot, held)
+        if err is not None:
+            _release_all([held])
             entry: dict[str, object] = {"va": va, "length": length}
             if iova is not None:
                 entry["iova"] = iova
             raise BatchError(err[0], err[2], 0, entry, None, err[3])
-        if pin is not None:
-            self._pins[chosen] = pin
-        self._record(chosen, length)
         return chosen
 
-    def unmap(self, iova: int, length: int) -> None:
+    def unmap(self, iova: int, length: int) -> int:
         """Unmap every mapping inside [iova, iova+length); each must lie wholly inside.
+        Returns the bytes unmapped.
 
         Raises BatchError (ENOENT) when nothing is mapped there or a mapping sticks out.
         """
-        self.unmap_batch([iova], [length])
+        return self.unmap_batch([iova], [length])
 
     def unmap_all(self) -> int:
         """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
@@ -144,8 +161,6 @@ class Ioas(Closing):
             raise KernelError.from_errno(
                 -rc, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
             )
-        self._release_pins(list(self._pins))
-        self._allocator = None  # rebuilt from the (now empty) IOAS on next use
         return ret
 
     # --- batches ---------------------------------------------------------------------------
@@ -158,6 +173,7 @@ class Ioas(Closing):
         prot: Prot = Prot.RW,
         coalesce: bool = False,
         threads: int = 1,
+        keep: Sequence[object] | None = None,
     ) -> U64Array:
         """Map entry i = `lengths[i]` bytes at raw VA `vas[i]`.
 
@@ -170,7 +186,8 @@ class Ioas(Closing):
         names entry k. `coalesce` merges neighbours contiguous in VA and IOVA into one kernel
         area (fewer ioctls; such a run can only be unmapped whole). `threads` > 1 submits
         fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
-        The caller keeps the memory at `vas` alive while mapped.
+        The caller keeps the memory at `vas` alive while mapped, or passes `keep`: one object
+        per entry (e.g. a RamBlock lease, or None) that its mapping holds until unmapped.
         """
         threads = _checks.integer("threads", threads, "u32")
         if threads < 1:
@@ -179,48 +196,54 @@ class Ioas(Closing):
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
         prot = check_prot(prot)
+        held = None if keep is None else list(keep)
+        if held is not None and len(held) != v.size:
+            raise ValueError(f"keep and vas differ in length: {len(held)} != {v.size}")
         if isinstance(iovas, str):
             if iovas == "kernel":
-                return self._run_map(v, ln, None, prot, coalesce, threads)
+                return self._run_map(v, ln, None, prot, coalesce, threads, keep=held)
             if iovas == "identity":
-                return self._run_map(v, ln, v, prot, coalesce, threads)
+                return self._run_map(v, ln, v, prot, coalesce, threads, keep=held)
             if iovas == "dense":
-                alloc = self.allocator
+                self._enable_allocator()
                 align = max(self.iova_alignment, 1)
-                chosen = alloc.bulk_alloc(ln, align=align, hint_vas=v)
-                try:
-                    return self._run_map(v, ln, chosen, prot, coalesce, threads, allocated=True)
-                except BaseException:
-                    alloc.bulk_free(chosen)
-                    raise
+                return self._run_map(
+                    v, ln, None, prot, coalesce, threads, dense=True, align=align, keep=held
+                )
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
             fixed = u64_array("iovas", iovas)
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
-        return self._run_map(v, ln, fixed, prot, coalesce, threads)
+        return self._run_map(v, ln, fixed, prot, coalesce, threads, keep=held)
 
-    @property
-    def allocator(self) -> IovaAllocator:
-        """fastmap's IOVA allocator for this IOAS (made on first use): the IOAS's usable
-        ranges (IOMMU_IOAS_IOVA_RANGES) less the first and last page (as the kernel's own
-        choice never returns IOVA 0), with everything mapped so far taken. Every later map
-        through this Ioas is recorded in it, and unmaps free their ranges."""
-        if self._allocator is None:
-            lo, hi = _PAGE, U64_MAX - _PAGE
-            usable = [
-                (max(r.start, lo), min(r.last, hi))
-                for r in self.iova_ranges()
-                if max(r.start, lo) <= min(r.last, hi)
-            ]
-            self._allocator = IovaAllocator(usable)
-            for seg in self._mapper.segments():
-                self._record(seg.iova, seg.length)
-        return self._allocator
+    def _enable_allocator(self) -> None:
+        """Give the engine its IOVA allocator (once): the IOAS's usable ranges
+        (IOMMU_IOAS_IOVA_RANGES) less the first and last page (as the kernel's own choice
+        never returns IOVA 0), with everything mapped so far taken. From then on the engine
+        records every map and frees every unmap in it, under its own lock."""
+        if self._mapper.has_allocator:
+            return
+        lo, hi = _PAGE, U64_MAX - _PAGE
+        usable = [
+            (max(r.start, lo), min(r.last, hi))
+            for r in self.iova_ranges()
+            if max(r.start, lo) <= min(r.last, hi)
+        ]
+        rc = self._mapper.enable_allocator(usable)
+        if rc < 0:
+            raise KernelError.from_errno(-rc, "allocator", {"ioas_id": self._id})
 
-    def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> None:
-        """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing."""
+    def allocations(self) -> list[IovaRange]:
+        """The ranges the engine's IOVA allocator holds (empty before the first
+        iovas="dense" map): everything mapped through this Ioas, clipped to the usable
+        ranges."""
+        return [IovaRange(s, last) for s, last in self._mapper.allocations()]
+
+    def unmap_batch(self, iovas: npt.ArrayLike, lengths: npt.ArrayLike) -> int:
+        """Unmap entry i = [iovas[i], iovas[i]+lengths[i]); all or nothing. Returns the
+        bytes unmapped."""
         io, ln = u64_array("iovas", iovas), u64_array("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
@@ -236,10 +259,7 @@ class Ioas(Closing):
                 hint,
                 rollback_failed,
             )
-        if self._pins:
-            self._release_pins(removed.tolist())
-        if self._allocator is not None and removed.size:
-            self._free_iovas(removed)
+        return int(removed)
 
     def _run_map(
         self,
@@ -249,14 +269,20 @@ class Ioas(Closing):
         prot: int,
         coalesce: bool,
         threads: int,
-        allocated: bool = False,
+        *,
+        dense: bool = False,
+        align: int = 1,
+        keep: list[object] | None = None,
     ) -> U64Array:
-        out, err = self._mapper.map(vas, lengths, iovas, prot, coalesce, threads)
-        if err is None and self._allocator is not None and not allocated:
-            for iova, length in zip(out.tolist(), lengths.tolist(), strict=True):
-                self._record(iova, length)
+        # One crossing: the engine maps, records, pins and (dense) allocates together.
+        out, err = self._mapper.map(
+            vas, lengths, iovas, prot, coalesce, threads, dense, align, keep
+        )
         if err is not None:
+            _release_all(keep or [])
             errno_value, index, call, rollback_failed = err
+            if call == "allocator":
+                raise _allocator_error(errno_value, index, int(lengths[index]), align)
             entry: dict[str, object] = {"va": int(vas[index]), "length": int(lengths[index])}
             if iovas is not None:
                 entry["iova"] = int(iovas[index])
@@ -322,22 +348,17 @@ class Ioas(Closing):
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
-        flags = int(check_prot(prot))
-        if dst_iova is not None:
-            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
-        cmd = uapi.new(
-            uapi.iommu_ioas_copy,
-            flags=flags,
-            dst_ioas_id=self._id,
-            src_ioas_id=src.id,
-            length=length,
-            dst_iova=dst_iova or 0,
-            src_iova=src_iova,
-        )
-        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_COPY, cmd)
-        self._mapper.adopt(int(cmd.dst_iova), length, check_prot(prot))
-        self._record(int(cmd.dst_iova), length)
-        return int(cmd.dst_iova)
+        prot = check_prot(prot)
+        # The engine copies and records in one step; the new area holds the source's pins.
+        err, iova = self._mapper.copy_from(src._mapper, src_iova, length, dst_iova, prot)
+        if err:
+            raise KernelError.from_errno(
+                err,
+                "IOMMU_IOAS_COPY",
+                {"dst_ioas_id": self._id, "src_ioas_id": src.id, "src_iova": src_iova,
+                 "length": length, "dst_iova": dst_iova},
+            )
+        return int(iova)
 
     def map_file(
         self,
@@ -350,22 +371,14 @@ class Ioas(Closing):
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
         `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
-        flags = int(check_prot(prot))
-        if iova is not None:
-            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
-        cmd = uapi.new(
-            uapi.iommu_ioas_map_file,
-            flags=flags,
-            ioas_id=self._id,
-            fd=fd,
-            start=offset,
-            length=length,
-            iova=iova or 0,
-        )
-        self._kernel.ioctl(self._fd, uapi.IOMMU_IOAS_MAP_FILE, cmd)
-        self._mapper.adopt(int(cmd.iova), length, check_prot(prot))
-        self._record(int(cmd.iova), length)
-        return int(cmd.iova)
+        err, chosen = self._mapper.map_file(fd, offset, length, iova, check_prot(prot))
+        if err:
+            raise KernelError.from_errno(
+                err,
+                "IOMMU_IOAS_MAP_FILE",
+                {"ioas_id": self._id, "fd": fd, "start": offset, "length": length, "iova": iova},
+            )
+        return int(chosen)
 
     @property
     def huge_pages(self) -> bool:
@@ -396,9 +409,20 @@ class Ioas(Closing):
         """An IOVA at which `va` is mapped (the lowest), or None. O(log n), like vtophys."""
         return self._mapper.translate_va(_checks.integer("va", va))
 
+    def translate_va_bulk(self, vas: npt.ArrayLike) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        """translate_va of every entry in one call: (iovas, found); iovas[i] is 0 where
+        found[i] is False."""
+        return self._mapper.translate_va_bulk(u64_array("vas", vas))
+
+    def translate_iova_bulk(
+        self, iovas: npt.ArrayLike
+    ) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+        """translate_iova of every entry in one call: (vas, found)."""
+        return self._mapper.translate_iova_bulk(u64_array("iovas", iovas))
+
     def _c_mapper(self) -> object:
-        """A PyCapsule of this IOAS's mapper for the C API (fastmap/fastmap_capi.h, cimport
-        fastmap.capi). Valid while this Ioas lives."""
+        """A PyCapsule of this IOAS's mapper for the C API (fastmap_capi.h in
+        fastmap.get_include(); cimport fastmap.capi). Valid while this Ioas lives."""
         return self._mapper.capsule()
 
     # --- introspection -----------------------------------------------------------------------
@@ -410,18 +434,23 @@ class Ioas(Closing):
         return len(self._mapper)
 
     def pinned(self, iova: int) -> bool:
-        """Whether a Python buffer mapped at `iova` is held pinned."""
-        return iova in self._pins
+        """Whether the mapping at `iova` holds a pin (a Python buffer, or a copy's source)."""
+        return any(s.iova == iova and s.pinned for s in self._mapper.segments())
+
+    @property
+    def pin_count(self) -> int:
+        """How many mappings hold a pin."""
+        return self._mapper.pin_count
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Unmap everything, destroy the IOAS (if owned), then release the buffer pins."""
+        """Unmap everything (releasing the pins), then destroy the IOAS (if owned)."""
         if self._closed:
             return
         if self._fd_gone():
             # Closing the iommufd destroyed the IOAS with everything in it (the kernel
             # unmapped and unpinned): forget it without touching a number someone may reuse.
-            self._release_pins(list(self._pins))
+            self._core_mapper.forget_all()
             self._closed = True
             return
         try:
@@ -434,7 +463,8 @@ class Ioas(Closing):
         if self._owned:
             cmd = uapi.new(uapi.iommu_destroy, id=self._id)
             self._kernel.ioctl(self._fd, uapi.IOMMU_DESTROY, cmd)
-            self._release_pins(list(self._pins))
+            # The kernel dropped every mapping with the IOAS: now the pins may go.
+            self._core_mapper.forget_all()
         self._closed = True
 
     def __repr__(self) -> str:
@@ -476,30 +506,31 @@ class Ioas(Closing):
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length
 
-    def _free_iovas(self, iovas: U64Array) -> None:
-        alloc = self._allocator
-        assert alloc is not None
-        for iova in iovas.tolist():
-            # A mapping at IOVA 0 was recorded from the second page on; its remainder stays
-            # taken until unmap_all rather than risk freeing a neighbour's range.
-            held = alloc.find(iova) if iova >= _PAGE else None
-            if held is not None and held.start == iova and not alloc.is_reserved(iova):
-                alloc.free(iova)
 
-    def _record(self, iova: int, length: int) -> None:
-        """Tell the allocator (if there is one) about a range mapped some other way; only
-        the part inside the allocator's window matters (it never hands out the rest)."""
-        if self._allocator is None or length == 0:
-            return
-        start, last = max(iova, _PAGE), min(iova + length - 1, U64_MAX - _PAGE)
-        if start <= last:
-            self._allocator.alloc_fixed(start, last - start + 1)
+def _release_all(held: Iterable[object]) -> None:
+    """A failed map hands back what it was given to keep: release what can be released
+    (buffer pins, RAM leases) now rather than when the last reference (perhaps a traceback)
+    goes."""
+    for obj in held:
+        release = getattr(obj, "release", None)
+        if callable(release):
+            release()
 
-    def _release_pins(self, iovas: Sequence[int]) -> None:
-        for iova in iovas:
-            pin = self._pins.pop(iova, None)
-            if pin is not None:
-                pin.release()
+
+def _allocator_error(err: int, index: int, length: int, align: int) -> Exception:
+    """The typed error for an allocator refusal inside a "dense" batch."""
+    if err == _errno.ENOSPC:
+        return AllocationError(
+            f"no free IOVA range holds lengths[{index}] = {length:#x} (align {align:#x})",
+            length=length,
+            align=align,
+            index=index,
+        )
+    return InvalidRequestError(
+        f"lengths[{index}] = {length:#x} cannot be allocated ({_errno.errorcode.get(err, err)})",
+        err,
+        index,
+    )
 
 
 def page_size() -> int:

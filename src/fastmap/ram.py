@@ -10,9 +10,12 @@ A `RamBlock` owns its memory (an mmap) and, for the file-backed kinds, the file:
 The memory is the same whichever kernel the devices use: the simulated kernel runs in
 this process and pins and translates these very pages.
 
-Lifetime: devices may DMA into a block while it is mapped in a container. `close()` (or
-`AddressSpace.remove_ram`, which unmaps it from every container first) releases it; after
-that its address must not be used.
+Lifetime: devices may DMA into a block while it is mapped in a container. Every mapping of
+a block holds one of its leases (`lease()`, passed as `Ioas.map(..., keep=lease)`), and the
+engine drops a lease only with the unmap that removes its mapping from the kernel. `close()`
+refuses (RamInUseError) while any lease is held: the memory would be unmapped from the
+process while a device can still write it, and the next mmap at that address would receive
+those writes. Unmap first (`AddressSpace.remove_ram` unmaps from every container first).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from fastmap import _checks
 from fastmap._closing import Closing
 from fastmap._libc import MAP_FAILED as _MAP_FAILED
 from fastmap._libc import libc as _libc
-from fastmap.errors import FastmapError
+from fastmap.errors import FastmapError, RamInUseError
 from fastmap.prot import Prot
 from fastmap.prot import check as check_prot
 
@@ -62,6 +65,27 @@ def free_hugepages(page_size: int) -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 0
+
+
+class RamLease:
+    """Held by each mapping of a RamBlock: the block cannot be closed while one lives.
+
+    A lease given to a map call belongs to the mapping: the engine drops it with the unmap,
+    and a failed map releases it at once (an exception's traceback may outlive the call)."""
+
+    __slots__ = ("_block",)
+
+    def __init__(self, block: RamBlock) -> None:
+        self._block: RamBlock | None = block
+        block._leases += 1
+
+    def release(self) -> None:
+        block, self._block = self._block, None
+        if block is not None:
+            block._leases -= 1
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class RamBlock(Closing):
@@ -102,6 +126,7 @@ class RamBlock(Closing):
         self.name = name or f"{kind}@{gpa:#x}"
         self.fd: int | None = None
         self._va: int | None = None
+        self._leases = 0  # mappings holding this block (see RamLease)
         self._allocate()
 
     def _allocate(self) -> None:
@@ -179,8 +204,24 @@ class RamBlock(Closing):
         ctypes.memmove(self._check(offset, len(payload)), payload, len(payload))
 
     # --- lifetime ------------------------------------------------------------------------------
+    def lease(self) -> RamLease:
+        """A lease for one mapping of this block: pass it as `Ioas.map(..., keep=...)`."""
+        self.va  # refuses a closed block  # noqa: B018
+        return RamLease(self)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether a mapping (for a device) still holds this block."""
+        return self._leases > 0
+
     def close(self) -> None:
-        """Release the memory (idempotent). Unmap it from every device first."""
+        """Release the memory (idempotent). Refused with RamInUseError while a device
+        mapping still holds the block: unmap it first."""
+        if self._leases:
+            raise RamInUseError(
+                f"RAM block {self.name} is still mapped for a device ({self._leases} "
+                "mapping(s)); unmap it (AddressSpace.remove_ram) before closing it"
+            )
         va, self._va = self._va, None
         if va is not None:
             _libc.munmap(va, self.length)

@@ -332,7 +332,7 @@ def test_kernel_auto_domains(fk: FaultyKernel, space: AddressSpace) -> None:
     with IOMMUFDBackend(kernel=fk) as be:
         da = VFIODevice(a, kernel=fk).attach(space, be, hwpt_alloc=False)
         db = VFIODevice(b, kernel=fk).attach(space, be, hwpt_alloc=False)
-        assert da.hwpt is db.hwpt and da.hwpt is not None and da.hwpt.kernel_owned
+        assert da.hwpt is db.hwpt and da.hwpt is not None and da.hwpt.auto_domain
         assert not any(e.startswith("IOMMU_HWPT_ALLOC") for e in fk.log)
         hwpt = da.hwpt.id
         da.detach()

@@ -162,3 +162,97 @@ def ratios(rows: list[MapRow]) -> dict[str, dict[str, float]]:
             entry["parallel_over_floor"] = t["batch-parallel"] / t["floor"]
         out[size] = entry
     return out
+
+
+# --- whole operations: map with its index, unmap, translate ---------------------------------
+@dataclass(frozen=True)
+class Lifecycle:
+    """Best-of-repeat seconds for `entries` fixed-IOVA maps of `length` bytes, each fastmap
+    operation timed whole (deferred work included) next to the C++ floor on the same seam."""
+
+    entries: int
+    length: int
+    map_floor: float  # _core.map_loop: a bare loop of IOMMU_IOAS_MAP
+    map_indexed: float  # Ioas.map_batch, then the first translate_va (builds the index)
+    unmap_floor: float  # _core.unmap_loop: a bare loop of IOMMU_IOAS_UNMAP
+    unmap_batch: float  # Ioas.unmap_batch of everything map_batch made
+    translate_bulk: float  # Ioas.translate_va_bulk of every entry's VA (index built)
+    threads: int
+    separate_serial: float  # `threads` IOASes, each mapping entries/threads, one at a time
+    separate_parallel: float  # the same from `threads` Python threads at once
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {
+            "map_indexed_over_floor": self.map_indexed / self.map_floor,
+            "unmap_batch_over_floor": self.unmap_batch / self.unmap_floor,
+            "translate_lookups_per_s": self.entries / self.translate_bulk,
+            "separate_ioases_speedup": self.separate_serial / self.separate_parallel,
+        }
+
+
+def run_lifecycle_benchmark(
+    kernel: Kernel, entries: int = 100_000, length: int = 4 << 10, repeat: int = 3,
+    threads: int = 2,
+) -> Lifecycle:
+    """Time each whole operation against its floor, interleaved within each round."""
+    import threading
+
+    region, vas, lengths, iovas = _layout(entries, length)
+    fd = kernel.open("/dev/iommu")
+    best: dict[str, float] = {}
+
+    def keep(name: str, seconds: float) -> None:
+        best[name] = min(best.get(name, float("inf")), seconds)
+
+    def separate(parallel: bool) -> float:
+        ioases = [Ioas.allocate(kernel, fd) for _ in range(threads)]
+        parts = np.array_split(np.arange(entries), threads)
+        jobs = [
+            (io, vas[p], lengths[p], iovas[p]) for io, p in zip(ioases, parts, strict=True)
+        ]
+        t0 = time.perf_counter()
+        if parallel:
+            pool = [threading.Thread(target=io.map_batch, args=(v, n, i)) for io, v, n, i in jobs]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+        else:
+            for io, v, n, i in jobs:
+                io.map_batch(v, n, i)
+        dt = time.perf_counter() - t0
+        for io in ioases:
+            io.close()
+        return dt
+
+    try:
+        for _ in range(repeat):
+            with Ioas.allocate(kernel, fd) as io:
+                t0 = time.perf_counter()
+                rc = _core.map_loop(kernel.core, fd, io.id, vas, lengths, iovas, _PROT)
+                keep("map_floor", time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                rc = rc or _core.unmap_loop(kernel.core, fd, io.id, iovas, lengths)
+                keep("unmap_floor", time.perf_counter() - t0)
+                if rc < 0:
+                    raise OSError(-rc, "map_loop/unmap_loop failed")
+            with Ioas.allocate(kernel, fd) as io:
+                t0 = time.perf_counter()
+                io.map_batch(vas, lengths, iovas)
+                io.translate_va(int(vas[0]))
+                keep("map_indexed", time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                got, found = io.translate_va_bulk(vas)
+                keep("translate_bulk", time.perf_counter() - t0)
+                if not found.all() or not (got == iovas).all():
+                    raise AssertionError("translate_va_bulk disagrees with the map")
+                t0 = time.perf_counter()
+                io.unmap_batch(iovas, lengths)
+                keep("unmap_batch", time.perf_counter() - t0)
+            keep("separate_serial", separate(False))
+            keep("separate_parallel", separate(True))
+    finally:
+        kernel.close(fd)
+        region.close()
+    return Lifecycle(entries=entries, length=length, threads=threads, **best)

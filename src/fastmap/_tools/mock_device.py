@@ -234,7 +234,7 @@ class MockOps(IommufdOps):
         dev.hwpt = None
         if not hwpt.devices:
             container.hwpts.remove(hwpt)
-            if not hwpt.kernel_owned:
+            if not hwpt.auto_domain:
                 self.backend.free_id(hwpt.id)
 
 

@@ -38,7 +38,6 @@ from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind
 from fastmap.prot import Prot
-from fastmap.prot import check as check_prot
 from fastmap.seam import open_kernel
 
 log = logging.getLogger("fastmap.backend")
@@ -116,6 +115,8 @@ class IOMMUFDBackend:
         self._fd: Fd | None = None if fd is None else Fd(self.kernel, fd, owned=False)
         self.users = 0
         self.unmap_enoent_ok = unmap_enoent_ok
+        # IOAS id -> the Ioas whose engine owns its mappings (map_dma/unmap_dma use it).
+        self._ioases: dict[int, Ioas] = {}
 
     # --- connection ----------------------------------------------------------------------
     @property
@@ -160,6 +161,7 @@ class IOMMUFDBackend:
         self.users -= 1
         if self.users == 0 and self.owned and self._fd is not None:
             fd, self._fd = self._fd, None
+            self._ioases.clear()  # their IOASes die with the fd
             try:
                 fd.close()
             except KernelError as e:
@@ -191,7 +193,9 @@ class IOMMUFDBackend:
     def alloc_ioas(self) -> Ioas:
         """IOMMU_IOAS_ALLOC: a new IOAS. Its `close()` unmaps everything and destroys it;
         close it before the backend's last disconnect."""
-        return Ioas.allocate(self.kernel, self.fd_object)
+        ioas = Ioas.allocate(self.kernel, self.fd_object)
+        self._ioases[ioas.id] = ioas
+        return ioas
 
     @contextmanager
     def ioas(self) -> Iterator[Ioas]:
@@ -236,32 +240,50 @@ class IOMMUFDBackend:
         return int(cmd.out_hwpt_id)
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
+    def _ioas_for(self, ioas_id: int) -> Ioas:
+        """The Ioas (and so the engine) that owns IOAS `ioas_id`'s mappings: the one this
+        backend allocated, or an unowned view made on first use."""
+        ioas = self._ioases.get(ioas_id)
+        if ioas is None or ioas.closed:
+            ioas = Ioas(self.kernel, self.fd_object, ioas_id, owned=False)
+            self._ioases[ioas_id] = ioas
+        return ioas
+
     def map_dma(
         self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
     ) -> None:
-        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`.
-        An EFAULT usually means `va` is a PCI BAR mapping (iommufd cannot map MMIO)."""
-        flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | int(check_prot(prot))
-        cmd = uapi.new(
-            uapi.iommu_ioas_map, flags=flags, ioas_id=ioas_id, user_va=va, length=length, iova=iova
-        )
-        self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_MAP, cmd)
+        """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`, through the IOAS's
+        engine like every other mapping. An EFAULT usually means `va` is a PCI BAR mapping
+        (iommufd cannot map MMIO)."""
+        try:
+            self._ioas_for(ioas_id).map(va, length, iova, prot=prot)
+        except KernelError as e:
+            raise KernelError.from_errno(
+                e.errno,
+                "IOMMU_IOAS_MAP",
+                {"ioas_id": ioas_id, "iova": iova, "length": length, "user_va": va},
+                e.hint,
+            ) from e
 
     def unmap_dma(
         self, ioas_id: int, iova: int, length: int, *, enoent_ok: bool | None = None
     ) -> int:
-        """IOMMU_IOAS_UNMAP; returns the bytes unmapped. With `enoent_ok` (default: the
-        backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts as success and
-        returns 0."""
-        cmd = uapi.new(uapi.iommu_ioas_unmap, ioas_id=ioas_id, iova=iova, length=length)
+        """IOMMU_IOAS_UNMAP through the IOAS's engine; returns the bytes unmapped. With
+        `enoent_ok` (default: the backend's `unmap_enoent_ok`, True as in QEMU) ENOENT counts
+        as success and returns 0."""
         try:
-            self.kernel.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, cmd)
+            return self._ioas_for(ioas_id).unmap(iova, length)
         except KernelError as e:
             ok = self.unmap_enoent_ok if enoent_ok is None else enoent_ok
             if ok and e.errno == _errno.ENOENT:
                 return 0
-            raise
-        return int(cmd.length)
+            # One range, so the errno-typed error (NotFoundError...) rather than BatchError.
+            raise KernelError.from_errno(
+                e.errno,
+                "IOMMU_IOAS_UNMAP",
+                {"ioas_id": ioas_id, "iova": iova, "length": length},
+                e.hint,
+            ) from e
 
     # --- dirty tracking ----------------------------------------------------------------------
     def set_dirty_tracking(self, hwpt_id: int, start: bool) -> None:

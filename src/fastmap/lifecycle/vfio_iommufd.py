@@ -77,7 +77,7 @@ class Hwpt:
     devices: list[VFIODevice] = field(default_factory=list)
     #: An auto domain: created by the kernel for an attach to the IOAS (hwpt_alloc=False);
     #: the kernel destroys it with its last device, so it is never freed from here.
-    kernel_owned: bool = False
+    auto_domain: bool = False
 
     @property
     def dirty_tracking(self) -> bool:
@@ -113,6 +113,7 @@ class IommufdContainer(Container):
                     [s.length for s in batch],
                     [s.gpa for s in batch],
                     prot=prot,
+                    keep=[s.lease() for s in batch],  # the block cannot close while mapped
                 )
                 done.extend(batch)
         except BaseException:
@@ -487,7 +488,7 @@ def _attach_kernel_domain(dev: VFIODevice, container: IommufdContainer) -> None:
     hwpt_id = attach_pt(dev.fd, container.ioas_id)
     hwpt = next((h for h in container.hwpts if h.id == hwpt_id), None)
     if hwpt is None:
-        hwpt = Hwpt(hwpt_id, 0, kernel_owned=True)
+        hwpt = Hwpt(hwpt_id, 0, auto_domain=True)
         container.hwpts.insert(0, hwpt)
     hwpt.devices.insert(0, dev)
     dev.hwpt = hwpt
@@ -512,7 +513,7 @@ def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
     dev.hwpt = None
     if not hwpt.devices:
         container.hwpts.remove(hwpt)
-        if not hwpt.kernel_owned:
+        if not hwpt.auto_domain:
             container.backend.free_id(hwpt.id)
 
 

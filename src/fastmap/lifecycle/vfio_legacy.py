@@ -46,7 +46,7 @@ from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
 from fastmap.prot import Prot
 from fastmap.prot import check as check_prot
-from fastmap.ram import PAGE_SIZE, RamBlock
+from fastmap.ram import PAGE_SIZE, RamBlock, RamLease
 
 if TYPE_CHECKING:
     from fastmap.lifecycle.address_space import AddressSpace
@@ -95,6 +95,7 @@ class LegacyContainer(Container):
         self.kernel = fd.kernel
         self.iommu_type = iommu_type
         self.groups: list[VfioGroup] = []
+        self._leases: dict[int, tuple[int, RamLease]] = {}  # gpa -> (size, lease)
         self.dma_max_mappings = DEFAULT_DMA_MAX_MAPPINGS
         self.dirty_pgsizes = 0
         self.max_dirty_bitmap_size = 0
@@ -144,6 +145,8 @@ class LegacyContainer(Container):
         try:
             for s in sections:
                 self.dma_map(s.va, s.length, s.gpa, s.prot)
+                # Type1 has no engine: the container holds the block's lease per mapping.
+                self._leases[s.gpa] = (s.length, s.lease())
                 done.append(s)
         except BaseException:
             for s in reversed(done):
@@ -176,6 +179,12 @@ class LegacyContainer(Container):
             return
         cmd = uapi.new(uapi.vfio_iommu_type1_dma_unmap, flags=0, iova=iova, size=length)
         self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
+        self._drop_leases(iova, length)
+
+    def _drop_leases(self, iova: int, size: int) -> None:
+        """After a successful unmap: the blocks wholly inside it may close again."""
+        for gpa in [g for g, (n, _) in self._leases.items() if iova <= g and g + n <= iova + size]:
+            del self._leases[gpa]
 
     def _unmap_with_dirty_bitmap(self, iova: int, length: int) -> None:
         """QEMU's vfio_dma_unmap_bitmap: UNMAP_DMA with GET_DIRTY_BITMAP returns the range's
@@ -195,6 +204,7 @@ class LegacyContainer(Container):
         cmd.bitmap.size = bits.nbytes
         cmd.bitmap.data = bits.ctypes.data
         self.fd.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, cmd)
+        self._drop_leases(iova, length)
         self._report_unmapped_dirty(iova, length, bits)
 
     # --- dirty pages: VFIO_IOMMU_DIRTY_PAGES ---------------------------------------------------
@@ -238,6 +248,7 @@ class LegacyContainer(Container):
         if self in self.space.containers:
             self.space.containers.remove(self)
         self.fd.close()
+        self._leases.clear()  # the kernel dropped every mapping with the container
 
     def __repr__(self) -> str:
         return (

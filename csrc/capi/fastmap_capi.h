@@ -1,6 +1,7 @@
 /* fastmap's C-level API for the hot path: map, unmap and translate with no interpreter in
- * between. The one definition, used by the extension (csrc/engine/c_api.cc) and by
- * Cython/C clients (fastmap/capi.pxd; include directory: fastmap.get_include()).
+ * between. The one definition, used by the extension (csrc/capi/c_api.cc) and by
+ * Cython/C clients (fastmap/capi.pxd; include directory: fastmap.get_include()). It lives
+ * beside the C API in csrc/capi and is installed into the fastmap package as data.
  *
  * Get the table with PyCapsule_Import(FASTMAP_CAPI_CAPSULE, 0) and check `version`; get a
  * mapper from an Ioas with PyCapsule_GetPointer(ioas._c_mapper(), FASTMAP_MAPPER_CAPSULE).
