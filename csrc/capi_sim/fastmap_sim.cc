@@ -11,6 +11,7 @@
 
 #include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
+#include "sim/core/fail_nth.h"
 #include "sim/core/user_memory.h"
 #include "sim/vfio/machine.h"
 
@@ -268,4 +269,12 @@ FASTMAP_SIM_EXPORT int fastmap_sim_table_drop(fastmap_sim* sim, int table) {
 FASTMAP_SIM_EXPORT void fastmap_sim_set_thread_task(int table, pid_t mm_pid) {
   SimKernel::set_thread_table(table);
   fastmap::sim::set_thread_remote_mm(mm_pid);
+}
+
+FASTMAP_SIM_EXPORT void fastmap_sim_fail_nth_set(unsigned n) { fastmap::sim::fail_nth_set(n); }
+
+FASTMAP_SIM_EXPORT unsigned fastmap_sim_fail_nth_get(void) { return fastmap::sim::fail_nth_get(); }
+
+FASTMAP_SIM_EXPORT unsigned long long fastmap_sim_fail_nth_injected(void) {
+  return fastmap::sim::fail_nth_injected();
 }

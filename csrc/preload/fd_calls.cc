@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "preload/fail_nth.h"
 #include "preload/preload.h"
 #include "preload/real.h"
 #include "preload/stat_fill.h"
@@ -82,6 +83,7 @@ int dup_to(int oldfd, int newfd, int flags, bool is_dup2) {
 extern "C" {
 
 int close(int fd) {
+  failnth_forget(fd);
   if (is_simfd(fd)) drop_sim(fd);
   return FASTMAP_REAL("close", int (*)(int))(fd);
 }
@@ -168,6 +170,7 @@ int ioctl(int fd, unsigned long request, ...) noexcept {
 }
 
 ssize_t read(int fd, void* buf, size_t n) {
+  if (is_failnth_fd(fd)) return set_errno(failnth_read(fd, buf, n, -1));
   if (is_simfd(fd)) return set_errno(rw(Op::kRead, fd, buf, n));
   return FASTMAP_REAL("read", ssize_t (*)(int, void*, size_t))(fd, buf, n);
 }
@@ -175,11 +178,13 @@ ssize_t read(int fd, void* buf, size_t n) {
 ssize_t __read_chk(int fd, void* buf, size_t n, size_t) { return read(fd, buf, n); }
 
 ssize_t write(int fd, const void* buf, size_t n) {
+  if (is_failnth_fd(fd)) return set_errno(failnth_write(fd, buf, n));
   if (is_simfd(fd)) return set_errno(rw(Op::kWrite, fd, buf, n));
   return FASTMAP_REAL("write", ssize_t (*)(int, const void*, size_t))(fd, buf, n);
 }
 
 ssize_t pread(int fd, void* buf, size_t n, off_t off) {
+  if (is_failnth_fd(fd)) return set_errno(off < 0 ? -EINVAL : failnth_read(fd, buf, n, off));
   if (is_simfd(fd)) return set_errno(rw(Op::kPread, fd, buf, n, off));
   return FASTMAP_REAL("pread", ssize_t (*)(int, void*, size_t, off_t))(fd, buf, n, off);
 }
@@ -190,6 +195,7 @@ ssize_t __pread64_chk(int fd, void* buf, size_t n, off64_t off, size_t) {
 }
 
 ssize_t pwrite(int fd, const void* buf, size_t n, off_t off) {
+  if (is_failnth_fd(fd)) return set_errno(off < 0 ? -EINVAL : failnth_write(fd, buf, n));
   if (is_simfd(fd)) return set_errno(rw(Op::kPwrite, fd, buf, n, off));
   return FASTMAP_REAL("pwrite", ssize_t (*)(int, const void*, size_t, off_t))(fd, buf, n, off);
 }

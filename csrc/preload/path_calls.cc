@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "preload/fail_nth.h"
 #include "preload/preload.h"
 #include "preload/real.h"
 #include "preload/stat_fill.h"
@@ -93,8 +94,12 @@ int sim_open(const char* path, int flags) {
 }
 
 int open_common(const char* path, int flags, mode_t mode, const char* real_name, int dirfd) {
-  const int r = (dirfd == AT_FDCWD || (path && path[0] == '/')) ? sim_open(path, flags) : kNotOurs;
+  const bool absolute = path && path[0] == '/';
+  int r = absolute ? failnth_open(path, flags) : kNotOurs;
+  if (r == kNotOurs && (dirfd == AT_FDCWD || absolute)) r = sim_open(path, flags);
   if (r != kNotOurs) return static_cast<int>(set_errno(r));
+  std::string debugfs;
+  if (absolute && debugfs_path(path, &debugfs)) path = debugfs.c_str();
   if (dirfd == -1) return FASTMAP_REAL(real_name, int (*)(const char*, int, ...))(path, flags, mode);
   return FASTMAP_REAL(real_name, int (*)(int, const char*, int, ...))(dirfd, path, flags, mode);
 }
@@ -329,6 +334,10 @@ char* realpath(const char* __restrict path, char* __restrict resolved) noexcept 
 char* canonicalize_file_name(const char* path) noexcept { return realpath(path, nullptr); }
 
 DIR* opendir(const char* path) {
+  std::string debugfs;
+  if (debugfs_path(path, &debugfs)) {
+    return FASTMAP_REAL("opendir", DIR* (*)(const char*))(debugfs.c_str());
+  }
   if (!ours(path)) return FASTMAP_REAL("opendir", DIR* (*)(const char*))(path);
   auto* d = new (std::nothrow) SimDir;
   if (!d) {

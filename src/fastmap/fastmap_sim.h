@@ -121,6 +121,15 @@ int fastmap_sim_table_drop(fastmap_sim *sim, int table);
  * pointers refer to (0: this one; else reached with process_vm_readv/writev). */
 void fastmap_sim_set_thread_task(int table, pid_t mm_pid);
 
+/* Fault injection (the kernel's /proc/<pid>/task/<tid>/fail-nth), for the calling thread:
+ * arm it so that the nth fault-injection site it reaches fails (0 disarms), and read what
+ * the fail-nth file would (sites left; 0 once fired). Sites: object and pin allocation
+ * (-ENOMEM) and user copies (-EFAULT). */
+void fastmap_sim_fail_nth_set(unsigned n);
+unsigned fastmap_sim_fail_nth_get(void);
+/* Faults injected so far by all threads of this process. */
+unsigned long long fastmap_sim_fail_nth_injected(void);
+
 #ifdef __cplusplus
 }
 #endif

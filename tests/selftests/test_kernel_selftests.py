@@ -5,6 +5,14 @@ real 6.12 kernel's TAP outcomes are kept in real_<version>.json (tools/selftests
 record-real.sh runs them in the VM). Here the same binary runs unmodified under
 `fastmap sim-run`, and each of its tests must end as it did on the real kernel.
 
+`iommufd_fail_nth` is the exception: the recorded real kernel (the VM's 6.12.95, built
+without CONFIG_FAILSLAB/FAIL_PAGE_ALLOC) skips all 7 tests for want of fault injection,
+while the simulator models it (a per-thread fail-nth counter over its object and pin
+allocations and user copies, reached through sim-run's /proc/.../fail-nth and debugfs).
+So on the simulator each of the 7 must pass with injection active, and must have injected
+faults: every failing iteration unwound fully, or the harness's teardown
+(MD_CHECK_REFS after closing the iommufd) and the next iteration fail.
+
 Tests whose outcome still differs are listed in sim_divergences.txt with the reason; they
 are strict xfails, so one that starts matching fails until it leaves the list. Tests listed
 there as racy ("~") must match or xfail. Without a
@@ -104,3 +112,28 @@ def test_same_outcome_as_real_kernel(name: str, sim_outcomes: dict[str, str]) ->
                         "sim_divergences.txt")
         pytest.xfail(f"known divergence: {DIVERGENCES[name]} (real {want}, sim {got})")
     assert got == want, f"{name}: real kernel {want}, simulator {got}"
+
+
+FAIL_NTH_TESTS = sorted(REAL["iommufd_fail_nth"])
+
+
+def test_real_kernel_skips_fail_nth() -> None:
+    # Why the simulator is held to "pass" instead of the recorded outcome: the real kernel
+    # the outcomes come from has no fault injection, so it can only skip.
+    assert len(FAIL_NTH_TESTS) == 7
+    assert set(REAL["iommufd_fail_nth"].values()) == {"skip"}
+
+
+@pytest.mark.parametrize("name", FAIL_NTH_TESTS)
+def test_fail_nth_passes_with_injection(name: str, selftest_bin: Path, tmp_path: Path) -> None:
+    report = tmp_path / "injected"
+    env = dict(os.environ, FASTMAP_SIM_FAIL_NTH_REPORT=str(report))
+    proc = subprocess.run(
+        [_fastmap_cli(), "sim-run", "--kernel-version", "612", "--",
+         str(selftest_bin / "iommufd_fail_nth"), "-T", name],
+        capture_output=True, text=True, timeout=900, check=False, env=env,
+    )
+    got = outcomes(proc.stdout)
+    assert got == {name: "pass"}, f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+    assert report.exists(), "the test never armed fail-nth"
+    assert int(report.read_text()) > 0, "fail-nth was armed but no fault was injected"

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "sim/core/fail_nth.h"
+
 namespace fastmap::sim {
 
 namespace {
@@ -165,6 +167,7 @@ std::uint64_t host_page_size() noexcept {
 
 int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept {
   if (len == 0) return 0;
+  if (should_fail()) return -EFAULT;  // fail_usercopy
   if (user_src == 0 || range_wraps(user_src, len)) return -EFAULT;
   if (t_remote) return remote_rw(t_remote, dst, user_src, len, false);
 #if defined(__SANITIZE_THREAD__)
@@ -180,6 +183,7 @@ int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept 
 
 int copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexcept {
   if (len == 0) return 0;
+  if (should_fail()) return -EFAULT;  // fail_usercopy
   if (user_dst == 0 || range_wraps(user_dst, len)) return -EFAULT;
   if (t_remote) return remote_rw(t_remote, const_cast<void*>(src), user_dst, len, true);
 #if defined(__SANITIZE_THREAD__)

@@ -139,7 +139,7 @@ int selftest_create_access(Ucmd& u, iommu_test_cmd& cmd) {
   const std::uint32_t flags = cmd.u.create_access.flags;
   if (flags & ~MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) return -EOPNOTSUPP;
   auto obj = std::make_shared<AccessObj>(flags & MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
-  if (!ctx.objects.insert(obj)) return -ENOSPC;
+  if (int rc = ctx.objects.add(obj)) return rc;
   obj->users = 1;  // the driver's, until the fd goes
   auto file = std::make_shared<AccessFile>(ctx.shared_from_this(), obj);
   const int fd = ctx.kernel.install(file);

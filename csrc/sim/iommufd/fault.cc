@@ -67,7 +67,7 @@ int iommufd_fault_alloc(Ucmd& u) {
   IommufdCtx& ctx = u.ctx;
   if (cmd.flags) return -EOPNOTSUPP;
   auto obj = std::make_shared<FaultObj>();
-  if (!ctx.objects.insert(obj, false)) return -ENOSPC;
+  if (int rc = ctx.objects.add(obj, false)) return rc;
   obj->users = 1;  // the fd's
   auto file = std::make_shared<FaultFile>(ctx.shared_from_this(), obj);
   const int fd = ctx.kernel.install(file);

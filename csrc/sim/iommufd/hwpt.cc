@@ -53,7 +53,7 @@ int hwpt_paging_alloc(IommufdCtx& ctx, const std::shared_ptr<Ioas>& ioas, Idev& 
                       std::uint32_t flags, bool immediate_attach, std::shared_ptr<Hwpt>* out) {
   if (int rc = check_paging_flags(ctx, idev, flags)) return rc;
   auto hwpt = std::make_shared<Hwpt>();
-  if (!ctx.objects.insert(hwpt)) return -ENOSPC;
+  if (int rc = ctx.objects.add(hwpt)) return rc;
   hwpt->ioas = ioas;
   ++ioas->users;
   hwpt->nest_parent = flags & IOMMU_HWPT_ALLOC_NEST_PARENT;

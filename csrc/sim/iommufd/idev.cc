@@ -116,7 +116,7 @@ void hwpt_put(IommufdCtx& ctx, const std::shared_ptr<Hwpt>& hwpt) {
 
 int idev_bind(IommufdCtx& ctx, std::shared_ptr<Device> dev, std::uint32_t* out_id) {
   auto idev = std::make_shared<Idev>(std::move(dev));
-  if (!ctx.objects.insert(idev)) return -ENOSPC;
+  if (int rc = ctx.objects.add(idev)) return rc;
   idev->users = 1;  // the binding, until unbind
   *out_id = idev->id;
   return 0;

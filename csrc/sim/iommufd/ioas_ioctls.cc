@@ -60,7 +60,7 @@ int iommufd_ioas_alloc(Ucmd& u) {
   auto& cmd = u.get<iommu_ioas_alloc>();
   if (cmd.flags) return -EOPNOTSUPP;
   auto ioas = std::make_shared<Ioas>(u.ctx);
-  if (!u.ctx.objects.insert(ioas)) return -ENOSPC;
+  if (int rc = u.ctx.objects.add(ioas)) return rc;
   cmd.out_ioas_id = ioas->id;
   if (int rc = u.respond()) {
     u.ctx.remove_object(ioas);  // the id was never visible: abort the creation

@@ -1,5 +1,9 @@
 #include "sim/iommufd/objects.h"
 
+#include <cerrno>
+
+#include "sim/core/fail_nth.h"
+
 namespace fastmap::sim {
 
 namespace {
@@ -19,6 +23,11 @@ std::uint32_t ObjectTable::insert(std::shared_ptr<Object> obj, bool finalized) {
   obj->finalized = finalized;
   objects_.emplace(id, std::move(obj));
   return id;
+}
+
+int ObjectTable::add(std::shared_ptr<Object> obj, bool finalized) {
+  if (should_fail()) return -ENOMEM;
+  return insert(std::move(obj), finalized) ? 0 : -ENOSPC;
 }
 
 std::shared_ptr<Object> ObjectTable::erase(std::uint32_t id) {

@@ -42,6 +42,9 @@ class ObjectTable {
   // The lowest free id for `obj`, or 0 when the 31-bit space is full. Unless `finalized`,
   // the object stays invisible to find/get until finalize().
   std::uint32_t insert(std::shared_ptr<Object> obj, bool finalized = true);
+  // insert() behind the object allocation's fault-injection site: 0, -ENOMEM (the
+  // kernel's failing kzalloc) or -ENOSPC (no id left).
+  int add(std::shared_ptr<Object> obj, bool finalized = true);
   void finalize(Object& obj) noexcept { obj.finalized = true; }
   // Removes the id (no destroy callback); the object's shared_ptr is returned.
   std::shared_ptr<Object> erase(std::uint32_t id);

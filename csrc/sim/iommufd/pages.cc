@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 
+#include "sim/core/fail_nth.h"
 #include "sim/core/kernel_core.h"
 #include "sim/core/user_memory.h"
 
@@ -156,6 +157,7 @@ void IoptPages::uncharge(KernelCore& kernel, std::uint64_t npages) {
 }
 
 int IoptPages::pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) {
+  if (should_fail()) return -ENOMEM;  // the page-list allocation of pin_user_pages
   if (int rc = check_pages(first, last)) return rc;
   const std::uint64_t before = pinned_pages_with({1, 0});
   const std::uint64_t after = pinned_pages_with({first, last});

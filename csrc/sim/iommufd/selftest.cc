@@ -66,7 +66,7 @@ int mock_domain(Ucmd& u, iommu_test_cmd& cmd) {
   // The stdev id is taken now but the object stays invisible until the end, so `id`
   // cannot name it.
   auto sobj = std::make_shared<SelftestObj>();
-  if (!ctx.objects.insert(sobj, false)) return -ENOSPC;
+  if (int rc = ctx.objects.add(sobj, false)) return rc;
   const std::uint32_t flags =
       cmd.op == IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS ? cmd.u.mock_domain_flags.dev_flags : 0;
   int rc = 0;
