@@ -130,7 +130,7 @@ def test_fail_nth_passes_with_injection(name: str, selftest_bin: Path, tmp_path:
     env = dict(os.environ, FASTMAP_SIM_FAIL_NTH_REPORT=str(report))
     proc = subprocess.run(
         [_fastmap_cli(), "sim-run", "--kernel-version", "612", "--",
-         str(selftest_bin / "iommufd_fail_nth"), "-T", name],
+         str(selftest_bin / "iommufd_fail_nth"), "-t", name.split(".", 1)[1]],
         capture_output=True, text=True, timeout=900, check=False, env=env,
     )
     got = outcomes(proc.stdout)
