@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <string>
 
+#include "sim/core/fail_nth.h"
 #include "sim/iommufd/device_api.h"
 #include "sim/vfio/machine.h"
 #include "sim/vfio/vfio_device.h"
@@ -11,7 +12,13 @@ namespace fastmap::sim {
 
 SimKernel::SimKernel(SimConfig config)
     : KernelCore(config), machine_(std::make_unique<vfio::Machine>(*this)) {
-  register_node("/dev/iommu", [](KernelCore& k, int, int*) { return iommufd_open(k); });
+  register_node("/dev/iommu", [](KernelCore& k, int, int* err) -> std::shared_ptr<File> {
+    if (should_fail()) {  // iommufd_fops_open's kzalloc of the context
+      *err = -ENOMEM;
+      return nullptr;
+    }
+    return iommufd_open(k);
+  });
 }
 
 int SimKernel::node_chardev(const std::string& path, unsigned* major, unsigned* minor) const {

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <limits>
 
+#include "sim/core/fail_nth.h"
 #include "sim/iommufd/backing.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/core/user_memory.h"
@@ -191,6 +192,7 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
   std::uint64_t cur = *iova;
   for (const auto& s : slices) {
     if ((prot & kIommuWrite) && !s.pages->writable()) return abort(-EPERM);
+    if (should_fail()) return abort(-ENOMEM);  // iopt_alloc_area's kzalloc
     Area a;
     a.iova = cur;
     a.pages = s.pages;
