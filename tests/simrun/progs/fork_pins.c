@@ -37,7 +37,7 @@ static int check_refs(int fd, void* buf, unsigned refs) {
   return ioctl(fd, TEST_CMD, &c);
 }
 
-static void child(char* buf, int ready) {
+static void child(char* buf, int ready, int go) {
   int mfd = open("/dev/iommu", O_RDWR);
   CHECK(mfd >= 0, "child open");
   struct iommu_ioas_alloc a = {.size = sizeof a};
@@ -51,6 +51,8 @@ static void child(char* buf, int ready) {
   CHECK(ioctl(mfd, IOMMU_IOAS_MAP, &m) == 0, "child map");
   CHECK(check_refs(mfd, buf, 1) == 0, "child sees its pins");
   CHECK(write(ready, "x", 1) == 1, "signal the parent");
+  char c;
+  CHECK(read(go, &c, 1) == 0, "wait for the parent's check");
   _exit(0); /* exits holding mfd, its domain and its pins */
 }
 
@@ -62,19 +64,22 @@ int main(void) {
   memset(buf, 1, LEN);
   CHECK(check_refs(fd, buf, 0) == 0, "no pins before");
   for (int i = 0; i < 30; ++i) {
-    int p[2];
-    CHECK(pipe(p) == 0, "pipe");
+    int p[2], go[2];
+    CHECK(pipe(p) == 0 && pipe(go) == 0, "pipe");
     pid_t pid = fork();
     CHECK(pid >= 0, "fork");
     if (pid == 0) {
       close(p[0]);
-      child(buf, p[1]);
+      close(go[1]);
+      child(buf, p[1], go[0]);
     }
     close(p[1]);
+    close(go[0]);
     char c;
     CHECK(read(p[0], &c, 1) == 1, "child ready (round %d)", i);
     close(p[0]);
     CHECK(check_refs(fd, buf, 1) == 0, "the child's pins are seen by the parent");
+    close(go[1]); /* the child may exit now */
     int status = 0;
     switch (i % 3) { /* each wait call glibc exports that reaps one child */
       case 0:
