@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples tools
 	$(VENV)/bin/mypy
 	$(PY) tools/check_includes.py
+	$(PY) tools/check_bindings.py
 
 # The simulator tier: everything that runs without /dev/iommu.
 test-sim: $(STAMP)

@@ -110,8 +110,9 @@ def format_arguments(arguments: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-class NotFoundError(KernelError):
-    """ENOENT: no such object id, no such IOVA range, or no such path."""
+class NotFoundError(KernelError, FileNotFoundError):
+    """ENOENT: no such object id, no such IOVA range, or no such path (a FileNotFoundError
+    too, as OSError(ENOENT) is)."""
 
     _errnos = (_errno.ENOENT,)
 
