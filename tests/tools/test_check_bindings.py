@@ -54,6 +54,7 @@ def test_conversion_passes(check: ModuleType) -> None:
     "line",
     [
         "for (std::size_t i = 0; i < n; i++) out.append(i);",
+        "for (std::size_t i = 0; i != n; step(i)) out.append(i);",
         "while (more) step();",
         "do { step(); } while (more);",
         "switch (kind) { default: break; }",

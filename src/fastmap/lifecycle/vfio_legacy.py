@@ -34,6 +34,7 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap._unwind import Unwind
 from fastmap.allocator import IovaRange
+from fastmap.bitmap import words_for_length
 from fastmap.errors import (
     ContainerSetupError,
     DeviceNotFoundError,
@@ -41,7 +42,6 @@ from fastmap.errors import (
     KernelError,
 )
 from fastmap.kernel import Fd, Kernel
-from fastmap.bitmap import words_for_length
 from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
