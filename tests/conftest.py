@@ -17,6 +17,7 @@ import pytest
 from fastmap import _core, uapi
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel, RealKernel
+from tests.facilities import facility_of, missing, required
 
 TRANSPORTS = ["sim", pytest.param("real", marks=pytest.mark.real_kernel)]
 
@@ -25,7 +26,7 @@ def make_kernel(kind: str) -> Kernel:
     """A fresh kernel of `kind`, or pytest.skip if this machine cannot provide it."""
     if kind == "real":
         if not os.path.exists("/dev/iommu"):
-            pytest.skip("no /dev/iommu here (run inside the VM: tools/vmtest/run.sh)")
+            missing("iommu", "no /dev/iommu here (run inside the VM: tools/vmtest/run.sh)")
         return RealKernel()
     if not hasattr(_core, "SimKernel"):
         pytest.skip("this build of fastmap._core has no simulated kernel")
@@ -81,7 +82,7 @@ def selftest(kernel: Kernel, iommufd: Fd) -> bool:
         return True
     ok, why = _mock_domain_works(iommufd)
     if not ok:
-        pytest.skip(f"no usable iommufd selftest on this kernel: {why}")
+        missing("selftest", f"no usable iommufd selftest on this kernel: {why}")
     return True
 
 
@@ -93,10 +94,33 @@ def vfio_device(kernel: Kernel) -> str:
 
         path, why = real_vfio_cdev()
         if path is None:
-            pytest.skip(why)
+            missing("vfio", why)
         return path
     from fastmap.sim import SimKernel
 
     assert isinstance(kernel, SimKernel)
     # An edu device (1234:11e8) bound to vfio-pci, as the VM tooling gives the real kernel.
     return str(kernel.machine.add_pci_device()["cdev"])
+
+
+# Real-kernel tier (FASTMAP_REQUIRE_REAL): see tests/facilities.py.
+_REQUIRED = required()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not (_REQUIRED and report.skipped and item.get_closest_marker("real_kernel")):
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    facility = facility_of(reason)
+    if facility in _REQUIRED:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"a real_kernel test skipped for lack of {facility!r}, which this run requires "
+            f"(FASTMAP_REQUIRE_REAL={','.join(sorted(_REQUIRED))}): {reason}"
+        )

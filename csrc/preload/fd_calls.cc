@@ -149,7 +149,20 @@ int ioctl(int fd, unsigned long request, ...) noexcept {
   va_start(ap, request);
   void* arg = va_arg(ap, void*);
   va_end(ap);
-  if (!is_simfd(fd)) return FASTMAP_REAL("ioctl", int (*)(int, unsigned long, ...))(fd, request, arg);
+  auto real = FASTMAP_REAL("ioctl", int (*)(int, unsigned long, ...));
+  if (!is_simfd(fd)) return real(fd, request, arg);
+  // The VFS answers these before any driver sees them (do_vfs_ioctl).
+  switch (request) {
+    case FIOCLEX:
+    case FIONCLEX:
+      set_simfd_cloexec(fd, request == FIOCLEX);
+      return 0;
+    case FIONBIO:
+    case FIOASYNC:
+      return real(fd, request, arg);  // file status flags: the placeholder's open file
+    default:
+      break;
+  }
   Call c{Op::kIoctl, fd, request, reinterpret_cast<std::uint64_t>(arg), 0, 0, nullptr};
   return static_cast<int>(set_errno(sim_call(c).ret));
 }

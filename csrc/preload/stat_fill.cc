@@ -23,7 +23,7 @@ void fill(struct stat* st, mode_t mode, dev_t rdev, off_t size) {
 
 // /dev/vfio and /dev/vfio/devices exist while some node lies below them.
 bool is_dev_dir(const char* path) {
-  static char names[1 << 14];
+  static thread_local char names[1 << 14];
   const long n = sim_call(Call{Op::kNodeList, -1, 0, 0, 0, 0, nullptr}, names, sizeof names).ret;
   if (n <= 0) return false;
   const std::string prefix = std::string(path) + "/";

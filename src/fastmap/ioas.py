@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -370,7 +371,22 @@ class Ioas(Closing):
         prot: Prot = Prot.RW,
     ) -> int:
         """IOMMU_IOAS_MAP_FILE (Linux 6.13+): map `length` bytes of a memfd at `offset`.
-        `fd` is a real file descriptor of this process (e.g. os.memfd_create)."""
+
+        `fd` is always a real file descriptor of this process (os.memfd_create), on the
+        simulated kernel too: the file's pages are real memory, which the simulator pins
+        like Linux. Only iommufd and VFIO fds (the ones `Kernel.open` returns) live in the
+        kernel's own fd namespace. So `fd` must be an open regular file here (a memfd is
+        one): anything else, such as a simulated fd number, is a ValueError."""
+        fd = _checks.fd_number("fd", fd)
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            raise ValueError(
+                f"fd={fd} is not an open file of this process: map_file takes a real memfd "
+                "(os.memfd_create), not a kernel-namespace fd"
+            ) from e
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"fd={fd} is not a memfd or regular file (mode {st.st_mode:#o})")
         err, chosen = self._mapper.map_file(fd, offset, length, iova, check_prot(prot))
         if err:
             raise KernelError.from_errno(

@@ -21,6 +21,7 @@ from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.sysfs import HostSysfs
 from fastmap.lifecycle.vfio_iommufd import bind, open_cdev, query_iova_ranges
+from tests.facilities import missing
 from tests.lifecycle.faulty import FaultyKernel
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
@@ -59,14 +60,13 @@ def edu(kernel: Kernel) -> str:
     for bdf in sysfs.find_pci(EDU_VENDOR, EDU_DEVICE):
         if sysfs.driver(f"/sys/bus/pci/devices/{bdf}") == "vfio-pci":
             return bdf
-    pytest.skip("no edu device bound to vfio-pci (tools/vmtest/guest-setup.sh binds it)")
+    missing("vfio", "no edu device bound to vfio-pci (tools/vmtest/guest-setup.sh binds it)")
 
 
 @pytest.fixture
 def two_edus(kernel: Kernel) -> tuple[str, str]:
     """Two edu devices bound to vfio-pci, in IOMMU groups of their own: plugged into the
-    simulated machine, or the VM's when it has two (FASTMAP_VMTEST_EXTRA_EDU=1 in a local
-    tools/vmtest/run.sh that adds a second `-device edu`)."""
+    simulated machine, or the VM's when it has two (tools/vmtest/run.sh --edus 2)."""
     if kernel.name == "sim":
         return add_sim_device(kernel), add_sim_device(kernel)
     sysfs = HostSysfs()
@@ -76,7 +76,7 @@ def two_edus(kernel: Kernel) -> tuple[str, str]:
         if sysfs.driver(f"/sys/bus/pci/devices/{bdf}") == "vfio-pci"
     ]
     if len(bound) < 2:
-        pytest.skip("the VM has one edu device")
+        pytest.skip("the VM has one edu device (tools/vmtest/run.sh --edus 2 plugs in two)")
     return bound[0], bound[1]
 
 

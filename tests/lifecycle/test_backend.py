@@ -19,6 +19,7 @@ from fastmap.lifecycle.sysfs import sysfs_for
 from fastmap.lifecycle.vfio_iommufd import bind, open_cdev
 from fastmap.prot import Prot
 from fastmap.ram import RamBlock
+from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
 PAGE = mmap.PAGESIZE
@@ -192,6 +193,7 @@ def test_get_device_info_and_hwpt(kernel: Kernel, edu: str) -> None:
         kernel.close(fd)
 
 
+@only_on_sim
 def test_dirty_bitmap_on_a_dirty_capable_sim_device(kernel: Kernel) -> None:
     machine = getattr(kernel, "machine", None)
     if machine is None:

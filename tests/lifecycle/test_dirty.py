@@ -16,6 +16,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
+from tests.facilities import only_on_sim
 from tests.lifecycle.conftest import MOCK_RAM_GPA, RAM_GPA, add_sim_device, load_example
 from tests.lifecycle.faulty import FaultyKernel
 
@@ -34,6 +35,7 @@ def device_writes(dev: VFIODevice, gpa: int, n: int = 64) -> None:
     load_example().Edu(dev, timeout=10.0).dma(EDU_BUFFER, gpa, n, to_ram=True)
 
 
+@only_on_sim
 def test_iommufd_dirty_pages_follow_device_writes(kernel: Kernel, space: AddressSpace) -> None:
     bdf = add_sim_device(kernel, iommu="vtd", dirty=True)
     with (
@@ -86,6 +88,7 @@ def test_legacy_type1_reports_every_mapped_page_dirty(
         c.set_dirty_page_tracking(False)
 
 
+@only_on_sim
 def test_set_dirty_tracking_rolls_back_on_failure(fk: FaultyKernel) -> None:
     """Two dirty-tracking HWPTs (VT-d and mock); the second SET fails: both are set back
     and the error propagates (QEMU's iommufd_set_dirty_page_tracking)."""

@@ -23,6 +23,7 @@ from fastmap.lifecycle.sysfs import sysfs_for
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.prot import Prot
 from fastmap.ram import default_hugepage_size, free_hugepages
+from tests.facilities import missing, only_on_sim
 from tests.lifecycle.conftest import MOCK_RAM_GPA, RAM_GPA, add_sim_device, load_example
 from tests.lifecycle.faulty import FaultyKernel
 
@@ -89,6 +90,7 @@ def test_ram_added_and_removed_while_attached(
         assert [(s.iova, s.length) for s in c.ioas.segments()] == [(RAM_GPA, 2 << 20)]
 
 
+@only_on_sim
 def test_sim_dma_after_ram_removal_faults(kernel: Kernel, space: AddressSpace) -> None:
     bdf = add_sim_device(kernel)
     with (
@@ -126,6 +128,7 @@ def test_host_iommu_device(kernel: Kernel, edu: str, space: AddressSpace, hwpt_a
         assert dev.hiod is None
 
 
+@only_on_sim
 @pytest.mark.parametrize(("dirty", "aw"), [(False, 48), (True, 48)])
 def test_sim_vtd_hiod(kernel: Kernel, space: AddressSpace, dirty: bool, aw: int) -> None:
     bdf = add_sim_device(kernel, iommu="vtd", dirty=dirty)
@@ -172,6 +175,7 @@ def test_two_devices_share_container_and_hwpt(
     assert fk.open_fds == set()
 
 
+@only_on_sim
 def test_dirty_and_non_dirty_devices_get_different_hwpts(
     fk: FaultyKernel, space: AddressSpace
 ) -> None:
@@ -201,6 +205,7 @@ def test_dirty_and_non_dirty_devices_get_different_hwpts(
     assert fk.open_fds == set()
 
 
+@only_on_sim
 def test_non_dirty_first_then_dirty_shares_the_plain_hwpt(
     kernel: Kernel, space: AddressSpace
 ) -> None:
@@ -216,6 +221,7 @@ def test_non_dirty_first_then_dirty_shares_the_plain_hwpt(
         assert dd.container is not None and not dd.container.dirty_pages_supported
 
 
+@only_on_sim
 def test_mock_iommu_device_needs_its_own_domain(fk: FaultyKernel) -> None:
     vtd = add_sim_device(fk, iommu="vtd")
     mock = add_sim_device(fk, iommu="mock", dirty=False)
@@ -235,6 +241,7 @@ def test_mock_iommu_device_needs_its_own_domain(fk: FaultyKernel) -> None:
     assert fk.open_fds == set()
 
 
+@only_on_sim
 def test_mock_device_cannot_join_a_container_mapping_outside_its_aperture(
     kernel: Kernel, space: AddressSpace
 ) -> None:
@@ -325,6 +332,7 @@ def test_unknown_device(kernel: Kernel, space: AddressSpace) -> None:
         assert be.users == 1
 
 
+@only_on_sim
 def test_kernel_auto_domains(fk: FaultyKernel, space: AddressSpace) -> None:
     """hwpt_alloc=False: ATTACH_PT to the IOAS; the kernel's HWPT is reused by a second
     device and never freed from userspace."""
@@ -390,7 +398,7 @@ def test_find_pci_devices(kernel: Kernel, edu: str) -> None:
 def test_hugetlb_guest_ram(kernel: Kernel, edu: str, hwpt_alloc: bool) -> None:
     size = default_hugepage_size()
     if free_hugepages(size) < 2:
-        pytest.skip(f"needs 2 free {size >> 10} KiB huge pages (vm.nr_hugepages)")
+        missing("hugetlb", f"needs 2 free {size >> 10} KiB huge pages (vm.nr_hugepages)")
     with (
         AddressSpace() as space,
         IOMMUFDBackend(kernel=kernel) as be,

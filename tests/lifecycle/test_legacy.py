@@ -12,6 +12,7 @@ from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_legacy import LegacyContainer, open_groups
+from tests.facilities import only_on_sim
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device
 from tests.lifecycle.faulty import FaultyKernel
 from tests.lifecycle.test_iommufd import roundtrip
@@ -62,6 +63,7 @@ def test_legacy_detach_order(fk: FaultyKernel, edu: str, space: AddressSpace) ->
     ]
 
 
+@only_on_sim
 def test_two_devices_in_one_group(fk: FaultyKernel, space: AddressSpace) -> None:
     a = add_sim_device(fk, group=5)
     b = add_sim_device(fk, group=5)
@@ -101,6 +103,7 @@ def test_two_groups_share_one_container(
     assert fk.open_fds == set() and space.containers == []
 
 
+@only_on_sim
 def test_group_in_two_address_spaces_is_refused(kernel: Kernel) -> None:
     a = add_sim_device(kernel, group=9)
     b = add_sim_device(kernel, group=9)

@@ -10,6 +10,7 @@ from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.sysfs import HostSysfs, SimSysfs, sysfs_for
+from tests.facilities import only_on_sim
 from tests.lifecycle.conftest import MOCK_RAM_GPA
 
 
@@ -32,6 +33,7 @@ def test_sysfs_view_of_a_vfio_device(kernel: Kernel, edu: str) -> None:
         sysfs.read(f"{dev}/no-such-attribute")
 
 
+@only_on_sim
 def test_sim_machine_devices(kernel: Kernel) -> None:
     """What the simulated machine offers from Python (see examples/README.md)."""
     machine = getattr(kernel, "machine", None)

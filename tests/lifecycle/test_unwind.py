@@ -29,6 +29,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend, IommufdUnavailableError
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import open_groups
+from tests.facilities import only_on_sim
 from tests.lifecycle.conftest import RAM_GPA, add_sim_device
 from tests.lifecycle.faulty import FaultyKernel, destroy_sweep
 
@@ -287,6 +288,7 @@ def test_legacy_step_fails(
     assert fk.open_fds == set()
 
 
+@only_on_sim
 def test_legacy_failure_of_second_device_keeps_group_and_container(
     fk: FaultyKernel, space: AddressSpace
 ) -> None:

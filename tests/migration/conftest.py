@@ -21,6 +21,7 @@ from fastmap.kernel import Kernel
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.ram import PAGE_SIZE
+from tests.facilities import missing
 from tests.lifecycle.conftest import (  # noqa: F401  (fixtures)
     MOCK_RAM_GPA,
     add_sim_device,
@@ -74,4 +75,4 @@ def mock_ok(kernel: Kernel) -> None:
     """Skip where the selftest mock domain is unavailable (a kernel without
     CONFIG_IOMMUFD_TEST, or under VT-d). The simulator always has it."""
     if kernel.name != "sim" and not mock_domains_work(kernel):
-        pytest.skip("no iommufd selftest mock domain on this kernel")
+        missing("selftest", "no iommufd selftest mock domain on this kernel")

@@ -21,6 +21,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.sim import SimKernel
+from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits
 
@@ -86,6 +87,7 @@ def record_set_calls(fk: FaultyKernel) -> list[tuple[int, int]]:
 
 
 # --- start / stop and QEMU's rollback ------------------------------------------------------------
+@only_on_sim
 def test_start_failure_on_the_second_hwpt_rolls_back(two: TwoHwpts, fk: FaultyKernel) -> None:
     c = two.c
     first, second = (h.id for h in c.hwpts)
@@ -109,6 +111,7 @@ def test_start_failure_on_the_second_hwpt_rolls_back(two: TwoHwpts, fk: FaultyKe
     assert two.hwpt_bits(two.vtd) == {1} and two.hwpt_bits(two.mock) == {2}
 
 
+@only_on_sim
 def test_stop_failure_leaves_every_hwpt_tracking(two: TwoHwpts, fk: FaultyKernel) -> None:
     c = two.c
     c.set_dirty_page_tracking(True)
@@ -127,6 +130,7 @@ def test_stop_failure_leaves_every_hwpt_tracking(two: TwoHwpts, fk: FaultyKernel
     assert not c.dirty_tracking
 
 
+@only_on_sim
 def test_plain_hwpts_are_left_alone(fk: FaultyKernel) -> None:
     """Only DIRTY_TRACKING HWPTs are switched (a plain one would answer EOPNOTSUPP)."""
     if fk.machine is None:
@@ -194,6 +198,7 @@ def test_query_dirty_ranges_harvests_many_ranges_in_one_call() -> None:
 
 
 # --- devices that cannot be tracked -------------------------------------------------------------
+@only_on_sim
 def test_a_device_without_dirty_tracking_makes_every_page_dirty(kernel: Kernel) -> None:
     machine = getattr(kernel, "machine", None)
     if machine is None:

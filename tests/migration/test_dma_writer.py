@@ -22,6 +22,7 @@ from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import DirtyTracker
 from fastmap.ram import RamBlock
+from tests.facilities import only_on_sim
 from tests.migration.conftest import GPA, PAGE, add_sim_device, set_bits, sim_only
 
 SIZE = 1 << 20
@@ -57,6 +58,7 @@ def edu_guest(kernel: Kernel) -> Iterator[tuple[AddressSpace, VFIODevice]]:
             yield space, dev
 
 
+@only_on_sim
 def test_sim_writer_dma_sets_dirty_bits(
     edu_guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:
@@ -78,6 +80,7 @@ def test_sim_writer_dma_sets_dirty_bits(
     assert writer.stats == stats  # nothing after stop
 
 
+@only_on_sim
 def test_sim_writer_partial_writes(
     edu_guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:
@@ -96,6 +99,7 @@ def test_sim_writer_partial_writes(
     assert set_bits(r.blocks[0].bitmap, PAGES) >= changed(before, after)
 
 
+@only_on_sim
 def test_sim_writer_is_stopped_by_the_iommu(
     edu_guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:
@@ -115,6 +119,7 @@ def test_sim_writer_is_stopped_by_the_iommu(
     c.dma_map(block.va, SIZE, GPA)
 
 
+@only_on_sim
 def test_sim_writer_needs_bus_mastering(kernel: Kernel) -> None:
     sim_only(kernel)
     with AddressSpace() as space, IOMMUFDBackend(kernel=kernel) as be:
@@ -129,6 +134,7 @@ def test_sim_writer_needs_bus_mastering(kernel: Kernel) -> None:
             assert faults and all(f["error"] == -errno.EIO for f in faults)
 
 
+@only_on_sim
 def test_sim_writer_arguments(edu_guest: tuple[AddressSpace, VFIODevice], kernel: Kernel) -> None:
     _, dev = edu_guest
     machine = kernel.machine  # type: ignore[attr-defined]

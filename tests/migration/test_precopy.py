@@ -24,6 +24,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
+from tests.facilities import only_on_sim
 from tests.migration.conftest import GPA, PAGE, add_sim_device, sim_only
 
 SIZES = (2 << 20, 1 << 20)
@@ -80,6 +81,7 @@ def hot_range(space: AddressSpace) -> list[tuple[int, int]]:
     return [(b.gpa + 16 * PAGE, HOT * PAGE)]
 
 
+@only_on_sim
 def test_precopy_converges_and_matches(
     guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:
@@ -99,6 +101,7 @@ def test_precopy_converges_and_matches(
         assert pre.dest[b.name].tobytes() == b.read(0, b.length)
 
 
+@only_on_sim
 def test_precopy_without_convergence_still_matches(
     guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:
@@ -113,6 +116,7 @@ def test_precopy_without_convergence_still_matches(
     assert report.ok and report.device_pages >= 20
 
 
+@only_on_sim
 def test_untracked_device_means_resending_everything(
     guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:
@@ -147,6 +151,7 @@ class LossyTracker(DirtyTracker):
         return SyncResult(r.page_size, empty, r.removed)
 
 
+@only_on_sim
 def test_lost_dirty_pages_are_caught(
     guest: tuple[AddressSpace, VFIODevice], kernel: Kernel
 ) -> None:

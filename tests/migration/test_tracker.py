@@ -19,6 +19,7 @@ from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker, UntrackedDevicesWarning
+from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import (
     GPA,
@@ -58,6 +59,7 @@ def guest(kernel: Kernel) -> Iterator[tuple[AddressSpace, IOMMUFDBackend, VFIODe
 
 
 # --- syncing ----------------------------------------------------------------------------------
+@only_on_sim
 def test_sync_reports_each_blocks_pages(
     guest: tuple[AddressSpace, IOMMUFDBackend, VFIODevice],
 ) -> None:
@@ -81,6 +83,7 @@ def test_sync_reports_each_blocks_pages(
     assert t.containers == [] and not dev.container.dirty_tracking  # type: ignore[union-attr]
 
 
+@only_on_sim
 @pytest.mark.parametrize("page_size", [2 * PAGE, 64 * PAGE, 512 * PAGE])
 def test_sync_at_a_coarser_page_size(
     guest: tuple[AddressSpace, IOMMUFDBackend, VFIODevice], page_size: int
@@ -95,6 +98,7 @@ def test_sync_at_a_coarser_page_size(
         assert set_bits(got.bitmap, got.nbits) == {p * PAGE // page_size for p in written}
 
 
+@only_on_sim
 def test_a_block_added_while_tracking_is_all_dirty(
     guest: tuple[AddressSpace, IOMMUFDBackend, VFIODevice],
 ) -> None:
@@ -110,6 +114,7 @@ def test_a_block_added_while_tracking_is_all_dirty(
 
 
 # --- start / stop across containers -----------------------------------------------------------
+@only_on_sim
 def test_start_is_all_or_nothing_across_containers(fk: FaultyKernel) -> None:
     """Two containers (two backends in one space); the second start fails: the first is
     stopped again, the error propagates, the tracker is not started."""
@@ -138,6 +143,7 @@ def test_start_is_all_or_nothing_across_containers(fk: FaultyKernel) -> None:
         d1.detach()
 
 
+@only_on_sim
 def test_failed_stop_keeps_tracking_and_reports_everything_next(
     guest: tuple[AddressSpace, IOMMUFDBackend, VFIODevice], kernel: Kernel
 ) -> None:
@@ -160,6 +166,7 @@ def test_failed_stop_keeps_tracking_and_reports_everything_next(
 
 
 # --- devices that cannot be tracked, devices that come and go ---------------------------------
+@only_on_sim
 def test_untracked_device_warns_and_reports_all(
     guest: tuple[AddressSpace, IOMMUFDBackend, VFIODevice], kernel: Kernel
 ) -> None:
@@ -182,6 +189,7 @@ def test_untracked_device_warns_and_reports_all(
     t.stop()
 
 
+@only_on_sim
 def test_device_attached_while_tracking(
     guest: tuple[AddressSpace, IOMMUFDBackend, VFIODevice], kernel: Kernel
 ) -> None:

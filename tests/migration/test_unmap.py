@@ -16,6 +16,7 @@ from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker
+from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits, sim_only
 
@@ -47,6 +48,7 @@ def tracked(kernel: Kernel) -> Iterator[tuple[AddressSpace, VFIODevice]]:
             yield space, dev
 
 
+@only_on_sim
 def test_dma_unmap_keeps_the_writes(tracked: tuple[AddressSpace, VFIODevice]) -> None:
     """A vIOMMU-style unmap of half a block that the guest keeps: its pages written before
     the unmap are reported by the next sync, merged with the rest of the block's."""
@@ -65,6 +67,7 @@ def test_dma_unmap_keeps_the_writes(tracked: tuple[AddressSpace, VFIODevice]) ->
         c.dma_map(a.va + HALF, HALF, a.gpa + HALF)
 
 
+@only_on_sim
 def test_without_the_harvest_the_writes_are_gone(
     tracked: tuple[AddressSpace, VFIODevice],
 ) -> None:
@@ -83,6 +86,7 @@ def test_without_the_harvest_the_writes_are_gone(
     c.dma_map(a.va + HALF, HALF, a.gpa + HALF)
 
 
+@only_on_sim
 def test_removed_block_reports_its_writes(tracked: tuple[AddressSpace, VFIODevice]) -> None:
     space, dev = tracked
     a, b = space.blocks
@@ -98,6 +102,7 @@ def test_removed_block_reports_its_writes(tracked: tuple[AddressSpace, VFIODevic
         assert t.sync().removed == []
 
 
+@only_on_sim
 def test_last_device_detaching_while_tracking_reports_everything(kernel: Kernel) -> None:
     """The container goes with its last device: its HWPT (and dirty bits) are freed before
     the RAM is unmapped, so the unmap harvest can only say "all of it"."""

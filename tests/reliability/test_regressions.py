@@ -335,3 +335,21 @@ def test_core_ints_are_value_errors() -> None:
     with pytest.raises(ValueError, match="request"):
         k.ioctl(3, 1 << 40, None)
     assert isinstance(_core.Kernel, type)
+
+
+def test_map_file_takes_a_real_memfd_only() -> None:
+    """MAP_FILE's fd is a real fd on either kernel (documented in Ioas.map_file); a number
+    from the simulated fd namespace, or a non-file, is refused by name."""
+    with IOMMUFDBackend(kernel=SimKernel()) as be, be.ioas() as ioas:
+        with pytest.raises(ValueError, match="fd=1000"):
+            ioas.map_file(1000, 0, PAGE)
+        r, w = os.pipe()
+        try:
+            with pytest.raises(ValueError, match="memfd"):
+                ioas.map_file(r, 0, PAGE)
+        finally:
+            os.close(r)
+            os.close(w)
+        with pytest.raises(TypeError, match="bool"):
+            ioas.map_file(True, 0, PAGE)
+        assert len(ioas) == 0

@@ -412,3 +412,38 @@ def test_attach_group_conflicting_with_mappings(mem: Buf) -> None:
     assert t.set_container(gfd) == 0
     assert status(k, gfd) == K["VFIO_GROUP_FLAGS_VIABLE"] | K["VFIO_GROUP_FLAGS_CONTAINER_SET"]
     assert iova_ranges(get_info(t)[2][1]) == [(1 << 24, (1 << 31) - 1)]
+
+
+def test_pinned_shared_page_outlives_munmap() -> None:
+    # Type1 holds what MAP_DMA pinned (sim/core/page_hold.h): after munmap and a new mmap
+    # at the VA, the device still writes the memfd page it pinned, not the new mapping.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    rw = 3  # PROT_READ | PROT_WRITE
+    k, info = one_device()
+    t = Type1(k, info["group"])
+    dev = Dev(k, t.device(info["bdf"]))
+    dev.enable()
+    memfd = os.memfd_create("type1-pin")
+    os.ftruncate(memfd, PAGE)
+    va = libc.mmap(None, PAGE, rw, 0x01, memfd, 0)  # MAP_SHARED
+    src = Buf(PAGE)
+    payload = os.urandom(PAGE)
+    ctypes.memmove(src.addr, payload, PAGE)
+    try:
+        assert t.map(va, 0x100000, PAGE, R | W) == 0
+        assert t.map(src.addr, 0x200000, PAGE, R | W) == 0
+        dev.dma(0x200000, EDU_DMA_BUF, PAGE, to_ram=False)
+        assert libc.munmap(va, PAGE) == 0
+        assert libc.mmap(va, PAGE, rw, 0x10 | 0x02 | 0x20, -1, 0) == va  # FIXED|PRIVATE|ANON
+        dev.dma(EDU_DMA_BUF, 0x100000, PAGE, to_ram=True)
+        assert ctypes.string_at(va, PAGE) == bytes(PAGE)
+        assert os.pread(memfd, PAGE, 0) == payload
+    finally:
+        t.unmap(0, 0, flags=K["VFIO_DMA_UNMAP_FLAG_ALL"])
+        libc.munmap(va, PAGE)
+        os.close(memfd)
+        src.free()

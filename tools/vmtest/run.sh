@@ -41,6 +41,9 @@
 #                            [on, except with --iommu none]
 #   --accel A                QEMU accelerator [FASTMAP_VMTEST_ACCEL, tcg]
 #   --append ARGS            extra kernel command line [FASTMAP_VMTEST_APPEND]
+#   --edus N                 QEMU edu devices (1234:11e8) to plug in [FASTMAP_VMTEST_EDUS, 1]
+#   --hugepages N            reserve N default-size huge pages at boot (hugepages=N)
+#                            [FASTMAP_VMTEST_HUGEPAGES, 64]
 #   --attempts N             VMs to try when guests wedge [FASTMAP_VMTEST_ATTEMPTS, 3]
 #   --boot-timeout S         wedged if COMMAND has not started after S seconds
 #                            [FASTMAP_VMTEST_BOOT_TIMEOUT, 150]
@@ -63,7 +66,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,63s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,66s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 iommu=${FASTMAP_VMTEST_IOMMU:-virtio}
 timeout_s=${FASTMAP_VMTEST_TIMEOUT:-1200}
@@ -73,6 +76,8 @@ kernel=${FASTMAP_VMTEST_KERNEL:-}
 out=${FASTMAP_VMTEST_OUT:-}
 accel=${FASTMAP_VMTEST_ACCEL:-tcg}
 extra_append=${FASTMAP_VMTEST_APPEND:-}
+edus=${FASTMAP_VMTEST_EDUS:-1}
+hugepages=${FASTMAP_VMTEST_HUGEPAGES:-64}
 attempts=${FASTMAP_VMTEST_ATTEMPTS:-3}
 boot_timeout=${FASTMAP_VMTEST_BOOT_TIMEOUT:-150}
 stall_timeout=${FASTMAP_VMTEST_STALL_TIMEOUT:-60}
@@ -103,6 +108,8 @@ while [ $# -gt 0 ]; do
     --no-bind-edu) bind_edu=0; shift ;;
     --accel) need_arg "$@"; accel=$2; shift 2 ;;
     --append) need_arg "$@"; extra_append+=" $2"; shift 2 ;;
+    --edus) need_arg "$@"; edus=$2; shift 2 ;;
+    --hugepages) need_arg "$@"; hugepages=$2; shift 2 ;;
     --attempts) need_arg "$@"; attempts=$2; shift 2 ;;
     --boot-timeout) need_arg "$@"; boot_timeout=$2; shift 2 ;;
     --stall-timeout) need_arg "$@"; stall_timeout=$2; shift 2 ;;
@@ -117,7 +124,7 @@ done
 [ $# -gt 0 ] || { usage >&2; vmtest_die "run.sh: no command given"; }
 [[ "$timeout_s" =~ ^[0-9]+$ ]] || vmtest_die "run.sh: --timeout must be a number of seconds"
 [[ "$smp" =~ ^[0-9]+$ ]] || vmtest_die "run.sh: --smp must be a number"
-for v in attempts boot_timeout stall_timeout silence_timeout; do
+for v in edus hugepages attempts boot_timeout stall_timeout silence_timeout; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || vmtest_die "run.sh: --${v//_/-} must be a number"
 done
 [ "$attempts" -ge 1 ] || vmtest_die "run.sh: --attempts must be at least 1"
@@ -236,12 +243,17 @@ case "$init" in *\"*\"*\"*) vmtest_die "the path $vmtest_dir cannot be passed on
 
 p9=trans=virtio,version=9p2000.L,msize=512000
 append="root=/dev/root rootfstype=9p rootflags=$p9,cache=loose ro console=ttyS0"
-append+=" panic=-1 mitigations=off $iommu_args $extra_append init=$init"
+append+=" panic=-1 mitigations=off hugepages=$hugepages $iommu_args $extra_append init=$init"
+
+# --edus 2 lets the lifecycle tests that need two devices (in groups of their own) run on
+# the real kernel too.
+edu_devs=()
+for ((i = 0; i < edus; i++)); do edu_devs+=(-device edu); done
 
 qemu=("${qemu_prefix[@]}" qemu-system-x86_64
   -machine "q35,kernel-irqchip=split" -accel "$accel" -cpu max -smp "$smp" -m "$mem"
   -nodefaults -display none -no-reboot
-  "${iommu_dev[@]}" -device edu
+  "${iommu_dev[@]}" "${edu_devs[@]}"
   -fsdev "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"
   -device "virtio-9p-pci,fsdev=root,mount_tag=/dev/root"
   -fsdev "local,id=repo,path=$(qpath "$repo"),security_model=none,multidevs=remap"

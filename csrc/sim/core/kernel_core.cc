@@ -165,6 +165,7 @@ int KernelCore::close(int fd) noexcept {
 }
 
 int KernelCore::dup_to(int oldfd, int newfd) noexcept {
+  SimEntry entry;
   std::shared_ptr<File> dropped;
   {
     std::lock_guard<std::mutex> g(fd_mu_);
@@ -199,6 +200,7 @@ int KernelCore::clone_table(int from) {
 }
 
 int KernelCore::drop_table(int table) {
+  SimEntry entry;
   FdTable files;
   {
     std::lock_guard<std::mutex> g(fd_mu_);
@@ -234,12 +236,14 @@ ssize_t KernelCore::pwrite(int fd, const void* buf, std::size_t count,
 }
 
 ssize_t KernelCore::read(int fd, void* buf, std::size_t count) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->read(buf, count);
 }
 
 ssize_t KernelCore::write(int fd, const void* buf, std::size_t count) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->write(buf, count);
@@ -247,6 +251,7 @@ ssize_t KernelCore::write(int fd, const void* buf, std::size_t count) noexcept {
 
 int KernelCore::mmap(int fd, void* addr, std::size_t length, int prot, int flags,
                     std::uint64_t offset, void** out) noexcept {
+  SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
   return file->mmap(addr, length, prot, flags, offset, out);

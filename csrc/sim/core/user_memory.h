@@ -19,7 +19,9 @@ namespace fastmap::sim {
 // Whose memory user pointers name, for the calling thread while the scope lives: by
 // default this process's; inside a RemoteMmScope(pid) another process's, reached with
 // process_vm_readv/writev (sim-run's owner process serving a call forwarded by a forked
-// child). A failed or short remote access is -EFAULT, as a bad pointer is.
+// child). A failed or short remote access is -EFAULT, as a bad pointer is. The scope is
+// the calling thread's: device DMA through a domain reaches the memory of whichever process
+// made the call that triggers it, not necessarily the process that pinned the pages.
 class RemoteMmScope {
  public:
   explicit RemoteMmScope(pid_t pid) noexcept;

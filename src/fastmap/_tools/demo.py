@@ -72,7 +72,9 @@ def run_demo(kernel: Kernel, say: Callable[[str], object]) -> int:
         # With an IOMMU domain, maps are page-granular: page-aligned memory from mmap.
         buf = np.frombuffer(mmap.mmap(-1, 4096), np.uint8)
         ioas.map(buf, iova=BUF_IOVA)
-        pages = np.frombuffer(mmap.mmap(-1, 64 * 4096), np.uint8)
+        # Private memory: the simulator pins it in place (shared memory costs it a
+        # /proc/self/maps lookup per pin, see docs/architecture.md).
+        pages = np.frombuffer(mmap.mmap(-1, 64 * 4096, flags=mmap.MAP_PRIVATE), np.uint8)
         # 100,000 page mappings of 64 real pages (a VA may be mapped at several IOVAs).
         vas = pages.ctypes.data + (np.arange(BATCH, dtype=np.uint64) % 64) * 4096
         # Fixed, dense IOVAs: the kernel's automatic choice is a first-fit walk from the

@@ -78,6 +78,9 @@ int main(void) {
   CHECK(mmap(NULL, 4096, PROT_READ, MAP_SHARED, d, 0) == MAP_FAILED && errno == ENODEV,
         "mmap: ENODEV");
   EXPECT_ERRNO(ioctl(d, 0x1234, 0), ENOTTY);
+  /* ioctls the VFS itself answers. */
+  CHECK(ioctl(d, FIOCLEX) == 0 && fcntl(d, F_GETFD) == FD_CLOEXEC, "FIOCLEX");
+  CHECK(ioctl(d, FIONCLEX) == 0 && fcntl(d, F_GETFD) == 0, "FIONCLEX");
 
   /* Nodes that this machine does not have. */
   EXPECT_ERRNO(open("/dev/vfio/vfio", O_RDWR), ENOENT);
