@@ -72,8 +72,14 @@ class KernelError(FastmapError, OSError):
         arguments: Mapping[str, object] | None = None,
         hint: str | None = None,
     ) -> KernelError:
-        """The KernelError subclass for `err` (KernelError itself for unlisted errnos)."""
-        return cls._by_errno.get(err, KernelError)(err, call, arguments, hint)
+        """The KernelError subclass for `err`. An errno with no class of its own gets
+        KernelError joined with the builtin OSError subclass Python picks for it
+        (NotADirectoryError for ENOTDIR, ...), so `except NotADirectoryError` works as for
+        os.listdir."""
+        chosen = cls._by_errno.get(err)
+        if chosen is None:
+            chosen = _with_builtin(type(OSError(err, "")))
+        return chosen(err, call, arguments, hint)
 
     @property
     def errno_name(self) -> str:
@@ -108,6 +114,21 @@ def format_arguments(arguments: Mapping[str, object]) -> str:
         else:
             parts.append(f"{name}={value!r}")
     return " ".join(parts)
+
+
+_BUILTIN_TWINS: dict[type[OSError], type[KernelError]] = {}
+
+
+def _with_builtin(builtin: type[OSError]) -> type[KernelError]:
+    """KernelError, also an instance of `builtin` when that is a proper OSError subclass."""
+    if builtin is OSError:
+        return KernelError
+    twin = _BUILTIN_TWINS.get(builtin)
+    if twin is None:
+        name = builtin.__name__.removesuffix("Error") + "KernelError"
+        twin = type(name, (KernelError, builtin), {"__module__": __name__})
+        _BUILTIN_TWINS[builtin] = twin
+    return twin
 
 
 class NotFoundError(KernelError, FileNotFoundError):

@@ -75,3 +75,13 @@ def test_bitmap_words_is_one_definition_in_each_language(length: int, page_size:
     expected = (pages + 63) // 64
     assert _core.bitmap_words(length, page_size) == expected
     assert bitmap.words_for_length(length, page_size) == expected
+
+
+@needs_sim
+def test_a_file_listed_as_a_directory_is_not_a_directory_error() -> None:
+    # As os.listdir on a file: SimSysfs.exists() depends on telling the two apart.
+    k = _core.SimKernel()
+    dev = k.machine.add_pci_device()
+    with pytest.raises(NotADirectoryError) as e:
+        k.machine.list_dir(f"{dev['sysfs']}/vendor")
+    assert isinstance(e.value, KernelError) and e.value.errno == errno.ENOTDIR
