@@ -72,11 +72,13 @@ class KernelError(FastmapError, OSError):
         arguments: Mapping[str, object] | None = None,
         hint: str | None = None,
     ) -> KernelError:
-        """The KernelError subclass for `err` (KernelError itself for unlisted errnos), made
-        also an instance of the builtin OSError subclass Python picks for that errno
-        (FileExistsError for EEXIST, NotADirectoryError for ENOTDIR, ...), so callers that
-        catch those behave as with os.* calls."""
-        chosen = _with_builtin(cls._by_errno.get(err, KernelError), type(OSError(err, "")))
+        """The KernelError subclass for `err`. Each is also the builtin OSError subclass
+        Python picks for its errno (NotFoundError is a FileNotFoundError, ...); an errno with
+        no class of its own gets KernelError joined with that builtin (NotADirectoryError for
+        ENOTDIR, ...), so callers that catch those behave as with os.* calls."""
+        chosen = cls._by_errno.get(err)
+        if chosen is None:
+            chosen = _with_builtin(type(OSError(err, "")))
         return chosen(err, call, arguments, hint)
 
     @property
@@ -114,19 +116,18 @@ def format_arguments(arguments: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-_BUILTIN_TWINS: dict[tuple[type[KernelError], type[OSError]], type[KernelError]] = {}
+_BUILTIN_TWINS: dict[type[OSError], type[KernelError]] = {}
 
 
-def _with_builtin(chosen: type[KernelError], builtin: type[OSError]) -> type[KernelError]:
-    """`chosen`, or a subclass of it that is also a `builtin` (same name, cached)."""
-    if issubclass(chosen, builtin):
-        return chosen
-    twin = _BUILTIN_TWINS.get((chosen, builtin))
+def _with_builtin(builtin: type[OSError]) -> type[KernelError]:
+    """KernelError, or a cached subclass of it that is also `builtin` (e.g. NotADirectoryError)."""
+    if builtin is OSError:
+        return KernelError
+    twin = _BUILTIN_TWINS.get(builtin)
     if twin is None:
-        # _errnos=(): the twin must not take over its parent's errnos in _by_errno.
-        body = {"__module__": chosen.__module__, "_errnos": ()}
-        twin = type(chosen.__name__, (chosen, builtin), body)
-        _BUILTIN_TWINS[(chosen, builtin)] = twin
+        name = builtin.__name__.removesuffix("Error") + "KernelError"
+        twin = type(name, (KernelError, builtin), {"__module__": __name__})
+        _BUILTIN_TWINS[builtin] = twin
     return twin
 
 
@@ -137,7 +138,7 @@ class NotFoundError(KernelError, FileNotFoundError):
     _errnos = (_errno.ENOENT,)
 
 
-class IovaInUseError(KernelError):
+class IovaInUseError(KernelError, FileExistsError):
     """EEXIST: the fixed IOVA range overlaps an existing mapping."""
 
     _errnos = (_errno.EEXIST,)
@@ -209,7 +210,7 @@ class BufferTooSmallError(KernelError):
     _errnos = (_errno.EMSGSIZE,)
 
 
-class PermissionDeniedError(KernelError):
+class PermissionDeniedError(KernelError, PermissionError):
     """EPERM/EACCES: missing privilege, or a policy refusal (e.g. unsafe interrupts)."""
 
     _errnos = (_errno.EPERM, _errno.EACCES)
