@@ -1,12 +1,13 @@
 # fastmap developer entry points. On a fresh machine:
 #   make demo   # builds fastmap into .venv and runs the demo on the simulated kernel
 #   make test   # builds, lints, runs the test suites (simulator, then a real kernel in a VM)
+#   make test-sanitize / test-tsan / test-cpp / fuzz / fuzz-short: tools/sanitize/README.md
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-sim test-vm lint bench install clean
+.PHONY: demo test test-sim test-vm lint bench install clean selftests selftests-real
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,17 @@ test-sim: $(STAMP)
 	tools/kernel-headers.sh >/dev/null
 	$(PY) -m pytest -m "not vm"
 
+# Linux's iommufd selftests under `fastmap sim-run`, compared test by test with the real
+# 6.12 kernel's recorded outcomes (tests/selftests/real_6.12.95.json; part of test-sim too).
+selftests: $(STAMP)
+	tools/selftests/build.sh >/dev/null
+	$(PY) -m pytest -q tests/selftests
+
+# Re-record the real kernel's selftest outcomes in the VM (on a shared machine, run it
+# under the VM lock: flock /work/vm.lock make selftests-real).
+selftests-real: $(STAMP)
+	tools/selftests/record-real.sh
+
 # The real-kernel tier: boots Linux 6.12 under QEMU and runs the suites there.
 test-vm: $(STAMP)
 	tools/vmtest/install-qemu.sh
@@ -47,3 +59,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) src/fastmap/*.so
+
+include tools/sanitize/sanitize.mk

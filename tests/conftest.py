@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fastmap import _core, uapi
 from fastmap.errors import KernelError
@@ -20,6 +21,35 @@ from fastmap.kernel import Fd, Kernel, RealKernel
 from tests.facilities import facility_of, missing, required
 
 TRANSPORTS = ["sim", pytest.param("real", marks=pytest.mark.real_kernel)]
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (budgets scale with tests/fuzzing.py):
+# "default" (local) and "ci" (.ci/run) are derandomized, so a run is reproducible and CI
+# cannot turn red on a new random draw; "fuzz" (`make fuzz`) draws fresh random inputs with
+# many more examples, to find what the fixed draws miss.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True, database=None)
+settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    max_examples=500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under a sanitizer build (FASTMAP_SANITIZER, set by make test-sanitize/test-tsan), skip
+    the tests marked not_under_sanitizer, with the mark's reason."""
+    sanitizer = os.environ.get("FASTMAP_SANITIZER")
+    if not sanitizer:
+        return
+    for item in items:
+        mark = item.get_closest_marker("not_under_sanitizer")
+        if mark is not None:
+            reason = mark.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"not under {sanitizer}: {reason}"))
 
 
 def make_kernel(kind: str) -> Kernel:

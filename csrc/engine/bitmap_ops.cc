@@ -4,7 +4,9 @@
 
 // The hot loops are compiled several times and picked at load time (an ifunc), because the
 // build targets baseline x86-64, where __builtin_popcountll is a library call, not POPCNT.
-#if defined(__x86_64__) && defined(__has_attribute)
+// Not under TSan: the ifunc resolver runs during relocation, before the TSan runtime is
+// initialized, and its instrumented prologue crashes there.
+#if defined(__x86_64__) && defined(__has_attribute) && !defined(__SANITIZE_THREAD__)
 #if __has_attribute(target_clones)
 #define FM_MULTIVERSION __attribute__((target_clones("default", "popcnt", "arch=x86-64-v3")))
 #endif

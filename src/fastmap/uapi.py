@@ -53,6 +53,13 @@ iommu_test_mock_domain_flags: type[UapiStruct]
 iommu_test_mock_domain_replace: type[UapiStruct]
 iommu_test_check_map: type[UapiStruct]
 iommu_test_dirty: type[UapiStruct]
+iommu_test_check_refs: type[UapiStruct]
+iommu_test_create_access: type[UapiStruct]
+iommu_test_destroy_access_pages: type[UapiStruct]
+iommu_test_access_pages: type[UapiStruct]
+iommu_test_access_rw: type[UapiStruct]
+iommu_test_memory_limit: type[UapiStruct]
+iommu_test_access_replace_ioas: type[UapiStruct]
 iommu_test_cmd_payload: type[UapiUnion]
 iommu_test_cmd: type[UapiStruct]
 vfio_device_info: type[UapiStruct]
@@ -139,6 +146,11 @@ MOCK_APERTURE_START: int
 MOCK_APERTURE_LAST: int
 MOCK_FLAGS_DEVICE_NO_DIRTY: int
 MOCK_FLAGS_DEVICE_HUGE_IOVA: int
+MOCK_FLAGS_ACCESS_WRITE: int
+MOCK_FLAGS_ACCESS_SYZ: int
+MOCK_ACCESS_RW_WRITE: int
+MOCK_ACCESS_RW_SLOW_PATH: int
+MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES: int
 IOMMU_HW_INFO_TYPE_SELFTEST: int
 IOMMU_HW_INFO_SELFTEST_REGVAL: int
 VFIO_TYPE: int

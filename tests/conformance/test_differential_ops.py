@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel
+from tests.fuzzing import examples
 
 from ..conftest import make_kernel
 from .helpers import (
@@ -164,8 +165,7 @@ def _dirty_round(rec: object, hwpt: int, bits: object, no_clear: object) -> None
 
 @pytest.mark.real_kernel
 @settings(
-    max_examples=60,
-    derandomize=True,
+    max_examples=examples(60),
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

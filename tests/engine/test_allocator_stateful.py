@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from tests.fuzzing import examples
 
 from fastmap._tools.reference_allocator import U64_MAX, ReferenceAllocator, RefError
 from fastmap.allocator import AllocatorError, IovaAllocator
 
 SETTINGS = settings(
-    derandomize=True,
-    max_examples=200,
+    max_examples=examples(200),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -225,4 +225,4 @@ TestSpaceEdges.settings = SETTINGS
 TestWholeSpace = WholeSpace.TestCase
 TestWholeSpace.settings = SETTINGS
 TestPreloaded = Preloaded.TestCase
-TestPreloaded.settings = settings(SETTINGS, max_examples=60)
+TestPreloaded.settings = settings(SETTINGS, max_examples=examples(60))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.fuzzing import examples
 
 from fastmap import bitmap
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 # Derandomized so that CI runs the same examples every time.
-reproducible = settings(derandomize=True, max_examples=200, deadline=None)
+reproducible = settings(max_examples=examples(200), deadline=None)
 
 
 # ---- reference model -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tests.conformance.helpers import (
     mock_set_dirty,
     set_dirty_tracking,
 )
+from tests.fuzzing import examples
 
 from fastmap import bitmap, uapi
 from fastmap.dirty import DirtyHarvester
@@ -220,8 +221,7 @@ def test_tracking_off_reports_nothing(tracked: Tracked) -> None:
 
 
 @settings(
-    derandomize=True,
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

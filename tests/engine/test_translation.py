@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from tests.fuzzing import examples
 
 from fastmap import _core
 from fastmap._tools.reference_allocator import ReferenceTranslationMap, RefError
@@ -104,8 +105,7 @@ class TranslationMachine(RuleBasedStateMachine):
 
 TestTranslationMachine = TranslationMachine.TestCase
 TestTranslationMachine.settings = settings(
-    derandomize=True,
-    max_examples=100,
+    max_examples=examples(100),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -22,6 +22,7 @@ from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.sim import SimKernel
 from tests.facilities import only_on_sim
+from tests.fuzzing import examples
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits
 
@@ -152,7 +153,7 @@ def test_plain_hwpts_are_left_alone(fk: FaultyKernel) -> None:
 pages_st = st.sets(st.integers(0, PAGES - 1), max_size=12)
 
 
-@settings(max_examples=20, derandomize=True, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(a=pages_st, b=pages_st)
 def test_query_ors_the_hwpts(a: set[int], b: set[int]) -> None:
     t = TwoHwpts(SimKernel())

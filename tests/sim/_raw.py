@@ -161,7 +161,10 @@ class Iommufd:
             "ADD_RESERVED": "add_reserved", "MOCK_DOMAIN": "mock_domain",
             "MOCK_DOMAIN_FLAGS": "mock_domain_flags",
             "MOCK_DOMAIN_REPLACE": "mock_domain_replace", "MD_CHECK_MAP": "check_map",
-            "DIRTY": "dirty",
+            "DIRTY": "dirty", "MD_CHECK_REFS": "check_refs",
+            "CREATE_ACCESS": "create_access", "ACCESS_PAGES": "access_pages",
+            "DESTROY_ACCESS_PAGES": "destroy_access_pages", "ACCESS_RW": "access_rw",
+            "SET_TEMP_MEMORY_LIMIT": "memory_limit", "ACCESS_REPLACE_IOAS": "access_replace_ioas",
         }.get(op)
         if member:
             sub = getattr(s.u, member)

@@ -7,6 +7,7 @@ import errno
 from _raw import PAGE, U64_MAX, Iommufd, anon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.fuzzing import examples
 
 HPAGE = PAGE * (PAGE // 8)  # one PMD: 2 MiB with 4 KiB pages
 
@@ -140,7 +141,7 @@ OPS = st.lists(
 ALLOWED = st.lists(st.tuples(st.integers(0, 1 << 24), st.integers(1, 1 << 22)), max_size=3)
 
 
-@settings(derandomize=True, max_examples=300, deadline=None,
+@settings(max_examples=examples(300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, allowed=ALLOWED, thp=st.booleans())
 def test_allocator_matches_reference(ops: list[tuple[str, int, int]],

@@ -14,6 +14,7 @@ import pytest
 from _vfio_raw import PAGE, Buf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.fuzzing import examples
 
 from fastmap import _core
 
@@ -138,7 +139,7 @@ def test_map_smallest_pages_when_asked() -> None:
     assert d.run_count == 1
 
 
-@settings(max_examples=200, derandomize=True, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(iova_pages=st.integers(0, 3 << 18), va_pages=st.integers(0, 3 << 18),
        npages=st.integers(1, 1 << 19), largest=st.booleans())
 def test_map_page_choice_matches_iommu_pgsize(iova_pages: int, va_pages: int, npages: int,
@@ -302,7 +303,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=150, derandomize=True, deadline=None,
+@settings(max_examples=examples(150), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_domain_matches_reference_model(buf: Buf, ops: list[tuple]) -> None:

@@ -88,6 +88,26 @@ int with_fixup(F&& f) noexcept {
   return 0;
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// Sanitizer builds (tools/sanitize): user pointers may be wild, so the accesses that may fault
+// are not instrumented (an instrumented access or an intercepted memcpy would report a wild
+// address before the fault fixup could turn it into EFAULT), and byte loops replace
+// memcpy/memset, which the runtimes intercept.
+#define FM_USER_ACCESS [[gnu::noinline, gnu::no_sanitize("address", "thread", "undefined")]]
+FM_USER_ACCESS void copy_bytes(void* dst, const void* src, std::size_t n) {
+  auto* d = static_cast<volatile unsigned char*>(dst);
+  const auto* s = static_cast<const volatile unsigned char*>(src);
+  for (std::size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+FM_USER_ACCESS void zero_bytes(void* dst, std::size_t n) {
+  auto* d = static_cast<volatile unsigned char*>(dst);
+  for (std::size_t i = 0; i < n; ++i) d[i] = 0;
+}
+FM_USER_ACCESS void touch_read(const volatile unsigned char* p) { (void)*p; }
+FM_USER_ACCESS void touch_write(unsigned char* p) {
+  __atomic_fetch_or(p, 0, __ATOMIC_RELAXED);
+}
+#else
 // Probes the compiler must really perform.
 void touch_read(const volatile unsigned char* p) { (void)*p; }
 void touch_write(unsigned char* p) { __atomic_fetch_or(p, 0, __ATOMIC_RELAXED); }
@@ -101,6 +121,35 @@ void touch_write(unsigned char* p) { __atomic_fetch_or(p, 0, __ATOMIC_RELAXED); 
   std::memset(dst, 0, n);
   asm volatile("" ::: "memory");
 }
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" void* __asan_region_is_poisoned(void* beg, std::size_t size);
+// x86-64 ASan's application memory (the rest of the lower half is its shadow and gap).
+bool asan_app_address(std::uint64_t a) {
+  return a < 0x7fff8000ULL || (a >= 0x10007fff8000ULL && a <= 0x7fffffffffffULL);
+}
+// Not instrumented: ASan would check the shadow of its own shadow.
+FM_USER_ACCESS unsigned char asan_shadow_byte(std::uint64_t a) {
+  return *reinterpret_cast<const volatile unsigned char*>((a >> 3) + 0x7fff8000ULL);
+}
+// The kernel reads and writes any mapped page, but in this process a mapped byte that ASan
+// poisoned (a freed buffer, a redzone past a heap block) means the caller handed the
+// "kernel" a buffer shorter or older than it claimed: make ASan report it, with the stack,
+// by touching that byte through instrumented code. Mapped, so this does not fault.
+void asan_check_user(std::uint64_t addr, std::size_t len) {
+  if (!asan_app_address(addr) || !asan_app_address(addr + len - 1)) return;
+  void* bad = __asan_region_is_poisoned(reinterpret_cast<void*>(addr), len);
+  const auto b = reinterpret_cast<std::uint64_t>(bad);
+  if (!bad || !asan_app_address(b)) return;
+  // 0xfe marks ASan's own memory: a wild pointer that happens to land there is the caller's
+  // bug but not one ASan can describe, so leave it to the copy (as the kernel would).
+  if (asan_shadow_byte(b) != 0xfe) (void)*static_cast<volatile unsigned char*>(bad);
+}
+#else
+void asan_check_user(std::uint64_t, std::size_t) {}
+#endif
+
 
 }  // namespace
 
@@ -118,14 +167,27 @@ int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept 
   if (len == 0) return 0;
   if (user_src == 0 || range_wraps(user_src, len)) return -EFAULT;
   if (t_remote) return remote_rw(t_remote, dst, user_src, len, false);
+#if defined(__SANITIZE_THREAD__)
+  // Under TSan a siglongjmp out of its wrapped SIGSEGV handler is not reliable: copy through
+  // process_vm_readv/writev on this process, which fail with EFAULT on unmapped, PROT_NONE
+  // and (for writes) read-only pages like copy_to_user, with no signal at all.
+  return remote_rw(::getpid(), dst, user_src, len, false);
+#else
+  asan_check_user(user_src, len);
   return with_fixup([&] { copy_bytes(dst, reinterpret_cast<const void*>(user_src), len); });
+#endif
 }
 
 int copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexcept {
   if (len == 0) return 0;
   if (user_dst == 0 || range_wraps(user_dst, len)) return -EFAULT;
   if (t_remote) return remote_rw(t_remote, const_cast<void*>(src), user_dst, len, true);
+#if defined(__SANITIZE_THREAD__)
+  return remote_rw(::getpid(), const_cast<void*>(src), user_dst, len, true);
+#else
+  asan_check_user(user_dst, len);
   return with_fixup([&] { copy_bytes(reinterpret_cast<void*>(user_dst), src, len); });
+#endif
 }
 
 int clear_user(std::uint64_t user_dst, std::size_t len) noexcept {
@@ -141,6 +203,7 @@ int clear_user(std::uint64_t user_dst, std::size_t len) noexcept {
     }
     return 0;
   }
+  asan_check_user(user_dst, len);
   return with_fixup([&] { zero_bytes(reinterpret_cast<void*>(user_dst), len); });
 }
 

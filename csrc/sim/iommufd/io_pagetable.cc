@@ -221,6 +221,7 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
 int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* unmapped) {
   std::uint64_t bytes = 0;
   int rc = 0;
+  int tries = 0;
   for (;;) {
     // The first area intersecting [start, last]; removed ones are gone, so always search
     // from `start` again.
@@ -231,6 +232,18 @@ int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* u
     if (a.iova < start || a.last > last) {
       rc = -ENOENT;  // unmap never splits an area; earlier removals stay done
       break;
+    }
+    if (a.num_accesses) {
+      // Ask every access to drop its pins in this area, then look again: an access that
+      // does not respond makes the kernel give up after 100 tries.
+      if (++tries > 100) {
+        rc = -EDEADLOCK;
+        break;
+      }
+      const std::uint64_t area_iova = a.iova, area_len = a.length();
+      const std::vector<IoasAccess*> accesses(accesses_);
+      for (IoasAccess* acc : accesses) acc->unmap_notify(area_iova, area_len);
+      continue;
     }
     unfill_area(a, domains_);
     if (a.pinned) a.pages->unpin(ctx_.kernel, a.first_index(), a.last_index());
@@ -322,6 +335,7 @@ int IoPagetable::check_alignment(std::uint64_t align) const {
 int IoPagetable::recalculate_alignment() {
   std::uint64_t align = disable_large_pages_ ? host_page_size() : 1;
   for (const auto& d : domains_) align = std::max(align, d->min_page_size());
+  for (const auto* acc : accesses_) align = std::max(align, acc->iova_alignment);
   if (align > iova_alignment_) {
     if (int rc = check_alignment(align)) return rc;
   }
@@ -397,6 +411,100 @@ int IoPagetable::disable_large_pages() {
 void IoPagetable::enable_large_pages() {
   disable_large_pages_ = false;
   recalculate_alignment();
+}
+
+// ---- accesses ---------------------------------------------------------------------------
+
+int IoPagetable::add_access(IoasAccess* access) {
+  accesses_.push_back(access);
+  if (int rc = recalculate_alignment()) {
+    accesses_.pop_back();
+    return rc;
+  }
+  return 0;
+}
+
+void IoPagetable::remove_access(IoasAccess* access) {
+  accesses_.erase(std::remove(accesses_.begin(), accesses_.end(), access), accesses_.end());
+  recalculate_alignment();  // only ever shrinks here
+}
+
+template <class F>
+int IoPagetable::for_each_contig(std::uint64_t iova, std::uint64_t last, F&& fn) {
+  std::uint64_t cur = iova;
+  auto it = areas_.upper_bound(cur);
+  if (it == areas_.begin()) return -ENOENT;
+  --it;
+  while (it != areas_.end() && it->first <= cur && it->second.last >= cur) {
+    Area& a = it->second;
+    const std::uint64_t l = std::min(last, a.last);
+    if (int rc = fn(a, cur, l)) return rc;
+    if (l == last) return 0;
+    cur = l + 1;
+    ++it;
+  }
+  return -ENOENT;
+}
+
+int IoPagetable::access_pin(std::uint64_t iova, std::uint64_t length, bool write,
+                            std::vector<AccessPin>* pins, std::vector<std::uint64_t>* vas) {
+  if (length == 0) return -EINVAL;
+  if (iova + (length - 1) < iova) return -EOVERFLOW;
+  const std::uint64_t ps = host_page_size();
+  const std::uint64_t last = iova + (length - 1);
+  pins->clear();
+  vas->clear();
+  int rc = for_each_contig(iova, last, [&](Area& a, std::uint64_t cur, std::uint64_t l) {
+    // iopt_area_contig_is_aligned: each piece starts on a page, and every piece but the
+    // last ends on one.
+    if (a.start_byte_at(cur) % ps || (l != last && (a.start_byte_at(l) + 1) % ps)) {
+      return -EINVAL;
+    }
+    if (!(a.prot & (write ? kIommuWrite : kIommuRead))) return -EPERM;
+    const std::uint64_t first = a.start_byte_at(cur) / ps, lasti = a.start_byte_at(l) / ps;
+    if (int r = a.pages->pin(ctx_.kernel, first, lasti)) return r;
+    ++a.num_accesses;
+    pins->push_back({a.iova, first, lasti});
+    // The user VA of each page (hint() of a user range), for the caller's check.
+    for (std::uint64_t i = first; i <= lasti; ++i) vas->push_back(a.pages->hint(i * ps));
+    return 0;
+  });
+  if (rc) {
+    access_unpin(*pins);
+    pins->clear();
+    vas->clear();
+  }
+  return rc;
+}
+
+void IoPagetable::access_unpin(const std::vector<AccessPin>& pins) {
+  for (const auto& p : pins) {
+    auto it = areas_.find(p.area_iova);
+    if (it == areas_.end()) continue;  // cannot happen: unmap waits for accesses
+    it->second.pages->unpin(ctx_.kernel, p.first, p.last);
+    --it->second.num_accesses;
+  }
+}
+
+int IoPagetable::access_rw(std::uint64_t iova, void* data, std::uint64_t length, bool write) {
+  if (length == 0) return -EINVAL;
+  if (iova + (length - 1) < iova) return -EOVERFLOW;
+  const std::uint64_t ps = host_page_size();
+  auto* bytes = static_cast<unsigned char*>(data);
+  return for_each_contig(iova, iova + (length - 1),
+                         [&](Area& a, std::uint64_t cur, std::uint64_t l) {
+    if (!(a.prot & (write ? kIommuWrite : kIommuRead))) return -EPERM;
+    // The pages are pinned for the copy (as iopt_pages_rw_access does when no domain holds
+    // them), so memory that GUP cannot reach fails with EFAULT.
+    const std::uint64_t first = a.start_byte_at(cur) / ps, lasti = a.start_byte_at(l) / ps;
+    if (int r = a.pages->pin(ctx_.kernel, first, lasti)) return r;
+    const std::uint64_t va = a.pages->va(a.start_byte_at(cur));
+    const std::uint64_t n = l - cur + 1;
+    int r = write ? copy_to_user(va, bytes, n) : copy_from_user(bytes, va, n);
+    a.pages->unpin(ctx_.kernel, first, lasti);
+    bytes += n;
+    return r;
+  });
 }
 
 }  // namespace fastmap::sim

@@ -27,6 +27,24 @@ namespace fastmap::sim {
 
 class IommufdCtx;
 
+// An in-kernel user of an IOAS (iommufd_access): it may pin pages of areas, and is told to
+// drop them before an unmap removes those areas.
+class IoasAccess {
+ public:
+  virtual ~IoasAccess() = default;
+  // ops->unmap: [iova, iova+length) is going away; unpin anything inside it.
+  virtual void unmap_notify(std::uint64_t iova, std::uint64_t length) = 0;
+  // PAGE_SIZE for an access that pins pages, else 1: the IOAS's IOVA alignment follows it.
+  std::uint64_t iova_alignment = 1;
+};
+
+// One area's pages pinned by an access: the area (by IOVA) and the page indices.
+struct AccessPin {
+  std::uint64_t area_iova;
+  std::uint64_t first;
+  std::uint64_t last;
+};
+
 struct Area {
   std::uint64_t iova = 0;
   std::uint64_t last = 0;  // inclusive
@@ -37,6 +55,8 @@ struct Area {
   // The page size the memory is really in (backing_page_size), looked up when a domain
   // first needs it; 0 until then.
   std::uint64_t backing = 0;
+  // Pins held by accesses (iopt_area->num_accesses): unmap asks them to let go first.
+  int num_accesses = 0;
 
   std::uint64_t length() const noexcept { return last - iova + 1; }
   std::uint64_t page_offset() const noexcept;
@@ -100,6 +120,20 @@ class IoPagetable {
   int add_domain(const std::shared_ptr<Domain>& domain);
   void remove_domain(const Domain* domain);
 
+  // iopt_add_access / iopt_remove_access: the access's alignment joins the IOAS's
+  // (-EADDRINUSE when an existing area does not meet it).
+  int add_access(IoasAccess* access);
+  void remove_access(IoasAccess* access);
+  // iommufd_access_pin_pages' walk: pin the pages under [iova, iova+length) for an access.
+  // 0, -EINVAL (empty, or not page aligned), -EOVERFLOW, -EPERM (area lacks the
+  // permission), -ENOENT (not contiguously mapped), -EFAULT/-ENOMEM (pinning). On success
+  // *pins lists what to give to access_unpin, and *vas the user VA of each page.
+  int access_pin(std::uint64_t iova, std::uint64_t length, bool write,
+                 std::vector<AccessPin>* pins, std::vector<std::uint64_t>* vas);
+  void access_unpin(const std::vector<AccessPin>& pins);
+  // iommufd_access_rw: copy between `data` and the memory under [iova, iova+length).
+  int access_rw(std::uint64_t iova, void* data, std::uint64_t length, bool write);
+
   // IOMMU_OPTION_HUGE_PAGES.
   int disable_large_pages();
   void enable_large_pages();
@@ -133,6 +167,11 @@ class IoPagetable {
   void release(std::uint64_t start, std::uint64_t last);
   // The union of the reserved ranges, sorted and merged.
   std::vector<IovaSpan> reserved_union() const;
+  // Visit the areas covering [iova, last] in order while they are contiguous: fn(area,
+  // cur, l) for each piece [cur, l]; a non-zero return stops the walk and is returned.
+  // -ENOENT when the areas stop before `last`.
+  template <class F>
+  int for_each_contig(std::uint64_t iova, std::uint64_t last, F&& fn);
   template <class F>
   bool for_each_hole(std::uint64_t start, std::uint64_t last, F&& fn) const;
 
@@ -144,6 +183,7 @@ class IoPagetable {
   std::map<std::uint64_t, std::uint64_t> allowed_;  // start -> last
   std::vector<Reserved> reserved_;                  // few entries; kept sorted by start
   std::vector<std::shared_ptr<Domain>> domains_;
+  std::vector<IoasAccess*> accesses_;
   std::uint64_t iova_alignment_ = 1;
   bool disable_large_pages_ = false;
 };

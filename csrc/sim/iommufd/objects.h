@@ -14,7 +14,7 @@ namespace fastmap::sim {
 
 class IommufdCtx;
 
-enum class ObjType { kIoas, kHwpt, kDevice, kFault, kSelftest };
+enum class ObjType { kIoas, kHwpt, kDevice, kFault, kSelftest, kAccess };
 
 class Object {
  public:

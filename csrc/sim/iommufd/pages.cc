@@ -7,11 +7,47 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <map>
+#include <mutex>
 
 #include "sim/core/kernel_core.h"
 #include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
+
+namespace {
+
+// Every simulated kernel's pinned pages: (kernel, page VA) -> pins, never 0.
+struct PinRegistry {
+  std::mutex mu;
+  std::map<std::pair<const KernelCore*, std::uint64_t>, unsigned> pins;
+};
+
+PinRegistry& registry() {
+  static PinRegistry* r = new PinRegistry();  // outlives every kernel; never destroyed
+  return *r;
+}
+
+void add_page_pins(const KernelCore& kernel, std::uint64_t va, std::uint64_t npages,
+                   int delta) {
+  const std::uint64_t ps = host_page_size();
+  PinRegistry& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  for (std::uint64_t i = 0; i < npages; ++i, va += ps) {
+    unsigned& n = r.pins[{&kernel, va}];
+    n += static_cast<unsigned>(delta);
+    if (n == 0) r.pins.erase({&kernel, va});
+  }
+}
+
+}  // namespace
+
+unsigned page_pins(const KernelCore& kernel, std::uint64_t va) {
+  PinRegistry& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  auto it = r.pins.find({&kernel, va});
+  return it == r.pins.end() ? 0 : it->second;
+}
 
 std::shared_ptr<IoptPages> IoptPages::user(std::uint64_t uptr, std::uint64_t length,
                                            bool writable, AccountMode mode) {
@@ -23,6 +59,7 @@ std::shared_ptr<IoptPages> IoptPages::user(std::uint64_t uptr, std::uint64_t len
   p->first_byte_ = uptr - p->base_;
   p->npages_ = (p->first_byte_ + length + ps - 1) / ps;
   p->va_base_ = p->base_;
+  p->mm_ = current_remote_mm();
   return p;
 }
 
@@ -73,6 +110,9 @@ int IoptPages::check_pages(std::uint64_t first, std::uint64_t last) {
     }
     return 0;
   }
+  // Unheld pages are looked up in the mm that mapped them (a forked child's may be gone:
+  // then GUP fails with EFAULT); held pages through the simulator's own hold.
+  RemoteMmScope mm(pins_.empty() ? mm_ : 0);
   return check_user_pages(va_base_ + first * ps, (last - first + 1) * ps, writable_);
 }
 
@@ -126,7 +166,32 @@ int IoptPages::pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) 
     hold_ = PageHold(base_, npages_ * host_page_size());
     va_base_ = hold_.addr();
   }
+  count_pins(kernel, first, last, 1);
   return 0;
+}
+
+void IoptPages::count_pins(KernelCore& kernel, std::uint64_t first, std::uint64_t last,
+                           int delta) {
+  if (is_file_) return;  // MD_CHECK_REFS looks at user VAs only
+  if (page_pins_.empty()) page_pins_.assign(npages_, 0);
+  const std::uint64_t ps = host_page_size();
+  // Report runs of pages whose pinned state flips, in one call each.
+  std::uint64_t run = 0, run_first = 0;
+  auto flush = [&] {
+    if (run) add_page_pins(kernel, base_ + run_first * ps, run, delta);
+    run = 0;
+  };
+  for (std::uint64_t i = first; i <= last; ++i) {
+    std::uint32_t& n = page_pins_[i];
+    const bool flips = delta > 0 ? n++ == 0 : --n == 0;
+    if (flips) {
+      if (!run) run_first = i;
+      ++run;
+    } else {
+      flush();
+    }
+  }
+  flush();
 }
 
 void IoptPages::unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) {
@@ -135,6 +200,7 @@ void IoptPages::unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t las
   const std::uint64_t before = pinned_pages_with({1, 0});
   pins_.erase(it);
   uncharge(kernel, before - pinned_pages_with({1, 0}));
+  count_pins(kernel, first, last, -1);
   if (!is_file_ && pins_.empty()) {
     hold_ = PageHold();  // the last unpin lets go of the pages; a new pin takes the VA's
     va_base_ = base_;

@@ -11,6 +11,8 @@
 // Locking: only touched under the owning context's mutex.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -20,6 +22,10 @@
 #include "sim/iommufd/ctx.h"
 
 namespace fastmap::sim {
+
+// Pins iommufd holds on the page at user VA `va` in `kernel`'s process (the kernel's
+// page_ref_count in units of GUP_PIN_COUNTING_BIAS), which MD_CHECK_REFS reads.
+unsigned page_pins(const KernelCore& kernel, std::uint64_t va);
 
 class IoptPages {
  public:
@@ -70,10 +76,15 @@ class IoptPages {
   std::uint64_t npages_ = 0;
   std::uint64_t va_base_ = 0;     // VA of page 0 (user: held pages or base_; file: our mmap)
   PageHold hold_;                 // user: the pinned pages, while pins_ is not empty
+  pid_t mm_ = 0;                  // user: the process that mapped it (0: this one)
   int fd_ = -1;                   // file: our duplicate
   void* map_ = nullptr;           // file: MAP_SHARED mapping of all npages_ pages
   std::vector<std::pair<std::uint64_t, std::uint64_t>> pins_;  // one [first,last] per pin
   std::uint64_t charged_ = 0;     // pages charged to account_mode
+  // Pins on each page (one per pin() covering it), sized on the first pin: a page's first
+  // pin and its last unpin are what the kernel's page refcount sees.
+  std::vector<std::uint32_t> page_pins_;
+  void count_pins(KernelCore& kernel, std::uint64_t first, std::uint64_t last, int delta);
 };
 
 }  // namespace fastmap::sim

@@ -2,19 +2,21 @@
 // ranges, and the dirty-bit injector, as drivers/iommu/iommufd/selftest.c offers them.
 //
 // Modelled ops: ADD_RESERVED, MOCK_DOMAIN, MOCK_DOMAIN_FLAGS, MOCK_DOMAIN_REPLACE,
-// MD_CHECK_MAP, DIRTY. Not modelled (EOPNOTSUPP): MD_CHECK_REFS (page refcounts do not
-// exist here), CREATE_ACCESS / ACCESS_PAGES / ACCESS_RW / DESTROY_ACCESS_PAGES /
-// ACCESS_REPLACE_IOAS (in-kernel access objects), SET_TEMP_MEMORY_LIMIT (pin batching),
-// and the nesting/fault ops (MD_CHECK_IOTLB, TRIGGER_IOPF, DEV_CHECK_CACHE, ...).
+// MD_CHECK_MAP, MD_CHECK_REFS (pins counted per page by the simulated kernel),
+// SET_TEMP_MEMORY_LIMIT (the pin batch size, which changes nothing visible here), DIRTY,
+// and the access ops (access.cc). Not modelled (EOPNOTSUPP): the nesting and fault ops
+// (MD_CHECK_IOTLB, TRIGGER_IOPF).
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "sim/iommufd/access.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/iommufd/idev.h"
 #include "sim/iommufd/ioctls.h"
+#include "sim/iommufd/pages.h"
 #include "sim/core/user_memory.h"
 #include "uapi/iommufd_test.h"
 
@@ -148,6 +150,18 @@ int md_check_map(Ucmd& u, iommu_test_cmd& cmd) {
   return 0;
 }
 
+// MD_CHECK_REFS: every page of [uptr, uptr+length) must be mapped and pinned `refs` times.
+int md_check_refs(Ucmd& u, iommu_test_cmd& cmd) {
+  const std::uint64_t ps = host_page_size();
+  std::uint64_t uptr = cmd.u.check_refs.uptr, length = cmd.u.check_refs.length;
+  if (length % ps || uptr % ps || uptr + length < uptr) return -EINVAL;
+  for (; length; length -= ps, uptr += ps) {
+    if (int rc = check_user_pages(uptr, ps, false)) return rc;
+    if (page_pins(u.ctx.kernel, uptr) != cmd.u.check_refs.refs) return -EIO;
+  }
+  return 0;
+}
+
 int dirty(Ucmd& u, iommu_test_cmd& cmd) {
   const auto& d = cmd.u.dirty;
   if (!d.page_size || !d.length || d.iova % d.page_size || d.length % d.page_size || !d.uptr) {
@@ -189,6 +203,22 @@ int iommufd_test(Ucmd& u) {
       return mock_domain_replace(u, cmd);
     case IOMMU_TEST_OP_MD_CHECK_MAP:
       return md_check_map(u, cmd);
+    case IOMMU_TEST_OP_MD_CHECK_REFS:
+      return md_check_refs(u, cmd);
+    case IOMMU_TEST_OP_CREATE_ACCESS:
+      return selftest_create_access(u, cmd);
+    case IOMMU_TEST_OP_ACCESS_REPLACE_IOAS:
+      return selftest_access_replace_ioas(u, cmd);
+    case IOMMU_TEST_OP_ACCESS_PAGES:
+      return selftest_access_pages(u, cmd);
+    case IOMMU_TEST_OP_ACCESS_RW:
+      return selftest_access_rw(u, cmd);
+    case IOMMU_TEST_OP_DESTROY_ACCESS_PAGES:
+      return selftest_destroy_access_pages(u, cmd);
+    case IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT:
+      // The pin batch's size; below one element's size _batch_init could not work.
+      if (cmd.u.memory_limit.limit < sizeof(unsigned long) + sizeof(std::uint32_t)) return -EINVAL;
+      return 0;
     case IOMMU_TEST_OP_DIRTY:
       return dirty(u, cmd);
     default:

@@ -97,6 +97,19 @@ class IommufdContainer(Container):
         self.hwpts: list[Hwpt] = []
         self._harvester: DirtyHarvester | None = None
 
+    def drop_device_hwpt(self, dev: VFIODevice) -> None:
+        """Drop a detached device from its HWPT; the HWPT goes with its last device (an
+        auto domain is the kernel's to destroy, so it is only forgotten)."""
+        hwpt = dev.hwpt
+        if hwpt is None:
+            return
+        hwpt.devices.remove(dev)
+        dev.hwpt = None
+        if not hwpt.devices:
+            self.hwpts.remove(hwpt)
+            if not hwpt.auto_domain:
+                self.backend.free_id(hwpt.id)
+
     @property
     def ioas_id(self) -> int:
         return self.ioas.id
@@ -507,15 +520,7 @@ def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
         # Closing the device fd unbinds the device, which detaches it in the kernel:
         # otherwise its HWPT and IOAS stay busy and leak in the iommufd.
         _close_device_fd(dev)
-    hwpt = dev.hwpt
-    if hwpt is None:
-        return
-    hwpt.devices.remove(dev)
-    dev.hwpt = None
-    if not hwpt.devices:
-        container.hwpts.remove(hwpt)
-        if not hwpt.auto_domain:
-            container.backend.free_id(hwpt.id)
+    container.drop_device_hwpt(dev)
 
 
 def _close_device_fd(dev: VFIODevice) -> None:

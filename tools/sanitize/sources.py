@@ -1,0 +1,35 @@
+"""Print the C++ sources of fastmap._core as setup.py lists them, one per line.
+
+--no-bindings leaves out the pybind11 layer (csrc/bindings/), for the C++ drivers under
+tests/cpp that link the engine and the simulator without Python. Reading the list from
+setup.py itself keeps the sanitizer builds in step with the extension's real source list.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import setuptools
+
+
+def extension_sources() -> list[str]:
+    captured: dict[str, Any] = {}
+
+    def fake_setup(**kwargs: Any) -> None:
+        captured.update(kwargs)
+
+    setuptools.setup = fake_setup
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root))
+    runpy.run_path(str(root / "setup.py"), run_name="__fastmap_sources__")
+    return [str(s) for ext in captured["ext_modules"] for s in ext.sources]
+
+
+if __name__ == "__main__":
+    sources = extension_sources()
+    if "--no-bindings" in sys.argv[1:]:
+        sources = [s for s in sources if not s.startswith("csrc/bindings/")]
+    print("\n".join(sources))
