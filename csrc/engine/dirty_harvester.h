@@ -29,7 +29,8 @@ class DirtyHarvester {
 
   // Harvests ranges [iovas[i], iovas[i] + lengths[i]) from every HWPT of hwpt_ids. The
   // ranges' bitmaps lie back to back in `out`, range 0 first, bitmap::words_for_length(
-  // lengths[i], page_size) words each (a partial last page still gets its bit); each is zeroed, then ORed into by one GET_DIRTY_BITMAP per HWPT.
+  // lengths[i], page_size) words each (a partial last page still gets its bit); each is
+  // zeroed, then ORed into by one GET_DIRTY_BITMAP per HWPT.
   // no_clear keeps the IOPTE dirty bits (IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR). A zero
   // page_size, mismatched iovas/lengths, or bitmaps that do not fit in `out` are refused with
   // EINVAL before any call (hwpt_id 0).
