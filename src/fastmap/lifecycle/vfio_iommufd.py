@@ -43,6 +43,7 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap._unwind import Unwind
 from fastmap.allocator import IovaRange
+from fastmap.bitmap import words_for_length
 from fastmap.dirty import DirtyHarvester, Harvest
 from fastmap.errors import (
     DeviceMismatchError,
@@ -438,7 +439,7 @@ def _empty_harvest(
     lengths = np.array([r[1] for r in ranges], np.uint64)
     bitmaps, start = [], 0
     for n in lengths.tolist():
-        end = start + DirtyHarvester.bitmap_words(n, page_size)
+        end = start + words_for_length(n, page_size)
         bitmaps.append(buf[start:end])
         start = end
     return Harvest(page_size, iovas, lengths, bitmaps, buf)
