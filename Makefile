@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples tools
 	$(VENV)/bin/mypy
 	$(PY) tools/check_includes.py
+	$(PY) tools/check_bindings.py
 
 # The simulator tier: everything that runs without /dev/iommu. The uAPI header check
 # (tests/test_uapi_headers.py) needs the 6.12 headers: fetching them must not fail quietly.

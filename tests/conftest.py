@@ -19,6 +19,7 @@ from fastmap import _core, uapi
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel, RealKernel
 from tests.facilities import facility_of, missing, required
+from tests.hugepages import HugePages, release, reserve
 
 TRANSPORTS = ["sim", pytest.param("real", marks=pytest.mark.real_kernel)]
 
@@ -131,6 +132,17 @@ def vfio_device(kernel: Kernel) -> str:
     assert isinstance(kernel, SimKernel)
     # An edu device (1234:11e8) bound to vfio-pci, as the VM tooling gives the real kernel.
     return str(kernel.machine.add_pci_device()["cdev"])
+
+
+@pytest.fixture(scope="session")
+def host_hugepages() -> Iterator[HugePages]:
+    """COUNT huge pages free for the session, as in the VM, where root can reserve them;
+    the old vm.nr_hugepages comes back at the end (tests/hugepages.py)."""
+    pages = reserve()
+    try:
+        yield pages
+    finally:
+        release(pages)
 
 
 # Real-kernel tier (FASTMAP_REQUIRE_REAL): see tests/facilities.py.

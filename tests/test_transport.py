@@ -153,3 +153,14 @@ def test_open_kernel_sim() -> None:
         with pytest.raises(KernelError) as info:
             fd.ioctl(uapi.IOMMU_DESTROY, None)
         assert type(info.value) is BadAddressError
+
+
+def test_each_error_is_the_builtin_oserror_its_errno_implies() -> None:
+    # Code that catches FileExistsError, NotADirectoryError, ... around a kernel call keeps
+    # working whichever layer raised.
+    for err in (errno.ENOENT, errno.EEXIST, errno.EPERM, errno.EACCES, errno.ENOTDIR, errno.EISDIR):
+        e = KernelError.from_errno(err, "x")
+        assert isinstance(e, type(OSError(err, ""))) and isinstance(e, KernelError), err
+    assert type(KernelError.from_errno(errno.ENOTDIR, "x")) is type(
+        KernelError.from_errno(errno.ENOTDIR, "y")
+    )

@@ -1,6 +1,6 @@
 // Dirty bitmaps and the dirty harvester: numpy uint64 arrays in and out, GIL released.
-// fastmap.bitmap and fastmap.dirty validate arguments; the checks here only keep a bad call
-// from reaching memory it should not.
+// fastmap.bitmap and fastmap.dirty validate arguments with messages; the core's checks
+// (engine/bitmap_checked.h) only keep a bad call from reaching memory it should not.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -12,6 +12,8 @@
 #include <tuple>
 
 #include "bindings/bindings.h"
+#include "bindings/errno_error.h"
+#include "engine/bitmap_checked.h"
 #include "engine/bitmap_ops.h"
 #include "engine/dirty_harvester.h"
 
@@ -34,12 +36,6 @@ std::span<std::uint64_t> mutable_view(U64Array& a) {
   return {a.mutable_data(), static_cast<std::size_t>(a.size())};
 }
 
-void check_bits(const U64Array& a, std::uint64_t nbits) {
-  if (bm::words_for(nbits) > static_cast<std::uint64_t>(a.size())) {
-    throw py::value_error("nbits exceeds the bitmap's length");
-  }
-}
-
 // The harvester refers to its Kernel; the Python object keeps the kernel alive with it.
 struct PyHarvester {
   std::shared_ptr<Kernel> kernel;
@@ -51,14 +47,14 @@ struct PyHarvester {
 
 void bind_bitmap(py::module_& m) {
   m.def("bitmap_or_merge", [](U64Array dst, const U64Array& src) {
-    if (dst.size() != src.size()) throw py::value_error("dst and src differ in length");
     auto d = mutable_view(dst);
+    check(bm::check_same_length(d, view(src)), "bitmap_or_merge");
     py::gil_scoped_release nogil;
     bm::or_merge(d, view(src));
   }, py::arg("dst").noconvert(), py::arg("src").noconvert());
 
   m.def("bitmap_popcount", [](const U64Array& a, std::uint64_t nbits) {
-    check_bits(a, nbits);
+    check(bm::check_nbits(view(a), nbits), "bitmap_popcount");
     py::gil_scoped_release nogil;
     return bm::popcount(view(a), nbits);
   }, py::arg("bm").noconvert(), py::arg("nbits"));
@@ -69,7 +65,7 @@ void bind_bitmap(py::module_& m) {
   }, py::arg("bm").noconvert());
 
   m.def("bitmap_to_ranges", [](const U64Array& a, std::uint64_t nbits) {
-    check_bits(a, nbits);
+    check(bm::check_nbits(view(a), nbits), "bitmap_to_ranges");
     std::optional<bm::RangeScan> scan;
     {
       py::gil_scoped_release nogil;
@@ -85,7 +81,7 @@ void bind_bitmap(py::module_& m) {
   }, py::arg("bm").noconvert(), py::arg("nbits"), "-> (N, 2) [first_page, page_count]");
 
   m.def("bitmap_from_ranges", [](const U64Array& pairs, std::uint64_t nbits) {
-    if (pairs.ndim() != 2 || pairs.shape(1) != 2) throw py::value_error("ranges must be (N, 2)");
+    check(bm::check_pairs(view(pairs)), "bitmap_from_ranges");
     U64Array out(static_cast<py::ssize_t>(bm::words_for(nbits)));
     auto o = mutable_view(out);
     long long bad;
@@ -98,17 +94,18 @@ void bind_bitmap(py::module_& m) {
   }, py::arg("ranges").noconvert(), py::arg("nbits"),
      "-> (bitmap, -1), or (unspecified, index of the first row that ends past nbits)");
 
+  m.def("bitmap_words", &bm::words_for_length, py::arg("length"), py::arg("page_size"),
+        "u64 words of the bitmap for `length` bytes at `page_size` (the one definition)");
+
   m.def("bitmap_converted_nbits", &bm::converted_nbits, py::arg("nbits"), py::arg("from_page"),
         py::arg("to_page"));
 
   m.def("bitmap_convert", [](const U64Array& a, std::uint64_t nbits, std::uint64_t from_page,
                              std::uint64_t to_page) {
-    check_bits(a, nbits);
-    const auto pow2 = [](std::uint64_t x) { return x != 0 && (x & (x - 1)) == 0; };
-    if (!pow2(from_page) || !pow2(to_page)) throw py::value_error("page sizes must be powers of 2");
-    const std::uint64_t out_bits = bm::converted_nbits(nbits, from_page, to_page);
-    if (out_bits == bm::kAllOnes) throw py::value_error("converted bitmap too large");
-    U64Array out(static_cast<py::ssize_t>(bm::words_for(out_bits)));
+    check(bm::check_nbits(view(a), nbits), "bitmap_convert");
+    std::uint64_t words = 0;
+    check(bm::converted_words(nbits, from_page, to_page, &words), "bitmap_convert");
+    U64Array out(static_cast<py::ssize_t>(words));
     auto o = mutable_view(out);
     {
       py::gil_scoped_release nogil;
@@ -120,8 +117,6 @@ void bind_bitmap(py::module_& m) {
   py::class_<PyHarvester>(m, "DirtyHarvester")
       .def(py::init<std::shared_ptr<Kernel>, int>(), py::arg("kernel"), py::arg("iommufd"))
       .def_property_readonly("iommufd", [](const PyHarvester& p) { return p.harvester.iommufd(); })
-      .def_static("bitmap_words", &engine::DirtyHarvester::bitmap_words, py::arg("length"),
-                  py::arg("page_size"))
       .def("harvest", [](PyHarvester& p, const U32Array& hwpt_ids, const U64Array& iovas,
                          const U64Array& lengths, std::uint64_t page_size, U64Array out,
                          bool no_clear) -> std::optional<std::tuple<int, std::uint32_t, std::size_t>> {

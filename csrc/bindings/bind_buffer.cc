@@ -20,27 +20,24 @@ class BufferPin {
  public:
   BufferPin(const py::object& obj, bool writable) {
     const int flags = PyBUF_ANY_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj.ptr(), &view_, flags) != 0) throw py::error_already_set();
-    held_ = true;
+    if (PyObject_GetBuffer(obj.ptr(), &view_, flags)) throw py::error_already_set();
   }
   ~BufferPin() { release(); }
   BufferPin(const BufferPin&) = delete;
   BufferPin& operator=(const BufferPin&) = delete;
 
+  // A released export reads as empty: no exporter, address 0, 0 bytes.
   void release() {
-    if (held_) {
-      held_ = false;
-      PyBuffer_Release(&view_);
-    }
+    if (view_.obj) PyBuffer_Release(&view_);
+    view_ = Py_buffer{};
   }
-  bool held() const { return held_; }
-  std::uintptr_t address() const { return held_ ? reinterpret_cast<std::uintptr_t>(view_.buf) : 0; }
-  Py_ssize_t nbytes() const { return held_ ? view_.len : 0; }
-  bool readonly() const { return view_.readonly != 0; }
+  bool held() const { return view_.obj; }
+  std::uintptr_t address() const { return reinterpret_cast<std::uintptr_t>(view_.buf); }
+  Py_ssize_t nbytes() const { return view_.len; }
+  bool readonly() const { return view_.readonly; }
 
  private:
   Py_buffer view_{};
-  bool held_ = false;
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "bindings/bindings.h"
+#include "bindings/casters.h"
 #include "capi/c_api.h"
 #include "engine/map_engine.h"
 #include "engine/map_floor.h"
@@ -78,7 +79,8 @@ void bind_mapper(py::module_& m) {
           for (const py::object& o : *keep) pins.push_back(to_pin(o));
         }
         std::span<std::uint64_t> out_view{out_ptr(out), static_cast<std::size_t>(out.size())};
-        std::span<const std::uint64_t> fixed = iovas ? view(*iovas) : std::span<const std::uint64_t>{};
+        std::span<const std::uint64_t> fixed;
+        if (iovas) fixed = view(*iovas);
         engine::BatchError err;
         {
           py::gil_scoped_release nogil;
@@ -162,11 +164,7 @@ void bind_mapper(py::module_& m) {
           for (engine::Pin& pin : p.mapper.take_released()) released.push_back(std::move(pin));
         }
       }, "The IOAS is gone from the kernel: drop the table, release every pin")
-      .def("enable_allocator", [](PyMapper& p,
-                                  const std::vector<std::pair<std::uint64_t, std::uint64_t>>& r) {
-        std::vector<engine::IovaRange> usable;
-        usable.reserve(r.size());
-        for (const auto& [start, last] : r) usable.push_back({start, last});
+      .def("enable_allocator", [](PyMapper& p, const std::vector<engine::IovaRange>& usable) {
         py::gil_scoped_release nogil;
         return p.mapper.enable_allocator(usable);
       }, py::arg("usable"), "-> 0 or -errno")
@@ -175,15 +173,8 @@ void bind_mapper(py::module_& m) {
         return p.mapper.has_allocator();
       })
       .def("allocations", [](const PyMapper& p) {
-        std::vector<engine::IovaRange> r;
-        {
-          py::gil_scoped_release nogil;
-          r = p.mapper.allocations();
-        }
-        std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
-        out.reserve(r.size());
-        for (const auto& x : r) out.emplace_back(x.start, x.last);
-        return out;
+        py::gil_scoped_release nogil;
+        return p.mapper.allocations();
       }, "-> [(start, last)] of the allocator's allocations")
       .def("__len__", [](const PyMapper& p) {
         py::gil_scoped_release nogil;

@@ -2,8 +2,6 @@
 // devices and sysfs view, and the IOMMU models and domains for tests and benchmarks.
 #include <pybind11/stl.h>
 
-#include <cerrno>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -11,41 +9,22 @@
 
 #include "bindings/bindings.h"
 #include "bindings/cbuffer.h"
+#include "bindings/errno_error.h"
 #include "sim/iommu/domain.h"
+#include "sim/iommu/domain_report.h"
 #include "sim/iommu/iommu_model.h"
+#include "sim/iommu/model_names.h"
+#include "sim/sim_chardev.h"
 #include "sim/sim_kernel.h"
-#include "sim/vfio/device_file.h"
 #include "sim/vfio/dma_writer.h"
-#include "sim/vfio/edu.h"
 #include "sim/vfio/machine.h"
+#include "sim/vfio/machine_report.h"
 
 namespace py = pybind11;
 
 namespace fastmap::bindings {
 
 namespace {
-
-// -errno -> OSError(errno, strerror, what), which Python maps to FileNotFoundError etc.
-[[noreturn]] void raise_errno(int neg_errno, const std::string& what) {
-  int e = -neg_errno;
-  PyErr_SetObject(PyExc_OSError, py::make_tuple(e, std::strerror(e), what).ptr());
-  throw py::error_already_set();
-}
-
-const char* kind_name(sim::IommuModel::Kind k) {
-  switch (k) {
-    case sim::IommuModel::Kind::kVtd: return "vtd";
-    case sim::IommuModel::Kind::kMock: return "mock";
-    case sim::IommuModel::Kind::kVirtio: return "virtio";
-  }
-  return "?";
-}
-
-sim::IommuModel model_named(const std::string& name, bool dirty) {
-  if (name == "vtd") return sim::IommuModel::vtd(dirty);
-  if (name == "mock") return sim::IommuModel::mock(dirty);
-  throw py::value_error("iommu must be 'vtd' or 'mock', not '" + name + "'");
-}
 
 py::dict device_dict(const sim::vfio::PciDeviceInfo& i) {
   py::dict d;
@@ -58,17 +37,11 @@ py::dict device_dict(const sim::vfio::PciDeviceInfo& i) {
   return d;
 }
 
-std::shared_ptr<sim::vfio::PciDevice> pci_or_raise(sim::vfio::Machine& m, const std::string& bdf) {
-  auto dev = m.pci_device(bdf);
-  if (!dev) raise_errno(-ENODEV, bdf);
-  return dev;
-}
-
 void bind_iommu(py::module_& m) {
   py::class_<sim::IommuModel>(m, "IommuModel")
       .def_static("vtd", &sim::IommuModel::vtd, py::arg("dirty_tracking") = false)
       .def_static("mock", &sim::IommuModel::mock, py::arg("dirty_tracking") = true)
-      .def_property_readonly("kind", [](const sim::IommuModel& im) { return kind_name(im.kind); })
+      .def_property_readonly("kind", [](const sim::IommuModel& im) { return sim::kind_name(im.kind); })
       .def_readonly("aperture_start", &sim::IommuModel::aperture_start)
       .def_readonly("aperture_last", &sim::IommuModel::aperture_last)
       .def_readonly("pgsize_bitmap", &sim::IommuModel::pgsize_bitmap)
@@ -139,23 +112,14 @@ void bind_iommu(py::module_& m) {
          "[(first_iova, last_iova)] of dirty IOPTEs, adjacent ones merged")
       .def("count_dirty", [](sim::Domain& d, std::uint64_t iova, std::uint64_t length,
                              std::uint64_t page_size, bool no_clear) {
-        // The harvest without building Python objects: pages of page_size reported dirty.
-        std::uint64_t pages = 0;
         py::gil_scoped_release nogil;
-        d.read_and_clear_dirty(iova, length, no_clear, [&](std::uint64_t a, std::uint64_t b) {
-          pages += b / page_size - a / page_size + 1;
-        });
-        return pages;
-      }, py::arg("iova"), py::arg("length"), py::arg("page_size"), py::arg("no_clear") = false)
+        return sim::count_dirty_pages(d, iova, length, page_size, no_clear);
+      }, py::arg("iova"), py::arg("length"), py::arg("page_size"), py::arg("no_clear") = false,
+         "Pages of page_size reported dirty: the harvest without building Python objects")
       .def("take_faults", [](sim::Domain& d) {
         std::vector<py::tuple> out;
-        sim::DmaFault buf[64];
-        for (;;) {
-          std::size_t n = d.take_faults(buf, 64);
-          for (std::size_t i = 0; i < n; ++i) {
-            out.push_back(py::make_tuple(buf[i].iova, buf[i].write, buf[i].error));
-          }
-          if (n < 64) break;
+        for (const sim::DmaFault& f : sim::take_all_faults(d)) {
+          out.push_back(py::make_tuple(f.iova, f.write, f.error));
         }
         return out;
       }, "[(iova, write, -errno)] oldest first; empties the log");
@@ -173,10 +137,10 @@ void bind_dma_writer(py::module_& m) {
   using sim::vfio::DmaWriter;
   py::class_<DmaWriter>(m, "SimDmaWriter")
       .def("start", [](DmaWriter& w, double rate) {
-        if (int rc = w.start(rate)) raise_errno(rc, "SimDmaWriter.start");
+        check(w.start(rate), "SimDmaWriter.start");
       }, py::arg("pages_per_second"))
       .def("set_rate", [](DmaWriter& w, double rate) {
-        if (int rc = w.set_rate(rate)) raise_errno(rc, "SimDmaWriter.set_rate");
+        check(w.set_rate(rate), "SimDmaWriter.set_rate");
       }, py::arg("pages_per_second"))
       .def("stop", [](DmaWriter& w) {
         sim::vfio::DmaWriterStats st;
@@ -202,10 +166,10 @@ void bind_machine(py::module_& m) {
         spec.vendor = vendor;
         spec.device = device;
         spec.group = group.value_or(-1);
-        spec.iommu = model_named(iommu, dirty);
+        check(sim::model_named(iommu, dirty, &spec.iommu), "SimMachine.add_pci_device(iommu)");
         spec.kind = kind;
         sim::vfio::PciDeviceInfo info;
-        if (int rc = mc.add_pci_device(spec, &info)) raise_errno(rc, bdf.empty() ? kind : bdf);
+        check(mc.add_pci_device(spec, &info), "SimMachine.add_pci_device");
         return device_dict(info);
       }, py::arg("bdf") = "", py::arg("vendor") = 0x1234, py::arg("device") = 0x11e8,
          py::arg("group") = py::none(), py::arg("iommu") = "vtd", py::arg("dirty") = false,
@@ -218,40 +182,42 @@ void bind_machine(py::module_& m) {
       })
       .def("list_dir", [](Machine& mc, const std::string& path) {
         std::vector<std::string> out;
-        if (int rc = mc.list_dir(path, &out)) raise_errno(rc, path);
+        check(mc.list_dir(path, &out), path);
         return out;
       }, py::arg("path"))
       .def("read_file", [](Machine& mc, const std::string& path) {
         std::string out;
-        if (int rc = mc.read_file(path, &out)) raise_errno(rc, path);
+        check(mc.read_file(path, &out), path);
         return out;
       }, py::arg("path"))
       .def("read_link", [](Machine& mc, const std::string& path) {
         std::string out;
-        if (int rc = mc.read_link(path, &out)) raise_errno(rc, path);
+        check(mc.read_link(path, &out), path);
         return out;
       }, py::arg("path"))
       .def("dma_faults", [](Machine& mc, const std::string& bdf, bool clear) {
-        auto dev = pci_or_raise(mc, bdf);
+        std::vector<sim::vfio::DeviceDmaFault> faults;
+        check(sim::vfio::device_faults(mc, bdf, clear, &faults), bdf);
         py::list out;
-        for (const auto& f : clear ? dev->take_faults() : dev->faults()) {
+        for (const auto& f : faults) {
           py::dict d;
           d["addr"] = f.addr;
           d["len"] = f.len;
           d["write"] = f.write;
-          d["errno"] = -f.error;
+          d["error"] = f.error;
           out.append(d);
         }
         return out;
       }, py::arg("bdf"), py::arg("clear") = false,
-         "The device's failed DMAs, oldest first: [{addr, len, write, errno}]")
+         "The device's failed DMAs, oldest first: [{addr, len, write, error (-errno)}]")
       .def("pci_command", [](Machine& mc, const std::string& bdf) {
-        return pci_or_raise(mc, bdf)->command();
+        std::uint16_t command = 0;
+        check(sim::vfio::pci_command(mc, bdf, &command), bdf);
+        return command;
       }, py::arg("bdf"))
       .def("edu_buffer", [](Machine& mc, const std::string& bdf) {
-        auto edu = std::dynamic_pointer_cast<sim::vfio::EduDevice>(pci_or_raise(mc, bdf));
-        if (!edu) raise_errno(-EINVAL, bdf);
-        auto buf = edu->dma_buffer();
+        std::vector<std::uint8_t> buf;
+        check(sim::vfio::edu_buffer(mc, bdf, &buf), bdf);
         return py::bytes(reinterpret_cast<const char*>(buf.data()), buf.size());
       }, py::arg("bdf"), "The edu device's 4 KiB DMA buffer")
       .def("dma_writer", [](Machine& mc, const std::string& bdf,
@@ -260,11 +226,12 @@ void bind_machine(py::module_& m) {
                             std::uint64_t seed) {
         std::vector<sim::vfio::DmaWriter::Range> rs;
         for (const auto& [iova, length] : ranges) rs.push_back({iova, length});
+        std::shared_ptr<sim::vfio::PciDevice> dev;
+        check(sim::vfio::find_pci_device(mc, bdf, &dev), bdf);
         std::unique_ptr<sim::vfio::DmaWriter> w;
-        if (int rc = sim::vfio::DmaWriter::create(pci_or_raise(mc, bdf), std::move(rs), page_size,
-                                                  write_size.value_or(page_size), seed, &w)) {
-          raise_errno(rc, "dma_writer(" + bdf + ")");
-        }
+        check(sim::vfio::DmaWriter::create(dev, std::move(rs), page_size,
+                                           write_size.value_or(page_size), seed, &w),
+              "SimMachine.dma_writer");
         return w;
       }, py::arg("bdf"), py::arg("ranges"), py::arg("page_size") = 4096,
          py::arg("write_size") = py::none(), py::arg("seed") = 0,
@@ -293,15 +260,10 @@ void bind_sim(py::module_& m) {
       .def_property_readonly("config", &sim::SimKernel::config)
       .def_property_readonly("machine", &sim::SimKernel::machine,
                              py::return_value_policy::reference_internal)
-      .def("chardev_of", [](const sim::SimKernel& k, int fd) -> py::object {
-        // fstat(fd).st_rdev for the files that are char devices userspace checks (VFIO
-        // cdevs); None for any other file, OSError(EBADF) for a closed fd.
-        auto file = k.fget(fd);
-        if (!file) raise_errno(-EBADF, "fd " + std::to_string(fd));
-        auto dev = std::dynamic_pointer_cast<sim::vfio::VfioDeviceFile>(file);
-        unsigned major = 0, minor = 0;
-        if (!dev || !dev->cdev_devt(&major, &minor)) return py::none();
-        return py::make_tuple(major, minor);
+      .def("chardev_of", [](const sim::SimKernel& k, int fd) {
+        std::optional<std::pair<unsigned, unsigned>> devt;
+        check(sim::chardev_of(k, fd, &devt), "fstat");
+        return devt;
       }, py::arg("fd"), "(major, minor) of the char device behind fd, or None");
 }
 

@@ -5,6 +5,7 @@
 
 namespace fastmap::bindings {
 
+void bind_errors(pybind11::module_& m);
 void bind_uapi(pybind11::module_& m);
 void bind_seam(pybind11::module_& m);
 void bind_sim(pybind11::module_& m);

@@ -16,7 +16,7 @@ class CBuffer {
  public:
   CBuffer(const pybind11::object& obj, bool writable, const char* what) {
     const int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj.ptr(), &view_, flags) != 0) {
+    if (PyObject_GetBuffer(obj.ptr(), &view_, flags)) {
       std::string why = "not a buffer";
       if (PyErr_Occurred()) {
         pybind11::error_already_set e;

@@ -4,6 +4,7 @@
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastmap's C++ core (private; use the fastmap package)";
+  fastmap::bindings::bind_errors(m);
   fastmap::bindings::bind_uapi(m);
   fastmap::bindings::bind_seam(m);
   fastmap::bindings::bind_sim(m);

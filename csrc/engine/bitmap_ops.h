@@ -22,6 +22,12 @@ constexpr std::uint64_t words_for(std::uint64_t nbits) noexcept {
   return nbits / 64 + (nbits % 64 != 0);
 }
 
+// Words of the bitmap for `length` bytes at `page_size` (a partial last page counts): the
+// one definition; fastmap.bitmap.words_for_length is its Python twin, checked against it.
+constexpr std::uint64_t words_for_length(std::uint64_t length, std::uint64_t page_size) noexcept {
+  return words_for(length / page_size + (length % page_size != 0));
+}
+
 // dst |= src, word by word (equal lengths; the caller checks).
 void or_merge(std::span<std::uint64_t> dst, std::span<const std::uint64_t> src) noexcept;
 

@@ -3,15 +3,10 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "engine/bitmap_ops.h"
 #include "uapi/iommufd.h"
 
 namespace fastmap::engine {
-
-std::uint64_t DirtyHarvester::bitmap_words(std::uint64_t length,
-                                           std::uint64_t page_size) noexcept {
-  const std::uint64_t pages = length / page_size + (length % page_size != 0);
-  return pages / 64 + (pages % 64 != 0);
-}
 
 HarvestError DirtyHarvester::harvest(std::span<const std::uint32_t> hwpt_ids,
                                      std::span<const std::uint64_t> iovas,
@@ -22,14 +17,14 @@ HarvestError DirtyHarvester::harvest(std::span<const std::uint32_t> hwpt_ids,
   // Size every bitmap before the first call, so a short buffer fails cleanly.
   std::uint64_t total = 0;
   for (std::size_t i = 0; i < lengths.size(); ++i) {
-    total += bitmap_words(lengths[i], page_size);
+    total += bitmap::words_for_length(lengths[i], page_size);
     if (total > out.size()) return {EINVAL, 0, i};
   }
 
   const std::uint32_t flags = no_clear ? uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR : 0;
   std::uint64_t* bitmap = out.data();
   for (std::size_t i = 0; i < iovas.size(); ++i) {
-    const std::uint64_t words = bitmap_words(lengths[i], page_size);
+    const std::uint64_t words = bitmap::words_for_length(lengths[i], page_size);
     // The kernel only sets bits: the zeroing is what makes this sync's bitmap its own.
     std::fill(bitmap, bitmap + words, 0);
     // Range-major, so one range's bitmap stays in cache while every HWPT ORs into it.

@@ -27,14 +27,10 @@ class DirtyHarvester {
  public:
   DirtyHarvester(Kernel& kernel, int iommufd) noexcept : kernel_(kernel), fd_(iommufd) {}
 
-  // Words of bitmap a range of `length` bytes needs at page_size: one bit per page,
-  // rounded up to whole u64 words (a partial last page still gets its bit, so an unaligned
-  // length can never make the kernel write past the buffer). page_size must be non-zero.
-  static std::uint64_t bitmap_words(std::uint64_t length, std::uint64_t page_size) noexcept;
-
   // Harvests ranges [iovas[i], iovas[i] + lengths[i]) from every HWPT of hwpt_ids. The
-  // ranges' bitmaps lie back to back in `out`, range 0 first, bitmap_words(lengths[i],
-  // page_size) words each; each is zeroed, then ORed into by one GET_DIRTY_BITMAP per HWPT.
+  // ranges' bitmaps lie back to back in `out`, range 0 first, bitmap::words_for_length(
+  // lengths[i], page_size) words each (a partial last page still gets its bit); each is
+  // zeroed, then ORed into by one GET_DIRTY_BITMAP per HWPT.
   // no_clear keeps the IOPTE dirty bits (IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR). A zero
   // page_size, mismatched iovas/lengths, or bitmaps that do not fit in `out` are refused with
   // EINVAL before any call (hwpt_id 0).

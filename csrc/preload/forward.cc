@@ -4,7 +4,9 @@
 // file descriptions) and a thread of the owner serves the child: it runs each call on the
 // child's table, reaching the child's memory with process_vm_readv/writev (the owner is
 // the child's ancestor, so ptrace access is allowed). When the child exits or execs its
-// socket closes (close-on-exec) and the owner drops its table, closing its fds.
+// socket closes (close-on-exec) and the owner drops its table, closing its fds. The
+// parent's wait calls (wait_calls.cc) block until that is done for the child they reaped,
+// as a real kernel closes a child's files before its parent's wait returns.
 //
 // A forwarded call that may install an fd (open, ioctl) carries a placeholder fd the
 // child reserved; the owner hands that number to the simulator as the new fd.
@@ -17,6 +19,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -52,8 +55,16 @@ struct Reply {
 std::atomic<bool> g_forwarder{false};
 int g_sock = -1;        // child: the socket to the owner
 std::mutex g_sock_mu;   // child: one call in flight per socket
-std::mutex g_serve_mu;  // owner: the server sockets, which children must not keep open
-std::vector<int> g_served;
+// Owner: the links it serves (sockets children must not keep open), each with its child's
+// pid once the child's hello arrived (0 before); a link leaves the list after its table
+// is dropped, which g_served_cv announces.
+struct Link {
+  int sock;
+  pid_t pid;
+};
+std::mutex g_serve_mu;
+std::vector<Link> g_served;
+std::condition_variable g_served_cv;
 int g_pending[2] = {-1, -1};  // the socketpair made in prepare
 int g_pending_table = -1;
 
@@ -115,6 +126,19 @@ ssize_t recv_msg(int sock, void* p, std::size_t n, int* passed_fd) {
 
 void start_server(int sock, int table);
 
+// Owner: blocks until no link serves `pid` any more. Links whose hello has not arrived yet
+// (pid 0) may be that child's, so they are waited for too; a reaped child's hello, if it
+// sent one, is already queued on its socket.
+void await_reaped(pid_t pid) {
+  std::unique_lock<std::mutex> lk(g_serve_mu);
+  g_served_cv.wait(lk, [&] {
+    for (const Link& l : g_served) {
+      if (l.pid == pid || l.pid == 0) return false;
+    }
+    return true;
+  });
+}
+
 // Our sockets move to the top of the fd range, out of the way of the program's own
 // numbering (the kernel hands the program the lowest free fd; ours must not be it).
 int move_high(int fd) {
@@ -143,6 +167,13 @@ void* serve(void* arg) {
   if (recv_msg(s.sock, &req, sizeof req, nullptr) > 0 && req.op == Op::kHello) {
     pid = static_cast<pid_t>(req.a);
   }
+  {
+    std::lock_guard<std::mutex> g(g_serve_mu);
+    for (Link& l : g_served) {
+      if (l.sock == s.sock) l.pid = pid > 0 ? pid : -1;
+    }
+  }
+  g_served_cv.notify_all();
   t_serving = true;
   fastmap_sim_set_thread_task(s.table, pid);
   while (pid > 0) {
@@ -159,6 +190,10 @@ void* serve(void* arg) {
         real_close(passed);
       }
       rep.ret = table < 0 ? table : 0;
+    } else if (req.op == Op::kReaped) {
+      // The child reaped one of its own: answer once that one's table is gone.
+      if (passed >= 0) real_close(passed);
+      await_reaped(static_cast<pid_t>(req.a));
     } else {
       if (passed >= 0) real_close(passed);
       Call c{req.op, req.fd, req.a, req.b, req.c, req.d, nullptr};
@@ -183,8 +218,9 @@ void* serve(void* arg) {
   if (sim) fastmap_sim_table_drop(sim, s.table);
   {
     std::lock_guard<std::mutex> g(g_serve_mu);
-    std::erase(g_served, s.sock);
+    std::erase_if(g_served, [&](const Link& l) { return l.sock == s.sock; });
   }
+  g_served_cv.notify_all();
   real_close(s.sock);
   return nullptr;
 }
@@ -192,7 +228,7 @@ void* serve(void* arg) {
 void start_server(int sock, int table) {
   {
     std::lock_guard<std::mutex> g(g_serve_mu);
-    g_served.push_back(sock);
+    g_served.push_back(Link{sock, 0});
   }
   pthread_t th;
   pthread_attr_t attr;
@@ -202,8 +238,11 @@ void start_server(int sock, int table) {
   if (pthread_create(&th, &attr, serve, arg) != 0) {
     delete arg;
     fastmap_sim_table_drop(owner_sim(), table);
-    std::lock_guard<std::mutex> g(g_serve_mu);
-    std::erase(g_served, sock);
+    {
+      std::lock_guard<std::mutex> g(g_serve_mu);
+      std::erase_if(g_served, [&](const Link& l) { return l.sock == sock; });
+    }
+    g_served_cv.notify_all();
     real_close(sock);
   }
   pthread_attr_destroy(&attr);
@@ -258,9 +297,10 @@ void parent() noexcept {
 void child() noexcept {
   if (g_pending[1] < 0) return;
   // The owner's server sockets and our parent's socket belong to other processes' links.
-  for (int fd : g_served) real_close(fd);
+  for (const Link& l : g_served) real_close(l.sock);
   g_served.clear();
   g_serve_mu.unlock();
+  new (&g_served_cv) std::condition_variable();  // a waiter of the parent's may have used it
   if (g_pending[0] >= 0) real_close(g_pending[0]);
   if (g_sock >= 0) real_close(g_sock);
   new (&g_sock_mu) std::mutex();  // another thread may have held it at fork
@@ -279,6 +319,17 @@ __attribute__((constructor)) void install_atfork() {
 }  // namespace
 
 bool is_forwarder() noexcept { return g_forwarder.load(std::memory_order_relaxed); }
+
+void child_reaped(pid_t pid) noexcept {
+  if (pid <= 0) return;
+  if (is_forwarder()) {
+    // The owner serves our children too: it answers once this one's table is gone.
+    forward_call(Call{Op::kReaped, -1, static_cast<std::uint64_t>(pid), 0, 0, 0, nullptr},
+                 nullptr, 0);
+    return;
+  }
+  await_reaped(pid);
+}
 
 // The owner's fd allocator for a call served for a child: the child's placeholder.
 int serving_alloc(bool* handled) noexcept {

@@ -37,7 +37,7 @@ bool is_sim_sysfs(const char* path) noexcept;
 enum class Op : std::uint32_t {
   kHello = 1, kFork, kOpen, kClose, kIoctl, kRead, kWrite, kPread, kPwrite, kMmap,
   kChardev, kDupTo, kNodeChardev, kNodeList, kSysRead, kSysReadlink, kSysList, kSysType,
-  kSysRealpath,
+  kSysRealpath, kReaped,
 };
 
 struct Call {
@@ -62,6 +62,9 @@ Result local_call(const Call& call, char* buf, std::size_t size) noexcept;
 // forked child that forwards to it.
 bool is_forwarder() noexcept;
 Result forward_call(const Call& call, char* buf, std::size_t size) noexcept;
+// A child this process reaped (wait calls): returns once the owner has dropped that
+// child's fd table, if it had one, so its simulated files are closed as on a real kernel.
+void child_reaped(pid_t pid) noexcept;
 // The simulator hosted here (created from FASTMAP_SIM_CONFIG on first use), or nullptr if
 // it could not be created.
 struct ::fastmap_sim* owner_sim() noexcept;

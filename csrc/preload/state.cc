@@ -213,6 +213,7 @@ Result local_call(const Call& c, char* buf, std::size_t size) noexcept {
       break;
     case Op::kHello:
     case Op::kFork:
+    case Op::kReaped:
       r.ret = -EINVAL;
       break;
   }

@@ -111,7 +111,8 @@ class SimDomain:
         """[(first_iova, last_iova)] of dirty IOPTEs, adjacent ones merged"""
     def count_dirty(
         self, iova: int, length: int, page_size: int, no_clear: bool = False
-    ) -> int: ...
+    ) -> int:
+        """Pages of page_size reported dirty: the harvest without building Python objects"""
     def take_faults(self) -> list[tuple[int, bool, int]]:
         """[(iova, write, -errno)] oldest first; empties the log"""
 
@@ -132,7 +133,7 @@ class SimMachine:
     def read_file(self, path: str) -> str: ...
     def read_link(self, path: str) -> str: ...
     def dma_faults(self, bdf: str, clear: bool = False) -> list[dict[str, Any]]:
-        """The device's failed DMAs, oldest first: [{addr, len, write, errno}]"""
+        """The device's failed DMAs, oldest first: [{addr, len, write, error (-errno)}]"""
     def pci_command(self, bdf: str) -> int: ...
     def edu_buffer(self, bdf: str) -> bytes:
         """The edu device's 4 KiB DMA buffer"""
@@ -269,6 +270,9 @@ def bitmap_to_ranges(bm: _U64Array, nbits: int) -> _U64Array:
 def bitmap_from_ranges(ranges: _U64Array, nbits: int) -> tuple[_U64Array, int]:
     """-> (bitmap, -1), or (unspecified, index of the first row that ends past nbits)"""
 
+def bitmap_words(length: int, page_size: int) -> int:
+    """u64 words of the bitmap for `length` bytes at `page_size` (the one definition)"""
+
 def bitmap_converted_nbits(nbits: int, from_page: int, to_page: int) -> int: ...
 def bitmap_convert(bm: _U64Array, nbits: int, from_page: int, to_page: int) -> _U64Array: ...
 
@@ -276,8 +280,6 @@ class DirtyHarvester:
     def __init__(self, kernel: Kernel, iommufd: int) -> None: ...
     @property
     def iommufd(self) -> int: ...
-    @staticmethod
-    def bitmap_words(length: int, page_size: int) -> int: ...
     def harvest(
         self,
         hwpt_ids: npt.NDArray[np.uint32],

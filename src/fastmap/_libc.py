@@ -19,6 +19,8 @@ libc.mmap.argtypes = [
 libc.mmap.restype = ctypes.c_void_p
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 libc.munmap.restype = ctypes.c_int
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.madvise.restype = ctypes.c_int
 
 MAP_FAILED = ctypes.c_void_p(-1).value
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)

@@ -33,6 +33,7 @@ __all__ = [
     "popcount",
     "to_ranges",
     "words_for",
+    "words_for_length",
 ]
 
 Bitmap = NDArray[np.uint64]
@@ -42,6 +43,17 @@ def words_for(nbits: int) -> int:
     """The number of uint64 words a bitmap of ``nbits`` bits needs."""
     _check_count("nbits", nbits)
     return (nbits + 63) // 64
+
+
+def words_for_length(length: int, page_size: int) -> int:
+    """The uint64 words of the bitmap for ``length`` bytes at ``page_size`` bytes a page (a
+    partial last page gets its bit). Python's one definition; the core's is
+    ``_core.bitmap_words``, and a test holds the two equal."""
+    _check_count("length", length)
+    _check_count("page_size", page_size)
+    if page_size == 0:
+        raise ValueError("page_size must be positive")
+    return words_for(-(-length // page_size))
 
 
 def or_merge(dst: Bitmap, src: Bitmap) -> None:

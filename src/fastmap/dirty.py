@@ -95,7 +95,7 @@ class DirtyHarvester:
     @staticmethod
     def bitmap_words(length: int, page_size: int) -> int:
         """u64 words of bitmap a range of ``length`` bytes needs at ``page_size``."""
-        return _words(length, page_size)
+        return bitmap.words_for_length(length, page_size)
 
     def buffer(self, ranges: Any, page_size: int = 4096) -> U64:
         """A zeroed buffer that holds the bitmaps of ``ranges`` (for ``harvest(out=...)``)."""
@@ -153,7 +153,7 @@ class DirtyHarvester:
             )
         bitmaps, start = [], 0
         for n in lengths.tolist():
-            end = start + _words(n, page_size)
+            end = start + bitmap.words_for_length(n, page_size)
             bitmaps.append(out[start:end])
             start = end
         return Harvest(page_size, iovas, lengths, bitmaps, out)
@@ -187,10 +187,5 @@ def _row(i: int, iova: int, length: int) -> str:
     return f"ranges: row {i} (iova={iova:#x}, length={length:#x})"
 
 
-def _words(length: int, page_size: int) -> int:
-    # One bit per page, a partial last page included; whole u64 words.
-    return (-(-length // page_size) + 63) // 64
-
-
 def _total_words(lengths: U64, page_size: int) -> int:
-    return sum(_words(n, page_size) for n in lengths.tolist())
+    return sum(bitmap.words_for_length(n, page_size) for n in lengths.tolist())

@@ -72,8 +72,14 @@ class KernelError(FastmapError, OSError):
         arguments: Mapping[str, object] | None = None,
         hint: str | None = None,
     ) -> KernelError:
-        """The KernelError subclass for `err` (KernelError itself for unlisted errnos)."""
-        return cls._by_errno.get(err, KernelError)(err, call, arguments, hint)
+        """The KernelError subclass for `err`. Each is also the builtin OSError subclass
+        Python picks for its errno (NotFoundError is a FileNotFoundError, ...); an errno with
+        no class of its own gets KernelError joined with that builtin (NotADirectoryError for
+        ENOTDIR, ...), so callers that catch those behave as with os.* calls."""
+        chosen = cls._by_errno.get(err)
+        if chosen is None:
+            chosen = _with_builtin(type(OSError(err, "")))
+        return chosen(err, call, arguments, hint)
 
     @property
     def errno_name(self) -> str:
@@ -110,13 +116,29 @@ def format_arguments(arguments: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-class NotFoundError(KernelError):
-    """ENOENT: no such object id, no such IOVA range, or no such path."""
+_BUILTIN_TWINS: dict[type[OSError], type[KernelError]] = {}
+
+
+def _with_builtin(builtin: type[OSError]) -> type[KernelError]:
+    """KernelError, or a cached subclass of it that is also `builtin` (e.g. NotADirectoryError)."""
+    if builtin is OSError:
+        return KernelError
+    twin = _BUILTIN_TWINS.get(builtin)
+    if twin is None:
+        name = builtin.__name__.removesuffix("Error") + "KernelError"
+        twin = type(name, (KernelError, builtin), {"__module__": __name__})
+        _BUILTIN_TWINS[builtin] = twin
+    return twin
+
+
+class NotFoundError(KernelError, FileNotFoundError):
+    """ENOENT: no such object id, no such IOVA range, or no such path (a FileNotFoundError
+    too, as OSError(ENOENT) is)."""
 
     _errnos = (_errno.ENOENT,)
 
 
-class IovaInUseError(KernelError):
+class IovaInUseError(KernelError, FileExistsError):
     """EEXIST: the fixed IOVA range overlaps an existing mapping."""
 
     _errnos = (_errno.EEXIST,)
@@ -188,7 +210,7 @@ class BufferTooSmallError(KernelError):
     _errnos = (_errno.EMSGSIZE,)
 
 
-class PermissionDeniedError(KernelError):
+class PermissionDeniedError(KernelError, PermissionError):
     """EPERM/EACCES: missing privilege, or a policy refusal (e.g. unsafe interrupts)."""
 
     _errnos = (_errno.EPERM, _errno.EACCES)

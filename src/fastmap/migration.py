@@ -434,7 +434,7 @@ def bitmap_all(bm: U64, nbits: int) -> None:
 
 
 def _zeros(length: int, page_size: int) -> U64:
-    return np.zeros(max(bitmap.words_for(-(-length // page_size)), 1), np.uint64)
+    return np.zeros(max(bitmap.words_for_length(length, page_size), 1), np.uint64)
 
 
 def _or_ranges(bm: U64, block: RamBlock, gpa_ranges: U64, page_size: int) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from fastmap import uapi
+from fastmap._libc import libc
 from fastmap.kernel import Fd, Kernel
 
 from .helpers import attach_pt, bind_iommufd, ioas_alloc, ioas_map, ioas_unmap
@@ -35,18 +36,6 @@ EDU_BUFFER = 0x40000
 PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_COMMAND_MASTER = 0x04, 1 << 1, 1 << 2
 VICTIM_IOVA, SRC_IOVA, CHECK_IOVA = 0x100000, 0x200000, 0x300000
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 MAP_FIXED = 0x10
 MAP_FAILED = ctypes.c_void_p(-1).value
 

@@ -24,6 +24,7 @@ from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.prot import Prot
 from fastmap.ram import default_hugepage_size, free_hugepages
 from tests.facilities import missing, only_on_sim
+from tests.hugepages import HugePages
 from tests.lifecycle.conftest import MOCK_RAM_GPA, RAM_GPA, add_sim_device, load_example
 from tests.lifecycle.faulty import FaultyKernel
 
@@ -395,7 +396,9 @@ def test_find_pci_devices(kernel: Kernel, edu: str) -> None:
         assert len(find_pci_devices(kernel, 0x8086, 0x1234)) == 1
 
 
-def test_hugetlb_guest_ram(kernel: Kernel, edu: str, hwpt_alloc: bool) -> None:
+def test_hugetlb_guest_ram(
+    kernel: Kernel, edu: str, hwpt_alloc: bool, host_hugepages: HugePages
+) -> None:
     size = default_hugepage_size()
     if free_hugepages(size) < 2:
         missing("hugetlb", f"needs 2 free {size >> 10} KiB huge pages (vm.nr_hugepages)")

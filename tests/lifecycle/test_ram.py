@@ -10,6 +10,7 @@ import pytest
 
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.ram import RamBlock, RamUnavailableError, default_hugepage_size, free_hugepages
+from tests.hugepages import HugePages
 
 PAGE = mmap.PAGESIZE
 
@@ -39,7 +40,7 @@ def test_ram_block_validation() -> None:
         RamBlock(PAGE, 0, "bogus")  # type: ignore[arg-type]
 
 
-def test_hugetlb_ram() -> None:
+def test_hugetlb_ram(host_hugepages: HugePages) -> None:
     size = default_hugepage_size()
     if free_hugepages(size) < 1:
         with pytest.raises(RamUnavailableError, match="nr_hugepages"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fastmap.errors import InvalidArgumentError
 from fastmap.kernel import Kernel
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
@@ -53,7 +54,7 @@ def test_sim_machine_devices(kernel: Kernel) -> None:
         machine.add_pci_device(group=3, iommu="mock")
     with pytest.raises(OSError):  # BDF taken
         machine.add_pci_device(bdf=b["bdf"])
-    with pytest.raises(ValueError, match="iommu"):
+    with pytest.raises(InvalidArgumentError, match="iommu"):  # the core's EINVAL
         machine.add_pci_device(iommu="amd")
 
     # The IOMMU models show through the lifecycle's HostIOMMUDevice.

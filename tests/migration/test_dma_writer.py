@@ -131,7 +131,7 @@ def test_sim_writer_needs_bus_mastering(kernel: Kernel) -> None:
             wait_for(writer, 10)
             assert writer.stop().pages == 0
             faults = kernel.machine.dma_faults(dev.name)  # type: ignore[attr-defined]
-            assert faults and all(f["errno"] == errno.EIO for f in faults)
+            assert faults and all(f["error"] == -errno.EIO for f in faults)
 
 
 @only_on_sim

@@ -15,9 +15,11 @@ faults: every failing iteration unwound fully, or the harness's teardown
 
 Tests whose outcome still differs are listed in sim_divergences.txt with the reason; they
 are strict xfails, so one that starts matching fails until it leaves the list. Tests listed
-there as racy ("~") must match or xfail. Without a
+there as racy ("~") must match or xfail. The tests in needs_hugepages.txt map MAP_HUGETLB
+buffers: the session reserves huge pages on the host as the VM does (tests/hugepages.py);
+where it cannot (not root) they skip with the reason. Without a
 compiler or the sources the suite skips, unless FASTMAP_REQUIRE_SELFTESTS=1 (CI), where a
-failed build fails it.
+failed build, or huge pages that cannot be reserved, fail it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hugepages import HugePages
 from tests.selftests.tap import outcomes
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +64,15 @@ def _divergences() -> tuple[dict[str, str], dict[str, str]]:
 
 
 DIVERGENCES, RACY = _divergences()
+REQUIRED = os.environ.get("FASTMAP_REQUIRE_SELFTESTS") == "1"
+
+
+def _names(path: Path) -> frozenset[str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
+NEEDS_HUGEPAGES = _names(HERE / "needs_hugepages.txt")
 
 
 def _fastmap_cli() -> str:
@@ -70,20 +82,19 @@ def _fastmap_cli() -> str:
 
 @pytest.fixture(scope="module")
 def selftest_bin() -> Path:
-    required = os.environ.get("FASTMAP_REQUIRE_SELFTESTS") == "1"
     proc = subprocess.run(
         [str(REPO / "tools/selftests/build.sh")], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         msg = f"building the selftests failed:\n{proc.stderr[-4000:]}"
-        if required:
+        if REQUIRED:
             pytest.fail(msg)
         pytest.skip(msg)
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
-def sim_outcomes(selftest_bin: Path) -> dict[str, str]:
+def sim_outcomes(selftest_bin: Path, host_hugepages: HugePages) -> dict[str, str]:
     proc = subprocess.run(
         [_fastmap_cli(), "sim-run", "--kernel-version", "612", "--",
          str(selftest_bin / "iommufd")],
@@ -97,11 +108,18 @@ def sim_outcomes(selftest_bin: Path) -> dict[str, str]:
 def test_recorded_outcomes_cover_the_suite() -> None:
     real = REAL["iommufd"]
     assert len(real) == 190
-    assert set(DIVERGENCES) | set(RACY) <= set(real)
+    assert set(DIVERGENCES) | set(RACY) | NEEDS_HUGEPAGES <= set(real)
 
 
 @pytest.mark.parametrize("name", sorted(REAL["iommufd"]))
-def test_same_outcome_as_real_kernel(name: str, sim_outcomes: dict[str, str]) -> None:
+def test_same_outcome_as_real_kernel(
+    name: str, sim_outcomes: dict[str, str], host_hugepages: HugePages
+) -> None:
+    if name in NEEDS_HUGEPAGES and not host_hugepages.available:
+        msg = f"{name} maps MAP_HUGETLB buffers: {host_hugepages.why}"
+        if REQUIRED:
+            pytest.fail(msg)
+        pytest.skip(msg)
     want = REAL["iommufd"][name]
     got = sim_outcomes.get(name, "missing")
     if name in RACY and got != want:

@@ -109,7 +109,7 @@ def test_dma_blocked_after_detach_and_close(s: Setup) -> None:
         s.dev.dma(EDU_DMA_BUF, 0x100000, PAGE, to_ram=True)
         assert buf.read(PAGE) == b"\x5a" * PAGE
         faults = s.k.machine.dma_faults(s.info["bdf"])
-        assert [f["errno"] for f in faults] == [errno.EFAULT]
+        assert [-f["error"] for f in faults] == [errno.EFAULT]
     finally:
         buf.free()
 

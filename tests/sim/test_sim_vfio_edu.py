@@ -239,7 +239,7 @@ def test_dma_roundtrip_type1(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     rig.dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
     assert dst.read(PAGE) == b"\xaa" * PAGE
     assert rig.faults() == [{"addr": DST_IOVA, "len": PAGE, "write": True,
-                             "errno": errno.EFAULT}]
+                             "error": -errno.EFAULT}]
 
 
 def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
@@ -265,12 +265,12 @@ def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
     assert dev.dma(EDU_DMA_BUF, BAD_IOVA, PAGE, to_ram=True) & EDU_CMD_RUN == 0
     assert dst.read(PAGE) == b"\x11" * PAGE and src.read(PAGE) != b"\x11" * PAGE
     assert k.machine.dma_faults(info["bdf"], True) == [
-        {"addr": BAD_IOVA, "len": PAGE, "write": True, "errno": errno.EFAULT}]
+        {"addr": BAD_IOVA, "len": PAGE, "write": True, "error": -errno.EFAULT}]
     # After IOAS_UNMAP the device can no longer write the buffer.
     assert ifd.unmap(DST_IOVA, PAGE) == 0
     dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
     assert dst.read(PAGE) == b"\x11" * PAGE
-    assert [f["errno"] for f in k.machine.dma_faults(info["bdf"])] == [errno.EFAULT]
+    assert [-f["error"] for f in k.machine.dma_faults(info["bdf"])] == [errno.EFAULT]
 
 
 def test_dma_needs_bus_master(bufs: tuple[Buf, Buf]) -> None:
@@ -281,7 +281,7 @@ def test_dma_needs_bus_master(bufs: tuple[Buf, Buf]) -> None:
     dst.write(b"\x77" * PAGE)
     assert r.dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True) & EDU_CMD_RUN == 0
     assert dst.read(PAGE) == b"\x77" * PAGE
-    assert r.faults() == [{"addr": DST_IOVA, "len": PAGE, "write": True, "errno": errno.EIO}]
+    assert r.faults() == [{"addr": DST_IOVA, "len": PAGE, "write": True, "error": -errno.EIO}]
     r.dev.enable()
     r.dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
     assert dst.read(PAGE) == bytes(PAGE)  # the device buffer starts zeroed
@@ -308,7 +308,7 @@ def test_dma_outside_device_buffer_is_refused(rig: Rig, bufs: tuple[Buf, Buf]) -
     assert rig.dev.dma(EDU_DMA_BUF + 8, DST_IOVA, PAGE, to_ram=True) & EDU_CMD_RUN == 0
     assert dst.read(PAGE) == b"\x33" * PAGE
     assert rig.faults() == [{"addr": EDU_DMA_BUF + 8, "len": PAGE, "write": True,
-                             "errno": errno.ERANGE}]
+                             "error": -errno.ERANGE}]
 
 
 def test_dma_completion_interrupt(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
@@ -329,7 +329,7 @@ def test_dma_read_from_unmapped_iova_zero_fills(rig: Rig, bufs: tuple[Buf, Buf])
     buf = rig.k.machine.edu_buffer(rig.info["bdf"])
     assert buf[:32] == bytes(32) and buf[32:] == b"\x99" * (PAGE - 32)
     assert rig.faults() == [{"addr": BAD_IOVA, "len": 32, "write": False,
-                             "errno": errno.EFAULT}]
+                             "error": -errno.EFAULT}]
 
 
 def test_reset_keeps_config(rig: Rig) -> None:

@@ -10,6 +10,8 @@ import posixpath
 import pytest
 from _vfio_raw import kernel
 
+from fastmap.errors import InvalidArgumentError
+
 
 def test_new_kernel_has_no_devices() -> None:
     k = kernel()
@@ -55,7 +57,7 @@ def test_add_device_errors() -> None:
     with pytest.raises(OSError) as e:
         m.add_pci_device(kind="nvme")
     assert e.value.errno == errno.EINVAL
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgumentError):
         m.add_pci_device(iommu="amd")
     with pytest.raises(OSError) as e:
         m.dma_faults("0000:00:09.0")

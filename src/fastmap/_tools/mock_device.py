@@ -227,15 +227,7 @@ class MockOps(IommufdOps):
         if dev.stdev_id is not None:
             self.backend.free_id(dev.stdev_id)
         dev.stdev_id = dev.dev_id = None
-        hwpt = dev.hwpt
-        if hwpt is None:
-            return
-        hwpt.devices.remove(dev)
-        dev.hwpt = None
-        if not hwpt.devices:
-            container.hwpts.remove(hwpt)
-            if not hwpt.auto_domain:
-                self.backend.free_id(hwpt.id)
+        container.drop_device_hwpt(dev)
 
 
 def _mock_domain(be: IOMMUFDBackend, pt_id: int, dev_flags: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmap.allocator import IovaRange
+from fastmap.bitmap import words_for_length
 from fastmap.errors import KernelError
 from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock
@@ -35,13 +36,6 @@ FULL_IOVA_RANGE = (IovaRange(0, U64_MAX),)
 #: Told the dirty bits of a range just before it is unmapped while tracking is on:
 #: fn(iova, size, bitmap), one bit per host page (see `Container.unmap_dirty_sinks`).
 UnmapDirtySink = Callable[[int, int, "npt.NDArray[np.uint64]"], None]
-
-
-def bitmap_words(length: int, page_size: int) -> int:
-    """uint64 words of a dirty bitmap for `size` bytes at `page_size` (QEMU rounds the page
-    count up to 64)."""
-    pages = -(-length // page_size)
-    return (pages + 63) // 64
 
 
 class Container(ABC):
@@ -134,7 +128,7 @@ class Container(ABC):
         reports every page dirty (the caller must assume the device wrote anywhere); so does
         one with a device whose writes its bitmaps do not see (`tracks_all_devices`).
         """
-        words = bitmap_words(length, page_size)
+        words = words_for_length(length, page_size)
         bitmap = np.zeros(max(words, 1), np.uint64)
         if not self.tracks_all_devices:
             pages = -(-length // page_size)
@@ -159,7 +153,7 @@ class Container(ABC):
                 length,
                 e,
             )
-            bitmap = np.zeros(max(bitmap_words(length, PAGE_SIZE), 1), np.uint64)
+            bitmap = np.zeros(max(words_for_length(length, PAGE_SIZE), 1), np.uint64)
             _set_bits(bitmap, -(-length // PAGE_SIZE))
         self._report_unmapped_dirty(iova, length, bitmap)
 

@@ -43,6 +43,7 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap._unwind import Unwind
 from fastmap.allocator import IovaRange
+from fastmap.bitmap import words_for_length
 from fastmap.dirty import DirtyHarvester, Harvest
 from fastmap.errors import (
     DeviceMismatchError,
@@ -95,6 +96,19 @@ class IommufdContainer(Container):
         #: first.
         self.hwpts: list[Hwpt] = []
         self._harvester: DirtyHarvester | None = None
+
+    def drop_device_hwpt(self, dev: VFIODevice) -> None:
+        """Drop a detached device from its HWPT; the HWPT goes with its last device (an
+        auto domain is the kernel's to destroy, so it is only forgotten)."""
+        hwpt = dev.hwpt
+        if hwpt is None:
+            return
+        hwpt.devices.remove(dev)
+        dev.hwpt = None
+        if not hwpt.devices:
+            self.hwpts.remove(hwpt)
+            if not hwpt.auto_domain:
+                self.backend.free_id(hwpt.id)
 
     @property
     def ioas_id(self) -> int:
@@ -425,7 +439,7 @@ def _empty_harvest(
     lengths = np.array([r[1] for r in ranges], np.uint64)
     bitmaps, start = [], 0
     for n in lengths.tolist():
-        end = start + DirtyHarvester.bitmap_words(n, page_size)
+        end = start + words_for_length(n, page_size)
         bitmaps.append(buf[start:end])
         start = end
     return Harvest(page_size, iovas, lengths, bitmaps, buf)
@@ -506,15 +520,7 @@ def _detach_container(dev: VFIODevice, container: IommufdContainer) -> None:
         # Closing the device fd unbinds the device, which detaches it in the kernel:
         # otherwise its HWPT and IOAS stay busy and leak in the iommufd.
         _close_device_fd(dev)
-    hwpt = dev.hwpt
-    if hwpt is None:
-        return
-    hwpt.devices.remove(dev)
-    dev.hwpt = None
-    if not hwpt.devices:
-        container.hwpts.remove(hwpt)
-        if not hwpt.auto_domain:
-            container.backend.free_id(hwpt.id)
+    container.drop_device_hwpt(dev)
 
 
 def _close_device_fd(dev: VFIODevice) -> None:

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from fastmap import uapi
 from fastmap._unwind import Unwind
 from fastmap.allocator import IovaRange
+from fastmap.bitmap import words_for_length
 from fastmap.errors import (
     ContainerSetupError,
     DeviceNotFoundError,
@@ -41,7 +42,7 @@ from fastmap.errors import (
     KernelError,
 )
 from fastmap.kernel import Fd, Kernel
-from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container, bitmap_words
+from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
 from fastmap.prot import Prot
@@ -194,7 +195,7 @@ class LegacyContainer(Container):
         class _UnmapBitmap(ctypes.Structure):
             _fields_ = [("hdr", uapi.vfio_iommu_type1_dma_unmap), ("bitmap", uapi.vfio_bitmap)]
 
-        bits = np.zeros(max(bitmap_words(length, PAGE_SIZE), 1), np.uint64)
+        bits = np.zeros(max(words_for_length(length, PAGE_SIZE), 1), np.uint64)
         cmd = _UnmapBitmap()
         cmd.hdr.argsz = ctypes.sizeof(cmd)
         cmd.hdr.flags = uapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
