@@ -17,6 +17,7 @@ CASES = [
     ("fork_pins", ()),  # a child's files close before its parent's wait returns
     ("exec", ()),
     ("sysfs", ("--device", "edu")),
+    ("fail_nth", ()),  # fault injection: fail-nth semantics and the debugfs knobs
 ]
 
 
