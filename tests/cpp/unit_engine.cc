@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/bitmap_ops.h"
 #include "engine/dirty_harvester.h"
 #include "engine/iova_allocator.h"
 #include "engine/map_engine.h"
@@ -208,7 +209,7 @@ void test_harvester(sim::SimKernel& k, int fd) {
   const std::uint32_t hwpts[] = {hwpt};
   const std::uint64_t iovas[] = {base};
   const std::uint64_t lengths[] = {buf.len};
-  std::vector<std::uint64_t> bits(engine::DirtyHarvester::bitmap_words(buf.len, kPage));
+  std::vector<std::uint64_t> bits(engine::bitmap::words_for_length(buf.len, kPage));
   CHECK(!h.harvest(hwpts, iovas, lengths, kPage, bits, false));
   CHECK(d.u.dirty.out_nr_dirty == 4);
   CHECK(bits.size() == 1 && bits[0] == mark);

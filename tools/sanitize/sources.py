@@ -25,7 +25,10 @@ def extension_sources() -> list[str]:
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root))
     runpy.run_path(str(root / "setup.py"), run_name="__fastmap_sources__")
-    return [str(s) for ext in captured["ext_modules"] for s in ext.sources]
+    # Only the Python extension: the C library and the interposer are built from the same
+    # core sources by setup.py, and the interposer must never be linked into the extension.
+    (core,) = (ext for ext in captured["ext_modules"] if ext.name == "fastmap._core")
+    return [str(s) for s in core.sources]
 
 
 if __name__ == "__main__":
