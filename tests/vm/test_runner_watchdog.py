@@ -113,9 +113,12 @@ def test_attempts_share_the_overall_timeout(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 125, result.stderr
     lines = _attempts(tmp_path)
+    # Ten 2 s attempts do not fit in 9 s: the shared timeout stops them early. The last one
+    # ends either by the overall timeout or, on a loaded machine where each fake boot takes
+    # longer, as a wedge after which no time is left for another.
     assert 2 <= len(lines) < 10, lines
     assert all("wedged" in line for line in lines[:-1]), lines
-    assert "timeout: the VM timed out after 9s" in lines[-1], lines
+    assert "timeout: the VM timed out after 9s" in lines[-1] or "wedged" in lines[-1], lines
 
 
 def test_a_stopped_guest_is_replaced_by_one_that_runs_the_command(tmp_path: Path) -> None:
