@@ -22,8 +22,12 @@ SAN_CXXFLAGS = -std=c++20 -O1 -g1 -fno-omit-frame-pointer -fPIC -fvisibility=hid
 # CPython leaks by design (interned objects, arenas it never returns), so LeakSanitizer is
 # off for the Python runs; the C++ drivers run with it on. allow_user_segv_handler lets the
 # simulator's fault fixup (user_memory.cc) own SIGSEGV, as it does in the normal build.
-ASAN_RT      := $(shell g++ -print-file-name=libasan.so)
-TSAN_RT      := $(shell g++ -print-file-name=libtsan.so)
+# libstdc++ is preloaded with the runtime: python is not linked against it, so without it
+# the runtime's __cxa_throw interceptor finds no real __cxa_throw and the first C++
+# exception thrown by the extension aborts ("real___cxa_throw != 0" CHECK).
+STDCXX_RT    := $(shell g++ -print-file-name=libstdc++.so.6)
+ASAN_RT      := $(shell g++ -print-file-name=libasan.so) $(STDCXX_RT)
+TSAN_RT      := $(shell g++ -print-file-name=libtsan.so) $(STDCXX_RT)
 ASAN_ENV     := ASAN_OPTIONS=detect_leaks=0:allow_user_segv_handler=1:abort_on_error=1:detect_stack_use_after_return=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc FASTMAP_SANITIZER=asan
 CPP_ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:allow_user_segv_handler=1:abort_on_error=1 \
@@ -76,12 +80,12 @@ test-cpp: asan-build
 
 # The host suite against the ASan+UBSan extension (tests marked not_under_sanitizer skip).
 test-sanitize: test-cpp
-	$(ASAN_ENV) LD_PRELOAD=$(ASAN_RT) PYTHONPATH=build/asan/pkg $(PY) $(SAN_PYTEST) tests
+	$(ASAN_ENV) LD_PRELOAD="$(ASAN_RT)" PYTHONPATH=build/asan/pkg $(PY) $(SAN_PYTEST) tests
 
 # The threaded tests against the TSan extension (see tools/sanitize/README.md for limits).
 TSAN_TESTS ?= $(shell grep -rlE "threads?=|Thread\(|ThreadPool" tests --include='test_*.py' | grep -v '^tests/vm/')
 test-tsan: tsan-build
-	$(TSAN_ENV) LD_PRELOAD=$(TSAN_RT) PYTHONPATH=build/tsan/pkg $(PY) $(SAN_PYTEST) $(TSAN_TESTS)
+	$(TSAN_ENV) LD_PRELOAD="$(TSAN_RT)" PYTHONPATH=build/tsan/pkg $(PY) $(SAN_PYTEST) $(TSAN_TESTS)
 
 # The ioctl fuzzer for FUZZ_SECONDS, then the hypothesis properties (the test files that use
 # hypothesis) with random seeds and FASTMAP_FUZZ_FACTOR (5) times the examples, on the
