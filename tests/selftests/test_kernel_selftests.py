@@ -36,12 +36,17 @@ import pytest
 from tests.hugepages import HugePages
 from tests.selftests.tap import outcomes
 
+pytestmark = pytest.mark.not_under_sanitizer(
+    reason="the selftest binaries run under sim-run's uninstrumented interposer"
+)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 REAL_JSON = HERE / "real_6.12.95.json"
 if not REAL_JSON.exists() and os.environ.get("FASTMAP_REQUIRE_SELFTESTS") != "1":
-    pytest.skip("no recorded real-kernel outcomes (tools/selftests/record-real.sh)",
-                allow_module_level=True)
+    pytest.skip(
+        "no recorded real-kernel outcomes (tools/selftests/record-real.sh)", allow_module_level=True
+    )
 REAL = json.loads(REAL_JSON.read_text())
 
 
@@ -96,9 +101,11 @@ def selftest_bin() -> Path:
 @pytest.fixture(scope="module")
 def sim_outcomes(selftest_bin: Path, host_hugepages: HugePages) -> dict[str, str]:
     proc = subprocess.run(
-        [_fastmap_cli(), "sim-run", "--kernel-version", "612", "--",
-         str(selftest_bin / "iommufd")],
-        capture_output=True, text=True, timeout=900, check=False,
+        [_fastmap_cli(), "sim-run", "--kernel-version", "612", "--", str(selftest_bin / "iommufd")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     res = outcomes(proc.stdout)
     assert res, f"no TAP results from sim-run:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
@@ -126,8 +133,9 @@ def test_same_outcome_as_real_kernel(
         pytest.xfail(f"racy on the simulator: {RACY[name]} (real {want}, sim {got})")
     if name in DIVERGENCES:
         if got == want:
-            pytest.fail(f"{name} now matches the real kernel ({want}): drop it from "
-                        "sim_divergences.txt")
+            pytest.fail(
+                f"{name} now matches the real kernel ({want}): drop it from sim_divergences.txt"
+            )
         pytest.xfail(f"known divergence: {DIVERGENCES[name]} (real {want}, sim {got})")
     assert got == want, f"{name}: real kernel {want}, simulator {got}"
 
@@ -147,9 +155,21 @@ def test_fail_nth_passes_with_injection(name: str, selftest_bin: Path, tmp_path:
     report = tmp_path / "injected"
     env = dict(os.environ, FASTMAP_SIM_FAIL_NTH_REPORT=str(report))
     proc = subprocess.run(
-        [_fastmap_cli(), "sim-run", "--kernel-version", "612", "--",
-         str(selftest_bin / "iommufd_fail_nth"), "-t", name.split(".", 1)[1]],
-        capture_output=True, text=True, timeout=900, check=False, env=env,
+        [
+            _fastmap_cli(),
+            "sim-run",
+            "--kernel-version",
+            "612",
+            "--",
+            str(selftest_bin / "iommufd_fail_nth"),
+            "-t",
+            name.split(".", 1)[1],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
     )
     got = outcomes(proc.stdout)
     assert got == {name: "pass"}, f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"

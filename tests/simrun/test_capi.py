@@ -10,9 +10,15 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fastmap import get_include, simrun
 from tests.sim._raw import Iommufd
 from tests.simrun.conftest import PROGS, ROOT, expect_ok, sim_run
+
+pytestmark = pytest.mark.not_under_sanitizer(
+    reason="sim-run's interposer and libfastmap_sim.so are not rebuilt with the sanitizer"
+)
 
 
 def _python_answers() -> str:

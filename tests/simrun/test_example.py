@@ -13,6 +13,10 @@ import pytest
 
 from tests.simrun.conftest import ROOT, expect_ok, sim_run
 
+pytestmark = pytest.mark.not_under_sanitizer(
+    reason="sim-run's interposer and libfastmap_sim.so are not rebuilt with the sanitizer"
+)
+
 EXAMPLE = ROOT / "examples" / "iommufd_map.c"
 
 

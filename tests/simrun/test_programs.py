@@ -11,6 +11,10 @@ import pytest
 
 from tests.simrun.conftest import PROGS, expect_ok, sim_run
 
+pytestmark = pytest.mark.not_under_sanitizer(
+    reason="sim-run's interposer and libfastmap_sim.so are not rebuilt with the sanitizer"
+)
+
 CASES = [
     ("fds", ()),  # no devices: /dev/vfio/* must be ENOENT
     ("fork", ()),

@@ -14,6 +14,10 @@ import pytest
 
 from tests.simrun.conftest import ROOT, kernel_headers
 
+pytestmark = pytest.mark.not_under_sanitizer(
+    reason="sim-run's interposer and libfastmap_sim.so are not rebuilt with the sanitizer"
+)
+
 SECTION = ROOT.joinpath("README.md").read_text().split("## Running your own program", 1)[1]
 BLOCK = re.search(r"^```\n(.*?)^```", SECTION, flags=re.M | re.S)
 
