@@ -132,7 +132,9 @@ def bench_map(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Tabl
         ],
     )
     for size, rs in ratios(rows).items():
-        t.notes.append(f"{size.split(' x ')[-1]}: " + ", ".join(f"{k} {v:.2f}x" for k, v in rs.items()))
+        t.notes.append(
+            f"{size.split(' x ')[-1]}: " + ", ".join(f"{k} {v:.2f}x" for k, v in rs.items())
+        )
     n = args.entries or 100_000
     life = run_lifecycle_benchmark(
         kernel,
@@ -189,6 +191,7 @@ def bench_pinned(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
     )
     floor = {r.page: r.seconds for r in rows if r.method == "floor"}
     naive = {r.page: r.seconds for r in rows if r.method == "naive"}
+    fallbacks = {f"{r.page} pages: {r.fallback}" for r in rows if r.fallback}
     return [
         Table(
             "pinned",
@@ -205,6 +208,8 @@ def bench_pinned(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
                 Column("vs_naive", "ratio", "vs naive", _ratio),
                 Column("threads", "count", "thr"),
                 Column("backing", "", "memory"),
+                Column("fallback", "", hidden=True),
+                Column("length", "bytes", hidden=True),
             ],
             [
                 {
@@ -218,11 +223,15 @@ def bench_pinned(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
                     "vs_naive": naive[r.page] / r.seconds,
                     "threads": r.threads,
                     "backing": r.backing,
+                    "fallback": r.fallback,
                     "length": r.length,
                 }
                 for r in rows
             ],
-            ["vs floor: time over the C++ ioctl loop's; vs naive: speed-up over the Python loop"],
+            [
+                "vs floor: time over the C++ ioctl loop's; vs naive: speed-up over the Python loop",
+                *sorted(fallbacks),
+            ],
         )
     ]
 
@@ -316,6 +325,9 @@ def bench_dirty(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Ta
                 Column("target", "s", "target ms", lambda v: f"{v * 1e3:g}"),
                 Column("meets_target", "", "target", verdict),
                 Column("note"),
+                Column("group", "", hidden=True),
+                Column("rounds", "count", hidden=True),
+                Column("guest_bytes", "bytes", hidden=True),
             ],
             [
                 {
@@ -361,6 +373,7 @@ def bench_alloc(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Ta
                 Column("pairs_per_s", "pairs/s", "pairs/s", _rate),
                 Column("pairs_per_cpu_s", "pairs/CPU-s", "pairs/CPU-s", _rate),
                 Column("vs_reference", "ratio", "vs reference", lambda v: f"{v:,.3g}x"),
+                Column("seconds", "s", hidden=True),
             ],
             [
                 {
@@ -398,7 +411,7 @@ def bench_simrun(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
                 Column("mode", "", "path"),
                 Column("calls", "count", fmt=lambda v: f"{v:,}"),
                 Column("ns_per_call", "ns", "ns/call", lambda v: f"{v:,.0f}"),
-                Column("over_direct_ns", "ns", "over direct", lambda v: f"+{v / 1e3:.2f} us"),
+                Column("over_direct_ns", "ns", "over direct", lambda v: f"{v / 1e3:+.2f} us"),
             ],
             [
                 {
@@ -462,13 +475,26 @@ def environment(kernel: Kernel) -> dict[str, Any]:
     }
 
 
+def _refuse(message: str) -> int:
+    print(f"fastmap bench: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace, kernel: Kernel) -> int:
     """Runs the chosen benchmarks, prints their tables, writes --json and --plot."""
+    names = list(ALL) if args.which == "all" else [args.which]
     if args.plot:
+        # Refused before minutes of measuring, not after.
         from fastmap._tools import bench_plot
 
-        bench_plot.require()  # before minutes of measuring, not after
-    names = list(ALL) if args.which == "all" else [args.which]
+        if not any(n in bench_plot.PANELS for n in names):
+            return _refuse(
+                f"--plot: {args.which} has no figure (map, pinned, batch, threads and dirty have)"
+            )
+        try:
+            bench_plot.require()
+        except bench_plot.PlotUnavailableError as e:
+            return _refuse(str(e))
     progress = Progress(args.progress)
     tables: list[Table] = []
     try:

@@ -505,6 +505,6 @@ def run_dirty_benchmark(
 
 def _size(n: int) -> str:
     for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB")):
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{name}"
+        if n >= unit:
+            return f"{n // unit}{name}" if n % unit == 0 else f"{n / unit:.3g}{name}"
     return f"{n}B"

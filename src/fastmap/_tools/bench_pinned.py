@@ -64,6 +64,7 @@ class PinnedRow:
     length: int  # bytes per mapping
     seconds: float
     threads: int = 1
+    fallback: str = ""  # why the memory is not huge pages of the page size, if it is not
 
     @property
     def maps_per_second(self) -> float:
@@ -81,7 +82,8 @@ class Buffer:
     va: int
     page_size: int
     pages: int
-    backing: str
+    backing: str  # "hugetlb", "anon" or "anon+THP"
+    fallback: str  # why not hugetlb pages of page_size ("" when they are)
     _maps: tuple[mmap.mmap, ...]
 
     def close(self) -> None:
@@ -107,7 +109,7 @@ def hugepage_buffer(page_size: int, pages: int) -> Buffer:
             except OSError as e:
                 reason = f"no free {_size(page_size)} huge pages ({e.strerror})"
             else:
-                return Buffer(_address(m), page_size, pages, f"hugetlb {_size(page_size)}", (m,))
+                return Buffer(_address(m), page_size, pages, "hugetlb", "", (m,))
             finally:
                 os.close(fd)
     # Anonymous, over-allocated to align the start to the page size.
@@ -119,8 +121,10 @@ def hugepage_buffer(page_size: int, pages: int) -> Buffer:
     view = np.frombuffer(m, np.uint8)[start : start + length]
     view[:: mmap.PAGESIZE] = 1
     del view
-    backing = "anon 4 KiB" if page_size == mmap.PAGESIZE else f"anon THP-advised ({reason})"
-    return Buffer(base + start, page_size, pages, backing, (m,))
+    if page_size == mmap.PAGESIZE:
+        return Buffer(base + start, page_size, pages, "anon", "", (m,))
+    why = f"{reason}: anonymous memory advised for THP instead (2 MiB folios at most)"
+    return Buffer(base + start, page_size, pages, "anon+THP", why, (m,))
 
 
 def _address(m: mmap.mmap) -> int:
@@ -225,6 +229,7 @@ def run_pinned_benchmark(
                         size,
                         best[m],
                         threads if m == "batch-threads" else 1,
+                        buf.fallback,
                     )
                     for m in METHODS
                 ]

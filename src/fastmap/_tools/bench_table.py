@@ -27,6 +27,7 @@ class Column:
     unit: str = ""  # "s", "maps/s", "GiB/s", "bytes", "count", "ratio", "" for text
     header: str = ""
     fmt: Callable[[Any], str] = str
+    hidden: bool = False  # in the JSON (with its unit) but not in the text table
 
     @property
     def title(self) -> str:
@@ -92,7 +93,7 @@ def text_table(headers: Sequence[str], cells: Sequence[Sequence[str]], width: in
 def render(table: Table, width: int = WIDTH) -> str:
     """The table as text: title, rows (under group headings), notes; no line over `width`."""
     out = textwrap.wrap(table.title, width)
-    cols = table.columns
+    cols = [c for c in table.columns if not c.hidden]
     groups: dict[object, list[dict[str, Any]]] = {}
     for r in table.rows:
         groups.setdefault(r.get(table.group_by) if table.group_by else None, []).append(r)
