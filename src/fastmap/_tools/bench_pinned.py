@@ -168,6 +168,20 @@ def _naive(ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) 
         kernel.ioctl(fd, uapi.IOMMU_IOAS_MAP, cmd)
 
 
+def _iova_base(ioas: Ioas, span: int, page: int) -> int:
+    """The lowest IOVA, from 4 GiB up where possible, aligned to max(page, 1 GiB) where the
+    span fits, in the domain's usable ranges (a paging domain's aperture can be narrow)."""
+    ranges = ioas.iova_ranges()
+    for floor, align in ((IOVA_BASE, GiB), (0, GiB), (0, page)):
+        align = max(align, page)
+        for r in ranges:
+            start = -(-max(r.start, floor) // align) * align
+            if start + span - 1 <= r.last:
+                return start
+    usable = ", ".join(f"[{r.start:#x}, {r.last:#x}]" for r in ranges)
+    raise ValueError(f"{span:#x} bytes of IOVA do not fit the domain's usable ranges {usable}")
+
+
 def _batch(
     ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray, threads: int
 ) -> None:
@@ -206,7 +220,7 @@ def run_pinned_benchmark(
                 idx = np.arange(n, dtype=np.uint64)
                 vas = np.uint64(buf.va) + (idx % np.uint64(buf.pages)) * np.uint64(size)
                 lengths = np.full(n, size, dtype=np.uint64)
-                iovas = np.uint64(IOVA_BASE) + idx * np.uint64(size)
+                iovas = np.uint64(_iova_base(ioas, n * size, size)) + idx * np.uint64(size)
                 best = {m: float("inf") for m in METHODS}
                 spent = 0.0
                 for r in range(repeat):
