@@ -192,3 +192,21 @@ def test_progress_only_when_enabled() -> None:
     late = io.StringIO()
     Progress(True, late, after=3600)("too early")
     assert late.getvalue() == ""
+
+
+def test_report_renders_both_kernels_side_by_side(tmp_path: Path) -> None:
+    from fastmap._tools import bench_report
+
+    for kind in ("sim", "real"):  # both from the simulator here: the renderer is under test
+        (tmp_path / kind).mkdir()
+        argv = _bench("pinned", "--entries", "4", "--repeat", "1", "--page-size", "4KiB")
+        assert main([*argv, "--json", str(tmp_path / kind / "p.json")]) == 0
+    text = bench_report.render_report(
+        bench_report.load(tmp_path / "sim"), bench_report.load(tmp_path / "real"), {}
+    )
+    head = next(ln for ln in text.splitlines() if ln.startswith("| page | method"))
+    assert "sim maps/s" in head and "real maps/s" in head
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 4KiB |")]
+    assert [r.split(" | ")[1] for r in rows] == ["naive", "batch", "batch-threads", "floor"]
+    assert all(r.count(" | ") == 11 and " - |" not in r for r in rows)
+    assert "GENERATED" in text and "simulated Linux" in text

@@ -27,7 +27,30 @@ def load(directory: Path) -> list[Doc]:
 
 
 def _tables(docs: Sequence[Doc]) -> dict[str, dict[str, Any]]:
-    return {t["bench"]: t for d in docs for t in d["tables"]}
+    """Per bench, the rows of every run of it (e.g. one pinned run per page size)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        for t in d["tables"]:
+            if t["bench"] not in out:
+                out[t["bench"]] = {**t, "rows": list(t["rows"]), "notes": list(t["notes"])}
+            else:
+                out[t["bench"]]["rows"] += t["rows"]
+                seen = out[t["bench"]]["notes"]
+                seen += [n for n in t["notes"] if n not in seen]
+    return out
+
+
+def _command(argv: Sequence[str]) -> str:
+    """The bench options of a run, without its kernel and output file."""
+    words, skip = [], False
+    for w in argv[1:]:
+        if skip:
+            skip = False
+        elif w in ("--kernel", "--json", "--plot"):
+            skip = True
+        elif not w.startswith(("--no-progress", "--progress")):
+            words.append(w)
+    return "fastmap --kernel sim|real " + " ".join(words)
 
 
 def _num(v: float | None, fmt: str = ",.0f") -> str:
@@ -81,7 +104,8 @@ def _pinned(sim: dict[str, Any], real: dict[str, Any]) -> list[str]:
         }
 
     s, r = cells(sim), cells(real)
-    keys = list(dict.fromkeys([*s, *r]))
+    order = {"4KiB": 0, "2MiB": 1, "1GiB": 2}
+    keys = sorted(dict.fromkeys([*s, *r]), key=lambda k: order.get(k[0], 3))
     head = ["page", "method"] + [
         f"{k} {c}"
         for k in ("sim", "real")
@@ -138,7 +162,7 @@ def _simple(
 
 def render_report(sim_docs: Sequence[Doc], real_docs: Sequence[Doc], plots: dict[str, str]) -> str:
     sim, real = _tables(sim_docs), _tables(real_docs)
-    cmd = sorted({" ".join(c for c in d["command"][1:]) for d in [*sim_docs, *real_docs]})
+    cmd = list(dict.fromkeys(_command(d["command"]) for d in [*sim_docs, *real_docs]))
     lines = [
         "# fastmap benchmarks: the simulator and the real kernel, side by side",
         "",
@@ -152,14 +176,17 @@ def render_report(sim_docs: Sequence[Doc], real_docs: Sequence[Doc], plots: dict
         "absolute rates are those of an emulated CPU (the VM tier's README measures it ~14x",
         "slower than the host on plain Python); the ratios within one kernel (against the",
         "naive loop and the C++ floor, measured in the same run) are what carries over.",
+        "The guest runs with emulated VT-d: under virtio-iommu, an IOAS with the edu device",
+        "attached reports a single usable IOVA ([0, 0]) on this 6.12 guest, so nothing can be",
+        "mapped with that domain.",
         "",
         "Commands (each run on both kernels with the same options):",
         "",
-        *[f"    fastmap {c}" for c in cmd],
+        *[f"    {c}" for c in cmd],
         "",
         "## Map with an IOMMU domain attached (pinning), 4 KiB, 2 MiB and 1 GiB pages",
         "",
-        "An edu device attached to the IOAS through VFIO (real: virtio-iommu's paging domain;",
+        "An edu device attached to the IOAS through VFIO (real: QEMU's emulated Intel VT-d;",
         "sim: a simulated VT-d domain), so every map pins and writes IOPTEs. Mappings cycle",
         "over a small buffer of pages of that size. *naive*: one IOMMU_IOAS_MAP per entry",
         "from Python (ctypes struct); *batch*: `Ioas.map_batch`; *batch-threads*: the same",

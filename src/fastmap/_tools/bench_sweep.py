@@ -148,6 +148,8 @@ def run_thread_benchmark(
                 return time.perf_counter() - t0
 
         def separate(n: int) -> float:
+            if n == 1:  # the baseline: one thread (the caller) doing all of it
+                return one_ioas(1)
             ioases = [Ioas.allocate(kernel, fd) for _ in range(n)]
             try:
                 parts = np.array_split(np.arange(entries), n)
