@@ -199,14 +199,20 @@ def test_report_renders_both_kernels_side_by_side(tmp_path: Path) -> None:
 
     for kind in ("sim", "real"):  # both from the simulator here: the renderer is under test
         (tmp_path / kind).mkdir()
-        argv = _bench("pinned", "--entries", "4", "--repeat", "1", "--page-size", "4KiB")
-        assert main([*argv, "--json", str(tmp_path / kind / "p.json")]) == 0
+        for page in ("2MiB", "4KiB"):  # one run per page size, as tools/bench-report.sh does
+            argv = _bench("pinned", "--entries", "2", "--repeat", "1", "--page-size", page)
+            assert main([*argv, "--json", str(tmp_path / kind / f"p{page}.json")]) == 0
     text = bench_report.render_report(
         bench_report.load(tmp_path / "sim"), bench_report.load(tmp_path / "real"), {}
     )
     head = next(ln for ln in text.splitlines() if ln.startswith("| page | method"))
     assert "sim maps/s" in head and "real maps/s" in head
-    rows = [ln for ln in text.splitlines() if ln.startswith("| 4KiB |")]
-    assert [r.split(" | ")[1] for r in rows] == ["naive", "batch", "batch-threads", "floor"]
+    rows = [ln for ln in text.splitlines() if ln.startswith(("| 4KiB |", "| 2MiB |"))]
+    methods = ["naive", "batch", "batch-threads", "floor"]
+    assert [r.split(" | ")[:2] for r in rows] == [
+        [f"| {p}", m] for p in ("4KiB", "2MiB") for m in methods
+    ]
     assert all(r.count(" | ") == 11 and " - |" not in r for r in rows)
+    cmd = "fastmap --kernel sim|real bench pinned --entries 2 --repeat 1 --threads 2 --page-size"
+    assert f"{cmd} 4KiB" in text and f"{cmd} 2MiB" in text
     assert "GENERATED" in text and "simulated Linux" in text

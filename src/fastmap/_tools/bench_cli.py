@@ -475,6 +475,20 @@ def environment(kernel: Kernel) -> dict[str, Any]:
     }
 
 
+def _command(args: argparse.Namespace, kernel: Kernel) -> list[str]:
+    """The command line that repeats this run (from the options in force, not sys.argv:
+    main() may have been given its own argv)."""
+    words = ["fastmap", "--kernel", kernel.name, "bench", args.which]
+    for opt in ("entries", "seconds", "repeat", "threads"):
+        if getattr(args, opt) is not None:
+            words += [f"--{opt}", str(getattr(args, opt))]
+    for page in args.page_size or ():
+        words += ["--page-size", page]
+    if args.json:
+        words += ["--json", args.json]
+    return words
+
+
 def _refuse(message: str) -> int:
     print(f"fastmap bench: error: {message}", file=sys.stderr)
     return 2
@@ -510,7 +524,7 @@ def run(args: argparse.Namespace, kernel: Kernel) -> int:
     if args.json:
         doc = {
             **environment(kernel),
-            "command": ["fastmap", *sys.argv[1:]],
+            "command": _command(args, kernel),
             "options": {
                 "entries": args.entries,
                 "seconds": args.seconds,

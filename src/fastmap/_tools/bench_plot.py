@@ -52,7 +52,8 @@ def _map_sizes(ax: Any, t: Table) -> None:
 
 
 def _pinned(ax: Any, t: Table) -> None:
-    pages = list(dict.fromkeys(r["page"] for r in t.rows))
+    order = {"4KiB": 0, "2MiB": 1, "1GiB": 2}
+    pages = sorted(dict.fromkeys(r["page"] for r in t.rows), key=lambda p: order.get(p, 3))
     for method, rows in _by(t.rows, "method").items():
         rate = {r["page"]: r["maps_per_s"] for r in rows}
         ax.plot(pages, [rate.get(p) for p in pages], marker="o", label=method)

@@ -262,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, docs in (("sim", sim_docs), ("real", real_docs)):
         tables = [
             Table(t["bench"], t["title"], [], t["rows"], t["notes"])
-            for d in docs
-            for t in d["tables"]
+            for t in _tables(docs).values()
         ]
         if docs and any(t.bench in bench_plot.PANELS for t in tables):
             png = out.parent / f"benchmarks-{name}.png"
