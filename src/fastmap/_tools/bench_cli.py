@@ -444,8 +444,12 @@ ALL = ("alloc", "map", "pinned", "batch", "threads", "dirty")
 # --- the run ----------------------------------------------------------------------------------
 def environment(kernel: Kernel) -> dict[str, Any]:
     """Machine, kernel and fastmap version, for the JSON file and the report."""
-    import fastmap
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        fastmap_version = version("fastmap")  # not `import fastmap`: _tools sit below it
+    except PackageNotFoundError:
+        fastmap_version = "unknown"
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -469,7 +473,7 @@ def environment(kernel: Kernel) -> dict[str, Any]:
             "version": kernel.version,
             "host_release": uname.release,
         },
-        "fastmap_version": fastmap.__version__,
+        "fastmap_version": fastmap_version,
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
