@@ -135,6 +135,15 @@ def _map(sim: dict[str, Any], real: dict[str, Any]) -> list[str]:
     return _side(head, keys, s, r, 3)
 
 
+_LABELS = {
+    "seconds": "time",
+    "floor_seconds": "floor",
+    "over_floor": "vs floor",
+    "maps_per_s": "maps/s",
+    "speedup": "vs N=1",
+}
+
+
 def _simple(
     sim: dict[str, Any], real: dict[str, Any], key: Sequence[str], val: Sequence[str]
 ) -> list[str]:
@@ -156,7 +165,7 @@ def _simple(
 
     s, r = cells(sim), cells(real)
     keys = list(dict.fromkeys([*s, *r]))
-    head = [*key] + [f"{k} {c}" for k in ("sim", "real") for c in val]
+    head = [*key] + [f"{k} {_LABELS.get(c, c)}" for k in ("sim", "real") for c in val]
     return _side(head, keys, s, r, len(val))
 
 
