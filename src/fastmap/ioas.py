@@ -465,6 +465,9 @@ class Ioas(Closing):
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
+        src_iova, length = _checks.integer("src_iova", src_iova), _checks.integer("length", length)
+        if dst_iova is not None:
+            dst_iova = _checks.integer("dst_iova", dst_iova)
         prot = check_prot(prot)
         # The engine copies and records in one step; the new area holds the source's pins.
         err, iova = self._mapper.copy_from(src._mapper, src_iova, length, dst_iova, prot)
@@ -494,6 +497,9 @@ class Ioas(Closing):
         kernel's own fd namespace. So `fd` must be an open regular file here (a memfd is
         one): anything else, such as a simulated fd number, is a ValueError."""
         fd = _checks.fd_number("fd", fd)
+        offset, length = _checks.integer("offset", offset), _checks.integer("length", length)
+        if iova is not None:
+            iova = _checks.integer("iova", iova)
         try:
             st = os.fstat(fd)
         except OSError as e:

@@ -20,6 +20,8 @@ machine (for tests, or to run two machines side by side).
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import threading
 from typing import Any
 
@@ -56,6 +58,25 @@ class SimConfig:
         return core
 
 
+@dataclasses.dataclass(frozen=True)
+class DmaFault:
+    """A device DMA the (simulated) IOMMU refused: `length` bytes at `iova`, read or write,
+    failed with `errno` (EFAULT where nothing is mapped, EPERM/EACCES without the right)."""
+
+    iova: int
+    length: int
+    write: bool
+    errno: int
+
+    def __repr__(self) -> str:
+        name = errno.errorcode.get(self.errno, str(self.errno))
+        what = "write" if self.write else "read"
+        return (
+            f"DmaFault({what} of {self.length:#x} bytes at iova {self.iova:#x}: "
+            f"{name} ({os.strerror(self.errno)}))"
+        )
+
+
 class SimKernel(Kernel):
     """A simulated Linux kernel running in this process."""
 
@@ -74,6 +95,14 @@ class SimKernel(Kernel):
     def machine(self) -> _core.SimMachine:
         """The simulated machine: plug in PCI devices (`add_pci_device`), read its sysfs."""
         return self._sim.machine
+
+    def dma_faults(self, bdf: str, *, clear: bool = False) -> list[DmaFault]:
+        """The DMAs of device `bdf` that the IOMMU refused, oldest first (`clear` empties
+        the log)."""
+        return [
+            DmaFault(int(f["addr"]), int(f["len"]), bool(f["write"]), -int(f["error"]))
+            for f in self._sim.machine.dma_faults(bdf, clear)
+        ]
 
     def pci_devices(self) -> list[str]:
         """The BDFs of the PCI devices plugged into the machine."""

@@ -323,7 +323,7 @@ def test_preopened_device_fd(
 
 def test_preopened_device_fd_is_iommufd_only(kernel: Kernel, space: AddressSpace) -> None:
     with pytest.raises(ValueError, match="IOMMUFDBackend"):
-        VFIODevice(fd=99, kernel=kernel).attach(space)
+        VFIODevice(fd=99, kernel=kernel).attach(space, "legacy")
 
 
 def test_unknown_device(kernel: Kernel, space: AddressSpace) -> None:

@@ -277,7 +277,7 @@ def test_legacy_step_fails(
         _inject_legacy(fk, space, call, err)
         dev = VFIODevice(edu, kernel=fk)
         with pytest.raises(exc) as info:
-            dev.attach(space)
+            dev.attach(space, "legacy")
         if err:
             assert info.value.errno == err  # type: ignore[attr-defined]
         assert not fk.pending_faults
@@ -294,12 +294,12 @@ def test_legacy_failure_of_second_device_keeps_group_and_container(
 ) -> None:
     a = add_sim_device(fk, group=7)
     b = add_sim_device(fk, group=7)
-    da = VFIODevice(a, kernel=fk).attach(space)
+    da = VFIODevice(a, kernel=fk).attach(space, "legacy")
     c = da.container
     fk.fail("VFIO_DEVICE_GET_INFO", errno.EIO)
     db = VFIODevice(b, kernel=fk)
     with pytest.raises(KernelError):
-        db.attach(space)
+        db.attach(space, "legacy")
     assert db.fd is None and space.containers == [c] and da.group is not None
     assert da.group.devices == [da] and open_groups(fk) == [da.group]
     da.detach()
@@ -309,7 +309,7 @@ def test_legacy_failure_of_second_device_keeps_group_and_container(
 def test_unknown_device_legacy(fk: FaultyKernel, space: AddressSpace) -> None:
     dev = VFIODevice("0000:7f:1f.7", kernel=fk)
     with pytest.raises(DeviceNotFoundError, match="iommu_group"):
-        dev.attach(space)
+        dev.attach(space, "legacy")
     assert_clean(fk, dev, space)
 
 
@@ -347,7 +347,7 @@ def test_iommufd_unwind_order(
 def test_legacy_unwind_order(fk: FaultyKernel, edu: str, space: AddressSpace, call: str) -> None:
     fk.fail(call, errno.EIO)
     with pytest.raises(KernelError):
-        VFIODevice(edu, kernel=fk).attach(space)
+        VFIODevice(edu, kernel=fk).attach(space, "legacy")
     container = _fd_of(fk, "/dev/vfio/vfio ")
     group = next(
         int(e.rsplit(" ", 1)[1])

@@ -74,9 +74,9 @@ def test_sync_reports_each_blocks_pages(
         r = t.sync()
         ra, rb = r.for_block(a), r.for_block(b)
         assert set_bits(ra.bitmap, ra.nbits) == {0, 1, 2, 100}
-        assert ra.ranges.tolist() == [[0, 3], [100, 1]]
-        assert ra.byte_ranges().tolist() == [[0, 3 * PAGE], [100 * PAGE, PAGE]]
-        assert rb.gpa_ranges().tolist() == [[b.gpa + 127 * PAGE, PAGE]]
+        assert ra.page_ranges.tolist() == [[0, 3], [100, 1]]
+        assert ra.byte_ranges.tolist() == [[0, 3 * PAGE], [100 * PAGE, PAGE]]
+        assert rb.gpa_ranges.tolist() == [[b.gpa + 127 * PAGE, PAGE]]
         assert r.dirty_pages == 5 and r.dirty_bytes == 5 * PAGE
         assert not any(d.all_dirty for d in r)
         assert t.sync().dirty_pages == 0  # read and cleared
@@ -217,7 +217,7 @@ def test_legacy_container(kernel: Kernel, edu: str) -> None:
     fk = FaultyKernel(kernel)
     with AddressSpace() as space:
         space.add_ram(A_SIZE, GPA)
-        with VFIODevice(edu, kernel=fk).attach(space) as dev:
+        with VFIODevice(edu, kernel=fk).attach(space, "legacy") as dev:
             c = dev.container
             assert isinstance(c, LegacyContainer) and c.dirty_pages_supported
             start = len(fk.log)
@@ -297,7 +297,7 @@ def test_stop_after_the_legacy_container_is_gone(kernel: Kernel, edu: str) -> No
     """A Type1 container closes with its last device; stopping later must not touch it."""
     with AddressSpace() as space:
         space.add_ram(A_SIZE, GPA)
-        dev = VFIODevice(edu, kernel=kernel).attach(space)
+        dev = VFIODevice(edu, kernel=kernel).attach(space, "legacy")
         t = DirtyTracker(space)
         t.start()
         dev.detach()

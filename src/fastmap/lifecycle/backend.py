@@ -92,6 +92,25 @@ class DeviceHwInfo:
         """IOMMU_HW_CAP_DIRTY_TRACKING: HWPTs may be allocated with DIRTY_TRACKING."""
         return bool(self.capabilities & uapi.IOMMU_HW_CAP_DIRTY_TRACKING)
 
+    @property
+    def type_name(self) -> str:
+        """The IOMMU kind, e.g. "INTEL_VTD" (the IOMMU_HW_INFO_TYPE_ name)."""
+        for name, value in uapi.CONSTANTS.items():
+            if name.startswith("IOMMU_HW_INFO_TYPE_") and value == self.type:
+                return name.removeprefix("IOMMU_HW_INFO_TYPE_")
+        return f"type {self.type:#x}"
+
+    def __repr__(self) -> str:
+        caps = [
+            name.removeprefix("IOMMU_HW_CAP_")
+            for name, value in uapi.CONSTANTS.items()
+            if name.startswith("IOMMU_HW_CAP_") and self.capabilities & value
+        ]
+        return (
+            f"DeviceHwInfo({self.type_name}, capabilities={self.capabilities:#x} "
+            f"[{' '.join(caps) or '-'}], data={len(self.data)} bytes)"
+        )
+
 
 class IOMMUFDBackend:
     """A reference-counted /dev/iommu (QEMU's IOMMUFDBackend)."""
