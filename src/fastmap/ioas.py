@@ -165,9 +165,9 @@ class Ioas(Closing):
                 if iova % _PAGE != offset:
                     _release_all([held])
                     raise ValueError(
-                        f"iova={iova:#x} must have the buffer's offset within a page "
-                        f"({offset:#x}): the mapping covers whole pages, so the buffer's "
-                        f"first byte is at iova {offset:#x} bytes into its page"
+                        f"iova={iova:#x} is where the buffer's first byte goes, so it must "
+                        f"be {offset:#x} into a page as the buffer is (the mapping covers "
+                        "whole pages)"
                     )
                 iova -= offset
         # The mapping takes the pin inside the engine call: no Python step between the kernel
