@@ -349,18 +349,19 @@ class Ioas(Closing):
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
         keys: list[tuple[int, int]] = []
-        if self._rounded:  # entries naming a rounded buffer mapping unmap its pages
+        sub_page = (io | ln) % np.uint64(_PAGE) != 0
+        if sub_page.any():  # entries naming a rounded buffer mapping unmap its pages
             io, ln = io.copy(), ln.copy()
-            for i in range(io.size):
+            for i in np.flatnonzero(sub_page):
                 key = (int(io[i]), int(ln[i]))
-                pages = self._rounded.get(key)
+                pages = self._rounded.get(key) or self._rounded_segment(*key)
                 if pages is not None:
                     io[i], ln[i] = pages
                     keys.append(key)
         removed, err = self._mapper.unmap(io, ln)
         if err is None:
             for key in keys:
-                del self._rounded[key]
+                self._rounded.pop(key, None)
         if err is not None:
             errno_value, index, call, rollback_failed = err
             hint = _HINT_COALESCED if call == "coalesced" else None
@@ -373,6 +374,16 @@ class Ioas(Closing):
                 rollback_failed,
             )
         return int(removed)
+
+    def _rounded_segment(self, iova: int, length: int) -> tuple[int, int] | None:
+        """The pages of a rounded mapping the table missed (its map was interrupted after
+        the engine recorded it): a segment that is exactly [iova, iova + length) rounded
+        out to pages."""
+        start = iova - iova % _PAGE
+        pages = (start, _round_up(iova + length, _PAGE) - start)
+        if any((seg.iova, seg.length) == pages for seg in self._mapper.segments()):
+            return pages
+        return None
 
     def _run_map(
         self,
