@@ -337,3 +337,27 @@ def owner_of(va: int, length: int) -> DmaMemory | None:
     if memory is None or memory.closed or va + length > memory.va + memory.length:
         return None
     return memory
+
+
+def leases_for(vas: npt.NDArray[np.uint64], lengths: npt.NDArray[np.uint64]) -> list[object] | None:
+    """A lease of the DmaMemory holding each entry [vas[i], +lengths[i]) (None for an entry
+    outside every one), or None when no entry is inside one: what a batch of raw VAs keeps."""
+    with _lock:
+        if not _starts:
+            return None
+        owners = [ref() for ref in _owners]
+    live = [(m.va, m.va + m.length, m) for m in owners if m is not None and not m.closed]
+    if not live:
+        return None
+    starts = np.array([lo for lo, _, _ in live], np.uint64)
+    ends = np.array([hi for _, hi, _ in live], np.uint64)
+    at = np.searchsorted(starts, vas, side="right").astype(np.int64) - 1
+    inside = (at >= 0) & (vas + lengths <= ends[np.maximum(at, 0)])
+    if not inside.any():
+        return None
+    # One lease per memory, shared by its entries: it goes with the last of their mappings.
+    leases = {int(j): live[j][2].lease() for j in np.unique(at[inside])}
+    keep: list[object] = [None] * len(vas)
+    for i in np.flatnonzero(inside):
+        keep[i] = leases[int(at[i])]
+    return keep

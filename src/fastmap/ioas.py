@@ -37,7 +37,7 @@ from fastmap import _checks, _core, uapi
 from fastmap._checks import U64_MAX, u64_array
 from fastmap._closing import Closing
 from fastmap.allocator import AllocationError, InvalidRequestError, IovaRange
-from fastmap.dma_memory import DmaMemory, MemoryLease, owner_of
+from fastmap.dma_memory import DmaMemory, MemoryLease, leases_for, owner_of
 from fastmap.errors import BatchError, KernelError
 from fastmap.kernel import Fd
 from fastmap.prot import Prot
@@ -228,6 +228,8 @@ class Ioas(Closing):
         fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
         The caller keeps the memory at `vas` alive while mapped, or passes `keep`: one object
         per entry (e.g. a RamBlock lease, or None) that its mapping holds until unmapped.
+        Without `keep`, an entry inside a DmaMemory (or RamBlock) holds a lease of it, so
+        that memory cannot be closed while mapped.
         """
         threads = _checks.integer("threads", threads, "u32")
         if threads < 1:
@@ -236,7 +238,7 @@ class Ioas(Closing):
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
         prot = check_prot(prot)
-        held = None if keep is None else list(keep)
+        held = leases_for(v, ln) if keep is None else list(keep)
         if held is not None and len(held) != v.size:
             raise ValueError(f"keep and vas differ in length: {len(held)} != {v.size}")
         if isinstance(iovas, str):

@@ -78,6 +78,18 @@ def test_close_is_refused_while_mapped(device_ioas: Ioas) -> None:
     assert mem.closed and not mem.mapped
 
 
+def test_a_batch_of_raw_vas_leases_the_memory(device_ioas: Ioas) -> None:
+    mem = DmaMemory(8 * PAGE)
+    vas = mem.va + np.arange(8, dtype=np.uint64) * np.uint64(PAGE)
+    lengths = np.full(8, PAGE, np.uint64)
+    iovas = device_ioas.map_batch(vas, lengths, "dense")
+    device_ioas.unmap_batch(iovas[:7], lengths[:7])
+    with pytest.raises(RamInUseError):
+        mem.close()  # entry 7 is still mapped
+    device_ioas.unmap_batch(iovas[7:], lengths[7:])
+    mem.close()
+
+
 def test_an_array_outlives_close() -> None:
     mem = DmaMemory(PAGE)
     a = mem.array
