@@ -129,7 +129,7 @@ class Ioas(Closing):
         (numpy's data usually starts 16 bytes in), while with a device attached the kernel maps
         whole pages only. So a buffer's mapping is rounded out to the host pages it touches:
         the pages' IOVA is page-aligned, and the IOVA returned is that plus the buffer's offset
-        in its first page (`unmap(iova, len(buffer))` unmaps those same pages). The device can
+        in its first page (`unmap(iova, nbytes)` unmaps those same pages). The device can
         reach the rest of those pages too. A fixed `iova` is where the buffer's first byte
         goes: it must have the buffer's offset within a page. Raw VAs are mapped exactly as
         given. A buffer stays pinned until unmapped; `length` may shorten a buffer's mapping
@@ -186,7 +186,8 @@ class Ioas(Closing):
 
     def unmap(self, iova: int, length: int) -> int:
         """Unmap every mapping inside [iova, iova+length); each must lie wholly inside.
-        Returns the bytes unmapped.
+        Returns the bytes unmapped. A buffer's (iova, nbytes), as `map` returned it, unmaps
+        the whole pages that mapping covers (and their byte count is returned).
 
         Raises BatchError (ENOENT) when nothing is mapped there or a mapping sticks out.
         """
