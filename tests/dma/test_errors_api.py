@@ -29,6 +29,7 @@ from fastmap.kernel import Fd
 from fastmap.lifecycle import vfio_iommufd
 from fastmap.lifecycle.backend import DeviceHwInfo
 from fastmap.lifecycle.device import DeviceInfo, normalize_bdf
+from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import PCI_DEVICES, sysfs_for
 from fastmap.sim import DmaFault, SimKernel
 
@@ -188,7 +189,12 @@ def test_float_lengths_are_refused(
 def test_reprs_are_readable() -> None:
     hw = DeviceHwInfo(uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD, uapi.IOMMU_HW_CAP_DIRTY_TRACKING,
                       bytes(32))
-    assert repr(hw) == "DeviceHwInfo(INTEL_VTD, capabilities=0x1 [DIRTY_TRACKING], data=32 bytes)"
+    assert repr(hw) == "DeviceHwInfo(intel-vtd, capabilities=0x1 [DIRTY_TRACKING], data=32 bytes)"
+    hiod = HostIOMMUDevice.from_hw_info("0000:00:03.0", hw)
+    assert repr(hiod) == (
+        "HostIOMMUDevice(0000:00:03.0, iommufd, intel-vtd, capabilities=0x1 [DIRTY_TRACKING], "
+        "data=32 bytes)"
+    )
     fault = DmaFault(0x1000, 8, True, errno.EFAULT)
     assert repr(fault) == "DmaFault(write of 0x8 bytes at iova 0x1000: EFAULT (Bad address))"
 

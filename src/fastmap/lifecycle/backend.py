@@ -37,6 +37,7 @@ from fastmap import _checks, uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.lifecycle.host_iommu_device import capability_names, hw_info_type_name
 from fastmap.prot import Prot
 from fastmap.seam import open_kernel
 
@@ -94,21 +95,13 @@ class DeviceHwInfo:
 
     @property
     def type_name(self) -> str:
-        """The IOMMU kind, e.g. "INTEL_VTD" (the IOMMU_HW_INFO_TYPE_ name)."""
-        for name, value in uapi.CONSTANTS.items():
-            if name.startswith("IOMMU_HW_INFO_TYPE_") and value == self.type:
-                return name.removeprefix("IOMMU_HW_INFO_TYPE_")
-        return f"type {self.type:#x}"
+        """'intel-vtd', 'arm-smmuv3', 'selftest', 'none' or 'type N'."""
+        return hw_info_type_name(self.type)
 
     def __repr__(self) -> str:
-        caps = [
-            name.removeprefix("IOMMU_HW_CAP_")
-            for name, value in uapi.CONSTANTS.items()
-            if name.startswith("IOMMU_HW_CAP_") and self.capabilities & value
-        ]
         return (
             f"DeviceHwInfo({self.type_name}, capabilities={self.capabilities:#x} "
-            f"[{' '.join(caps) or '-'}], data={len(self.data)} bytes)"
+            f"[{capability_names(self.capabilities)}], data={len(self.data)} bytes)"
         )
 
 
