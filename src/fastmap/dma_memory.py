@@ -122,6 +122,8 @@ class DmaMemory(Closing):
         self.kind: MemoryKind = kind
         #: the granule the memory is made of (the huge page size for hugetlb)
         self.page_size = PAGE_SIZE
+        if hugepage_size is not None and kind != "hugetlb":
+            raise ValueError(f"hugepage_size is for kind='hugetlb', not {kind!r}")
         if kind == "hugetlb":
             size = hugepage_size or default_hugepage_size()
             self.page_size = _checks.integer("hugepage_size", size)
