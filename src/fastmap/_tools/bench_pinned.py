@@ -51,6 +51,7 @@ DEFAULT_ENTRIES: dict[str, int] = {"4KiB": 20_000, "2MiB": 2_000, "1GiB": 16}
 POOL_PAGES: dict[str, int] = {"4KiB": 4096, "2MiB": 16, "1GiB": 1}
 METHODS = ("naive", "batch", "batch-threads", "floor")
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
+SIM_BDF = "0000:00:1e.0"  # the bench's own edu on the simulated machine
 IOVA_BASE = 1 << 32  # 1 GiB aligned: huge IOPTEs stay possible
 _PROT = uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE
 
@@ -140,9 +141,13 @@ def attached_ioas(kernel: Kernel) -> Iterator[Ioas]:
     from fastmap.lifecycle.device import VFIODevice, find_pci_devices
 
     machine = getattr(kernel, "machine", None)
-    if machine is not None and not find_pci_devices(kernel, EDU_VENDOR, EDU_DEVICE):
-        machine.add_pci_device(vendor=EDU_VENDOR, device=EDU_DEVICE, iommu="vtd")
     bdfs = find_pci_devices(kernel, EDU_VENDOR, EDU_DEVICE)
+    if machine is not None:
+        # The process's simulated machine is shared: the bench plugs in its own device (once)
+        # rather than take one that other code may hold.
+        if SIM_BDF not in bdfs:
+            machine.add_pci_device(bdf=SIM_BDF, vendor=EDU_VENDOR, device=EDU_DEVICE, iommu="vtd")
+        bdfs = [SIM_BDF]
     if not bdfs:
         raise RuntimeError("no edu device (PCI 1234:11e8) bound to vfio-pci on this machine")
     with ExitStack() as stack:
