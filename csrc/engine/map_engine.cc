@@ -315,6 +315,51 @@ std::size_t IoasMapper::translate_iova_bulk(std::span<const std::uint64_t> iovas
   return hits;
 }
 
+bool IoasMapper::group_hits(std::size_t* bad_entry) {
+  const std::vector<Segment>& segs = table_.segments();
+  const std::size_t count = segs.size();
+  // Requests may overlap or come in any order: sort by segment, the first requester keeps it.
+  auto by_seg = [](const Hit& a, const Hit& b) {
+    return a.seg != b.seg ? a.seg < b.seg : a.entry < b.entry;
+  };
+  if (!std::is_sorted(hits_.begin(), hits_.end(), by_seg)) {
+    std::sort(hits_.begin(), hits_.end(), by_seg);
+  }
+  hits_.erase(std::unique(hits_.begin(), hits_.end(),
+                          [](const Hit& a, const Hit& b) { return a.seg == b.seg; }),
+              hits_.end());
+  // Group the hits into kernel areas (runs); every segment of a touched run must be taken,
+  // so each group starts at its run's first segment and holds all of the run.
+  victims_.clear();
+  bool adopted = false;
+  for (std::size_t h = 0; h < hits_.size();) {
+    const std::uint64_t run = segs[hits_[h].seg].run_iova;
+    const std::size_t first = h;
+    const std::size_t head = segs[hits_[h].seg].iova == run ? hits_[h].seg : table_.find(run);
+    Victim v{head, run, 0, hits_[h].entry};
+    for (std::size_t j = head; j < count && segs[j].run_iova == run; ++j) {
+      if (h >= hits_.size() || hits_[h].seg != j) {
+        *bad_entry = hits_[first].entry;
+        return false;
+      }
+      v.length += segs[j].length;
+      ++h;
+    }
+    if (h == first) {
+      *bad_entry = hits_[first].entry;
+      return false;
+    }
+    adopted |= segs[head].va == 0;
+    victims_.push_back(v);
+  }
+  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  if (adopted) {
+    std::stable_partition(victims_.begin(), victims_.end(),
+                          [&](const Victim& v) { return segs[v.head].va != 0; });
+  }
+  return true;
+}
+
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
                              std::span<const std::uint64_t> lengths, std::vector<Pin>* released,
                              std::uint64_t* removed_bytes) {
@@ -326,10 +371,14 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
 
   // Validate everything first, so a refusal changes nothing. The kernel only removes whole
   // areas, and every run is one area: a request must take all of a run or none of it.
-  // Flat arrays of indices throughout (kept between calls): this path is measured against
-  // a bare loop of unmap ioctls.
+  // The usual batch (each request one whole uncoalesced mapping, in IOVA order) is settled
+  // in this one pass straight into victims_; anything else collects hits_ and is sorted
+  // and grouped below. Scratch arrays are kept between calls: this path is measured
+  // against a bare loop of unmap ioctls.
   hits_.clear();
-  hits_.reserve(n);
+  victims_.clear();
+  victims_.reserve(n);
+  bool simple = true;  // so far every hit is a whole one-segment area with a VA, in order
   std::size_t next = count;
   for (std::size_t i = 0; i < n; ++i) {
     if (lengths[i] == 0) return fail(EINVAL, i, "IOMMU_IOAS_UNMAP");
@@ -343,59 +392,30 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
       if (j > 0 && segs[j - 1].iova + segs[j - 1].length > iovas[i]) --j;
     }
     std::size_t found = 0;
-    for (; j < count && segs[j].iova <= last; ++j) {
+    for (; j < count && segs[j].iova <= last; ++j, ++found) {
       const Segment& s = segs[j];
       // A segment sticking out of the range would have to be split: the kernel says ENOENT.
       if (s.iova < iovas[i] || s.iova + (s.length - 1) > last) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
+      if (simple) {
+        const bool alone = s.run_iova == s.iova && s.va != 0 &&
+                           (j + 1 == count || segs[j + 1].run_iova != s.iova);
+        if (alone && (victims_.empty() || victims_.back().head < j)) {
+          victims_.push_back(Victim{j, s.iova, s.length, i});
+          continue;
+        }
+        simple = false;
+        hits_.reserve(n);
+        for (const Victim& v : victims_) hits_.push_back(Hit{v.head, v.entry});
+      }
       hits_.push_back(Hit{j, i});
-      ++found;
     }
     if (found == 0) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
     next = j;
   }
-  // Requests may overlap or come in any order: sort by segment, the first requester keeps it.
-  auto by_seg = [](const Hit& a, const Hit& b) {
-    return a.seg != b.seg ? a.seg < b.seg : a.entry < b.entry;
-  };
-  if (!std::is_sorted(hits_.begin(), hits_.end(), by_seg)) {
-    std::sort(hits_.begin(), hits_.end(), by_seg);
-  }
-  hits_.erase(std::unique(hits_.begin(), hits_.end(),
-                          [](const Hit& a, const Hit& b) { return a.seg == b.seg; }),
-              hits_.end());
+  if (std::size_t bad = 0; !simple && !group_hits(&bad)) return fail(EINVAL, bad, "coalesced");
 
-  // Group the hits into kernel areas (runs); every segment of a touched run must be taken,
-  // so each group starts at its run's first segment and holds all of the run.
-  bool adopted = false;
-  for (std::size_t h = 0; h < hits_.size();) {
-    const std::uint64_t run = segs[hits_[h].seg].run_iova;
-    const std::size_t first = h;
-    const std::size_t head = segs[hits_[h].seg].iova == run ? hits_[h].seg : table_.find(run);
-    for (std::size_t j = head; j < count && segs[j].run_iova == run; ++j) {
-      if (h >= hits_.size() || hits_[h].seg != j) return fail(EINVAL, hits_[first].entry, "coalesced");
-      ++h;
-    }
-    if (h == first) return fail(EINVAL, hits_[first].entry, "coalesced");
-    adopted |= segs[head].va == 0;
-  }
-  // The kernel areas to remove, in order. Adopted areas cannot be re-mapped if a later unmap
-  // fails: with any among them, they go last.
-  victims_.clear();
-  victims_.reserve(hits_.size());
-  for (std::size_t h = 0; h < hits_.size();) {
-    const std::size_t first = h;
-    const std::uint64_t run = segs[hits_[h].seg].run_iova;
-    std::uint64_t length = 0;
-    for (; h < hits_.size() && segs[hits_[h].seg].run_iova == run; ++h) length += segs[hits_[h].seg].length;
-    victims_.push_back(Victim{hits_[first].seg, length, hits_[first].entry});
-  }
-  if (adopted) {
-    std::stable_partition(victims_.begin(), victims_.end(),
-                          [&](const Victim& v) { return segs[v.head].va != 0; });
-  }
   for (std::size_t k = 0; k < victims_.size(); ++k) {
-    const Segment& head = segs[victims_[k].head];
-    if (int err = unmap_one(head.iova, victims_[k].length)) {
+    if (int err = unmap_one(victims_[k].iova, victims_[k].length)) {
       BatchError e = fail(err, victims_[k].entry, "IOMMU_IOAS_UNMAP");
       for (std::size_t r = k; r-- > 0;) {
         const Segment& h = segs[victims_[r].head];
@@ -408,14 +428,23 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     }
   }
   std::uint64_t bytes = 0;
-  if (released && pins_) released->reserve(released->size() + hits_.size());
-  for (const Hit& h : hits_) {
-    Segment& s = table_.at(h.seg);
-    bytes += s.length;
+  for (const Victim& v : victims_) bytes += v.length;
+  auto drop = [&](std::size_t seg) {
+    Segment& s = table_.at(seg);
     if (allocator_) forget(s.iova, s.length);
     if (s.pin) release(std::move(s.pin), released);
+  };
+  if (simple) {
+    if (allocator_ || pins_) {
+      if (released && pins_) released->reserve(released->size() + victims_.size());
+      for (const Victim& v : victims_) drop(v.head);
+    }
+    table_.erase(victims_, [](const Victim& v) { return v.head; });
+  } else {
+    if (released && pins_) released->reserve(released->size() + hits_.size());
+    for (const Hit& h : hits_) drop(h.seg);
+    table_.erase(hits_, [](const Hit& h) { return h.seg; });
   }
-  table_.erase(hits_, [](const Hit& h) { return h.seg; });
   if (removed_bytes) *removed_bytes = bytes;
   return {};
 }

@@ -161,6 +161,9 @@ class IoasMapper {
   void record(std::uint64_t iova, std::uint64_t length);
   void forget(std::uint64_t iova, std::uint64_t length);
   void release(Pin&& pin, std::vector<Pin>* released);
+  // unmap(): sorts and dedups hits_ and groups them into victims_ (kernel areas). False,
+  // with the request in *bad_entry, if a request takes only part of a coalesced area.
+  bool group_hits(std::size_t* bad_entry);
   // table_.settle(), parking the pins of replaced leftovers; callers hold mu_.
   void settle();
   // adopt() and pins_in() for callers holding the mutexes.
@@ -179,10 +182,11 @@ class IoasMapper {
     std::size_t seg;    // index in table_
     std::size_t entry;  // the request that takes it
   };
-  struct Victim {
-    std::size_t head;      // index in table_ of the run's first segment
-    std::uint64_t length;  // of the whole run
-    std::size_t entry;
+  struct Victim {            // one kernel area to remove
+    std::size_t head;        // index in table_ of its first segment
+    std::uint64_t iova;      // its start
+    std::uint64_t length;    // of the whole area
+    std::size_t entry;       // the request that takes it
   };
   std::vector<Hit> hits_;
   std::vector<Victim> victims_;

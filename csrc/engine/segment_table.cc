@@ -14,16 +14,20 @@ bool by_iova(const Segment& a, const Segment& b) noexcept { return a.iova < b.io
 void SegmentTable::reserve(std::size_t k) {
   seg_mark_ = segs_.size();
   va_mark_ = by_va_.size();
-  seg_in_order_ = va_in_order_ = true;
+  seg_in_order_ = va_in_order_ = shadow_ok_ = true;
   // Stay geometric: a run of single maps must not reallocate every time.
   if (segs_.capacity() < segs_.size() + k) segs_.reserve(std::max(segs_.size() + k, 2 * segs_.capacity()));
-  if (by_va_.capacity() < by_va_.size() + k) by_va_.reserve(std::max(by_va_.size() + k, 2 * by_va_.capacity()));
+  if (!va_shadow_ && by_va_.capacity() < by_va_.size() + k) {
+    by_va_.reserve(std::max(by_va_.size() + k, 2 * by_va_.capacity()));
+  }
 }
 
 void SegmentTable::push(Segment&& s) {
   if (!segs_.empty() && segs_.back().iova >= s.iova) seg_in_order_ = false;
   max_length_ = std::max(max_length_, s.length);
-  if (s.va != 0) {
+  if (va_shadow_) {
+    if (s.va == 0 || (!segs_.empty() && !va_order(segs_.back(), s))) shadow_ok_ = false;
+  } else if (s.va != 0) {
     const VaEntry e{s.va, s.iova, s.length};
     if (!by_va_.empty() && !va_order(by_va_.back(), e)) va_in_order_ = false;
     by_va_.push_back(e);
@@ -32,6 +36,7 @@ void SegmentTable::push(Segment&& s) {
 }
 
 void SegmentTable::settle(std::vector<Pin>* displaced) {
+  bool replaced = false;
   if (!seg_in_order_) {
     const auto mid = segs_.begin() + static_cast<std::ptrdiff_t>(seg_mark_);
     std::stable_sort(mid, segs_.end(), by_iova);
@@ -43,22 +48,31 @@ void SegmentTable::settle(std::vector<Pin>* displaced) {
       if (segs_[i - 1].pin) displaced->push_back(std::move(segs_[i - 1].pin));
       stale.push_back(i - 1);
     }
-    if (!stale.empty()) {
-      for (std::size_t r = stale.size(); r-- > 0;) {
-        segs_.erase(segs_.begin() + static_cast<std::ptrdiff_t>(stale[r]));
-      }
-      rebuild_va();
-      va_in_order_ = true;
+    for (std::size_t r = stale.size(); r-- > 0;) {
+      segs_.erase(segs_.begin() + static_cast<std::ptrdiff_t>(stale[r]));
     }
+    replaced = !stale.empty();
   }
-  if (!va_in_order_) {
+  if (va_shadow_) {
+    // Still one order for both keys? Then the segment array stays the VA index too.
+    const bool holds = (seg_in_order_ && shadow_ok_) ||
+                       (std::none_of(segs_.begin(), segs_.end(), [](const Segment& s) { return s.va == 0; }) &&
+                        std::is_sorted(segs_.begin(), segs_.end(),
+                                       [](const Segment& a, const Segment& b) { return va_order(a, b); }));
+    if (!holds) {
+      va_shadow_ = false;
+      rebuild_va();
+    }
+  } else if (replaced) {
+    rebuild_va();
+  } else if (!va_in_order_) {
     const auto mid = by_va_.begin() + static_cast<std::ptrdiff_t>(va_mark_);
-    std::sort(mid, by_va_.end(), va_order);
-    std::inplace_merge(by_va_.begin(), mid, by_va_.end(), va_order);
+    std::sort(mid, by_va_.end(), va_order<VaEntry>);
+    std::inplace_merge(by_va_.begin(), mid, by_va_.end(), va_order<VaEntry>);
   }
   seg_mark_ = segs_.size();
   va_mark_ = by_va_.size();
-  seg_in_order_ = va_in_order_ = true;
+  seg_in_order_ = va_in_order_ = shadow_ok_ = true;
 }
 
 void SegmentTable::rebuild_va() {
@@ -66,11 +80,12 @@ void SegmentTable::rebuild_va() {
   for (const Segment& s : segs_) {
     if (s.va != 0) by_va_.push_back(VaEntry{s.va, s.iova, s.length});
   }
-  std::sort(by_va_.begin(), by_va_.end(), va_order);
+  std::sort(by_va_.begin(), by_va_.end(), va_order<VaEntry>);
 }
 
 void SegmentTable::erase_gone_va() {
   if (gone_.empty()) return;
+  constexpr auto va_order = SegmentTable::va_order<VaEntry>;
   // Usually VA order follows IOVA order and this is already sorted.
   if (!std::is_sorted(gone_.begin(), gone_.end(), va_order)) {
     std::sort(gone_.begin(), gone_.end(), va_order);
@@ -100,6 +115,7 @@ void SegmentTable::erase_gone_va() {
 void SegmentTable::clear() noexcept {
   segs_.clear();
   by_va_.clear();
+  va_shadow_ = true;
   seg_mark_ = va_mark_ = 0;
   seg_in_order_ = va_in_order_ = true;
 }
@@ -131,13 +147,18 @@ bool SegmentTable::lookup_iova(std::uint64_t iova, std::uint64_t* va) const noex
 }
 
 bool SegmentTable::lookup_va(std::uint64_t va, std::uint64_t* iova) const noexcept {
+  return va_shadow_ ? scan_va(segs_, va, iova) : scan_va(by_va_, va, iova);
+}
+
+template <typename Entries>
+bool SegmentTable::scan_va(const Entries& index, std::uint64_t va, std::uint64_t* iova) const noexcept {
   // Segments may overlap in VA; scan back from the last one starting at or below `va`.
   // No segment is longer than max_length_, so stop once nothing earlier can reach `va`.
-  auto it = std::upper_bound(by_va_.begin(), by_va_.end(), va,
-                             [](std::uint64_t v, const VaEntry& e) { return v < e.va; });
+  auto it = std::upper_bound(index.begin(), index.end(), va,
+                             [](std::uint64_t v, const auto& e) { return v < e.va; });
   bool found = false;
   std::uint64_t best = 0;
-  while (it != by_va_.begin()) {
+  while (it != index.begin()) {
     --it;
     if (va - it->va < it->length && (!found || it->iova + (va - it->va) < best)) {
       best = it->iova + (va - it->va);

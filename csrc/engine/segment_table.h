@@ -78,23 +78,35 @@ class SegmentTable {
     std::uint64_t iova;
     std::uint64_t length;
   };
-  static bool va_order(const VaEntry& a, const VaEntry& b) noexcept {
+  // VA order, ties by IOVA (for VaEntry and Segment alike).
+  template <typename T>
+  static bool va_order(const T& a, const T& b) noexcept {
     return a.va != b.va ? a.va < b.va : a.iova < b.iova;
   }
+  template <typename Entries>
+  bool scan_va(const Entries& index, std::uint64_t va, std::uint64_t* iova) const noexcept;
   // Up to this many removals take a memmove each; more take one compaction pass.
   static constexpr std::size_t kEraseOneByOne = 8;
   void rebuild_va();
   // Removes gone_'s entries from by_va_.
   void erase_gone_va();
+  template <typename Items, typename Index>
+  void erase_segments(const Items& items, Index index);
 
   std::vector<Segment> segs_;  // sorted by iova
-  std::vector<VaEntry> by_va_;  // segments with a VA, sorted by (va, iova)
+  // The VA index. While every segment has a VA and segs_ is in VA order as well (the usual
+  // case: memory mapped at rising IOVAs in address order), segs_ is the VA index itself
+  // (va_shadow_) and by_va_ stays empty: maps and unmaps then write one array, not two.
+  // Otherwise by_va_ holds the segments with a VA, sorted by (va, iova).
+  bool va_shadow_ = true;
+  std::vector<VaEntry> by_va_;
   // Where the arrays were sorted up to before the pushes now pending, and whether the
   // pushes so far extend them in order (then settle() has nothing to do).
   std::size_t seg_mark_ = 0;
   std::size_t va_mark_ = 0;
   bool seg_in_order_ = true;
   bool va_in_order_ = true;
+  bool shadow_ok_ = true;  // the pushes keep segs_ in VA order (with va_shadow_)
   std::uint64_t max_length_ = 0;  // longest segment ever added: bounds the VA scan back
   std::vector<VaEntry> gone_;     // erase() scratch, kept so big unmaps do not reallocate
 };
@@ -107,12 +119,22 @@ void SegmentTable::erase(const Items& items, Index index) {
     clear();
     return;
   }
+  if (va_shadow_) {
+    erase_segments(items, index);  // a subsequence of segs_ stays in VA order
+    return;
+  }
   gone_.clear();
   for (const auto& item : items) {
     const Segment& s = segs_[index(item)];
     if (s.va != 0) gone_.push_back(VaEntry{s.va, s.iova, s.length});
   }
   erase_gone_va();
+  erase_segments(items, index);
+}
+
+template <typename Items, typename Index>
+void SegmentTable::erase_segments(const Items& items, Index index) {
+  const std::size_t k = std::size(items);
   if (k <= kEraseOneByOne) {
     for (std::size_t r = k; r-- > 0;) {
       segs_.erase(segs_.begin() + static_cast<std::ptrdiff_t>(index(items[r])));
