@@ -181,6 +181,11 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
   }
   const bool fixed = !fixed_iovas.empty();
 
+  // Without coalescing or threads (the usual batch) map straight from the caller's arrays:
+  // the same ioctls in the same order, with no plan to write and read back.
+  if (!options.coalesce && (!fixed || options.threads <= 1 || n < kMinRunsPerThread * options.threads)) {
+    return map_direct(vas, lengths, fixed_iovas, out_iovas, prot, options.dense ? &chosen : nullptr, pins);
+  }
   std::vector<Run> runs = plan_runs(vas, lengths, fixed_iovas, prot, options.coalesce);
 
   // Parallel submission needs fixed IOVAs that do not overlap each other; otherwise the
@@ -234,6 +239,43 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
       if (record_each) record(iova, lengths[i]);
       offset += lengths[i];
     }
+  }
+  settle();
+  return {};
+}
+
+BatchError IoasMapper::map_direct(std::span<const std::uint64_t> vas,
+                                  std::span<const std::uint64_t> lengths,
+                                  std::span<const std::uint64_t> fixed_iovas,
+                                  std::span<std::uint64_t> out_iovas, std::uint32_t prot,
+                                  const std::vector<std::uint64_t>* chosen, std::span<Pin> pins) {
+  const std::size_t n = vas.size();
+  const bool fixed = !fixed_iovas.empty();
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t iova = fixed ? fixed_iovas[i] : 0;
+    if (int err = map_one(vas[i], lengths[i], &iova, fixed, prot)) {
+      BatchError e = fail(err, i, "IOMMU_IOAS_MAP");
+      for (std::size_t r = i; r-- > 0;) {
+        if (unmap_one(out_iovas[r], lengths[r]) != 0) e.rollback_failed = true;
+      }
+      if (chosen) {
+        std::size_t ignored = 0;
+        allocator_->bulk_free(*chosen, &ignored);
+      }
+      return e;
+    }
+    out_iovas[i] = iova;
+  }
+  table_.reserve(n);
+  const bool record_each = allocator_.has_value() && !chosen;
+  for (std::size_t i = 0; i < n; ++i) {
+    Pin pin;
+    if (!pins.empty() && pins[i]) {
+      pin = std::move(pins[i]);
+      ++pins_;
+    }
+    table_.push(Segment{out_iovas[i], vas[i], lengths[i], prot, out_iovas[i], std::move(pin)});
+    if (record_each) record(out_iovas[i], lengths[i]);
   }
   settle();
   return {};

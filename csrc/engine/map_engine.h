@@ -152,6 +152,12 @@ class IoasMapper {
                              std::span<const std::uint64_t> lengths,
                              std::span<const std::uint64_t> fixed_iovas, std::uint32_t prot,
                              bool coalesce) const;
+  // map() without coalescing or threads: entry by entry from the caller's arrays, rolled
+  // back in reverse on failure (with `chosen`, the allocator's placements are freed too).
+  BatchError map_direct(std::span<const std::uint64_t> vas, std::span<const std::uint64_t> lengths,
+                        std::span<const std::uint64_t> fixed_iovas,
+                        std::span<std::uint64_t> out_iovas, std::uint32_t prot,
+                        const std::vector<std::uint64_t>* chosen, std::span<Pin> pins);
   BatchError submit_serial(std::vector<Run>& runs, bool fixed, std::size_t* done);
   BatchError submit_parallel(std::vector<Run>& runs, unsigned threads, std::size_t* done);
   bool rollback_runs(const std::vector<Run>& runs, std::size_t count,
