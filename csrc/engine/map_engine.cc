@@ -15,9 +15,6 @@ namespace fastmap::engine {
 namespace {
 
 constexpr std::size_t kMinRunsPerThread = 256;
-// Batches up to this size update a built VA index in place (O(log n) + a memmove each)
-// instead of invalidating it: single maps and unmaps stay cheap with many mappings live.
-constexpr std::size_t kIncrementalIndex = 64;
 constexpr std::uint32_t kProtMask = uapi::IOMMU_IOAS_MAP_READABLE | uapi::IOMMU_IOAS_MAP_WRITEABLE;
 
 BatchError fail(int err, std::size_t index, const char* call) {
@@ -184,6 +181,11 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
   }
   const bool fixed = !fixed_iovas.empty();
 
+  // Without coalescing or threads (the usual batch) map straight from the caller's arrays:
+  // the same ioctls in the same order, with no plan to write and read back.
+  if (!options.coalesce && (!fixed || options.threads <= 1 || n < kMinRunsPerThread * options.threads)) {
+    return map_direct(vas, lengths, fixed_iovas, out_iovas, prot, options.dense ? &chosen : nullptr, pins);
+  }
   std::vector<Run> runs = plan_runs(vas, lengths, fixed_iovas, prot, options.coalesce);
 
   // Parallel submission needs fixed IOVAs that do not overlap each other; otherwise the
@@ -219,9 +221,9 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
     }
     return err;
   }
-  if (pending_.capacity() < pending_.size() + n) {
-    pending_.reserve(std::max(pending_.size() + n, 2 * pending_.capacity()));  // stay geometric
-  }
+  // The table and its VA index take the batch now, in this pass: in IOVA and VA order
+  // (the usual batch) both are appends, otherwise one sort of the batch and one merge.
+  table_.reserve(n);
   const bool record_each = allocator_.has_value() && !options.dense;
   for (const Run& r : runs) {
     std::uint64_t offset = 0;
@@ -233,37 +235,56 @@ BatchError IoasMapper::map(std::span<const std::uint64_t> vas,
         pin = std::move(pins[i]);
         ++pins_;
       }
-      pending_.push_back(Segment{iova, vas[i], lengths[i], r.prot, r.iova, std::move(pin)});
+      table_.push(Segment{iova, vas[i], lengths[i], r.prot, r.iova, std::move(pin)});
       if (record_each) record(iova, lengths[i]);
-      max_length_ = std::max(max_length_, lengths[i]);
       offset += lengths[i];
     }
   }
-  // Small batches (single maps) keep a built VA index up to date in place; big ones let
-  // the next lookup rebuild it once.
-  if (!va_stale_ && n <= kIncrementalIndex) {
-    for (std::size_t i = 0; i < n; ++i) {
-      if (vas[i] != 0) va_insert(VaEntry{vas[i], out_iovas[i], lengths[i]});
-    }
-  } else {
-    va_stale_ = true;
-  }
+  settle();
   return {};
 }
 
-void IoasMapper::va_insert(const VaEntry& e) {
-  auto at = std::lower_bound(va_index_.begin(), va_index_.end(), e, va_order);
-  va_index_.insert(at, e);
+BatchError IoasMapper::map_direct(std::span<const std::uint64_t> vas,
+                                  std::span<const std::uint64_t> lengths,
+                                  std::span<const std::uint64_t> fixed_iovas,
+                                  std::span<std::uint64_t> out_iovas, std::uint32_t prot,
+                                  const std::vector<std::uint64_t>* chosen, std::span<Pin> pins) {
+  const std::size_t n = vas.size();
+  const bool fixed = !fixed_iovas.empty();
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t iova = fixed ? fixed_iovas[i] : 0;
+    if (int err = map_one(vas[i], lengths[i], &iova, fixed, prot)) {
+      BatchError e = fail(err, i, "IOMMU_IOAS_MAP");
+      for (std::size_t r = i; r-- > 0;) {
+        if (unmap_one(out_iovas[r], lengths[r]) != 0) e.rollback_failed = true;
+      }
+      if (chosen) {
+        std::size_t ignored = 0;
+        allocator_->bulk_free(*chosen, &ignored);
+      }
+      return e;
+    }
+    out_iovas[i] = iova;
+  }
+  table_.reserve(n);
+  const bool record_each = allocator_.has_value() && !chosen;
+  for (std::size_t i = 0; i < n; ++i) {
+    Pin pin;
+    if (!pins.empty() && pins[i]) {
+      pin = std::move(pins[i]);
+      ++pins_;
+    }
+    table_.push(Segment{out_iovas[i], vas[i], lengths[i], prot, out_iovas[i], std::move(pin)});
+    if (record_each) record(out_iovas[i], lengths[i]);
+  }
+  settle();
+  return {};
 }
 
-void IoasMapper::va_erase(std::uint64_t va, std::uint64_t iova) {
-  const VaEntry key{va, iova, 0};
-  auto at = std::lower_bound(va_index_.begin(), va_index_.end(), key, va_order);
-  if (at != va_index_.end() && at->va == va && at->iova == iova) {
-    va_index_.erase(at);
-  } else {
-    va_stale_ = true;  // not found: cannot happen, but never leave a wrong index
-  }
+void IoasMapper::settle() {
+  std::vector<Pin> displaced;
+  table_.settle(&displaced);
+  for (Pin& p : displaced) release(std::move(p), nullptr);
 }
 
 void IoasMapper::record(std::uint64_t iova, std::uint64_t length) {
@@ -296,86 +317,24 @@ void IoasMapper::release(Pin&& pin, std::vector<Pin>* released) {
   (released ? *released : parked_).push_back(std::move(pin));
 }
 
-void IoasMapper::index_pending() const {
-  if (pending_.empty()) return;
-  auto by_iova = [](const Segment& a, const Segment& b) { return a.iova < b.iova; };
-  if (!std::is_sorted(pending_.begin(), pending_.end(), by_iova)) {
-    std::sort(pending_.begin(), pending_.end(), by_iova);
-  }
-  // Sorted keys go in with a hint: amortized O(1) each when they extend the index. The
-  // nodes come from the mapper's pool, not malloc. pending_ keeps its capacity for the
-  // next batch (ephemeral map/unmap cycles then allocate nothing).
-  auto hint = segments_.end();
-  for (Segment& s : pending_) {
-    const std::uint64_t key = s.iova;
-    hint = std::next(segments_.insert_or_assign(hint, key, std::move(s)));
-  }
-  pending_.clear();
-}
-
-void IoasMapper::index_vas() const {
-  index_pending();
-  if (!va_stale_) return;
-  va_index_.clear();
-  va_index_.reserve(segments_.size());
-  for (const auto& [seg_iova, s] : segments_) {
-    if (s.va != 0) va_index_.push_back(VaEntry{s.va, seg_iova, s.length});
-  }
-  if (!std::is_sorted(va_index_.begin(), va_index_.end(), va_order)) {
-    std::sort(va_index_.begin(), va_index_.end(), va_order);
-  }
-  va_stale_ = false;
-}
-
-bool IoasMapper::lookup_iova(std::uint64_t iova, std::uint64_t* va) const {
-  auto it = segments_.upper_bound(iova);
-  if (it == segments_.begin()) return false;
-  const Segment& s = std::prev(it)->second;
-  if (iova - s.iova >= s.length || s.va == 0) return false;
-  *va = s.va + (iova - s.iova);
-  return true;
-}
-
-bool IoasMapper::lookup_va(std::uint64_t va, std::uint64_t* iova) const {
-  // Segments may overlap in VA; scan back from the last one starting at or below `va`.
-  // Segment lengths are bounded by what was mapped, so stop once nothing earlier can reach.
-  auto it = std::upper_bound(va_index_.begin(), va_index_.end(), va,
-                             [](std::uint64_t v, const VaEntry& e) { return v < e.va; });
-  bool found = false;
-  std::uint64_t best = 0;
-  while (it != va_index_.begin()) {
-    --it;
-    if (va - it->va < it->length && (!found || it->iova + (va - it->va) < best)) {
-      best = it->iova + (va - it->va);
-      found = true;
-    }
-    if (va - it->va >= max_length_) break;
-  }
-  if (found) *iova = best;
-  return found;
-}
-
 bool IoasMapper::translate_iova(std::uint64_t iova, std::uint64_t* va) const {
   std::lock_guard<std::mutex> g(mu_);
-  index_pending();
-  return lookup_iova(iova, va);
+  return table_.lookup_iova(iova, va);
 }
 
 bool IoasMapper::translate_va(std::uint64_t va, std::uint64_t* iova) const {
   std::lock_guard<std::mutex> g(mu_);
-  index_vas();
-  return lookup_va(va, iova);
+  return table_.lookup_va(va, iova);
 }
 
 std::size_t IoasMapper::translate_va_bulk(std::span<const std::uint64_t> vas,
                                           std::span<std::uint64_t> out,
                                           std::span<std::uint8_t> found) const {
   std::lock_guard<std::mutex> g(mu_);
-  index_vas();
   std::size_t hits = 0;
   for (std::size_t i = 0; i < vas.size(); ++i) {
     std::uint64_t v = 0;
-    const bool ok = lookup_va(vas[i], &v);
+    const bool ok = table_.lookup_va(vas[i], &v);
     out[i] = v;
     found[i] = ok;
     hits += ok;
@@ -387,16 +346,60 @@ std::size_t IoasMapper::translate_iova_bulk(std::span<const std::uint64_t> iovas
                                             std::span<std::uint64_t> out,
                                             std::span<std::uint8_t> found) const {
   std::lock_guard<std::mutex> g(mu_);
-  index_pending();
   std::size_t hits = 0;
   for (std::size_t i = 0; i < iovas.size(); ++i) {
     std::uint64_t v = 0;
-    const bool ok = lookup_iova(iovas[i], &v);
+    const bool ok = table_.lookup_iova(iovas[i], &v);
     out[i] = v;
     found[i] = ok;
     hits += ok;
   }
   return hits;
+}
+
+bool IoasMapper::group_hits(std::size_t* bad_entry) {
+  const std::vector<Segment>& segs = table_.segments();
+  const std::size_t count = segs.size();
+  // Requests may overlap or come in any order: sort by segment, the first requester keeps it.
+  auto by_seg = [](const Hit& a, const Hit& b) {
+    return a.seg != b.seg ? a.seg < b.seg : a.entry < b.entry;
+  };
+  if (!std::is_sorted(hits_.begin(), hits_.end(), by_seg)) {
+    std::sort(hits_.begin(), hits_.end(), by_seg);
+  }
+  hits_.erase(std::unique(hits_.begin(), hits_.end(),
+                          [](const Hit& a, const Hit& b) { return a.seg == b.seg; }),
+              hits_.end());
+  // Group the hits into kernel areas (runs); every segment of a touched run must be taken,
+  // so each group starts at its run's first segment and holds all of the run.
+  victims_.clear();
+  bool adopted = false;
+  for (std::size_t h = 0; h < hits_.size();) {
+    const std::uint64_t run = segs[hits_[h].seg].run_iova;
+    const std::size_t first = h;
+    const std::size_t head = segs[hits_[h].seg].iova == run ? hits_[h].seg : table_.find(run);
+    Victim v{head, run, 0, hits_[h].entry};
+    for (std::size_t j = head; j < count && segs[j].run_iova == run; ++j) {
+      if (h >= hits_.size() || hits_[h].seg != j) {
+        *bad_entry = hits_[first].entry;
+        return false;
+      }
+      v.length += segs[j].length;
+      ++h;
+    }
+    if (h == first) {
+      *bad_entry = hits_[first].entry;
+      return false;
+    }
+    adopted |= segs[head].va == 0;
+    victims_.push_back(v);
+  }
+  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
+  if (adopted) {
+    std::stable_partition(victims_.begin(), victims_.end(),
+                          [&](const Victim& v) { return segs[v.head].va != 0; });
+  }
+  return true;
 }
 
 BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
@@ -405,90 +408,61 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
   const std::size_t n = iovas.size();
   if (lengths.size() != n) return fail(EINVAL, 0, "batch shape");
   std::lock_guard<std::mutex> g(mu_);
-  index_pending();
+  const std::vector<Segment>& segs = table_.segments();
+  const std::size_t count = segs.size();
 
   // Validate everything first, so a refusal changes nothing. The kernel only removes whole
   // areas, and every run is one area: a request must take all of a run or none of it.
-  // Flat arrays throughout: this path is measured against a bare loop of unmap ioctls.
-  using SegIt = decltype(segments_)::iterator;
-  struct Hit {
-    SegIt seg;
-    std::size_t entry;  // the request that takes it
-  };
-  std::vector<Hit> hits;
-  hits.reserve(n);
-  SegIt next = segments_.end();
+  // The usual batch (each request one whole uncoalesced mapping, in IOVA order) is settled
+  // in this one pass straight into victims_; anything else collects hits_ and is sorted
+  // and grouped below. Scratch arrays are kept between calls: this path is measured
+  // against a bare loop of unmap ioctls.
+  hits_.clear();
+  victims_.clear();
+  victims_.reserve(n);
+  bool simple = true;  // so far every hit is a whole one-segment area with a VA, in order
+  std::size_t next = count;
   for (std::size_t i = 0; i < n; ++i) {
     if (lengths[i] == 0) return fail(EINVAL, i, "IOMMU_IOAS_UNMAP");
     if (wraps(iovas[i], lengths[i])) return fail(EOVERFLOW, i, "IOMMU_IOAS_UNMAP");
     const std::uint64_t last = iovas[i] + (lengths[i] - 1);
     // Batches usually come in IOVA order: try where the previous request stopped first (a
     // segment starting exactly there cannot be covered by an earlier one).
-    SegIt it = next;
-    if (it == segments_.end() || it->first != iovas[i]) {
-      it = segments_.upper_bound(iovas[i]);
-      if (it != segments_.begin()) {
-        auto prev = std::prev(it);
-        if (prev->second.iova + prev->second.length > iovas[i]) it = prev;
-      }
+    std::size_t j = next;
+    if (j >= count || segs[j].iova != iovas[i]) {
+      j = table_.upper_bound(iovas[i]);
+      if (j > 0 && segs[j - 1].iova + segs[j - 1].length > iovas[i]) --j;
     }
     std::size_t found = 0;
-    for (; it != segments_.end() && it->first <= last; ++it) {
-      const Segment& s = it->second;
+    for (; j < count && segs[j].iova <= last; ++j, ++found) {
+      const Segment& s = segs[j];
       // A segment sticking out of the range would have to be split: the kernel says ENOENT.
       if (s.iova < iovas[i] || s.iova + (s.length - 1) > last) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
-      hits.push_back(Hit{it, i});
-      ++found;
+      if (simple) {
+        const bool alone = s.run_iova == s.iova && s.va != 0 &&
+                           (j + 1 == count || segs[j + 1].run_iova != s.iova);
+        if (alone && (victims_.empty() || victims_.back().head < j)) {
+          victims_.push_back(Victim{j, s.iova, s.length, i});
+          continue;
+        }
+        simple = false;
+        hits_.reserve(n);
+        for (const Victim& v : victims_) hits_.push_back(Hit{v.head, v.entry});
+      }
+      hits_.push_back(Hit{j, i});
     }
     if (found == 0) return fail(ENOENT, i, "IOMMU_IOAS_UNMAP");
-    next = it;
+    next = j;
   }
-  // Requests may overlap or come in any order: sort by IOVA, the first requester keeps it.
-  auto by_iova = [](const Hit& a, const Hit& b) {
-    return a.seg->first != b.seg->first ? a.seg->first < b.seg->first : a.entry < b.entry;
-  };
-  if (!std::is_sorted(hits.begin(), hits.end(), by_iova)) {
-    std::sort(hits.begin(), hits.end(), by_iova);
-  }
-  hits.erase(std::unique(hits.begin(), hits.end(),
-                         [](const Hit& a, const Hit& b) { return a.seg == b.seg; }),
-             hits.end());
+  if (std::size_t bad = 0; !simple && !group_hits(&bad)) return fail(EINVAL, bad, "coalesced");
 
-  // Group the hits into kernel areas (runs); every segment of a touched run must be taken.
-  struct Victim {
-    std::uint64_t run_iova;
-    std::uint64_t va;
-    std::uint64_t length;
-    std::uint32_t prot;
-    std::size_t entry;
-  };
-  std::vector<Victim> order;
-  order.reserve(hits.size());
-  bool adopted = false;
-  for (std::size_t h = 0; h < hits.size();) {
-    const std::uint64_t run = hits[h].seg->second.run_iova;
-    const std::size_t first = h;
-    Victim v{run, 0, 0, hits[h].seg->second.prot, hits[h].entry};
-    SegIt head = hits[h].seg->first == run ? hits[h].seg : segments_.find(run);
-    for (SegIt it = head; it != segments_.end() && it->second.run_iova == run; ++it) {
-      if (h >= hits.size() || hits[h].seg != it) return fail(EINVAL, hits[first].entry, "coalesced");
-      if (it->first == run) v.va = it->second.va;
-      v.length += it->second.length;
-      ++h;
-    }
-    if (h == first) return fail(EINVAL, hits[first].entry, "coalesced");
-    adopted |= v.va == 0;
-    order.push_back(v);
-  }
-  // Adopted areas cannot be re-mapped if a later unmap fails: take them last.
-  if (adopted) std::stable_partition(order.begin(), order.end(), [](const Victim& v) { return v.va != 0; });
-
-  for (std::size_t k = 0; k < order.size(); ++k) {
-    if (int err = unmap_one(order[k].run_iova, order[k].length)) {
-      BatchError e = fail(err, order[k].entry, "IOMMU_IOAS_UNMAP");
+  for (std::size_t k = 0; k < victims_.size(); ++k) {
+    if (int err = unmap_one(victims_[k].iova, victims_[k].length)) {
+      BatchError e = fail(err, victims_[k].entry, "IOMMU_IOAS_UNMAP");
       for (std::size_t r = k; r-- > 0;) {
-        std::uint64_t iova = order[r].run_iova;
-        if (order[r].va == 0 || map_one(order[r].va, order[r].length, &iova, true, order[r].prot) != 0) {
+        const Segment& h = segs[victims_[r].head];
+        std::uint64_t iova = h.iova;
+        if (h.va == 0 || map_one(h.va, victims_[r].length, &iova, true, h.prot) != 0) {
           e.rollback_failed = true;
         }
       }
@@ -496,16 +470,22 @@ BatchError IoasMapper::unmap(std::span<const std::uint64_t> iovas,
     }
   }
   std::uint64_t bytes = 0;
-  if (released) released->reserve(released->size() + (pins_ ? hits.size() : 0));
-  const bool in_place = !va_stale_ && hits.size() <= kIncrementalIndex;
-  if (!in_place) va_stale_ = true;
-  for (const Hit& h : hits) {
-    Segment& s = h.seg->second;
-    if (in_place && s.va != 0) va_erase(s.va, s.iova);
-    bytes += s.length;
-    forget(s.iova, s.length);
-    release(std::move(s.pin), released);
-    segments_.erase(h.seg);
+  for (const Victim& v : victims_) bytes += v.length;
+  auto drop = [&](std::size_t seg) {
+    Segment& s = table_.at(seg);
+    if (allocator_) forget(s.iova, s.length);
+    if (s.pin) release(std::move(s.pin), released);
+  };
+  if (simple) {
+    if (allocator_ || pins_) {
+      if (released && pins_) released->reserve(released->size() + victims_.size());
+      for (const Victim& v : victims_) drop(v.head);
+    }
+    table_.erase(victims_, [](const Victim& v) { return v.head; });
+  } else {
+    if (released && pins_) released->reserve(released->size() + hits_.size());
+    for (const Hit& h : hits_) drop(h.seg);
+    table_.erase(hits_, [](const Hit& h) { return h.seg; });
   }
   if (removed_bytes) *removed_bytes = bytes;
   return {};
@@ -518,27 +498,25 @@ void IoasMapper::adopt(std::uint64_t iova, std::uint64_t length, std::uint32_t p
 
 void IoasMapper::adopt_locked(std::uint64_t iova, std::uint64_t length, std::uint32_t prot,
                               Pin pin) {
-  index_pending();
   if (pin) ++pins_;
-  // The kernel refuses to map over an area, so a stale entry here is only ever a leftover;
-  // its pin is parked, never dropped without the caller's lock.
-  if (auto old = segments_.find(iova); old != segments_.end()) release(std::move(old->second.pin), nullptr);
-  segments_.insert_or_assign(iova, Segment{iova, 0, length, prot, iova, std::move(pin)});
-  max_length_ = std::max(max_length_, length);
+  // The kernel refuses to map over an area, so an entry already at `iova` is only ever a
+  // leftover: settle() replaces it and parks its pin, never dropped without the caller's lock.
+  table_.reserve(1);
+  table_.push(Segment{iova, 0, length, prot, iova, std::move(pin)});
+  settle();
   if (allocator_) record(iova, length);
-  va_stale_ = true;
 }
 
 Pin IoasMapper::pins_in_locked(std::uint64_t iova, std::uint64_t length) const {
-  index_pending();
   auto shared = std::make_shared<std::vector<Pin>>();
   if (length == 0) return {};
   const std::uint64_t last = wraps(iova, length) ? std::numeric_limits<std::uint64_t>::max()
                                                  : iova + (length - 1);
-  auto it = segments_.upper_bound(iova);
-  if (it != segments_.begin()) it = std::prev(it);
-  for (; it != segments_.end() && it->first <= last; ++it) {
-    const Segment& s = it->second;
+  const std::vector<Segment>& segs = table_.segments();
+  std::size_t j = table_.upper_bound(iova);
+  if (j > 0) --j;
+  for (; j < segs.size() && segs[j].iova <= last; ++j) {
+    const Segment& s = segs[j];
     if (s.iova + (s.length - 1) >= iova && s.pin) shared->push_back(s.pin);
   }
   if (shared->empty()) return {};
@@ -602,8 +580,7 @@ int IoasMapper::enable_allocator(std::span<const IovaRange> usable) {
     return rc;
   }
   usable_.assign(usable.begin(), usable.end());
-  index_pending();
-  for (const auto& [iova, s] : segments_) record(iova, s.length);
+  for (const Segment& s : table_.segments()) record(s.iova, s.length);
   return 0;
 }
 
@@ -633,19 +610,14 @@ IoasMapper::~IoasMapper() {
   auto leak = [](Pin& p) {
     if (p) new Pin(std::move(p));  // NOLINT: deliberate, documented leak
   };
-  for (auto& [iova, s] : segments_) leak(s.pin);
-  for (Segment& s : pending_) leak(s.pin);
+  for (std::size_t i = 0; i < table_.size(); ++i) leak(table_.at(i).pin);
   for (Pin& p : parked_) leak(p);
 }
 
 void IoasMapper::forget_all(std::vector<Pin>* released) {
   std::lock_guard<std::mutex> g(mu_);
-  for (auto& [iova, s] : segments_) release(std::move(s.pin), released);
-  for (Segment& s : pending_) release(std::move(s.pin), released);
-  segments_.clear();
-  pending_.clear();
-  va_index_.clear();
-  va_stale_ = true;
+  for (std::size_t i = 0; i < table_.size(); ++i) release(std::move(table_.at(i).pin), released);
+  table_.clear();
   if (allocator_) {
     allocator_.emplace();
     if (allocator_->restrict_to(usable_) != 0) allocator_.reset();
@@ -661,11 +633,8 @@ int IoasMapper::unmap_all(std::uint64_t* unmapped, std::vector<Pin>* released) {
   cmd.length = std::numeric_limits<std::uint64_t>::max();
   long rc = kernel_.ioctl(fd_, uapi::IOMMU_IOAS_UNMAP, &cmd);
   if (rc < 0) return static_cast<int>(rc);
-  for (auto& [iova, s] : segments_) release(std::move(s.pin), released);
-  for (Segment& s : pending_) release(std::move(s.pin), released);
-  segments_.clear();
-  pending_.clear();
-  va_stale_ = true;
+  for (std::size_t i = 0; i < table_.size(); ++i) release(std::move(table_.at(i).pin), released);
+  table_.clear();
   if (allocator_) {
     // Everything is gone: start again from the usable ranges alone.
     allocator_.emplace();
@@ -677,16 +646,12 @@ int IoasMapper::unmap_all(std::uint64_t* unmapped, std::vector<Pin>* released) {
 
 std::size_t IoasMapper::segment_count() const {
   std::lock_guard<std::mutex> g(mu_);
-  return segments_.size() + pending_.size();
+  return table_.size();
 }
 
 std::vector<Segment> IoasMapper::segments() const {
   std::lock_guard<std::mutex> g(mu_);
-  index_pending();
-  std::vector<Segment> out;
-  out.reserve(segments_.size());
-  for (const auto& [iova, s] : segments_) out.push_back(s);
-  return out;
+  return table_.segments();
 }
 
 }  // namespace fastmap::engine

@@ -27,15 +27,14 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <memory_resource>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "engine/iova_allocator.h"
+#include "engine/segment_table.h"
 #include "seam/kernel.h"
 
 namespace fastmap::engine {
@@ -56,19 +55,6 @@ struct BatchOptions {
   // first) instead of letting the kernel choose. `align` is the IOVA granule.
   bool dense = false;
   std::uint64_t align = 1;
-};
-
-// Keeps the memory of one mapping alive (opaque to the engine; null for raw VAs).
-using Pin = std::shared_ptr<void>;
-
-// One mapping made through the engine, and the kernel area (run) that holds it.
-struct Segment {
-  std::uint64_t iova;
-  std::uint64_t va;        // 0 for an adopted area (COPY, MAP_FILE): it cannot be re-mapped
-  std::uint64_t length;
-  std::uint32_t prot;      // IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE
-  std::uint64_t run_iova;  // start of the kernel area holding this segment
-  Pin pin;                 // what keeps the mapped memory alive, if anything
 };
 
 class IoasMapper {
@@ -166,21 +152,26 @@ class IoasMapper {
                              std::span<const std::uint64_t> lengths,
                              std::span<const std::uint64_t> fixed_iovas, std::uint32_t prot,
                              bool coalesce) const;
+  // map() without coalescing or threads: entry by entry from the caller's arrays, rolled
+  // back in reverse on failure (with `chosen`, the allocator's placements are freed too).
+  BatchError map_direct(std::span<const std::uint64_t> vas, std::span<const std::uint64_t> lengths,
+                        std::span<const std::uint64_t> fixed_iovas,
+                        std::span<std::uint64_t> out_iovas, std::uint32_t prot,
+                        const std::vector<std::uint64_t>* chosen, std::span<Pin> pins);
   BatchError submit_serial(std::vector<Run>& runs, bool fixed, std::size_t* done);
   BatchError submit_parallel(std::vector<Run>& runs, unsigned threads, std::size_t* done);
   bool rollback_runs(const std::vector<Run>& runs, std::size_t count,
                      const std::vector<char>* mapped);
 
-  // Folds pending_ into segments_; callers hold mu_.
-  void index_pending() const;
-  // Rebuilds va_index_ when stale; callers hold mu_.
-  void index_vas() const;
-  bool lookup_va(std::uint64_t va, std::uint64_t* iova) const;
-  bool lookup_iova(std::uint64_t iova, std::uint64_t* va) const;
   // Allocator bookkeeping for a mapped / unmapped segment; callers hold mu_.
   void record(std::uint64_t iova, std::uint64_t length);
   void forget(std::uint64_t iova, std::uint64_t length);
   void release(Pin&& pin, std::vector<Pin>* released);
+  // unmap(): sorts and dedups hits_ and groups them into victims_ (kernel areas). False,
+  // with the request in *bad_entry, if a request takes only part of a coalesced area.
+  bool group_hits(std::size_t* bad_entry);
+  // table_.settle(), parking the pins of replaced leftovers; callers hold mu_.
+  void settle();
   // adopt() and pins_in() for callers holding the mutexes.
   void adopt_locked(std::uint64_t iova, std::uint64_t length, std::uint32_t prot, Pin pin);
   Pin pins_in_locked(std::uint64_t iova, std::uint64_t length) const;
@@ -189,28 +180,22 @@ class IoasMapper {
   int fd_;
   std::uint32_t ioas_id_;
   mutable std::mutex mu_;  // guards the tables (the kernel serializes the ioctls themselves)
-  // Segments keyed by IOVA. Batches append to pending_ (a flat array: the map path stays
-  // close to the bare ioctl loop) and the ordered index is built when it is first needed.
-  // Tree nodes come from a pool: map-then-index and unmap cost no malloc/free per segment.
-  mutable std::pmr::unsynchronized_pool_resource pool_;
-  mutable std::pmr::map<std::uint64_t, Segment> segments_{&pool_};
-  mutable std::vector<Segment> pending_;
-  // The VA index: (va, iova, length) sorted by VA, rebuilt on the first VA lookup after a
-  // change. A flat array, so a batch lookup is a binary search over contiguous memory.
-  struct VaEntry {
-    std::uint64_t va;
-    std::uint64_t iova;
-    std::uint64_t length;
+  // The segments and the VA index, both updated by the call that maps or unmaps (no work
+  // is left for a later call): see segment_table.h.
+  SegmentTable table_;
+  // unmap() scratch, kept between calls so an unmap of a big batch does not allocate.
+  struct Hit {
+    std::size_t seg;    // index in table_
+    std::size_t entry;  // the request that takes it
   };
-  static bool va_order(const VaEntry& a, const VaEntry& b) noexcept {
-    return a.va != b.va ? a.va < b.va : a.iova < b.iova;
-  }
-  // Keep a built va_index_ in step with one mapping; callers hold mu_.
-  void va_insert(const VaEntry& e);
-  void va_erase(std::uint64_t va, std::uint64_t iova);
-  mutable std::vector<VaEntry> va_index_;
-  mutable bool va_stale_ = true;
-  std::uint64_t max_length_ = 0;  // longest segment ever mapped: bounds the VA scan
+  struct Victim {            // one kernel area to remove
+    std::size_t head;        // index in table_ of its first segment
+    std::uint64_t iova;      // its start
+    std::uint64_t length;    // of the whole area
+    std::size_t entry;       // the request that takes it
+  };
+  std::vector<Hit> hits_;
+  std::vector<Victim> victims_;
   std::optional<IovaAllocator> allocator_;
   std::vector<IovaRange> usable_;  // what the allocator was made over (unmap_all remakes it)
   std::vector<Pin> parked_;        // see take_released()

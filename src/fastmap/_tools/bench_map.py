@@ -182,7 +182,7 @@ class Lifecycle:
     entries: int
     length: int
     map_floor: float  # _core.map_loop: a bare loop of IOMMU_IOAS_MAP
-    map_indexed: float  # Ioas.map_batch, then the first translate_va (builds the index)
+    map_indexed: float  # Ioas.map_batch, then the first translate_va (any deferred index work)
     unmap_floor: float  # _core.unmap_loop: a bare loop of IOMMU_IOAS_UNMAP
     unmap_batch: float  # Ioas.unmap_batch of everything map_batch made
     translate_bulk: float  # Ioas.translate_va_bulk of every entry's VA (index built)
