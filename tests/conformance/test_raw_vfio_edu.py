@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _vfio_raw import (
+
+from .raw import (
     BAR0_OFF,
     CFG_OFF,
     EDU_ALIVE,
@@ -32,13 +33,13 @@ from _vfio_raw import (
     PAGE,
     Buf,
     Dev,
-    Iommufd,
+    IoasFd,
     K,
     Type1,
     attach,
     bind,
-    kernel,
     make,
+    sim_kernel,
 )
 
 SRC_IOVA, DST_IOVA, BAD_IOVA = 0x100000, 0x200000, 0x300000
@@ -48,7 +49,7 @@ class Rig:
     """A kernel with one edu device, opened through a Type1 container (enabled)."""
 
     def __init__(self, enable: bool = True) -> None:
-        self.k = kernel()
+        self.k = sim_kernel()
         self.info = self.k.machine.add_pci_device()
         self.t1 = Type1(self.k, self.info["group"])
         fd = self.t1.device(self.info["bdf"])
@@ -243,22 +244,22 @@ def test_dma_roundtrip_type1(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
 
 
 def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
-    k = kernel()
+    k = sim_kernel()
     info = k.machine.add_pci_device()
     dev = Dev(k, k.open(info["cdev"], os.O_RDWR))
-    ifd = Iommufd(k)
+    ifd = IoasFd(k)
     rc, devid = bind(dev, ifd.fd)
     assert rc == 0 and devid > 0
-    rc, hwpt = attach(dev, ifd.ioas)
-    assert rc == 0 and hwpt not in (0, ifd.ioas, devid)  # the auto HWPT's id comes back
-    rc, ranges, align = ifd.iova_ranges()
+    rc, hwpt = attach(dev, ifd.ioas_id)
+    assert rc == 0 and hwpt not in (0, ifd.ioas_id, devid)  # the auto HWPT's id comes back
+    rc, ranges, align = ifd.iova_ranges(ifd.ioas_id)
     assert rc == 0
     assert ranges == [(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)]
     assert align == 0x1000
     dev.enable()
     src, dst = bufs
-    assert ifd.map(src.addr, PAGE, SRC_IOVA) == 0
-    assert ifd.map(dst.addr, PAGE, DST_IOVA) == 0
+    assert ifd.map_fixed(src.addr, PAGE, SRC_IOVA) == 0
+    assert ifd.map_fixed(dst.addr, PAGE, DST_IOVA) == 0
     roundtrip(dev, k, info["bdf"], src, dst)
     # A DMA to an IOVA that is not mapped lands nowhere and is logged as a fault.
     dst.write(b"\x11" * PAGE)
@@ -267,7 +268,7 @@ def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
     assert k.machine.dma_faults(info["bdf"], True) == [
         {"addr": BAD_IOVA, "len": PAGE, "write": True, "error": -errno.EFAULT}]
     # After IOAS_UNMAP the device can no longer write the buffer.
-    assert ifd.unmap(DST_IOVA, PAGE) == 0
+    assert ifd.unmap_range(DST_IOVA, PAGE) == 0
     dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
     assert dst.read(PAGE) == b"\x11" * PAGE
     assert [-f["error"] for f in k.machine.dma_faults(info["bdf"])] == [errno.EFAULT]

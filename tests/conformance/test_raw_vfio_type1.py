@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _vfio_raw import EDU_DMA_BUF, PAGE, Buf, Dev, K, S, Type1, ioctl, kernel, make
+
+from .raw import EDU_DMA_BUF, PAGE, Buf, Dev, K, S, Type1, ioctl, make, sim_kernel
 
 MIB, GIB = 1 << 20, 1 << 30
 R, W = K["VFIO_DMA_MAP_FLAG_READ"], K["VFIO_DMA_MAP_FLAG_WRITE"]
@@ -29,7 +30,7 @@ def mem() -> Iterator[Buf]:
 
 
 def one_device(**config: Any) -> tuple[Any, dict[str, Any]]:
-    k = kernel(**config)
+    k = sim_kernel(**config)
     return k, k.machine.add_pci_device()
 
 
@@ -180,7 +181,7 @@ def test_get_info_argsz_too_small_for_caps() -> None:
 
 
 def test_mixed_iommus_share_the_common_geometry() -> None:
-    k = kernel()
+    k = sim_kernel()
     a = k.machine.add_pci_device(iommu="vtd")
     b = k.machine.add_pci_device(iommu="mock")
     t = Type1(k, a["group"])
@@ -195,7 +196,7 @@ def test_mixed_iommus_share_the_common_geometry() -> None:
 
 
 def test_mock_iommu_hides_sub_page_sizes() -> None:
-    k = kernel()
+    k = sim_kernel()
     info = k.machine.add_pci_device(iommu="mock")
     t = Type1(k, info["group"])
     rc, inf, caps, _ = get_info(t)
@@ -400,7 +401,7 @@ def test_unmap_with_dirty_bitmap(mem: Buf) -> None:
 
 
 def test_attach_group_conflicting_with_mappings(mem: Buf) -> None:
-    k = kernel()
+    k = sim_kernel()
     a = k.machine.add_pci_device(iommu="vtd")
     b = k.machine.add_pci_device(iommu="mock")
     t = Type1(k, a["group"])

@@ -9,19 +9,20 @@ import os
 from typing import Any
 
 import pytest
-from _vfio_raw import (
+
+from .raw import (
     EDU_DMA_BUF,
     PAGE,
     Buf,
     Dev,
-    Iommufd,
+    IoasFd,
     K,
     attach,
     bind,
     detach,
     ioctl,
-    kernel,
     make,
+    sim_kernel,
 )
 
 U32_MAX = (1 << 32) - 1
@@ -29,11 +30,11 @@ U32_MAX = (1 << 32) - 1
 
 class Setup:
     def __init__(self) -> None:
-        self.k = kernel()
+        self.k = sim_kernel()
         self.info = self.k.machine.add_pci_device()
         self.dev = Dev(self.k, self.k.open(self.info["cdev"], os.O_RDWR))
         assert self.dev.fd >= 0
-        self.ifd = Iommufd(self.k)
+        self.ifd = IoasFd(self.k)
 
 
 @pytest.fixture()
@@ -44,7 +45,7 @@ def s() -> Setup:
 def test_get_info_without_bind_fails(s: Setup) -> None:
     assert s.dev.info()[0] == -errno.EINVAL
     assert s.dev.region(0)[0] == -errno.EINVAL
-    assert attach(s.dev, s.ifd.ioas)[0] == -errno.EINVAL
+    assert attach(s.dev, s.ifd.ioas_id)[0] == -errno.EINVAL
     assert detach(s.dev) == -errno.EINVAL
     assert s.dev.ioctl("VFIO_DEVICE_RESET", None) == -errno.EINVAL
     assert s.k.pread(s.dev.fd, 4, 7 << 40) == -errno.EINVAL
@@ -79,27 +80,27 @@ def test_attach_detach(s: Setup) -> None:
     assert bind(s.dev, s.ifd.fd)[0] == 0
     assert detach(s.dev) == 0                                 # not attached: a no-op
     assert attach(s.dev, U32_MAX)[0] == -errno.ENOENT         # invalid pt id fails
-    assert attach(s.dev, s.ifd.ioas, argsz=11)[0] == -errno.EINVAL
-    assert attach(s.dev, s.ifd.ioas, flags=1)[0] == -errno.EINVAL
+    assert attach(s.dev, s.ifd.ioas_id, argsz=11)[0] == -errno.EINVAL
+    assert attach(s.dev, s.ifd.ioas_id, flags=1)[0] == -errno.EINVAL
     assert detach(s.dev, argsz=7) == -errno.EINVAL
     assert detach(s.dev, flags=1) == -errno.EINVAL
-    rc, hwpt = attach(s.dev, s.ifd.ioas)
-    assert rc == 0 and hwpt != s.ifd.ioas
-    rc, again = attach(s.dev, s.ifd.ioas)                     # replace: same auto HWPT
+    rc, hwpt = attach(s.dev, s.ifd.ioas_id)
+    assert rc == 0 and hwpt != s.ifd.ioas_id
+    rc, again = attach(s.dev, s.ifd.ioas_id)                     # replace: same auto HWPT
     assert rc == 0 and again == hwpt
     assert detach(s.dev) == 0
     assert detach(s.dev) == 0
     # The auto HWPT went away with its last device; the IOAS can be destroyed.
     assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=hwpt)) == -errno.ENOENT
-    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas)) == 0
+    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas_id)) == 0
 
 
 def test_dma_blocked_after_detach_and_close(s: Setup) -> None:
     buf = Buf(PAGE)
     try:
         assert bind(s.dev, s.ifd.fd)[0] == 0
-        assert attach(s.dev, s.ifd.ioas)[0] == 0
-        assert s.ifd.map(buf.addr, PAGE, 0x100000) == 0
+        assert attach(s.dev, s.ifd.ioas_id)[0] == 0
+        assert s.ifd.map_fixed(buf.addr, PAGE, 0x100000) == 0
         s.dev.enable()
         buf.write(b"\x5a" * PAGE)
         s.dev.dma(EDU_DMA_BUF, 0x100000, PAGE, to_ram=True)
@@ -117,11 +118,11 @@ def test_dma_blocked_after_detach_and_close(s: Setup) -> None:
 def test_close_unbinds(s: Setup) -> None:
     rc, devid = bind(s.dev, s.ifd.fd)
     assert rc == 0
-    assert attach(s.dev, s.ifd.ioas)[0] == 0
-    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas)) == -errno.EBUSY
+    assert attach(s.dev, s.ifd.ioas_id)[0] == 0
+    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas_id)) == -errno.EBUSY
     assert s.dev.close() == 0
     assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=devid)) == -errno.ENOENT
-    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas)) == 0
+    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas_id)) == 0
     # The device can be bound again through a new fd.
     dev2 = Dev(s.k, s.k.open(s.info["cdev"], os.O_RDWR))
     assert bind(dev2, s.ifd.fd)[0] == 0
@@ -155,7 +156,7 @@ def test_cdev_and_group_exclude_each_other(s: Setup) -> None:
 
 
 def test_group_device_fd_refuses_cdev_ioctls() -> None:
-    k = kernel()
+    k = sim_kernel()
     info: dict[str, Any] = k.machine.add_pci_device()
     cfd = k.open("/dev/vfio/vfio", os.O_RDWR)
     gfd = k.open(info["group_path"], os.O_RDWR)
@@ -165,9 +166,9 @@ def test_group_device_fd_refuses_cdev_ioctls() -> None:
     fd = ioctl(k, gfd, "VFIO_GROUP_GET_DEVICE_FD", name)
     assert fd >= 0
     dev = Dev(k, fd)
-    ifd = Iommufd(k)
+    ifd = IoasFd(k)
     assert bind(dev, ifd.fd)[0] == -errno.EINVAL               # BIND is for cdev fds only
-    assert attach(dev, ifd.ioas)[0] == -errno.ENOTTY           # vfio-pci does not know it
+    assert attach(dev, ifd.ioas_id)[0] == -errno.ENOTTY           # vfio-pci does not know it
     assert dev.info()[0] == 0
     # While the group path has the device, its cdev cannot bind.
     cdev = Dev(k, k.open(info["cdev"], os.O_RDWR))
