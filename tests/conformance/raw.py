@@ -364,9 +364,9 @@ class Type1:
         return ioctl(self.k, gfd, "VFIO_GROUP_SET_CONTAINER", ctypes.c_int(self.cfd))
 
     def device(self, bdf: str) -> int:
-        fd = ioctl(self.k, self.gfd, "VFIO_GROUP_GET_DEVICE_FD",
-                   ctypes.create_string_buffer(bdf.encode()))  # fmt: skip
-        return track(self.k, fd)
+        # The fd is the caller's: Dev(k, fd) tracks it.
+        return ioctl(self.k, self.gfd, "VFIO_GROUP_GET_DEVICE_FD",
+                     ctypes.create_string_buffer(bdf.encode()))  # fmt: skip
 
     def map(self, vaddr: int, iova: int, size: int, flags: int = 3) -> int:
         return self.ioctl("VFIO_IOMMU_MAP_DMA", make("vfio_iommu_type1_dma_map", flags=flags,
