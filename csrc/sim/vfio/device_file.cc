@@ -194,7 +194,9 @@ long VfioDeviceFile::get_info(void* arg) noexcept {
   if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
   if (info.argsz < minsz) return -EINVAL;
   const std::size_t out = std::min<std::size_t>(info.argsz, sizeof info);
-  info.flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
+  // edu has neither FLR nor a PM reset, so vfio-pci finds no reset method (6.12.95 in the VM
+  // reports VFIO_DEVICE_FLAGS_PCI alone).
+  info.flags = VFIO_DEVICE_FLAGS_PCI;
   info.num_regions = VFIO_PCI_NUM_REGIONS;
   info.num_irqs = VFIO_PCI_NUM_IRQS;
   return copy_to_user(uptr(arg), &info, out) ? -EFAULT : 0;
@@ -269,11 +271,9 @@ long VfioDeviceFile::device_feature(void* arg) noexcept {
 }
 
 long VfioDeviceFile::reset() noexcept {
-  // pci_try_reset_function saves and restores config space around the reset, so the
-  // command register and BARs survive; only the device's own state is reset (QEMU's edu
-  // has no reset handler, so for it nothing changes).
-  dev_->pci->function_reset();
-  return 0;
+  // vfio-pci refuses a device with no reset method (reset_works false), and edu has none:
+  // neither FLR nor a PM reset (6.12.95 in the VM leaves VFIO_DEVICE_FLAGS_RESET clear).
+  return -EINVAL;
 }
 
 ssize_t VfioDeviceFile::region_rw(char* buf, std::size_t count, std::uint64_t off,

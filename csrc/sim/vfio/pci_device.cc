@@ -138,11 +138,6 @@ void PciDevice::reset() noexcept {
   model_reset();
 }
 
-void PciDevice::function_reset() noexcept {
-  std::lock_guard<std::mutex> g(mu_);
-  model_reset();
-}
-
 std::uint16_t PciDevice::command() const noexcept {
   std::lock_guard<std::mutex> g(mu_);
   return static_cast<std::uint16_t>(config_read(kCommand, 2));

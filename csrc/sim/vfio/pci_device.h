@@ -65,9 +65,6 @@ class PciDevice : public Device {
   // Function reset (VFIO_DEVICE_RESET, open and last close of the vfio device): config
   // space back to power-on values (memory decoding and bus mastering off).
   void reset() noexcept;
-  // VFIO_DEVICE_RESET: the kernel saves and restores config space around the reset, so
-  // only the device model's own state is reset.
-  void function_reset() noexcept;
 
   std::uint16_t command() const noexcept;
   // Bus-master DMA started by something other than the register interface (the background
