@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.facilities import only_on_sim
+
 from .raw import (
     BAR0_OFF,
     CFG_OFF,
@@ -48,9 +50,8 @@ SRC_IOVA, DST_IOVA, BAD_IOVA = 0x100000, 0x200000, 0x300000
 class Rig:
     """A kernel with one edu device, opened through a Type1 container (enabled)."""
 
-    def __init__(self, enable: bool = True) -> None:
-        self.k = sim_kernel()
-        self.info = self.k.machine.add_pci_device()
+    def __init__(self, k: Any, info: dict[str, Any], enable: bool = True) -> None:
+        self.k, self.info = k, info
         self.t1 = Type1(self.k, self.info["group"])
         fd = self.t1.device(self.info["bdf"])
         assert fd >= 0, fd
@@ -63,8 +64,8 @@ class Rig:
 
 
 @pytest.fixture()
-def rig() -> Rig:
-    return Rig()
+def rig(core: Any, pci: dict[str, Any]) -> Rig:
+    return Rig(core, pci)
 
 
 @pytest.fixture()
@@ -124,8 +125,9 @@ def test_unknown_ioctl_and_features(rig: Rig) -> None:
         == -errno.EINVAL
 
 
-def test_config_space() -> None:
-    r = Rig(enable=False)
+@only_on_sim  # reads the command register through the simulated machine
+def test_config_space(core: Any, pci: dict[str, Any]) -> None:
+    r = Rig(core, pci, enable=False)
     d = r.dev
     assert d.cfg_read(0, 2) == 0x1234 and d.cfg_read(2, 2) == 0x11E8
     assert d.cfg_read(0, 4) == 0x11E81234
@@ -146,8 +148,8 @@ def test_config_space() -> None:
     assert r.k.pread(d.fd, 2, CFG_OFF + 254) == struct.pack("<H", 0)
 
 
-def test_bar_needs_memory_decoding() -> None:
-    r = Rig(enable=False)
+def test_bar_needs_memory_decoding(core: Any, pci: dict[str, Any]) -> None:
+    r = Rig(core, pci, enable=False)
     assert r.k.pread(r.dev.fd, 4, BAR0_OFF) == -errno.EIO
     assert r.k.pwrite(r.dev.fd, b"\0" * 4, BAR0_OFF + EDU_ALIVE) == -errno.EIO
     r.dev.enable(memory=True, master=False)
@@ -198,6 +200,7 @@ def _factorial32(n: int) -> int:
     return out
 
 
+@only_on_sim  # reads edu's buffer through the simulated machine
 def test_factorial_and_interrupts(rig: Rig) -> None:
     d = rig.dev
     for n in (0, 1, 5, 12, 13, 20):
@@ -228,6 +231,7 @@ def roundtrip(dev: Dev, k: Any, bdf: str, src: Buf, dst: Buf) -> None:
     assert dst.read(PAGE) == pattern
 
 
+@only_on_sim  # reads the simulated machine's DMA fault log
 def test_dma_roundtrip_type1(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     src, dst = bufs
     assert rig.t1.map(src.addr, SRC_IOVA, PAGE) == 0
@@ -274,8 +278,9 @@ def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
     assert [-f["error"] for f in k.machine.dma_faults(info["bdf"])] == [errno.EFAULT]
 
 
-def test_dma_needs_bus_master(bufs: tuple[Buf, Buf]) -> None:
-    r = Rig(enable=False)
+@only_on_sim  # reads the simulated machine's DMA fault log
+def test_dma_needs_bus_master(core: Any, pci: dict[str, Any], bufs: tuple[Buf, Buf]) -> None:
+    r = Rig(core, pci, enable=False)
     r.dev.enable(memory=True, master=False)
     _src, dst = bufs
     assert r.t1.map(dst.addr, DST_IOVA, PAGE) == 0
@@ -288,6 +293,7 @@ def test_dma_needs_bus_master(bufs: tuple[Buf, Buf]) -> None:
     assert dst.read(PAGE) == bytes(PAGE)  # the device buffer starts zeroed
 
 
+@only_on_sim  # reads the simulated machine's DMA fault log
 def test_dma_address_is_cut_to_28_bits(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     src, dst = bufs
     assert rig.t1.map(dst.addr, DST_IOVA, PAGE) == 0
@@ -302,6 +308,7 @@ def test_dma_address_is_cut_to_28_bits(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     assert rig.faults() == []
 
 
+@only_on_sim  # reads the simulated machine's DMA fault log
 def test_dma_outside_device_buffer_is_refused(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     _src, dst = bufs
     assert rig.t1.map(dst.addr, DST_IOVA, PAGE) == 0
@@ -321,6 +328,7 @@ def test_dma_completion_interrupt(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     assert rig.dev.r64(EDU_DMA_CMD) == 4  # RUN cleared, the IRQ bit stays
 
 
+@only_on_sim  # reads edu's buffer through the simulated machine
 def test_dma_read_from_unmapped_iova_zero_fills(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     src, _dst = bufs
     assert rig.t1.map(src.addr, SRC_IOVA, PAGE) == 0
@@ -333,6 +341,7 @@ def test_dma_read_from_unmapped_iova_zero_fills(rig: Rig, bufs: tuple[Buf, Buf])
                              "error": -errno.EFAULT}]
 
 
+@only_on_sim  # reads the command register through the simulated machine
 def test_reset_keeps_config(rig: Rig) -> None:
     before = rig.dev.cfg_read(4, 2)
     assert rig.dev.ioctl("VFIO_DEVICE_RESET", None) == -errno.EINVAL  # no reset method
