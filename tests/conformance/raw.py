@@ -14,6 +14,7 @@ import ctypes
 import mmap
 import os
 import struct
+import time
 from typing import Any
 
 from fastmap import _core, uapi
@@ -41,6 +42,7 @@ EDU_IRQ_RAISE, EDU_IRQ_ACK = 0x60, 0x64
 EDU_DMA_SRC, EDU_DMA_DST, EDU_DMA_CNT, EDU_DMA_CMD = 0x80, 0x88, 0x90, 0x98
 EDU_DMA_BUF = 0x40000
 EDU_CMD_RUN, EDU_CMD_TO_RAM, EDU_CMD_IRQ = 1, 2, 4
+_DMA_POLLS = 20_000  # ~20 s or more: far beyond edu's 100 ms timer, even under TCG
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -329,13 +331,21 @@ class Dev:
         assert self.k.pwrite(self.fd, struct.pack("<Q", v), BAR0_OFF + off) == 8
 
     def dma(self, src: int, dst: int, cnt: int, to_ram: bool, irq: bool = False) -> int:
-        """Run one edu DMA; returns the command register read back afterwards."""
+        """Run one edu DMA to its end; returns the command register read back afterwards.
+
+        The simulator finishes inside the write of the command; QEMU's edu from a timer,
+        so the register is polled until RUN clears (a wedged device fails the test)."""
         self.w64(EDU_DMA_SRC, src)
         self.w64(EDU_DMA_DST, dst)
         self.w64(EDU_DMA_CNT, cnt)
         self.w64(EDU_DMA_CMD, EDU_CMD_RUN | (EDU_CMD_TO_RAM if to_ram else 0)
                  | (EDU_CMD_IRQ if irq else 0))  # fmt: skip
-        return self.r64(EDU_DMA_CMD)
+        for _ in range(_DMA_POLLS):
+            cmd = self.r64(EDU_DMA_CMD)
+            if not cmd & EDU_CMD_RUN:
+                return cmd
+            time.sleep(0.001)
+        raise AssertionError(f"edu DMA still running after {_DMA_POLLS} polls")
 
     def close(self) -> int:
         return close(self.k, self.fd)

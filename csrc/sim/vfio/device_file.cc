@@ -50,10 +50,11 @@ std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kern
   f->group_file_ = std::move(group_file);
   std::lock_guard<std::mutex> g(dev->mu);
   if (dev->open_count++ == 0) {
-    // First open: the device starts using the group's container, and vfio-pci enables
-    // and resets the function.
+    // First open: the device starts using the group's container, and vfio-pci resets and
+    // enables the function.
     dev->group->container_users++;
     dev->pci->reset();
+    dev->pci->enable_memory();
   }
   f->access_granted_ = true;
   *err = 0;
@@ -216,7 +217,11 @@ long VfioDeviceFile::get_region_info(void* arg) noexcept {
   } else if (info.index <= VFIO_PCI_BAR5_REGION_INDEX) {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = pci.bar_size(info.index);
-    info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) : 0;
+    // vfio-pci offers mmap of every memory BAR of at least a page (the simulator does not
+    // model that mmap: the device file answers ENODEV).
+    info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE |
+                              (info.size >= host_page_size() ? VFIO_REGION_INFO_FLAG_MMAP : 0))
+                           : 0;
   } else if (info.index == VFIO_PCI_ROM_REGION_INDEX) {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = 0;  // no option ROM

@@ -138,6 +138,12 @@ void PciDevice::reset() noexcept {
   model_reset();
 }
 
+void PciDevice::enable_memory() noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  const auto cmd = static_cast<std::uint16_t>(config_read(kCommand, 2) | kPciCommandMemory);
+  put16(&cfg_[kCommand], cmd);
+}
+
 std::uint16_t PciDevice::command() const noexcept {
   std::lock_guard<std::mutex> g(mu_);
   return static_cast<std::uint16_t>(config_read(kCommand, 2));
