@@ -119,40 +119,7 @@ def test_fixed_in_reserved_is_einval(env: tuple[Iommufd, int, int]) -> None:
 
 
 # ---- UNMAP -------------------------------------------------------------------------------
-
-
-def test_area(env: tuple[Iommufd, int, int]) -> None:
-    f, ioas, base = env
-    va = buffer(16 * PAGE)
-    assert f.unmap(ioas, base, PAGE)[0] == -errno.ENOENT  # empty
-    assert f.map(ioas, va, 8 * PAGE, iova=base)[0] == 0
-    assert f.unmap(ioas, base, 4 * PAGE)[0] == -errno.ENOENT  # would split
-    assert f.unmap(ioas, base + 4 * PAGE, 8 * PAGE)[0] == -errno.ENOENT
-    assert f.unmap(ioas, 0, U64_MAX) == (0, 8 * PAGE)
-    assert f.unmap(ioas, 0, U64_MAX) == (0, 0)  # unmap-all succeeds on an empty IOAS
-
-
-def test_unmap_fully_contained_areas(env: tuple[Iommufd, int, int]) -> None:
-    f, ioas, base = env
-    va = buffer(8 * PAGE)
-    for i in range(4):
-        assert f.map(ioas, va, 8 * PAGE, iova=base + i * 16 * PAGE)[0] == 0
-    assert f.unmap(ioas, base - 4 * PAGE, 8 * PAGE)[0] == -errno.ENOENT
-    assert f.unmap(ioas, base + 3 * 16 * PAGE + 8 * PAGE - 4 * PAGE, 8 * PAGE)[0] == -errno.ENOENT
-    rc, length = f.unmap(ioas, base - 4 * PAGE, 3 * 16 * PAGE + 8 * PAGE + 4 * PAGE)
-    assert (rc, length) == (0, 32 * PAGE)
-
-
-def test_unmap_is_not_atomic(core: Any) -> None:
-    f = Iommufd(core)
-    ioas = f.ioas()
-    va = buffer(4 * PAGE)
-    assert f.map(ioas, va, PAGE, iova=0x10000)[0] == 0
-    assert f.map(ioas, va, 2 * PAGE, iova=0x20000)[0] == 0
-    # The first area is removed before the half-covered second one fails the call.
-    assert f.unmap(ioas, 0x10000, 0x10000 + PAGE)[0] == -errno.ENOENT
-    assert f.unmap(ioas, 0x10000, PAGE)[0] == -errno.ENOENT
-    assert f.unmap(ioas, 0x20000, 2 * PAGE) == (0, 2 * PAGE)
+# test_ioas.py has the area, fully-contained and not-atomic unmap checks on every variant.
 
 
 def test_unmap_checks(core: Any) -> None:
