@@ -258,6 +258,11 @@ def test_vfio_sim_matches_real(name: str, seed: int) -> None:
     from fastmap.sim import SimKernel
 
     vtd = _behind_vtd()
+    if name == "cdev" and not vtd:
+        # Under an attached domain, maps and HWPT allocations follow the IOMMU's geometry;
+        # the simulator models VT-d, and behind virtio-iommu 6.12.95 refuses maps and
+        # attaches the VT-d model accepts. The vtd boot of the VM tier compares this one.
+        pytest.skip("the cdev scenario compares against the VT-d model: vtd boot only")
     want = SCENARIOS[name](real, seed, vtd)
     got = SCENARIOS[name](SimKernel(kernel_version=real.version), seed, vtd)
     for i, (w, g) in enumerate(zip(want, got, strict=False)):
