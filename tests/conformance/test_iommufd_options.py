@@ -53,26 +53,6 @@ def _vfio_ioas(fd: Fd, op: int, ioas_id: int = 0) -> int:
     return int(cmd.ioas_id)
 
 
-def test_vfio_ioas(iommufd: Fd) -> None:
-    with raises_errno(errno.ENODEV):  # no compat IOAS yet
-        _vfio_ioas(iommufd, uapi.IOMMU_VFIO_IOAS_GET)
-    with raises_errno(errno.ENOENT):
-        _vfio_ioas(iommufd, uapi.IOMMU_VFIO_IOAS_SET, 0)
-    ioas = ioas_alloc(iommufd)
-    _vfio_ioas(iommufd, uapi.IOMMU_VFIO_IOAS_SET, ioas)
-    assert _vfio_ioas(iommufd, uapi.IOMMU_VFIO_IOAS_GET) == ioas
-    _vfio_ioas(iommufd, uapi.IOMMU_VFIO_IOAS_CLEAR)
-    with raises_errno(errno.ENODEV):
-        _vfio_ioas(iommufd, uapi.IOMMU_VFIO_IOAS_GET)
-    with raises_errno(errno.EOPNOTSUPP):
-        _vfio_ioas(iommufd, 3)
-
-
-def test_compat_simple_ioctls(iommufd: Fd) -> None:
-    assert iommufd.ioctl(uapi.VFIO_GET_API_VERSION) == uapi.VFIO_API_VERSION
-    assert iommufd.ioctl(uapi.VFIO_CHECK_EXTENSION, uapi.VFIO_TYPE1v2_IOMMU) == 1
-
-
 def test_compat_unmap_map_info_need_an_ioas(iommufd: Fd) -> None:
     page = 4096
     buf = ctypes.create_string_buffer(page)

@@ -11,9 +11,9 @@ import struct
 import threading
 
 import pytest
-from _vfio_raw import PAGE, Buf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.conformance.raw import PAGE, Buf
 from tests.fuzzing import examples
 
 from fastmap import _core

@@ -8,7 +8,7 @@ import os
 import posixpath
 
 import pytest
-from _vfio_raw import kernel
+from tests.conformance.raw import sim_kernel as kernel
 
 from fastmap.errors import InvalidArgumentError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastmap import get_include, simrun
-from tests.sim._raw import Iommufd
+from tests.conformance.raw import Iommufd
 from tests.simrun.conftest import PROGS, ROOT, expect_ok, sim_run
 
 pytestmark = pytest.mark.not_under_sanitizer(

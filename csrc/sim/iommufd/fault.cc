@@ -46,11 +46,12 @@ class FaultFile final : public File {
   }
 
   long ioctl(unsigned long, void*) noexcept override { return -ENOTTY; }
-  ssize_t pread(void*, std::size_t, std::uint64_t off) noexcept override {
-    return off ? -ESPIPE : 0;  // no faults to deliver
-  }
-  ssize_t pwrite(const void*, std::size_t count, std::uint64_t off) noexcept override {
-    if (off) return -ESPIPE;
+  // The anonymous file is not positional: pread/pwrite give ESPIPE at any offset (seen on
+  // 6.12.95 in the VM); the queue is read and answered with read(2)/write(2).
+  ssize_t pread(void*, std::size_t, std::uint64_t) noexcept override { return -ESPIPE; }
+  ssize_t pwrite(const void*, std::size_t, std::uint64_t) noexcept override { return -ESPIPE; }
+  ssize_t read(void*, std::size_t) noexcept override { return 0; }  // no faults to deliver
+  ssize_t write(const void*, std::size_t count) noexcept override {
     if (count % kResponseSize) return -EINVAL;
     return count ? -EINVAL : 0;  // every cookie is unknown: nothing is pending
   }

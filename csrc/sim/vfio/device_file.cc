@@ -50,10 +50,11 @@ std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kern
   f->group_file_ = std::move(group_file);
   std::lock_guard<std::mutex> g(dev->mu);
   if (dev->open_count++ == 0) {
-    // First open: the device starts using the group's container, and vfio-pci enables
-    // and resets the function.
+    // First open: the device starts using the group's container, and vfio-pci resets and
+    // enables the function.
     dev->group->container_users++;
     dev->pci->reset();
+    dev->pci->enable_memory();
   }
   f->access_granted_ = true;
   *err = 0;
@@ -194,7 +195,9 @@ long VfioDeviceFile::get_info(void* arg) noexcept {
   if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
   if (info.argsz < minsz) return -EINVAL;
   const std::size_t out = std::min<std::size_t>(info.argsz, sizeof info);
-  info.flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
+  // edu has neither FLR nor a PM reset, so vfio-pci finds no reset method (6.12.95 in the VM
+  // reports VFIO_DEVICE_FLAGS_PCI alone).
+  info.flags = VFIO_DEVICE_FLAGS_PCI;
   info.num_regions = VFIO_PCI_NUM_REGIONS;
   info.num_irqs = VFIO_PCI_NUM_IRQS;
   return copy_to_user(uptr(arg), &info, out) ? -EFAULT : 0;
@@ -214,7 +217,11 @@ long VfioDeviceFile::get_region_info(void* arg) noexcept {
   } else if (info.index <= VFIO_PCI_BAR5_REGION_INDEX) {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = pci.bar_size(info.index);
-    info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) : 0;
+    // vfio-pci offers mmap of every memory BAR of at least a page (the simulator does not
+    // model that mmap: the device file answers ENODEV).
+    info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE |
+                              (info.size >= host_page_size() ? VFIO_REGION_INFO_FLAG_MMAP : 0))
+                           : 0;
   } else if (info.index == VFIO_PCI_ROM_REGION_INDEX) {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = 0;  // no option ROM
@@ -269,11 +276,9 @@ long VfioDeviceFile::device_feature(void* arg) noexcept {
 }
 
 long VfioDeviceFile::reset() noexcept {
-  // pci_try_reset_function saves and restores config space around the reset, so the
-  // command register and BARs survive; only the device's own state is reset (QEMU's edu
-  // has no reset handler, so for it nothing changes).
-  dev_->pci->function_reset();
-  return 0;
+  // vfio-pci refuses a device with no reset method (reset_works false), and edu has none:
+  // neither FLR nor a PM reset (6.12.95 in the VM leaves VFIO_DEVICE_FLAGS_RESET clear).
+  return -EINVAL;
 }
 
 ssize_t VfioDeviceFile::region_rw(char* buf, std::size_t count, std::uint64_t off,

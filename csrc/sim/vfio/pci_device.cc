@@ -138,9 +138,10 @@ void PciDevice::reset() noexcept {
   model_reset();
 }
 
-void PciDevice::function_reset() noexcept {
+void PciDevice::enable_memory() noexcept {
   std::lock_guard<std::mutex> g(mu_);
-  model_reset();
+  const auto cmd = static_cast<std::uint16_t>(config_read(kCommand, 2) | kPciCommandMemory);
+  put16(&cfg_[kCommand], cmd);
 }
 
 std::uint16_t PciDevice::command() const noexcept {

@@ -62,12 +62,12 @@ class PciDevice : public Device {
   ssize_t bar_rw(unsigned bar, char* buf, std::size_t count, std::uint64_t pos,
                  bool write) noexcept;
 
-  // Function reset (VFIO_DEVICE_RESET, open and last close of the vfio device): config
-  // space back to power-on values (memory decoding and bus mastering off).
+  // Function reset (open and last close of the vfio device): config space back to
+  // power-on values (memory decoding and bus mastering off).
   void reset() noexcept;
-  // VFIO_DEVICE_RESET: the kernel saves and restores config space around the reset, so
-  // only the device model's own state is reset.
-  void function_reset() noexcept;
+  // pci_enable_device at open: memory decoding on (6.12.95 in the VM serves BAR reads right
+  // after open), bus mastering still off.
+  void enable_memory() noexcept;
 
   std::uint16_t command() const noexcept;
   // Bus-master DMA started by something other than the register interface (the background

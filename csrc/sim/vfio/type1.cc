@@ -373,12 +373,13 @@ long Type1::map_dma(void* arg) {
   if (dma_avail_ == 0) return -ENOSPC;
   if (!iova_valid(map.iova, map.iova + map.size - 1)) return -EINVAL;
 
-  Dma dma{map.iova, map.size, map.vaddr, prot, false, PageHold()};
+  Dma dma{map.iova, map.size, map.vaddr, prot, false, PageHold(), {}};
   if (!domains_.empty()) {
     std::vector<Domain*> targets;
     for (DomainSlot& s : domains_) targets.push_back(s.domain.get());
     if (int rc = pin_and_map(dma, targets, true)) return rc;
   }
+  if (dirty_tracking_) alloc_bitmap(dma, min_pgsize());
   dmas_.emplace(dma.iova, std::move(dma));
   dma_avail_--;
   return 0;
@@ -451,48 +452,45 @@ long Type1::unmap_dma(void* arg) {
   return copy_to_user(uptr(arg), &unmap, minsz) ? -EFAULT : 0;
 }
 
-int Type1::update_user_bitmap(std::uint64_t user_bitmap, const Dma& dma,
-                                  std::uint64_t base_iova, std::uint64_t pgsize) const {
-  // Type1 writes whole u64 words covering this entry: bits of the entry (all set when an
-  // IOMMU-backed group is attached and the entry is mapped, since nothing tracks real
-  // writes), the word the entry starts in OR'ed with what the user had there, and zeros
-  // after the entry's last bit up to the end of its last word.
+void Type1::alloc_bitmap(Dma& dma, std::uint64_t pgsize) {
+  const std::uint64_t npages = dma.size / pgsize;
+  dma.bitmap.assign(static_cast<std::size_t>((npages + 63) / 64 + 1), 0);
+}
+
+int Type1::update_user_bitmap(std::uint64_t user_bitmap, Dma& dma, std::uint64_t base_iova,
+                              std::uint64_t pgsize) {
+  // As vfio_iommu_type1 does it, on the entry's own bitmap: set the entry's bits (all of
+  // them when an IOMMU-backed group is attached and the entry is mapped, since nothing
+  // tracks real writes); when the entry does not start on a word of the user's bitmap,
+  // shift the bitmap left in place by the bit offset and OR in the whole word the user had
+  // there; then copy the words covering [0, nbits + shift). The caller clears bits
+  // [0, nbits) afterwards, so bits shifted past nbits stay in the spare bits and come back
+  // in a later call (seen on 6.12.95 in the VM).
   const unsigned pgshift = static_cast<unsigned>(std::countr_zero(pgsize));
   const std::uint64_t nbits = dma.size >> pgshift;
   const std::uint64_t bit_offset = (dma.iova - base_iova) >> pgshift;
   const std::uint64_t copy_offset = bit_offset / 64;
   const unsigned shift = static_cast<unsigned>(bit_offset % 64);
-  const bool all_dirty = !domains_.empty() && dma.iommu_mapped;
-  const std::uint64_t total = nbits + shift;
-  const std::uint64_t nwords = (total + 63) / 64;
-  std::uint64_t leftover = 0;
-  const std::uint64_t base = user_bitmap + copy_offset * 8;
-  if (shift != 0 && copy_from_user(&leftover, base, sizeof leftover)) return -EFAULT;
-
-  constexpr std::size_t kChunk = 4096;
-  std::vector<std::uint64_t> words;
-  words.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(nwords, kChunk)));
-  for (std::uint64_t w = 0; w < nwords;) {
-    words.clear();
-    const std::uint64_t end = std::min<std::uint64_t>(nwords, w + kChunk);
-    for (std::uint64_t i = w; i < end; ++i) {
-      std::uint64_t word = 0;
-      if (all_dirty) {
-        const std::uint64_t lo = std::max<std::uint64_t>(shift, i * 64);
-        const std::uint64_t hi = std::min<std::uint64_t>(total, (i + 1) * 64);  // exclusive
-        if (lo < hi) {
-          const unsigned a = static_cast<unsigned>(lo - i * 64);
-          const unsigned n = static_cast<unsigned>(hi - lo);
-          word = (n == 64 ? kU64Max : ((1ull << n) - 1)) << a;
-        }
-      }
-      if (i == 0) word |= leftover;
-      words.push_back(word);
-    }
-    if (copy_to_user(base + w * 8, words.data(), words.size() * 8)) return -EFAULT;
-    w = end;
+  if (dma.bitmap.size() < (nbits + 63) / 64 + 1) alloc_bitmap(dma, pgsize);
+  std::vector<std::uint64_t>& bm = dma.bitmap;
+  if (!domains_.empty() && dma.iommu_mapped) {
+    for (std::uint64_t i = 0; i < nbits / 64; ++i) bm[i] = kU64Max;
+    if (nbits % 64) bm[nbits / 64] |= (1ull << (nbits % 64)) - 1;
   }
-  return 0;
+  const std::uint64_t total = nbits + shift;
+  const std::size_t nwords = static_cast<std::size_t>((total + 63) / 64);
+  const std::uint64_t base = user_bitmap + copy_offset * 8;
+  if (shift != 0) {
+    // __bitmap_shift_left over BITS_TO_LONGS(nbits + shift) words: no masking of the top.
+    for (std::size_t k = nwords; k-- > 0;) {
+      const std::uint64_t lower = k > 0 ? bm[k - 1] >> (64 - shift) : 0;
+      bm[k] = (bm[k] << shift) | lower;
+    }
+    std::uint64_t leftover = 0;
+    if (copy_from_user(&leftover, base, sizeof leftover)) return -EFAULT;
+    bm[0] |= leftover;  // bitmap_or over one whole word
+  }
+  return copy_to_user(base, bm.data(), nwords * 8) ? -EFAULT : 0;
 }
 
 long Type1::dirty_pages(void* arg) {
@@ -506,11 +504,17 @@ long Type1::dirty_pages(void* arg) {
   if (std::popcount(dirty.flags) != 1) return -EINVAL;  // exactly one operation
 
   if (dirty.flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_START) {
-    dirty_tracking_ = true;
+    if (!dirty_tracking_) {  // a second START keeps the bitmaps
+      for (auto& [iova, dma] : dmas_) alloc_bitmap(dma, min_pgsize());
+      dirty_tracking_ = true;
+    }
     return 0;
   }
   if (dirty.flags & VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP) {
-    dirty_tracking_ = false;
+    if (dirty_tracking_) {
+      for (auto& [iova, dma] : dmas_) dma.bitmap = {};
+      dirty_tracking_ = false;
+    }
     return 0;
   }
   vfio_iommu_type1_dirty_bitmap_get range{};
@@ -537,7 +541,12 @@ long Type1::dirty_pages(void* arg) {
   }
   for (auto it = dmas_.lower_bound(range.iova); it != dmas_.end(); ++it) {
     if (it->second.iova > range.iova + range.size - 1) break;
-    if (int rc = update_user_bitmap(range.bitmap.data, it->second, range.iova, pgsize)) return rc;
+    Dma& dma = it->second;
+    if (int rc = update_user_bitmap(range.bitmap.data, dma, range.iova, pgsize)) return rc;
+    // Cleared for the next call (no page is pinned by a vendor driver to set again).
+    const std::uint64_t nbits = dma.size / pgsize;
+    for (std::uint64_t i = 0; i < nbits / 64; ++i) dma.bitmap[i] = 0;
+    if (nbits % 64) dma.bitmap[nbits / 64] &= ~((1ull << (nbits % 64)) - 1);
   }
   return 0;
 }

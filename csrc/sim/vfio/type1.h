@@ -63,6 +63,9 @@ class Type1 {
     int prot;
     bool iommu_mapped;  // pinned and in every domain
     PageHold hold;      // the pinned pages while iommu_mapped (what the domains map)
+    // dma->bitmap while dirty tracking is on: one bit per smallest page plus one spare
+    // word, kept between GET_BITMAP calls (see update_user_bitmap).
+    std::vector<std::uint64_t> bitmap;
   };
   struct DomainSlot {
     IommuModel model;
@@ -82,8 +85,9 @@ class Type1 {
   void unmap_and_unpin(const Dma& dma);
   std::map<std::uint64_t, Dma>::iterator find_dma(std::uint64_t start, std::uint64_t size);
   bool iova_valid(std::uint64_t first, std::uint64_t last) const;
-  int update_user_bitmap(std::uint64_t user_bitmap, const Dma& dma, std::uint64_t base_iova,
-                         std::uint64_t pgsize) const;
+  int update_user_bitmap(std::uint64_t user_bitmap, Dma& dma, std::uint64_t base_iova,
+                         std::uint64_t pgsize);
+  static void alloc_bitmap(Dma& dma, std::uint64_t pgsize);
   std::uint64_t min_pgsize() const;
 
   KernelCore& kernel_;

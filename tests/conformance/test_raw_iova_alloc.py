@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
-from _raw import PAGE, U64_MAX, Iommufd, anon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tests.fuzzing import examples
+
+from .raw import PAGE, U64_MAX, Iommufd, anon
 
 HPAGE = PAGE * (PAGE // 8)  # one PMD: 2 MiB with 4 KiB pages
 
@@ -76,9 +79,9 @@ def reference_alloc(addr: int, length: int, areas: list[tuple[int, int]],
     return -errno.ENOSPC
 
 
-def test_worked_example() -> None:
+def test_worked_example(core: Any) -> None:
     """Doc §2.3: 2 MiB-aligned VA, 3 pages -> align 16 KiB -> 0x4000; then 1 page -> 0x1000."""
-    f = Iommufd()
+    f = Iommufd(core)
     ioas = f.ioas()
     va = anon(4 << 20, align=2 << 20)
     assert f.map(ioas, va, 3 * PAGE) == (0, 0x4000)
@@ -87,20 +90,24 @@ def test_worked_example() -> None:
     assert reference_alloc(va, 3 * PAGE, [], [], []) == 0x4000
 
 
-def test_thp_cap_and_page_offset() -> None:
+def test_thp_cap() -> None:
+    """Sim only: CONFIG_TRANSPARENT_HUGEPAGE is the simulator's configuration."""
     for thp, expect in ((True, HPAGE), (False, PAGE)):
         f = Iommufd(transparent_hugepage=thp)
         ioas = f.ioas()
         va = 1 << 40  # no domain: the VA is only a hint
         assert f.map(ioas, va, 64 << 20) == (0, expect)
-    f = Iommufd()
+
+
+def test_page_offset_is_kept(core: Any) -> None:
+    f = Iommufd(core)
     ioas = f.ioas()
     assert f.map(ioas, (1 << 30) + 0x123, 0x10)[1] % PAGE == 0x123
 
 
-def test_length_one_into_a_one_byte_hole_is_refused() -> None:
+def test_length_one_into_a_one_byte_hole_is_refused(core: Any) -> None:
     """The strict `aligned_start < last` test: a hole's own last byte is never used."""
-    f = Iommufd()
+    f = Iommufd(core)
     ioas = f.ioas()
     assert f.allow(ioas, [(0x10000, 0x10001)]) == 0
     assert f.map(ioas, 0x10000, 1, iova=0x10000)[0] == 0
@@ -110,8 +117,8 @@ def test_length_one_into_a_one_byte_hole_is_refused() -> None:
     assert ref == -errno.ENOSPC
 
 
-def test_errors() -> None:
-    f = Iommufd()
+def test_errors(mock_core: Any) -> None:
+    f = Iommufd(mock_core)
     ioas = f.ioas()
     f.mock_domain(ioas)  # iova_alignment 2048
     # A VA whose low bit is below the IOAS alignment cannot be auto-placed.

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from typing import Any
 
-from _raw import PAGE, Iommufd, K, anon
+from .raw import PAGE, Iommufd, K, anon
 
 APERTURE = K["MOCK_APERTURE_START"]
 PIN = K["MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES"]
@@ -22,8 +23,8 @@ def create_access(f: Iommufd, ioas: int, flags: int = 0) -> tuple[int, int]:
     return rc, s.u.create_access.out_access_fd
 
 
-def test_check_refs_counts_pins_per_page() -> None:
-    f = Iommufd()
+def test_check_refs_counts_pins_per_page(mock_core: Any) -> None:
+    f = Iommufd(mock_core)
     ioas = f.ioas()
     va = anon(4 * PAGE)
     assert f.map(ioas, va, 4 * PAGE, APERTURE)[0] == 0
@@ -41,15 +42,15 @@ def test_check_refs_counts_pins_per_page() -> None:
     assert refs(g, va, 4 * PAGE, 0) == 0
 
 
-def test_temp_memory_limit() -> None:
-    f = Iommufd()
+def test_temp_memory_limit(mock_core: Any) -> None:
+    f = Iommufd(mock_core)
     assert f.test_cmd("SET_TEMP_MEMORY_LIMIT", limit=11)[0] == -errno.EINVAL
     assert f.test_cmd("SET_TEMP_MEMORY_LIMIT", limit=12)[0] == 0
     assert f.test_cmd("SET_TEMP_MEMORY_LIMIT", limit=65536)[0] == 0
 
 
-def test_access_rw_pages_and_unmap_notification() -> None:
-    f = Iommufd()
+def test_access_rw_pages_and_unmap_notification(mock_core: Any) -> None:
+    f = Iommufd(mock_core)
     ioas = f.ioas()
     va = anon(4 * PAGE)
     ctypes.memset(va, 0x5A, 4 * PAGE)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from typing import Any
 
 import pytest
-from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, S, anon, make
+
+from .raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, S, anon, make
 
 APERTURE = (K["MOCK_APERTURE_START"], K["MOCK_APERTURE_LAST"])
 TYPE1, TYPE1V2 = K["VFIO_TYPE1_IOMMU"], K["VFIO_TYPE1v2_IOMMU"]
@@ -34,8 +36,8 @@ def unmap_dma(f: Iommufd, iova: int, size: int, flags: int = 0,
     return rc, int(s.size)
 
 
-def test_simple_ioctls() -> None:
-    f = Iommufd()
+def test_simple_ioctls(core: Any) -> None:
+    f = Iommufd(core)
     assert f.ioctl("VFIO_GET_API_VERSION", None) == K["VFIO_API_VERSION"]
     for ext, want in ((TYPE1, 1), (TYPE1V2, 1), (K["VFIO_UNMAP_ALL"], 1),
                       (K["VFIO_NOIOMMU_IOMMU"], 0), (K["VFIO_UPDATE_VADDR"], 0),
@@ -46,8 +48,8 @@ def test_simple_ioctls() -> None:
     assert f.ioctl("VFIO_GROUP_GET_STATUS", None) == -errno.ENOTTY
 
 
-def test_compat_without_ioas_is_enodev() -> None:
-    f = Iommufd()
+def test_compat_without_ioas_is_enodev(core: Any) -> None:
+    f = Iommufd(core)
     va = anon(PAGE)
     assert map_dma(f, va, PAGE, PAGE) == -errno.ENODEV
     assert unmap_dma(f, PAGE, PAGE)[0] == -errno.ENODEV
@@ -56,8 +58,8 @@ def test_compat_without_ioas_is_enodev() -> None:
     assert f.ioctl("VFIO_IOMMU_GET_INFO", info) == -errno.ENODEV
 
 
-def test_vfio_ioas() -> None:
-    f = Iommufd()
+def test_vfio_ioas(core: Any) -> None:
+    f = Iommufd(core)
     assert vfio_ioas(f, "GET")[0] == -errno.ENODEV
     assert vfio_ioas(f, "SET", 99)[0] == -errno.ENOENT
     ioas = f.ioas()
@@ -76,9 +78,9 @@ def test_vfio_ioas() -> None:
 
 
 @pytest.fixture(params=[TYPE1V2, TYPE1], ids=["v1v2", "v1v0"])
-def compat(request: pytest.FixtureRequest) -> tuple[Iommufd, int, int]:
+def compat(request: pytest.FixtureRequest, mock_core: Any) -> tuple[Iommufd, int, int]:
     """vfio_compat_mock_domain: a mock domain on the compat IOAS, SET_IOMMU done."""
-    f = Iommufd()
+    f = Iommufd(mock_core)
     ioas = f.ioas()
     assert f.mock_domain(ioas)[0] == 0
     assert vfio_ioas(f, "SET", ioas)[0] == 0
@@ -86,8 +88,8 @@ def compat(request: pytest.FixtureRequest) -> tuple[Iommufd, int, int]:
     return f, ioas, request.param
 
 
-def test_set_iommu_cmd() -> None:
-    f = Iommufd()
+def test_set_iommu_cmd(core: Any) -> None:
+    f = Iommufd(core)
     ioas = f.ioas()
     vfio_ioas(f, "SET", ioas)
     assert f.ioctl("VFIO_SET_IOMMU", K["VFIO_SPAPR_TCE_IOMMU"]) == -errno.EINVAL
@@ -164,8 +166,8 @@ def test_get_info(compat: tuple[Iommufd, int, int]) -> None:
     assert MOCK_PAGE < PAGE
 
 
-def test_get_info_without_domain() -> None:
-    f = Iommufd()
+def test_get_info_without_domain(core: Any) -> None:
+    f = Iommufd(core)
     ioas = f.ioas()
     vfio_ioas(f, "SET", ioas)
     info = make("vfio_iommu_type1_info", argsz=24)

@@ -7,8 +7,20 @@ import ctypes
 import errno
 import os
 
-from _raw import PAGE, U64_MAX, Iommufd, K, make
-from _vfio_raw import EDU_DMA_BUF, Buf, Dev, attach, bind, detach, kernel
+from .raw import (
+    EDU_DMA_BUF,
+    PAGE,
+    U64_MAX,
+    Buf,
+    Dev,
+    Iommufd,
+    K,
+    attach,
+    bind,
+    detach,
+    make,
+    sim_kernel,
+)
 
 MSI = (0xFEE00000, 0xFEEFFFFF)
 VTD_LAST = (1 << 48) - 1
@@ -17,7 +29,7 @@ DIRTY = K["IOMMU_HWPT_ALLOC_DIRTY_TRACKING"]
 
 class Rig:
     def __init__(self, devices: int = 1, dirty: bool = False) -> None:
-        self.k = kernel()
+        self.k = sim_kernel()
         self.infos = [self.k.machine.add_pci_device(dirty=dirty) for _ in range(devices)]
         self.f = Iommufd(self.k)
         self.ioas = self.f.ioas()
@@ -124,7 +136,7 @@ def test_dirty_pages_from_device_dma() -> None:
     assert f.get_dirty(hwpt, iova, 64 * PAGE, PAGE, ctypes.addressof(bitmap)) == 0
     assert bitmap[0] == 0
     # A device without dirty tracking cannot get a dirty HWPT.
-    k2 = kernel()
+    k2 = sim_kernel()
     info = k2.machine.add_pci_device(dirty=False)
     g = Iommufd(k2)
     d2 = Dev(k2, k2.open(info["cdev"], os.O_RDWR))

@@ -6,12 +6,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+from typing import Any
 
 import pytest
-from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon, madvise, make
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tests.fuzzing import examples
+
+from .raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon, madvise, make
 
 APERTURE_START = K["MOCK_APERTURE_START"]
 DIRTY = K["IOMMU_HWPT_ALLOC_DIRTY_TRACKING"]
@@ -23,8 +26,9 @@ class Dirty:
     """The selftest's iommufd_dirty_tracking fixture: an IOAS with a mock domain, a
     buffer mapped at MOCK_APERTURE_START, a dirty-tracking HWPT with a device on it."""
 
-    def __init__(self, buffer_size: int, dev_flags: int = 0, hugepage: bool = False) -> None:
-        self.f = Iommufd()
+    def __init__(self, core: Any | None, buffer_size: int, dev_flags: int = 0,
+                 hugepage: bool = False) -> None:
+        self.f = Iommufd(core)
         self.ioas = self.f.ioas()
         rc, self.stdev, self.auto_hwpt, self.idev = self.f.mock_domain(self.ioas, dev_flags or None)
         assert rc == 0
@@ -81,30 +85,30 @@ def mock_dirty_bitmaps(d: Dirty, bitmap: int, pte_page_size: int, flags: int) ->
 
 @pytest.mark.parametrize("buffer_size", [8 << 10, 64 << 10, 2 << 20, 128 << 20])
 @pytest.mark.parametrize("flags", [0, NO_CLEAR])
-def test_get_dirty_bitmap(buffer_size: int, flags: int) -> None:
-    d = Dirty(buffer_size)
+def test_get_dirty_bitmap(mock_core: Any, buffer_size: int, flags: int) -> None:
+    d = Dirty(mock_core, buffer_size)
     for offset in (0, MOCK_PAGE, 0xFF1):  # page aligned, PAGE_SIZE unaligned, u64 unaligned
         mock_dirty_bitmaps(d, d.bitmap_area + offset, MOCK_PAGE, flags)
 
 
 @pytest.mark.parametrize("buffer_size", [2 << 20, 8 << 20])
-def test_get_dirty_bitmap_huge_iova(buffer_size: int) -> None:
+def test_get_dirty_bitmap_huge_iova(mock_core: Any, buffer_size: int) -> None:
     """With MOCK_FLAGS_DEVICE_HUGE_IOVA a THP-backed, aligned buffer maps with huge
     IOPTEs, and a dirty huge IOPTE reports all of its pages."""
-    d = Dirty(buffer_size, HUGE_IOVA, hugepage=True)
+    d = Dirty(mock_core, buffer_size, HUGE_IOVA, hugepage=True)
     for offset in (0, 0xFF1):
         mock_dirty_bitmaps(d, d.bitmap_area + offset, MOCK_PAGE * 512, 0)
 
 
-def test_small_pages_get_small_ioptes() -> None:
+def test_small_pages_get_small_ioptes(mock_core: Any) -> None:
     """Without huge pages behind the buffer the memory is not physically contiguous, so even
     a huge-capable domain uses MOCK_PAGE_SIZE IOPTEs (as 6.12.95 does)."""
-    d = Dirty(2 << 20, HUGE_IOVA)
+    d = Dirty(mock_core, 2 << 20, HUGE_IOVA)
     mock_dirty_bitmaps(d, d.bitmap_area, MOCK_PAGE, 0)
 
 
-def test_bits_are_only_ored_in() -> None:
-    d = Dirty(64 << 10)
+def test_bits_are_only_ored_in(mock_core: Any) -> None:
+    d = Dirty(mock_core, 64 << 10)
     nbits = d.nbits
     bitmap = d.bitmap_area + 3
     guard = ctypes.string_at(bitmap + d.bitmap_bytes, 64)
@@ -118,9 +122,9 @@ def test_bits_are_only_ored_in() -> None:
     assert ctypes.string_at(bitmap + d.bitmap_bytes, 64) == guard
 
 
-def test_page_size_granularity() -> None:
+def test_page_size_granularity(mock_core: Any) -> None:
     """A dirty 2048-byte IOPTE read at 4096 sets the one bit covering it; at 1024, two."""
-    d = Dirty(64 << 10)
+    d = Dirty(mock_core, 64 << 10)
     bm = d.bitmap_area
     put_bits(bm, d.nbits, 0b100)  # IOPTE 2 = bytes [4096, 6144)
     d.f.test_cmd("DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE, uptr=bm)
@@ -139,8 +143,8 @@ def test_page_size_granularity() -> None:
     assert bits_of(bm, 64) == 0b100
 
 
-def test_set_dirty_tracking() -> None:
-    d = Dirty(8 << 10)
+def test_set_dirty_tracking(mock_core: Any) -> None:
+    d = Dirty(mock_core, 8 << 10)
     f = d.f
     s = make("iommu_hwpt_set_dirty_tracking", hwpt_id=d.hwpt, flags=2)
     assert f.ioctl("IOMMU_HWPT_SET_DIRTY_TRACKING", s) == -errno.EOPNOTSUPP
@@ -169,8 +173,8 @@ def test_set_dirty_tracking() -> None:
     assert bits_of(bm, d.nbits) == 0
 
 
-def test_get_dirty_bitmap_check_order() -> None:
-    d = Dirty(64 << 10)
+def test_get_dirty_bitmap_check_order(mock_core: Any) -> None:
+    d = Dirty(mock_core, 64 << 10)
     f, bm, start, size = d.f, d.bitmap_area, APERTURE_START, d.size
 
     def call(**kw: int) -> int:
@@ -192,14 +196,14 @@ def test_get_dirty_bitmap_check_order() -> None:
     assert call() == 0
 
 
-def test_unwritable_bitmap_loses_bits_silently() -> None:
+def test_unwritable_bitmap_loses_bits_silently(mock_core: Any) -> None:
     """The bitmap is pinned page by page as bits are set (6.9+): a bad or read-only bitmap
     is no error, its bits are lost, and the IOPTEs' dirty bits are cleared all the same."""
     import mmap
 
-    from _raw import protect, unmap
+    from .raw import protect, unmap
 
-    d = Dirty(1 << 20)
+    d = Dirty(mock_core, 1 << 20)
     f, start, size = d.f, APERTURE_START, d.size
     marks = d.bitmap_area
     put_bits(marks, d.nbits, 0b101)
@@ -228,9 +232,9 @@ def test_unwritable_bitmap_loses_bits_silently() -> None:
     assert bits_of(two + PAGE - 8, 64) == 1 << 3
 
 
-def test_walk_stops_at_a_hole() -> None:
+def test_walk_stops_at_a_hole(mock_core: Any) -> None:
     """The area walk ends at the first IOVA that no area covers; the call still succeeds."""
-    d = Dirty(64 << 10)
+    d = Dirty(mock_core, 64 << 10)
     f, bm = d.f, d.bitmap_area
     tail = APERTURE_START + d.size + 4 * MOCK_PAGE  # a second area after a 2-IOPTE hole
     va = anon(8 * MOCK_PAGE)
@@ -253,8 +257,8 @@ def test_walk_stops_at_a_hole() -> None:
     assert bits_of(bm, 10) == 0
 
 
-def test_dirty_op_checks() -> None:
-    d = Dirty(8 << 10)
+def test_dirty_op_checks(mock_core: Any) -> None:
+    d = Dirty(mock_core, 8 << 10)
     f, bm = d.f, d.bitmap_area
 
     def dirty(obj: int | None = None, **kw: int) -> int:
@@ -301,4 +305,5 @@ def test_harvest_matches_reference(marks: list[int], span: tuple[int, int], page
     assert bits_of(out, npages) == want
 
 
-_DIRTY_1M = Dirty(1 << 20)
+# One simulator for all examples (a fixture would be rebuilt per example): sim only.
+_DIRTY_1M = Dirty(None, 1 << 20)

@@ -9,42 +9,45 @@ import os
 from typing import Any
 
 import pytest
-from _vfio_raw import (
+
+from tests.facilities import only_on_sim
+
+from .raw import (
     EDU_DMA_BUF,
     PAGE,
     Buf,
     Dev,
-    Iommufd,
+    IoasFd,
     K,
     attach,
     bind,
+    close,
     detach,
     ioctl,
-    kernel,
     make,
+    track,
 )
 
 U32_MAX = (1 << 32) - 1
 
 
 class Setup:
-    def __init__(self) -> None:
-        self.k = kernel()
-        self.info = self.k.machine.add_pci_device()
-        self.dev = Dev(self.k, self.k.open(self.info["cdev"], os.O_RDWR))
+    def __init__(self, k: Any, info: dict[str, Any]) -> None:
+        self.k, self.info = k, info
+        self.dev = Dev.open(self.k, self.info["cdev"])
         assert self.dev.fd >= 0
-        self.ifd = Iommufd(self.k)
+        self.ifd = IoasFd(self.k)
 
 
 @pytest.fixture()
-def s() -> Setup:
-    return Setup()
+def s(core: Any, pci: dict[str, Any]) -> Setup:
+    return Setup(core, pci)
 
 
 def test_get_info_without_bind_fails(s: Setup) -> None:
     assert s.dev.info()[0] == -errno.EINVAL
     assert s.dev.region(0)[0] == -errno.EINVAL
-    assert attach(s.dev, s.ifd.ioas)[0] == -errno.EINVAL
+    assert attach(s.dev, s.ifd.ioas_id)[0] == -errno.EINVAL
     assert detach(s.dev) == -errno.EINVAL
     assert s.dev.ioctl("VFIO_DEVICE_RESET", None) == -errno.EINVAL
     assert s.k.pread(s.dev.fd, 4, 7 << 40) == -errno.EINVAL
@@ -56,7 +59,7 @@ def test_bind_argument_checks(s: Setup) -> None:
     assert bind(s.dev, s.ifd.fd, argsz=15)[0] == -errno.EINVAL
     assert bind(s.dev, s.ifd.fd, flags=1)[0] == -errno.EINVAL  # no TOKEN flag in 6.12
     assert bind(s.dev, 1000)[0] == -errno.EBADF             # not an open fd
-    container = s.k.open("/dev/vfio/vfio", os.O_RDWR)
+    container = track(s.k, s.k.open("/dev/vfio/vfio", os.O_RDWR))
     assert bind(s.dev, container)[0] == -errno.EBADFD       # open, but not an iommufd
     assert bind(s.dev, s.dev.fd)[0] == -errno.EBADFD
 
@@ -68,7 +71,7 @@ def test_bind_then_repeated_bind_fails(s: Setup) -> None:
     rc, info = s.dev.info()
     assert rc == 0 and info.num_regions == 9
     # A second cdev fd of the same device cannot bind while the first is bound.
-    other = Dev(s.k, s.k.open(s.info["cdev"], os.O_RDWR))
+    other = Dev.open(s.k, s.info["cdev"])
     assert bind(other, s.ifd.fd)[0] == -errno.EINVAL
     assert other.info()[0] == -errno.EINVAL
     # The device id lives in the iommufd's namespace: it is busy while bound.
@@ -79,27 +82,28 @@ def test_attach_detach(s: Setup) -> None:
     assert bind(s.dev, s.ifd.fd)[0] == 0
     assert detach(s.dev) == 0                                 # not attached: a no-op
     assert attach(s.dev, U32_MAX)[0] == -errno.ENOENT         # invalid pt id fails
-    assert attach(s.dev, s.ifd.ioas, argsz=11)[0] == -errno.EINVAL
-    assert attach(s.dev, s.ifd.ioas, flags=1)[0] == -errno.EINVAL
+    assert attach(s.dev, s.ifd.ioas_id, argsz=11)[0] == -errno.EINVAL
+    assert attach(s.dev, s.ifd.ioas_id, flags=1)[0] == -errno.EINVAL
     assert detach(s.dev, argsz=7) == -errno.EINVAL
     assert detach(s.dev, flags=1) == -errno.EINVAL
-    rc, hwpt = attach(s.dev, s.ifd.ioas)
-    assert rc == 0 and hwpt != s.ifd.ioas
-    rc, again = attach(s.dev, s.ifd.ioas)                     # replace: same auto HWPT
+    rc, hwpt = attach(s.dev, s.ifd.ioas_id)
+    assert rc == 0 and hwpt != s.ifd.ioas_id
+    rc, again = attach(s.dev, s.ifd.ioas_id)                     # replace: same auto HWPT
     assert rc == 0 and again == hwpt
     assert detach(s.dev) == 0
     assert detach(s.dev) == 0
     # The auto HWPT went away with its last device; the IOAS can be destroyed.
     assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=hwpt)) == -errno.ENOENT
-    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas)) == 0
+    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas_id)) == 0
 
 
+@only_on_sim  # reads the simulated machine's DMA fault log
 def test_dma_blocked_after_detach_and_close(s: Setup) -> None:
     buf = Buf(PAGE)
     try:
         assert bind(s.dev, s.ifd.fd)[0] == 0
-        assert attach(s.dev, s.ifd.ioas)[0] == 0
-        assert s.ifd.map(buf.addr, PAGE, 0x100000) == 0
+        assert attach(s.dev, s.ifd.ioas_id)[0] == 0
+        assert s.ifd.map_fixed(buf.addr, PAGE, 0x100000) == 0
         s.dev.enable()
         buf.write(b"\x5a" * PAGE)
         s.dev.dma(EDU_DMA_BUF, 0x100000, PAGE, to_ram=True)
@@ -117,16 +121,17 @@ def test_dma_blocked_after_detach_and_close(s: Setup) -> None:
 def test_close_unbinds(s: Setup) -> None:
     rc, devid = bind(s.dev, s.ifd.fd)
     assert rc == 0
-    assert attach(s.dev, s.ifd.ioas)[0] == 0
-    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas)) == -errno.EBUSY
+    assert attach(s.dev, s.ifd.ioas_id)[0] == 0
+    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas_id)) == -errno.EBUSY
     assert s.dev.close() == 0
     assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=devid)) == -errno.ENOENT
-    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas)) == 0
+    assert s.ifd.ioctl("IOMMU_DESTROY", make("iommu_destroy", id=s.ifd.ioas_id)) == 0
     # The device can be bound again through a new fd.
-    dev2 = Dev(s.k, s.k.open(s.info["cdev"], os.O_RDWR))
+    dev2 = Dev.open(s.k, s.info["cdev"])
     assert bind(dev2, s.ifd.fd)[0] == 0
 
 
+@only_on_sim  # the simulated device sits behind the VT-d model
 def test_hw_info_through_bound_device(s: Setup) -> None:
     rc, devid = bind(s.dev, s.ifd.fd)
     assert rc == 0
@@ -140,35 +145,34 @@ def test_hw_info_through_bound_device(s: Setup) -> None:
 
 def test_cdev_and_group_exclude_each_other(s: Setup) -> None:
     group = s.info["group_path"]
-    gfd = s.k.open(group, os.O_RDWR)
+    gfd = track(s.k, s.k.open(group, os.O_RDWR))
     assert gfd >= 0
     assert bind(s.dev, s.ifd.fd)[0] == -errno.EBUSY           # the group is open
-    assert s.k.close(gfd) == 0
+    assert close(s.k, gfd) == 0
     assert bind(s.dev, s.ifd.fd)[0] == 0
     assert s.k.open(group, os.O_RDWR) == -errno.EBUSY         # a device is bound
     assert s.dev.close() == 0
-    gfd = s.k.open(group, os.O_RDWR)
+    gfd = track(s.k, s.k.open(group, os.O_RDWR))
     assert gfd >= 0
     status = make("vfio_group_status")
     assert ioctl(s.k, gfd, "VFIO_GROUP_GET_STATUS", status) == 0
     assert status.flags == K["VFIO_GROUP_FLAGS_VIABLE"]
 
 
-def test_group_device_fd_refuses_cdev_ioctls() -> None:
-    k = kernel()
-    info: dict[str, Any] = k.machine.add_pci_device()
-    cfd = k.open("/dev/vfio/vfio", os.O_RDWR)
-    gfd = k.open(info["group_path"], os.O_RDWR)
+def test_group_device_fd_refuses_cdev_ioctls(core: Any, pci: dict[str, Any]) -> None:
+    k, info = core, pci
+    cfd = track(k, k.open("/dev/vfio/vfio", os.O_RDWR))
+    gfd = track(k, k.open(info["group_path"], os.O_RDWR))
     assert ioctl(k, gfd, "VFIO_GROUP_SET_CONTAINER", ctypes.c_int(cfd)) == 0
     assert ioctl(k, cfd, "VFIO_SET_IOMMU", K["VFIO_TYPE1v2_IOMMU"]) == 0
     name = ctypes.create_string_buffer(info["bdf"].encode())
     fd = ioctl(k, gfd, "VFIO_GROUP_GET_DEVICE_FD", name)
     assert fd >= 0
     dev = Dev(k, fd)
-    ifd = Iommufd(k)
+    ifd = IoasFd(k)
     assert bind(dev, ifd.fd)[0] == -errno.EINVAL               # BIND is for cdev fds only
-    assert attach(dev, ifd.ioas)[0] == -errno.ENOTTY           # vfio-pci does not know it
+    assert attach(dev, ifd.ioas_id)[0] == -errno.ENOTTY           # vfio-pci does not know it
     assert dev.info()[0] == 0
     # While the group path has the device, its cdev cannot bind.
-    cdev = Dev(k, k.open(info["cdev"], os.O_RDWR))
+    cdev = Dev.open(k, info["cdev"])
     assert bind(cdev, ifd.fd)[0] == -errno.EBUSY

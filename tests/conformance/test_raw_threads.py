@@ -5,8 +5,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import threading
+from typing import Any
 
-from _raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon
+from .raw import MOCK_PAGE, PAGE, U64_MAX, Iommufd, K, anon
 
 APERTURE_START = K["MOCK_APERTURE_START"]
 
@@ -28,8 +29,8 @@ def run_threads(fns: list) -> list[BaseException]:
     return errors
 
 
-def test_concurrent_map_unmap_attach_and_harvest() -> None:
-    f = Iommufd()
+def test_concurrent_map_unmap_attach_and_harvest(mock_core: Any) -> None:
+    f = Iommufd(mock_core)
     ioas = f.ioas()
     _, _, _, idev = f.mock_domain(ioas)
     rc, hwpt = f.hwpt_alloc(idev, ioas, K["IOMMU_HWPT_ALLOC_DIRTY_TRACKING"])
@@ -77,8 +78,8 @@ def test_concurrent_map_unmap_attach_and_harvest() -> None:
     assert f.destroy(hwpt) == 0
 
 
-def test_contexts_are_independent_under_threads() -> None:
-    ctxs = [Iommufd() for _ in range(4)]
+def test_contexts_are_independent_under_threads(core: Any) -> None:
+    ctxs = [Iommufd(core) for _ in range(4)]
 
     def worker(f: Iommufd) -> None:
         ids = [f.ioas() for _ in range(50)]
