@@ -136,6 +136,10 @@ class DeviceIrq(Closing):
             raise ValueError("the interrupt is closed")
         return self._efd
 
+    def fileno_or_none(self) -> int | None:
+        """The eventfd, or None once closed."""
+        return self._efd
+
     def take(self) -> int:
         """The interrupts counted since the last take (0 if none), without blocking."""
         try:
