@@ -45,12 +45,12 @@ def _region(fd: Fd, index: int) -> RegionInfo:
 
 @pytest.fixture
 def dev(kernel: Kernel, vfio_device: str, iommufd: Fd) -> Iterator[Fd]:
-    """edu's cdev, bound, with memory decoding on."""
+    """edu's cdev, bound, with memory decoding and bus mastering (for MSI) on."""
     with kernel.open_fd(vfio_device) as fd:
         bind_iommufd(fd, iommufd.number)
         cfg = _region(fd, CONFIG).offset
         command = int.from_bytes(fd.pread(2, cfg + 4), "little")
-        fd.pwrite((command | 0x2).to_bytes(2, "little"), cfg + 4)
+        fd.pwrite((command | 0x6).to_bytes(2, "little"), cfg + 4)
         yield fd
 
 
@@ -146,3 +146,52 @@ def test_ctypes_view_sees_the_device(dev: Fd, kernel: Kernel) -> None:
         assert ctypes.c_uint32.from_address(addr).value == 0x010000ED
     finally:
         kernel.munmap(addr, mmap.PAGESIZE)
+
+
+_SIGBUS_CHILD = """
+import mmap, sys
+from fastmap import uapi
+from fastmap.kernel import RealKernel
+from fastmap.lifecycle.device import RegionInfo
+from tests.conformance.test_vfio_mmap import _region
+from tests.conformance.helpers import bind_iommufd
+if sys.argv[1] == "sim":
+    from fastmap.sim import SimKernel
+    k = SimKernel()
+    cdev = k.machine.add_pci_device()["cdev"]
+else:
+    k = RealKernel()
+    cdev = sys.argv[2]
+iommufd = k.open_fd("/dev/iommu")
+dev = k.open_fd(cdev)
+bind_iommufd(dev, iommufd.number)
+bar0 = _region(dev, uapi.VFIO_PCI_BAR0_REGION_INDEX)
+addr = k.mmap(dev.number, mmap.PAGESIZE, bar0.offset, mmap.PROT_READ)
+import ctypes
+print("mapped", flush=True)
+ctypes.c_uint32.from_address(addr).value  # memory decoding is off after open
+print("read without SIGBUS", flush=True)
+"""
+
+
+def test_access_with_memory_off_is_sigbus(kernel: Kernel, vfio_device: str) -> None:
+    """With memory decoding off a mapped BAR access raises SIGBUS (vfio-pci's fault
+    handler), in a child process so the test survives it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGBUS_CHILD, kernel.name, vfio_device],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=root,
+    )
+    assert result.stdout == "mapped\n", result.stderr
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stderr)

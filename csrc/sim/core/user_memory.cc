@@ -77,7 +77,10 @@ void install_one(int sig, struct sigaction* prev) {
   sa.sa_sigaction = on_fault;
   // SA_NODEFER: the signal is not blocked while handling, so jumping out of the handler
   // needs no signal-mask restore (and sigsetjmp no sigprocmask call on the fast path).
-  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+  // SIGSEGV/SIGBUS run on the alternate stack if there is one (a stack overflow must still
+  // reach the chained handler); the single-step trap, where a stored register may start a
+  // whole DMA, runs on the thread's own stack.
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | (sig == SIGTRAP ? 0 : SA_ONSTACK);
   sigemptyset(&sa.sa_mask);
   sigaction(sig, &sa, prev);
 }

@@ -103,6 +103,9 @@ void PciDevice::set_intx(bool asserted) {
 }
 
 void PciDevice::msi_notify(unsigned vector) {
+  // An MSI is a memory write by the device: with bus mastering off it never leaves (QEMU
+  // drops it the same way).
+  if (!(config_read(kCommand, 2) & kPciCommandMaster)) return;
   if (irq_sink_) irq_sink_->msi_message(vector);
 }
 

@@ -124,7 +124,7 @@ class PciDevice : public Device {
   int bus_write(std::uint64_t addr, const void* src, std::size_t len);
   void log_fault(std::uint64_t addr, std::uint64_t len, bool write, int error);
   // For device models, with mu_ held: drive the INTx line (reflected in the status
-  // register's interrupt bit), or send MSI message `vector`.
+  // register's interrupt bit), or send MSI message `vector` (lost with bus mastering off).
   void set_intx(bool asserted);
   void msi_notify(unsigned vector);
 
