@@ -85,8 +85,12 @@ def test_device_info_and_regions(rig: Rig) -> None:
     rc, bar0 = rig.dev.region(0)
     assert rc == 0
     assert (bar0.offset, bar0.size) == (0, 1 << 20)
-    assert bar0.flags == (K["VFIO_REGION_INFO_FLAG_READ"] | K["VFIO_REGION_INFO_FLAG_WRITE"]
-                          | K["VFIO_REGION_INFO_FLAG_MMAP"])
+    assert bar0.flags == (
+        K["VFIO_REGION_INFO_FLAG_READ"]
+        | K["VFIO_REGION_INFO_FLAG_WRITE"]
+        | K["VFIO_REGION_INFO_FLAG_MMAP"]  # no MSI-X table: no capability either
+    )
+    assert bar0.cap_offset == 0
     rc, cfg = rig.dev.region(7)
     assert (rc, cfg.offset, cfg.size) == (0, 7 << 40, 256)
     for idx in (1, 5, 6):  # BAR1-5 and the ROM are absent
@@ -115,8 +119,7 @@ def test_irq_info(rig: Rig) -> None:
 
 
 def test_unknown_ioctl_and_features(rig: Rig) -> None:
-    # An ioctl vfio-pci does not know (0x3B00 | 0x7F). The simulator does not model
-    # VFIO_DEVICE_SET_IRQS (ENOTTY there; vfio-pci checks its arguments: EINVAL).
+    # An ioctl vfio-pci does not know (0x3B00 | 0x7F).
     assert rig.dev.ioctl(0x3B7F, make("vfio_device_info")) == -errno.ENOTTY
     probe = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_PROBE"]
                  | K["VFIO_DEVICE_FEATURE_GET"] | 1)  # migration
@@ -135,7 +138,8 @@ def test_config_space(core: Any, pci: dict[str, Any]) -> None:
     assert d.cfg_read(0, 2) == 0x1234 and d.cfg_read(2, 2) == 0x11E8
     assert d.cfg_read(0, 4) == 0x11E81234
     assert d.cfg_read(8, 4) >> 8 == 0x00FF00 and d.cfg_read(8, 1) == 0x10  # class, revision
-    assert d.cfg_read(4, 2) == 0x0002  # after open: memory decoding on, bus mastering off
+    # vfio-pci's open enables the function: memory decoding on, bus mastering off.
+    assert d.cfg_read(4, 2) == 0x0002
     assert d.cfg_read(6, 2) & 0x10  # capability list
     cap = d.cfg_read(0x34, 1)
     assert d.cfg_read(cap, 1) == 0x05  # MSI
@@ -352,7 +356,7 @@ def test_reset_keeps_config(rig: Rig) -> None:
     assert rig.dev.ioctl("VFIO_DEVICE_RESET", None) == -errno.EINVAL  # no reset method
     assert rig.dev.cfg_read(4, 2) == before
     # Closing the device (last close) disables the function; a new open starts clean, with
-    # only memory decoding enabled.
+    # memory decoding on (pci_enable_device) and bus mastering off.
     bdf = rig.info["bdf"]
     assert rig.dev.close() == 0
     assert rig.k.machine.pci_command(bdf) == 0
