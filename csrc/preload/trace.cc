@@ -181,6 +181,11 @@ int ioctl_fields(const Call& c, bool ok, char* s, std::size_t n) {
       return std::snprintf(s, n, " flags=0x%x va=0x%" PRIx64 " iova=0x%" PRIx64
                            " size=0x%" PRIx64, v.flags, v.vaddr, v.iova, v.size);
     }
+    case VFIO_IOMMU_UNMAP_DMA: {
+      auto v = in<vfio_iommu_type1_dma_unmap>(c);
+      return std::snprintf(s, n, " flags=0x%x iova=0x%" PRIx64 " size=0x%" PRIx64, v.flags,
+                           v.iova, v.size);
+    }
     case VFIO_DEVICE_GET_REGION_INFO: {
       auto v = in<vfio_region_info>(c);
       return std::snprintf(s, n, " index=%u -> flags=0x%x size=0x%" PRIx64, v.index,
