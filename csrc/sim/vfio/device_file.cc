@@ -67,14 +67,18 @@ VfioDeviceFile::~VfioDeviceFile() {
     std::lock_guard<std::mutex> gg(grp.mu);
     std::lock_guard<std::mutex> g(dev_->mu);
     if (--dev_->open_count == 0) {
-      dev_->pci->reset();  // vfio-pci disables the function: bus mastering off
+      dev_->irqs.release();  // vfio_pci_core_disable turns interrupts off first
+      dev_->pci->reset();    // vfio-pci disables the function: bus mastering off
       grp.container_users--;
     }
     return;  // group_file_ drops its reference after this
   }
   {
     std::lock_guard<std::mutex> g(dev_->mu);
-    if (--dev_->open_count == 0) dev_->pci->reset();
+    if (--dev_->open_count == 0) {
+      dev_->irqs.release();
+      dev_->pci->reset();
+    }
     attached_ = false;
     iommufd_device_unbind(*ictx_, devid_);  // detaches first
   }
@@ -101,6 +105,7 @@ long VfioDeviceFile::ioctl(unsigned long request, void* arg) noexcept {
     case VFIO_DEVICE_GET_INFO: return get_info(arg);
     case VFIO_DEVICE_GET_REGION_INFO: return get_region_info(arg);
     case VFIO_DEVICE_GET_IRQ_INFO: return get_irq_info(arg);
+    case VFIO_DEVICE_SET_IRQS: return set_irqs(arg);
     case VFIO_DEVICE_RESET: return reset();
     default: return -ENOTTY;  // vfio-pci's answer to an ioctl it does not know
   }
@@ -230,29 +235,48 @@ long VfioDeviceFile::get_irq_info(void* arg) noexcept {
   constexpr std::size_t minsz = sizeof info;  // offsetofend(count)
   if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
   if (info.argsz < minsz || info.index >= VFIO_PCI_NUM_IRQS) return -EINVAL;
-  // A conventional PCI function: INTx (pin A), one MSI vector, no MSI-X; the error IRQ
-  // exists only for PCI Express devices.
-  switch (info.index) {
-    case VFIO_PCI_INTX_IRQ_INDEX:
-      info.count = 1;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
-      break;
-    case VFIO_PCI_MSI_IRQ_INDEX:
-      info.count = 1;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
-      break;
-    case VFIO_PCI_MSIX_IRQ_INDEX:
-      info.count = 0;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
-      break;
-    case VFIO_PCI_REQ_IRQ_INDEX:
-      info.count = 1;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
-      break;
-    default:
-      return -EINVAL;
+  // The error IRQ exists only for PCI Express functions; this one is conventional PCI.
+  if (info.index == VFIO_PCI_ERR_IRQ_INDEX) return -EINVAL;
+  info.flags = VFIO_IRQ_INFO_EVENTFD;
+  info.count = dev_->irqs.count(info.index);
+  if (info.index == VFIO_PCI_INTX_IRQ_INDEX) {
+    info.flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
+  } else {
+    info.flags |= VFIO_IRQ_INFO_NORESIZE;  // no dynamic MSI-X either
   }
   return copy_to_user(uptr(arg), &info, minsz) ? -EFAULT : 0;
+}
+
+long VfioDeviceFile::set_irqs(void* arg) noexcept {
+  vfio_irq_set hdr{};
+  constexpr std::size_t minsz = sizeof hdr;  // offsetofend(count)
+  if (copy_from_user(&hdr, uptr(arg), minsz)) return -EFAULT;
+  const std::uint32_t max = dev_->irqs.count(hdr.index);
+  // vfio_set_irqs_validate_and_prepare.
+  if (hdr.argsz < minsz || hdr.index >= VFIO_PCI_NUM_IRQS ||
+      hdr.count >= UINT32_MAX - hdr.start ||
+      (hdr.flags & ~(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK))) {
+    return -EINVAL;
+  }
+  if (hdr.start >= max || hdr.start + hdr.count > max) return -EINVAL;
+  std::size_t size = 0;
+  switch (hdr.flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
+    case VFIO_IRQ_SET_DATA_NONE: size = 0; break;
+    case VFIO_IRQ_SET_DATA_BOOL: size = sizeof(std::uint8_t); break;
+    case VFIO_IRQ_SET_DATA_EVENTFD: size = sizeof(std::int32_t); break;
+    default: return -EINVAL;
+  }
+  const std::uint64_t data_size = static_cast<std::uint64_t>(hdr.count) * size;
+  if (size && hdr.argsz - minsz < data_size) return -EINVAL;
+  std::vector<std::uint8_t> data;
+  try {
+    data.resize(static_cast<std::size_t>(data_size));
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+  if (data_size && copy_from_user(data.data(), uptr(arg) + minsz, data.size())) return -EFAULT;
+  return dev_->irqs.set(hdr.flags, hdr.index, hdr.start, hdr.count,
+                        data.empty() ? nullptr : data.data());
 }
 
 long VfioDeviceFile::device_feature(void* arg) noexcept {

@@ -58,6 +58,7 @@ class VfioDeviceFile final : public File {
   long get_info(void* arg) noexcept;
   long get_region_info(void* arg) noexcept;
   long get_irq_info(void* arg) noexcept;
+  long set_irqs(void* arg) noexcept;
   long device_feature(void* arg) noexcept;
   long reset() noexcept;
   ssize_t region_rw(char* buf, std::size_t count, std::uint64_t off, bool write) noexcept;

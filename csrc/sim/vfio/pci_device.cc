@@ -15,6 +15,8 @@ constexpr std::uint32_t kRevision = 0x08, kClass = 0x09, kCacheLine = 0x0c;
 constexpr std::uint32_t kBar0 = 0x10, kSubVendor = 0x2c, kSubsystem = 0x2e;
 constexpr std::uint32_t kCapPtr = 0x34, kIntLine = 0x3c, kIntPin = 0x3d;
 constexpr std::uint16_t kStatusCapList = 1u << 4;
+constexpr std::uint16_t kStatusInterrupt = 1u << 3;  // INTx asserted (read-only)
+constexpr std::uint16_t kCommandIntxDisable = 1u << 10;
 // Writable command bits: I/O, memory, bus master, parity, SERR, INTx disable.
 constexpr std::uint16_t kCommandWmask = 0x0547;
 // One MSI capability (as QEMU's edu has: one vector, 64-bit addresses).
@@ -73,11 +75,35 @@ std::uint32_t PciDevice::config_read(std::uint32_t off, unsigned size) const {
 }
 
 void PciDevice::config_write(std::uint32_t off, std::uint32_t val, unsigned size) {
+  const bool was_disabled = config_read(kCommand, 2) & kCommandIntxDisable;
   for (unsigned i = 0; i < size; ++i) {
     std::uint8_t b = static_cast<std::uint8_t>(val >> (8 * i));
     std::uint8_t m = wmask_[off + i];
     cfg_[off + i] = static_cast<std::uint8_t>((cfg_[off + i] & ~m) | (b & m));
   }
+  const bool disabled = config_read(kCommand, 2) & kCommandIntxDisable;
+  if (disabled != was_disabled && irq_sink_) irq_sink_->intx_disable_bit(disabled);
+}
+
+void PciDevice::set_irq_sink(IrqSink* sink) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  irq_sink_ = sink;
+}
+
+bool PciDevice::intx_asserted() const noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  return config_read(kStatus, 2) & kStatusInterrupt;
+}
+
+void PciDevice::set_intx(bool asserted) {
+  std::uint16_t status = static_cast<std::uint16_t>(config_read(kStatus, 2));
+  status = asserted ? (status | kStatusInterrupt) : (status & ~kStatusInterrupt);
+  put16(&cfg_[kStatus], status);
+  if (irq_sink_) irq_sink_->intx_level(asserted);
+}
+
+void PciDevice::msi_notify(unsigned vector) {
+  if (irq_sink_) irq_sink_->msi_message(vector);
 }
 
 ssize_t PciDevice::config_rw(char* buf, std::size_t count, std::uint64_t pos,
@@ -134,7 +160,13 @@ ssize_t PciDevice::bar_rw(unsigned bar, char* buf, std::size_t count, std::uint6
 
 void PciDevice::reset() noexcept {
   std::lock_guard<std::mutex> g(mu_);
+  // As QEMU's PCI reset: config space to power-on values (INTx-disable clear) and the INTx
+  // line deasserted, whatever the model's own interrupt state.
   config_init();
+  if (irq_sink_) {
+    irq_sink_->intx_disable_bit(false);
+    irq_sink_->intx_level(false);
+  }
   model_reset();
 }
 
