@@ -127,6 +127,8 @@ def run_one(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path,
 def excerpt(log: list[str], limit: int) -> list[str]:
     """The log up to vfio-pci realize's end (its INTx setup), uAPI lines marked."""
     lines: list[str] = []
+    if limit <= 0:
+        return lines
     for ln in log:
         tag = "uapi" if UAPI_LINE.match(ln) else "qemu"
         if ln.startswith("#"):
