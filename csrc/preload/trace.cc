@@ -236,6 +236,7 @@ void trace_call(const Call& c, const Result& r, const char* buf) noexcept {
   switch (c.op) {
     case Op::kOpen: case Op::kClose: case Op::kIoctl: case Op::kMmap: case Op::kDupTo:
     case Op::kSysRead: case Op::kSysReadlink: case Op::kSysRealpath: case Op::kSysList:
+    case Op::kChardev: case Op::kNodeChardev:
       break;
     default:
       return;  // fstat's chardev lookups, type probes, fork bookkeeping
@@ -290,6 +291,14 @@ void trace_call(const Call& c, const Result& r, const char* buf) noexcept {
     }
     case Op::kSysList:
       add(std::snprintf(line + n, cap - n, "sysfs list %s", c.path));
+      break;
+    case Op::kChardev:  // fstat of a simulated fd: its device number
+      add(std::snprintf(line + n, cap - n, "fstat fd=%d -> rdev %" PRIu64 ":%" PRIu64, c.fd,
+                        r.a, r.b));
+      break;
+    case Op::kNodeChardev:  // stat of a device node path
+      add(std::snprintf(line + n, cap - n, "stat %s -> rdev %" PRIu64 ":%" PRIu64, c.path,
+                        r.a, r.b));
       break;
     default:
       break;

@@ -54,7 +54,7 @@ QEMU_EVENTS = (
     "vfio_listener_region_del",
     "vfio_migration_realize",
 )
-UAPI_LINE = re.compile(r"^\s*\d+ (open|close|ioctl|mmap|dup|sysfs) ")
+UAPI_LINE = re.compile(r"^\s*\d+ (open|close|ioctl|mmap|dup|sysfs|fstat|stat) ")
 
 
 @dataclass
