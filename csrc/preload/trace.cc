@@ -303,7 +303,10 @@ void trace_call(const Call& c, const Result& r, const char* buf) noexcept {
     default:
       break;
   }
-  if (r.ret < 0) {
+  const bool devt = c.op == Op::kChardev || c.op == Op::kNodeChardev;  // ret: a flag
+  if (devt && r.ret >= 0) {
+    // the device number is the answer
+  } else if (r.ret < 0) {
     const char* name = strerrorname_np(static_cast<int>(-r.ret));
     if (name) {
       add(std::snprintf(line + n, cap - n, " = -%s", name));
