@@ -32,18 +32,24 @@ TRIGGER = uapi.VFIO_IRQ_SET_ACTION_TRIGGER
 BAR0 = 0  # region offset of BAR0 (index 0 << 40)
 CONFIG = uapi.VFIO_PCI_CONFIG_REGION_INDEX << 40
 IRQ_STATUS, IRQ_RAISE, IRQ_ACK = 0x24, 0x60, 0x64
+MEMORY, MASTER = 0x2, 0x4  # PCI command register bits
 # Bounds a wait for an interrupt that must come (never reached when things work).
 DEADLINE = 10.0
 
 
 @pytest.fixture
 def dev(kernel: Kernel, vfio_device: str, iommufd: Fd) -> Iterator[Fd]:
-    """edu's cdev, bound, with memory decoding on (BAR0 answers)."""
+    """edu's cdev, bound, with memory decoding (BAR0 answers) and bus mastering on (an MSI
+    is a memory write by the device: without bus mastering it is lost)."""
     with kernel.open_fd(vfio_device) as fd:
         bind_iommufd(fd, iommufd.number)
-        command = int.from_bytes(fd.pread(2, CONFIG + 4), "little")
-        fd.pwrite((command | 0x2).to_bytes(2, "little"), CONFIG + 4)
+        _set_command(fd, MEMORY | MASTER)
         yield fd
+
+
+def _set_command(fd: Fd, bits: int) -> None:
+    command = int.from_bytes(fd.pread(2, CONFIG + 4), "little") & ~(MEMORY | MASTER)
+    fd.pwrite((command | bits).to_bytes(2, "little"), CONFIG + 4)
 
 
 def _w32(fd: Fd, off: int, value: int) -> None:
@@ -129,6 +135,15 @@ def test_msi_from_the_raise_register(dev: Fd) -> None:
         assert irq.wait(DEADLINE) >= 1
         _w32(dev, IRQ_ACK, 0x3)
         assert _r32(dev, IRQ_STATUS) == 0
+        # Without bus mastering the message never leaves the device.
+        _set_command(dev, MEMORY)
+        _w32(dev, IRQ_RAISE, 0x1)
+        assert _r32(dev, IRQ_STATUS) == 0x1
+        _set_command(dev, MEMORY | MASTER)
+        _w32(dev, IRQ_ACK, 0x1)
+        _w32(dev, IRQ_RAISE, 0x8)  # the proof that the lost one is not just late
+        assert irq.wait(DEADLINE) == 1
+        _w32(dev, IRQ_ACK, 0x8)
         # Only one type at a time.
         with raises_errno(errno.EINVAL):
             DeviceIrq(dev, INTX)

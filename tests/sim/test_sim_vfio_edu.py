@@ -83,7 +83,12 @@ def test_device_info_and_regions(rig: Rig) -> None:
     rc, bar0 = rig.dev.region(0)
     assert rc == 0
     assert (bar0.offset, bar0.size) == (0, 1 << 20)
-    assert bar0.flags == K["VFIO_REGION_INFO_FLAG_READ"] | K["VFIO_REGION_INFO_FLAG_WRITE"]
+    assert bar0.flags == (
+        K["VFIO_REGION_INFO_FLAG_READ"]
+        | K["VFIO_REGION_INFO_FLAG_WRITE"]
+        | K["VFIO_REGION_INFO_FLAG_MMAP"]  # no MSI-X table: no capability either
+    )
+    assert bar0.cap_offset == 0
     rc, cfg = rig.dev.region(7)
     assert (rc, cfg.offset, cfg.size) == (0, 7 << 40, 256)
     for idx in (1, 5, 6):  # BAR1-5 and the ROM are absent

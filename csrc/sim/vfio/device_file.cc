@@ -1,5 +1,7 @@
 #include "sim/vfio/device_file.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
@@ -8,6 +10,7 @@
 
 #include "sim/iommufd/device_api.h"
 #include "sim/core/kernel_core.h"
+#include "sim/core/mmio_trap.h"
 #include "sim/core/user_memory.h"
 #include "uapi/vfio.h"
 
@@ -29,6 +32,23 @@ constexpr std::size_t kMaxRegionIo = 16u << 20;
 // features (low power, VF token) are not modelled either, so every feature is ENOTTY.
 constexpr std::uint32_t kFeatureFlagsKnown = VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_GET |
                                              VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
+
+// A BAR as the MMIO trap sees it. Holds the device, as the kernel's mapping holds the file.
+class BarTarget final : public MmioTarget {
+ public:
+  BarTarget(std::shared_ptr<PciDevice> pci, unsigned bar) : pci_(std::move(pci)), bar_(bar) {}
+  bool fill(std::uint64_t off, std::uint8_t* dst, std::size_t len) noexcept override {
+    return pci_->mmio_fill(bar_, off, dst, len);
+  }
+  void store(std::uint64_t off, const std::uint8_t* before, const std::uint8_t* after,
+             std::size_t len, std::uint64_t fault_off) noexcept override {
+    pci_->mmio_store(bar_, off, before, after, len, fault_off);
+  }
+
+ private:
+  std::shared_ptr<PciDevice> pci_;
+  unsigned bar_;
+};
 
 }  // namespace
 
@@ -220,6 +240,9 @@ long VfioDeviceFile::get_region_info(void* arg) noexcept {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = pci.bar_size(info.index);
     info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) : 0;
+    // Memory BARs of a page or more are mmappable; with no MSI-X table in the BAR there is
+    // no capability (vfio-pci adds MSIX_MAPPABLE only to the MSI-X BAR).
+    if (info.size && mmio_trap_supported()) info.flags |= VFIO_REGION_INFO_FLAG_MMAP;
   } else if (info.index == VFIO_PCI_ROM_REGION_INDEX) {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = 0;  // no option ROM
@@ -297,6 +320,36 @@ long VfioDeviceFile::reset() noexcept {
   // command register and BARs survive; only the device's own state is reset (QEMU's edu
   // has no reset handler, so for it nothing changes).
   dev_->pci->function_reset();
+  return 0;
+}
+
+int VfioDeviceFile::mmap(void* addr, std::size_t length, int prot, int flags,
+                         std::uint64_t offset, void** out) noexcept {
+  const std::uint64_t ps = host_page_size();
+  // do_mmap's own checks come first.
+  if (length == 0 || (offset & (ps - 1))) return -EINVAL;
+  if (!access_granted_) return -EINVAL;
+  // vfio_pci_core_mmap.
+  const std::uint64_t index = offset >> kRegionShift;
+  if (index >= VFIO_PCI_NUM_REGIONS) return -EINVAL;
+  const int type = flags & MAP_TYPE;
+  if (type != MAP_SHARED && type != MAP_SHARED_VALIDATE) return -EINVAL;
+  if (index >= VFIO_PCI_ROM_REGION_INDEX) return -EINVAL;
+  const std::uint64_t bar_len = dev_->pci->bar_size(static_cast<unsigned>(index));
+  if (bar_len == 0 || !mmio_trap_supported()) return -EINVAL;  // not mmap-supported
+  const std::uint64_t phys_len = (bar_len + ps - 1) & ~(ps - 1);
+  const std::uint64_t req_len = (length + ps - 1) & ~(ps - 1);
+  const std::uint64_t req_start = offset & kRegionOffsetMask;
+  if (req_start + req_len > phys_len || req_start + req_len < req_start) return -EINVAL;
+  std::shared_ptr<MmioTarget> target;
+  try {
+    target = std::make_shared<BarTarget>(dev_->pci, static_cast<unsigned>(index));
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+  const long r = mmio_map(addr, length, prot, flags, std::move(target), req_start);
+  if (r < 0) return static_cast<int>(r);
+  *out = reinterpret_cast<void*>(r);
   return 0;
 }
 

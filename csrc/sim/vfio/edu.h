@@ -50,6 +50,7 @@ class EduDevice final : public PciDevice {
  protected:
   std::uint64_t mmio_read(std::uint64_t off, unsigned size) override;
   void mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) override;
+  unsigned mmio_register_size(std::uint64_t off) const override { return off < 0x80 ? 4 : 8; }
 
  private:
   void run_dma();

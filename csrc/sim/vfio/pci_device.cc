@@ -103,6 +103,9 @@ void PciDevice::set_intx(bool asserted) {
 }
 
 void PciDevice::msi_notify(unsigned vector) {
+  // An MSI is a memory write by the device: with bus mastering off it never leaves (QEMU
+  // drops it the same way).
+  if (!(config_read(kCommand, 2) & kPciCommandMaster)) return;
   if (irq_sink_) irq_sink_->msi_message(vector);
 }
 
@@ -156,6 +159,45 @@ ssize_t PciDevice::bar_rw(unsigned bar, char* buf, std::size_t count, std::uint6
     done += size;
   }
   return static_cast<ssize_t>(count);
+}
+
+bool PciDevice::mmio_fill(unsigned bar, std::uint64_t pos, std::uint8_t* dst,
+                          std::size_t len) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!(config_read(kCommand, 2) & kPciCommandMemory)) return false;
+  const std::uint64_t end = bar_size(bar);
+  std::size_t done = 0;
+  while (done < len) {
+    const std::uint64_t off = pos + done;
+    unsigned size = off < end ? mmio_register_size(off) : 4;
+    if (off % size || len - done < size) size = 4;
+    std::uint64_t v = off < end ? mmio_read(off, size) : ~0ull;  // past the BAR: all-ones
+    std::memcpy(dst + done, &v, size);
+    done += size;
+  }
+  return true;
+}
+
+void PciDevice::mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* before,
+                           const std::uint8_t* after, std::size_t len,
+                           std::uint64_t fault_pos) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!(config_read(kCommand, 2) & kPciCommandMemory)) return;
+  const std::uint64_t end = bar_size(bar);
+  std::size_t done = 0;
+  while (done < len && pos + done < end) {
+    const std::uint64_t off = pos + done;
+    unsigned size = mmio_register_size(off);
+    if (off % size || len - done < size) size = 4;
+    const bool changed = std::memcmp(before + done, after + done, size) != 0;
+    const bool stored = fault_pos >= off && fault_pos < off + size;
+    if (changed || stored) {
+      std::uint64_t v = 0;
+      std::memcpy(&v, after + done, size);
+      mmio_write(off, v, size);
+    }
+    done += size;
+  }
 }
 
 void PciDevice::reset() noexcept {

@@ -74,6 +74,15 @@ class PciDevice : public Device {
   ssize_t bar_rw(unsigned bar, char* buf, std::size_t count, std::uint64_t pos,
                  bool write) noexcept;
 
+  // A BAR mapped into the process (sim/core/mmio_trap.h). fill: the bytes of
+  // [pos, pos+len) as register reads return them now (false with memory decoding off);
+  // store: one instruction changed `after` from `before`: each register whose bytes changed,
+  // and the one holding `fault_pos` (a store that may have rewritten the same value), is
+  // written with its new value.
+  bool mmio_fill(unsigned bar, std::uint64_t pos, std::uint8_t* dst, std::size_t len) noexcept;
+  void mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* before,
+                  const std::uint8_t* after, std::size_t len, std::uint64_t fault_pos) noexcept;
+
   // Function reset (VFIO_DEVICE_RESET, open and last close of the vfio device): config
   // space back to power-on values (memory decoding and bus mastering off).
   void reset() noexcept;
@@ -104,6 +113,9 @@ class PciDevice : public Device {
   // called with mu_ held.
   virtual std::uint64_t mmio_read(std::uint64_t off, unsigned size) = 0;
   virtual void mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) = 0;
+  // The width of the register at `off` (4 or 8), for accesses through a mapping; reads
+  // through a mapping must have no side effects (fill reads every register of a page).
+  virtual unsigned mmio_register_size(std::uint64_t /*off*/) const { return 4; }
   // What the model itself does on a function reset (may be nothing), with mu_ held.
   virtual void model_reset() {}
 
@@ -112,7 +124,7 @@ class PciDevice : public Device {
   int bus_write(std::uint64_t addr, const void* src, std::size_t len);
   void log_fault(std::uint64_t addr, std::uint64_t len, bool write, int error);
   // For device models, with mu_ held: drive the INTx line (reflected in the status
-  // register's interrupt bit), or send MSI message `vector`.
+  // register's interrupt bit), or send MSI message `vector` (lost with bus mastering off).
   void set_intx(bool asserted);
   void msi_notify(unsigned vector);
 

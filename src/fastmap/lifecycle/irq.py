@@ -11,10 +11,12 @@ needs no polling of device registers:
 `DeviceIrq.fileno()` is the eventfd, so an asyncio loop can watch it
 (`loop.add_reader(irq.fileno(), ...)`, or `await irq.wait_async()`).
 
-INTx is level-triggered and automasked by vfio-pci: after each interrupt the driver clears
-the cause in the device and calls `unmask()`, else no further interrupt arrives. MSI and
-MSI-X need neither. The functions taking an `Fd` are the raw calls (the conformance suite
-uses them on both kernels).
+MSI needs bus mastering on in the PCI command register (an MSI is a memory write by the
+device; without it the message is lost). INTx is level-triggered and automasked by
+vfio-pci: after each interrupt the driver clears the cause in the device and calls
+`unmask()`, else no further interrupt arrives. MSI and MSI-X need no unmask. The
+functions taking an `Fd` are the raw calls (the conformance suite uses them on both
+kernels).
 """
 
 from __future__ import annotations
@@ -134,6 +136,10 @@ class DeviceIrq(Closing):
         """The eventfd (readable while interrupts are pending)."""
         if self._efd is None:
             raise ValueError("the interrupt is closed")
+        return self._efd
+
+    def fileno_or_none(self) -> int | None:
+        """The eventfd, or None once closed."""
         return self._efd
 
     def take(self) -> int:
