@@ -261,13 +261,9 @@ void bind_sim(py::module_& m) {
       .def_property_readonly("config", &sim::SimKernel::config)
       .def_property_readonly("machine", &sim::SimKernel::machine,
                              py::return_value_policy::reference_internal)
-      .def("mmap", [](sim::SimKernel& k, int fd, std::size_t length, int prot, int flags,
-                      std::uint64_t offset) -> long {
-        void* out = nullptr;
-        const int rc = k.mmap(fd, nullptr, length, prot, flags, offset, &out);
-        return rc < 0 ? rc : static_cast<long>(reinterpret_cast<std::uintptr_t>(out));
-      }, py::arg("fd"), py::arg("length"), py::arg("prot"), py::arg("flags"), py::arg("offset"),
-         "mmap(2) of a simulated file: the address, or -errno")
+      .def("mmap", &sim::SimKernel::mmap_anywhere, py::arg("fd"), py::arg("length"),
+           py::arg("prot"), py::arg("flags"), py::arg("offset"),
+           "mmap(2) of a simulated file: the address, or -errno")
       .def("munmap", [](sim::SimKernel&, std::uintptr_t addr, std::size_t length) {
         return sim::mmio_unmap(reinterpret_cast<void*>(addr), length);
       }, py::arg("addr"), py::arg("length"), "munmap(2) of a simulated mapping: 0 or -errno")

@@ -168,15 +168,20 @@ bind_iommufd(dev, iommufd.number)
 bar0 = _region(dev, uapi.VFIO_PCI_BAR0_REGION_INDEX)
 addr = k.mmap(dev.number, mmap.PAGESIZE, bar0.offset, mmap.PROT_READ)
 import ctypes
+assert ctypes.c_uint32.from_address(addr).value == 0x010000ED  # decoding is on after open
+cfg = _region(dev, uapi.VFIO_PCI_CONFIG_REGION_INDEX).offset
+command = int.from_bytes(dev.pread(2, cfg + 4), "little")
+dev.pwrite((command & ~0x2).to_bytes(2, "little"), cfg + 4)
 print("mapped", flush=True)
-ctypes.c_uint32.from_address(addr).value  # memory decoding is off after open
+ctypes.c_uint32.from_address(addr).value
 print("read without SIGBUS", flush=True)
 """
 
 
 def test_access_with_memory_off_is_sigbus(kernel: Kernel, vfio_device: str) -> None:
-    """With memory decoding off a mapped BAR access raises SIGBUS (vfio-pci's fault
-    handler), in a child process so the test survives it."""
+    """vfio-pci's open turns memory decoding on (a mapped BAR reads); turned off, a mapped
+    BAR access raises SIGBUS (vfio-pci's fault handler). In a child process, so the test
+    survives it."""
     import os
     import signal
     import subprocess

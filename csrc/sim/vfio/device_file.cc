@@ -74,6 +74,7 @@ std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kern
     // and resets the function.
     dev->group->container_users++;
     dev->pci->reset();
+    dev->pci->enable_decoding();
   }
   f->access_granted_ = true;
   *err = 0;
@@ -161,6 +162,7 @@ long VfioDeviceFile::bind_iommufd(void* arg) noexcept {
     } else if ((rc = iommufd_device_bind(*ictx, dev_->pci, &devid)) == 0) {
       dev_->open_count++;
       dev_->pci->reset();  // vfio-pci's open_device enables and resets the function
+      dev_->pci->enable_decoding();
       if (copy_to_user(uptr(arg) + offsetof(vfio_device_bind_iommufd, out_devid), &devid,
                        sizeof devid)) {
         dev_->open_count--;

@@ -212,6 +212,12 @@ void PciDevice::reset() noexcept {
   model_reset();
 }
 
+void PciDevice::enable_decoding() noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  const auto cmd = static_cast<std::uint16_t>(config_read(kCommand, 2) | kPciCommandMemory);
+  put16(&cfg_[kCommand], cmd);
+}
+
 void PciDevice::function_reset() noexcept {
   std::lock_guard<std::mutex> g(mu_);
   model_reset();

@@ -86,6 +86,9 @@ class PciDevice : public Device {
   // Function reset (VFIO_DEVICE_RESET, open and last close of the vfio device): config
   // space back to power-on values (memory decoding and bus mastering off).
   void reset() noexcept;
+  // pci_enable_device at vfio-pci's open: memory decoding on for the memory BAR (bus
+  // mastering stays off: vfio-pci clears it before enabling).
+  void enable_decoding() noexcept;
   // VFIO_DEVICE_RESET: the kernel saves and restores config space around the reset, so
   // only the device model's own state is reset.
   void function_reset() noexcept;
