@@ -151,6 +151,9 @@ def figures(r: RunResult) -> list[str]:
         f"  uAPI ioctls: {len(ioctls)} ({maps} maps, {unmaps} unmaps of guest RAM as QEMU's"
         " memory listener saw it change)",
         f"  region accesses through the simulator (reads/writes): {access}",
+        "  BAR0 mmap'd by QEMU (guest BAR accesses are loads/stores on the trapped mapping): "
+        + ("yes" if any(re.search(r" mmap fd=\d+ len=\S+ off=0x0 = 0$", ln) for ln in r.log)
+           else "no"),
     ]
     out += [f"  error answered (Linux 6.12's answer for this device): {f}" for f in failed]
     return out
