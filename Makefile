@@ -1,5 +1,6 @@
 # fastmap developer entry points. On a fresh machine:
 #   make demo   # builds fastmap into .venv and runs the demo on the simulated kernel
+#   make demo-qemu  # QEMU 10 with the simulated edu device passed through, guest DMA checked
 #   make test   # builds, lints, runs the test suites (simulator, then a real kernel in a VM)
 #   make test-sanitize / test-tsan / test-cpp / fuzz / fuzz-short: tools/sanitize/README.md
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-sim test-vm lint bench install clean selftests selftests-real
+.PHONY: demo-qemu demo test test-sim test-vm lint bench install clean selftests selftests-real
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,13 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/fastmap demo
+
+# Unmodified QEMU (TCG) on the simulated kernel: vfio-pci passthrough of the simulated edu
+# device over IOMMUFD and over the legacy container, guest DMA checked (tools/qemu_demo).
+demo-qemu: $(STAMP)
+	tools/vmtest/install-qemu.sh
+	tools/vmtest/kernel.sh >/dev/null
+	$(PY) tools/qemu_demo/run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples tools

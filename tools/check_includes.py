@@ -39,11 +39,12 @@ LAYERS: dict[str, frozenset[str]] = {
     "sim/vfio": frozenset({"sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}),
     "sim": frozenset({"sim/vfio", "sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}),
     # The simulator as a C library (its header, fastmap_sim.h, is in src/fastmap: "capi"),
-    # and sim-run's interposer, which sees the simulator only through that header.
+    # and sim-run's interposer, which sees the simulator only through that header (and the
+    # uAPI definitions, to name and decode the calls it traces).
     "capi_sim": frozenset(
         {"capi", "sim", "sim/vfio", "sim/iommufd", "sim/iommu", "sim/core", "uapi", "seam"}
     ),
-    "preload": frozenset({"capi"}),
+    "preload": frozenset({"capi", "uapi"}),
     "bindings": frozenset(
         {
             "capi",

@@ -14,6 +14,7 @@
 #include "preload/config.h"
 #include "preload/preload.h"
 #include "preload/real.h"
+#include "preload/trace.h"
 
 namespace fastmap::preload {
 
@@ -135,8 +136,9 @@ fastmap_sim* owner_sim() noexcept {
 }
 
 Result sim_call(const Call& call, char* buf, std::size_t size) noexcept {
-  if (is_forwarder()) return forward_call(call, buf, size);
-  return local_call(call, buf, size);
+  const Result r = is_forwarder() ? forward_call(call, buf, size) : local_call(call, buf, size);
+  if (trace_enabled()) trace_call(call, r, buf);
+  return r;
 }
 
 Result local_call(const Call& c, char* buf, std::size_t size) noexcept {

@@ -52,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="plug a PCI device: edu[,bdf=0000:00:03.0][,iommu=vtd|mock][,group=N][,dirty=1] "
         "(repeatable)",
     )
+    p.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="append each simulated call (ioctls decoded, opens, sysfs reads) to FILE, in "
+        "order, and the region access counts at exit (FASTMAP_SIM_TRACE)",
+    )
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
 
 
@@ -98,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     """exec the program (this process becomes it, so its exit status is sim-run's)."""
     argv = program_argv(args.program)
     env = environment(config_text(args))
+    if args.trace is not None:
+        env["FASTMAP_SIM_TRACE"] = str(args.trace)
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

@@ -70,14 +70,15 @@ def test_sysfs_view_of_a_device() -> None:
     dev = d["sysfs"]
     assert m.read_link(dev) == "../../../devices/pci0000:00/0000:00:03.0"
     assert sorted(m.list_dir(dev)) == ["class", "device", "driver", "iommu_group",
-                                       "subsystem_device", "subsystem_vendor", "vendor",
-                                       "vfio-dev"]
+                                       "subsystem", "subsystem_device", "subsystem_vendor",
+                                       "vendor", "vfio-dev"]
     assert m.read_file(dev + "/vendor") == "0x1234\n"
     assert m.read_file(dev + "/device") == "0x11e8\n"
     assert m.read_file(dev + "/class") == "0x00ff00\n"
     assert m.read_link(dev + "/iommu_group") == "../../../kernel/iommu_groups/7"
     assert m.list_dir(dev + "/iommu_group/devices") == ["0000:00:03.0"]
     assert posixpath.basename(m.read_link(dev + "/driver")) == "vfio-pci"
+    assert m.read_link(dev + "/subsystem") == "../../../bus/pci"
     assert m.list_dir(dev + "/vfio-dev") == ["vfio0"]
     assert m.read_file(dev + "/vfio-dev/vfio0/dev") == "511:0\n"
     assert m.list_dir("/sys/kernel/iommu_groups/7/devices") == ["0000:00:03.0"]

@@ -154,6 +154,8 @@ void Machine::publish_sysfs(const Entry& e) {
   sysfs_.add_file(dir + "/subsystem_device", hex(ids.subsystem, 4) + "\n");
   sysfs_.add_link(dir + "/iommu_group", "../../../kernel/iommu_groups/" + std::to_string(e.info.group));
   sysfs_.add_link(dir + "/driver", "../../../bus/pci/drivers/vfio-pci");
+  // QEMU tells an mdev from a PCI function by where this link leads.
+  sysfs_.add_link(dir + "/subsystem", "../../../bus/pci");
   const std::string vfio = "vfio" + std::to_string(e.info.index);
   sysfs_.add_file(dir + "/vfio-dev/" + vfio + "/dev",
                   std::to_string(kVfioDevMajor) + ":" + std::to_string(e.info.index) + "\n");

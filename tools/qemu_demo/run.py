@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Unmodified QEMU on the simulated kernel: `fastmap sim-run -- qemu-system-x86_64 ...` with
+the simulated edu device passed through with vfio-pci, once over IOMMUFD (`-object iommufd`)
+and once over the legacy container + group, booting the VM tier's kernel with a one-program
+initramfs (guest_dma.c) that has the device DMA to and from guest memory and checks it.
+
+    tools/qemu_demo/run.py [--backend iommufd|legacy|both] [--qemu PATH] [--out DIR]
+
+For each run it prints the guest's result line, the figures, and the start of the call log:
+QEMU's own trace events (its hw/vfio and backends/iommufd functions) interleaved, in order,
+with the uAPI calls the simulator answered (`fastmap sim-run --trace`). The full logs are
+kept in --out. FASTMAP_VMTEST_LOCK=FILE: hold an flock on FILE while QEMU runs (a machine
+shared by several users of TCG guests). Exit status 0 when every run verified its DMA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import initramfs
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+BDF = "0000:00:03.0"
+VERIFIED = "guest DMA verified"
+# QEMU's trace events for the steps of vfio-pci realize on either backend (not the
+# per-access ones: config and BAR reads and writes are counted by the sim-run trace).
+QEMU_EVENTS = (
+    "iommufd_*",
+    "vfio_mdev",
+    "vfio_attach_device",
+    "vfio_get_device",
+    "vfio_region_setup",
+    "vfio_populate_device_*",
+    "vfio_msi_setup",
+    "vfio_msi_enable",
+    "vfio_intx_enable",
+    "vfio_intx_disable",
+    "vfio_pci_reset",
+    "vfio_listener_region_add_ram",
+    "vfio_listener_region_del",
+    "vfio_migration_realize",
+)
+UAPI_LINE = re.compile(r"^\s*\d+ (open|close|ioctl|mmap|dup|sysfs|fstat|stat) ")
+
+
+@dataclass
+class RunResult:
+    backend: str
+    ok: bool
+    seconds: float
+    verified: str
+    log: list[str]
+    console: str
+
+
+def qemu_argv(qemu: str, kernel: Path, initrd: Path, backend: str) -> list[str]:
+    device = f"vfio-pci,host={BDF}"
+    extra: list[str] = []
+    if backend == "iommufd":
+        extra = ["-object", "iommufd,id=iommufd0"]
+        device += ",iommufd=iommufd0"
+    trace: list[str] = []
+    for event in QEMU_EVENTS:
+        trace += ["-trace", event]
+    return [
+        qemu, "-machine", "q35", "-accel", "tcg", "-smp", "1", "-m", "256M",
+        "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+        "-monitor", "none", "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", "console=ttyS0 quiet rdinit=/init panic=-1 mitigations=off",
+        *extra, "-device", device, *trace,
+    ]  # fmt: skip
+
+
+@contextmanager
+def vm_lock() -> Iterator[None]:
+    path = os.environ.get("FASTMAP_VMTEST_LOCK")
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fastmap_cmd() -> list[str]:
+    return [sys.executable, "-m", "fastmap.cli"]
+
+
+def run_one(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path,
+            timeout: float) -> RunResult:
+    # The sim-run trace and QEMU's trace events both go to stderr (a pipe), so they stay
+    # in the order they happened.
+    argv = [
+        *fastmap_cmd(), "sim-run", "--device", f"edu,bdf={BDF},dirty=1", "--trace", "/dev/stderr",
+        "--", *qemu_argv(qemu, kernel, initrd, backend),
+    ]  # fmt: skip
+    with vm_lock():
+        t0 = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        seconds = time.monotonic() - t0
+    log = proc.stderr.splitlines()
+    (out / f"{backend}.log").write_text(proc.stderr)
+    (out / f"{backend}.console").write_text(proc.stdout)
+    verified = next((ln for ln in proc.stdout.splitlines() if ln.startswith(VERIFIED)), "")
+    return RunResult(backend, proc.returncode == 0 and bool(verified), seconds, verified,
+                     log, proc.stdout)
+
+
+def excerpt(log: list[str], limit: int) -> list[str]:
+    """The log up to vfio-pci realize's end (its INTx setup), uAPI lines marked."""
+    lines: list[str] = []
+    if limit <= 0:
+        return lines
+    for ln in log:
+        tag = "uapi" if UAPI_LINE.match(ln) else "qemu"
+        if ln.startswith("#"):
+            continue
+        lines.append(f"  [{tag}] {ln.strip()}")
+        if len(lines) >= limit or ("VFIO_DEVICE_SET_IRQS" in ln and "index=0" in ln):
+            break
+    return lines
+
+
+def figures(r: RunResult) -> list[str]:
+    ioctls = [ln for ln in r.log if UAPI_LINE.match(ln) and " ioctl " in ln]
+    maps = sum(1 for ln in ioctls if "IOAS_MAP " in ln or "MAP_DMA " in ln)
+    unmaps = sum(1 for ln in ioctls if "IOAS_UNMAP " in ln or "UNMAP_DMA " in ln)
+    failed = sorted({re.sub(r"^\s*\d+ ioctl fd=\d+ ", "", ln) for ln in ioctls if " = -E" in ln})
+    access = next((ln.split(":", 1)[1].strip() for ln in r.log
+                   if ln.startswith("# region accesses")), "")
+    out = [
+        f"  wall time (sim-run + QEMU boot + DMA + power off): {r.seconds:.1f} s",
+        f"  uAPI ioctls: {len(ioctls)} ({maps} maps, {unmaps} unmaps of guest RAM as QEMU's"
+        " memory listener saw it change)",
+        f"  region accesses through the simulator (reads/writes): {access}",
+        "  BAR0 mmap'd by QEMU (guest BAR accesses are loads/stores on the trapped mapping): "
+        + ("yes" if any(re.search(r" mmap fd=\d+ len=\S+ off=0x0 = 0$", ln) for ln in r.log)
+           else "no"),
+    ]
+    out += [f"  error answered (QEMU goes on): {f}" for f in failed]
+    return out
+
+
+def build_guest(out: Path) -> Path:
+    cc = os.environ.get("CC", "cc")
+    exe = out / "guest_dma"
+    subprocess.run(
+        [cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe),
+         str(HERE / "guest_dma.c")],
+        check=True,
+    )  # fmt: skip
+    return initramfs.build(exe, out / "initramfs.gz")
+
+
+def find_kernel() -> Path:
+    found = subprocess.run([str(ROOT / "tools" / "vmtest" / "kernel.sh"), "--no-build"],
+                           capture_output=True, text=True)
+    if found.returncode != 0 or not found.stdout.strip():
+        raise SystemExit("no guest kernel: tools/vmtest/kernel.sh builds one (about 18 min)")
+    return Path(found.stdout.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=("iommufd", "legacy", "both"), default="both")
+    p.add_argument("--qemu", default=os.environ.get("QEMU", "qemu-system-x86_64"),
+                   help="the QEMU binary to run (default: $QEMU or qemu-system-x86_64)")
+    p.add_argument("--kernel", type=Path, help="guest bzImage (default: the VM tier's)")
+    p.add_argument("--out", type=Path, help="keep the logs here (default: a temporary dir)")
+    p.add_argument("--timeout", type=float, default=240, help="seconds per QEMU run")
+    p.add_argument("--log-lines", type=int, default=60, help="call-log lines to print")
+    args = p.parse_args(argv)
+    if shutil.which(args.qemu) is None:
+        raise SystemExit(f"{args.qemu} not found (tools/vmtest/install-qemu.sh installs it)")
+    out = args.out or Path(tempfile.mkdtemp(prefix="fastmap-qemu-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    kernel = args.kernel or find_kernel()
+    initrd = build_guest(out)
+    backends = ("iommufd", "legacy") if args.backend == "both" else (args.backend,)
+    ok = True
+    for backend in backends:
+        r = run_one(backend, args.qemu, kernel, initrd, out, args.timeout)
+        print(f"== QEMU vfio-pci over {backend} on the simulated kernel "
+              f"({'ok' if r.ok else 'FAILED'})")
+        if r.ok:
+            print(f"  {r.verified}")
+        else:
+            print("  console:\n" + "\n".join("    " + ln for ln in r.console.splitlines()[-15:]))
+            print("  log:\n" + "\n".join("    " + ln for ln in r.log[-15:]))
+        print("\n".join(figures(r)))
+        print(f"  call log, QEMU's trace events and the uAPI calls in order ({out}/{backend}.log):")
+        print("\n".join(excerpt(r.log, args.log_lines)))
+        ok &= r.ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
