@@ -5,8 +5,8 @@ map pins it), then change what the process has at that VA (munmap and a new mmap
 madvise(MADV_DONTNEED), fork and a write by the child), then have the device DMA into the
 IOVA. Linux keeps writing the page it pinned: a new mapping at the VA is untouched, and
 reading the IOVA back through the device gives what the device wrote. The simulator holds
-shared memory the same way; private anonymous memory is reached through the VA
-(sim/core/page_hold.h), which the strict xfails below record.
+shared memory by a mapping of its own and has the host kernel pin private memory
+(sim/core/page_hold.h, sim/core/kernel_pin.h), so both kernels pass the same cases.
 """
 
 from __future__ import annotations
@@ -113,12 +113,7 @@ def test_device_keeps_the_pinned_page(
     edu: tuple[Edu, int],
     kind: str,
     change: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if kernel.name == "sim" and kind == "private" and change in ("remap", "dontneed"):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="sim reaches private memory through its VA")
-        )
     device, ioas = edu
     payload = os.urandom(PAGE)
     src = mmap.mmap(-1, PAGE)
