@@ -51,6 +51,7 @@ from fastmap.errors import (
     FastmapError,
     KernelError,
     LifecycleWarning,
+    StaleObjectError,
     VFIOError,
 )
 from fastmap.ioas import Ioas
@@ -63,6 +64,7 @@ from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult
+from fastmap.object_id import DeviceId, HwptId, ObjectId
 from fastmap.prot import Prot
 from fastmap.ram import RamBlock
 from fastmap.seam import open_kernel
@@ -75,6 +77,7 @@ __all__ = [
     "BatchError",
     "BlockDirty",
     "Container",
+    "DeviceId",
     "DirtyHarvester",
     "DirtyTracker",
     "FastmapError",
@@ -82,6 +85,7 @@ __all__ = [
     "Harvest",
     "HostIOMMUDevice",
     "Hwpt",
+    "HwptId",
     "IOMMUFDBackend",
     "Ioas",
     "IommufdContainer",
@@ -91,10 +95,12 @@ __all__ = [
     "KernelError",
     "LegacyContainer",
     "LifecycleWarning",
+    "ObjectId",
     "Prot",
     "RamBlock",
     "SimConfig",
     "SimKernel",
+    "StaleObjectError",
     "SyncResult",
     "VFIODevice",
     "VFIOError",

@@ -27,6 +27,7 @@ from fastmap import uapi
 from fastmap._closing import Closing
 from fastmap.kernel import Fd, Kernel, KernelKind
 from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
+from fastmap.object_id import DeviceId
 from fastmap.seam import open_kernel
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class VFIODevice(Closing):
         self.hiod: HostIOMMUDevice | None = None
         # IOMMUFD
         self.backend: IOMMUFDBackend | None = None
-        self.dev_id: int | None = None
+        self.dev_id: DeviceId | None = None
         self.hwpt: Hwpt | None = None
         self.iommu_dirty_tracking = False
         # legacy
