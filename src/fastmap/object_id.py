@@ -52,6 +52,9 @@ class ObjectId(int):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({int(self)}, fd={self._fd.fd})"
 
+    def __str__(self) -> str:
+        return int.__repr__(self)  # the number, as in messages and logs
+
     def __reduce__(self) -> tuple[type[int], tuple[int]]:
         # Pickled or copied, it is a plain number: the Fd does not travel.
         return (int, (int(self),))
@@ -69,9 +72,9 @@ class DeviceId(ObjectId):
     kind = "dev"
 
 
-def checked_id(name: str, value: int, fd: Fd | int) -> int:
-    """An id argument for a call on `fd`: range-checked as a u32, and for an `ObjectId`
-    checked to live in `fd`."""
+def checked_id(value: int, fd: Fd | int) -> int:
+    """An id argument for a call on `fd`: an `ObjectId` must live in `fd` (a plain number is
+    passed on, to be range-checked with the struct field it goes into)."""
     if isinstance(value, ObjectId):
         return value.check(fd)
-    return _checks.integer(name, value, "u32")
+    return value

@@ -235,7 +235,7 @@ def _mock_domain(be: IOMMUFDBackend, pt_id: int, dev_flags: int) -> tuple[int, D
     """IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: a mock device bound and attached to `pt_id` (an
     IOAS: an auto domain; a HWPT: that HWPT). Returns (stdev_id, dev_id)."""
     fd = be.fd_object
-    pt_id = checked_id("pt_id", pt_id, fd)
+    pt_id = checked_id(pt_id, fd)
     cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, id=pt_id)
     cmd.u.mock_domain_flags.dev_flags = dev_flags
     be.kernel.ioctl(fd.number, uapi.IOMMU_TEST_CMD, cmd)
@@ -247,7 +247,7 @@ def _mock_domain(be: IOMMUFDBackend, pt_id: int, dev_flags: int) -> tuple[int, D
 def _mock_replace(be: IOMMUFDBackend, stdev_id: int, pt_id: int) -> None:
     """IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: move the device to another HWPT."""
     cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, id=stdev_id)
-    cmd.u.mock_domain_replace.pt_id = checked_id("pt_id", pt_id, be.fd_object)
+    cmd.u.mock_domain_replace.pt_id = checked_id(pt_id, be.fd_object)
     be.kernel.ioctl(be.fd, uapi.IOMMU_TEST_CMD, cmd)
 
 

@@ -211,7 +211,7 @@ class IOMMUFDBackend:
     def free_id(self, obj_id: int) -> bool:
         """IOMMU_DESTROY. A failure is only logged (QEMU's iommufd_backend_free_id);
         returns whether the object was destroyed."""
-        obj_id = checked_id("obj_id", obj_id, self.fd_object)
+        obj_id = checked_id(obj_id, self.fd_object)
         try:
             self.kernel.ioctl(self.fd, uapi.IOMMU_DESTROY, uapi.new(uapi.iommu_destroy, id=obj_id))
         except KernelError as e:
@@ -230,8 +230,8 @@ class IOMMUFDBackend:
         """IOMMU_HWPT_ALLOC: a HWPT for device `dev_id` over IOAS (or parent HWPT) `pt_id`.
         The id returned holds this backend's fd (`fastmap.object_id`)."""
         fd = self.fd_object
-        dev_id = checked_id("dev_id", dev_id, fd)
-        pt_id = checked_id("pt_id", pt_id, fd)
+        dev_id = checked_id(dev_id, fd)
+        pt_id = checked_id(pt_id, fd)
         buf = ctypes.create_string_buffer(data, len(data)) if data else None
         cmd = uapi.new(
             uapi.iommu_hwpt_alloc,
@@ -294,7 +294,7 @@ class IOMMUFDBackend:
     # --- dirty tracking ----------------------------------------------------------------------
     def set_dirty_tracking(self, hwpt_id: int, start: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING: start (clearing every dirty bit) or stop."""
-        hwpt_id = checked_id("hwpt_id", hwpt_id, self.fd_object)
+        hwpt_id = checked_id(hwpt_id, self.fd_object)
         cmd = uapi.new(
             uapi.iommu_hwpt_set_dirty_tracking,
             flags=uapi.IOMMU_HWPT_DIRTY_TRACKING_ENABLE if start else 0,
@@ -318,7 +318,7 @@ class IOMMUFDBackend:
         value and writes one bit per 2**ctz(page_size) bytes, which is not what bit i above
         means; fastmap refuses such sizes with the same EINVAL before the call, and sizes
         (or checks) the bitmap by the kernel's rule, so the kernel never writes past it."""
-        hwpt_id = checked_id("hwpt_id", hwpt_id, self.fd_object)
+        hwpt_id = _checks.integer("hwpt_id", checked_id(hwpt_id, self.fd_object), "u32")
         iova = _checks.integer("iova", iova, "u64")
         length = _checks.integer("length", length, "u64")
         page_size = _checks.integer("page_size", page_size, "u64")
@@ -359,7 +359,7 @@ class IOMMUFDBackend:
     # --- device information ----------------------------------------------------------------
     def get_device_info(self, dev_id: int) -> DeviceHwInfo:
         """IOMMU_GET_HW_INFO for bound device `dev_id`."""
-        dev_id = checked_id("dev_id", dev_id, self.fd_object)
+        dev_id = checked_id(dev_id, self.fd_object)
         buf = ctypes.create_string_buffer(_HW_INFO_BUFFER)
         cmd = uapi.new(
             uapi.iommu_hw_info,
