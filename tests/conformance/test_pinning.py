@@ -162,3 +162,39 @@ def test_device_keeps_the_pinned_page(
         libc.munmap(va, PAGE)
         if memfd >= 0:
             os.close(memfd)
+
+
+@pytest.mark.parametrize("kind", ["private", "shared", "memfd"])
+def test_childs_dma_reaches_the_parents_pinned_page(
+    kernel: Kernel, iommufd: Fd, edu: tuple[Edu, int], kind: str
+) -> None:
+    """The child shares the iommufd and the device: a DMA it starts writes the page the
+    parent pinned (for private memory the parent's, not the child's copy of it)."""
+    device, ioas = edu
+    payload = os.urandom(PAGE)
+    src = mmap.mmap(-1, PAGE)
+    src.write(payload)
+    src_va = ctypes.addressof(ctypes.c_char.from_buffer(src))
+    va, memfd = victim_page(kind)
+    fill(va, b"A" * PAGE)
+    try:
+        ioas_map(iommufd, ioas, va, PAGE, iova=VICTIM_IOVA)
+        ioas_map(iommufd, ioas, src_va, PAGE, iova=SRC_IOVA)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                device.dma(SRC_IOVA, EDU_BUFFER, to_ram=False)
+                device.dma(EDU_BUFFER, VICTIM_IOVA, to_ram=True)
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert read(va) == payload
+    finally:
+        for iova in (VICTIM_IOVA, SRC_IOVA):
+            with contextlib.suppress(OSError):
+                ioas_unmap(iommufd, ioas, iova, PAGE)
+        libc.munmap(va, PAGE)
+        if memfd >= 0:
+            os.close(memfd)

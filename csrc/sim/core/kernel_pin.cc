@@ -1,6 +1,7 @@
 #include "sim/core/kernel_pin.h"
 
 #include <linux/io_uring.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -21,14 +22,6 @@ namespace fastmap::sim {
 
 namespace {
 
-// Not in every libc's copy of the uAPI header (both since Linux 6.12).
-constexpr unsigned kRegisterCloneBuffers = 30;  // IORING_REGISTER_CLONE_BUFFERS
-struct CloneBuffers {                           // struct io_uring_clone_buffers
-  std::uint32_t src_fd;
-  std::uint32_t flags;
-  std::uint32_t pad[6];
-};
-
 constexpr std::uint32_t kSlots = 1u << 14;     // IORING_MAX_REG_BUFFERS
 constexpr std::uint64_t kSlotBytes = 1ull << 30;  // the largest fixed buffer (SZ_1G)
 constexpr std::size_t kStage = 1u << 20;       // bytes moved per ring operation
@@ -43,11 +36,21 @@ long uring_register(int fd, unsigned op, const void* arg, unsigned nr) {
   return ::syscall(__NR_io_uring_register, fd, op, arg, nr);
 }
 
-// The process's ring and staging buffer. Guarded by ring_mu.
+// What a ring's users share across fork(): the ring memory and the staging file are
+// MAP_SHARED, so a forked child reaching its parent's pins uses them too, one process at a
+// time. A robust mutex: a process killed mid-operation does not wedge the others.
+struct Shared {
+  pthread_mutex_t mu;
+  std::uint64_t seq;  // user_data of the last operation submitted
+};
+
+// One process's ring and staging buffer: it registers and unregisters buffers there
+// (guarded by ring_mu, in that process); any process descended from it moves bytes through
+// it (guarded by shared->mu).
 struct Ring {
-  pid_t owner = 0;  // the process that set it up (a forked child sets up its own)
-  bool usable = false;
+  pid_t owner = 0;  // the process that set it up and registers in it
   int fd = -1;
+  Shared* shared = nullptr;
   void* sq_map = nullptr;
   std::size_t sq_len = 0;
   void* cq_map = nullptr;
@@ -61,24 +64,18 @@ struct Ring {
   char* stage = nullptr;
   std::vector<std::uint32_t> free_slots;
 
-  // Let go of the mappings and fds (the inherited ones, in a forked child). Keeps `fd`
-  // when `keep_fd`, for cloning its buffers.
-  void release(bool keep_fd) {
-    if (cq_map && cq_map != sq_map) ::munmap(cq_map, cq_len);
-    if (sq_map) ::munmap(sq_map, sq_len);
-    if (sqes) ::munmap(sqes, sqes_len * sizeof(io_uring_sqe));
-    if (stage) ::munmap(stage, kStage);
-    if (stage_fd >= 0) ::close(stage_fd);
-    if (!keep_fd && fd >= 0) ::close(fd);
-    sq_map = cq_map = nullptr;
-    sqes = nullptr;
-    stage = nullptr;
-    stage_fd = -1;
-    if (!keep_fd) fd = -1;
-    usable = false;
-  }
-
   bool setup() {
+    void* sh = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) return false;
+    shared = static_cast<Shared*>(sh);
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    const int rc = pthread_mutex_init(&shared->mu, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0) return false;
     io_uring_params p{};
     const long rfd = uring_setup(4, &p);
     if (rfd < 0) return false;
@@ -118,7 +115,9 @@ struct Ring {
   }
 
   // One fixed-buffer read or write of the staging file, waited for: 0 or -EFAULT.
+  // shared->mu held.
   int run(unsigned char opcode, std::uint64_t va, std::uint32_t len, std::uint32_t slot) {
+    const std::uint64_t tag = ++shared->seq;
     const unsigned tail = *sq_tail;
     const unsigned idx = tail & *sq_mask;
     io_uring_sqe& e = sqes[idx];
@@ -129,6 +128,7 @@ struct Ring {
     e.addr = va;
     e.len = len;
     e.buf_index = static_cast<std::uint16_t>(slot);
+    e.user_data = tag;
     sq_array[idx] = idx;
     __atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
     long rc;
@@ -136,14 +136,17 @@ struct Ring {
       rc = uring_enter(fd, 1, 0, 0);
     } while (rc < 0 && (errno == EINTR || errno == EAGAIN));
     if (rc != 1) return -EFAULT;
-    unsigned head = *cq_head;
-    while (__atomic_load_n(cq_tail, __ATOMIC_ACQUIRE) == head) {
-      rc = uring_enter(fd, 0, 1, IORING_ENTER_GETEVENTS);
-      if (rc < 0 && errno != EINTR && errno != EAGAIN) return -EFAULT;
+    // Completions left by a process killed mid-operation come first: skip them.
+    for (;;) {
+      const unsigned head = *cq_head;
+      while (__atomic_load_n(cq_tail, __ATOMIC_ACQUIRE) == head) {
+        rc = uring_enter(fd, 0, 1, IORING_ENTER_GETEVENTS);
+        if (rc < 0 && errno != EINTR && errno != EAGAIN) return -EFAULT;
+      }
+      const io_uring_cqe c = cqes[head & *cq_mask];
+      __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
+      if (c.user_data == tag) return c.res == static_cast<int>(len) ? 0 : -EFAULT;
     }
-    const int res = cqes[head & *cq_mask].res;
-    __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
-    return res == static_cast<int>(len) ? 0 : -EFAULT;
   }
 
   int update(std::uint32_t slot, std::uint64_t va, std::uint64_t len) {
@@ -156,50 +159,47 @@ struct Ring {
   }
 };
 
-std::mutex ring_mu;
-Ring& ring() {
-  static auto* r = new Ring();  // never destroyed: pins may outlive static destruction
-  return *r;
-}
+std::mutex ring_mu;  // this process's own ring: its setup, slots and registrations
+Ring* g_own = nullptr;
+// Set by fork() (prepare handler): slots freed afterwards may still be reached by a child
+// through its copy of the simulator, so they are cleared but never handed out again.
+std::atomic<bool> g_forked{false};
 
-// Whether this process's ring works, setting it up (or, in a forked child, replacing the
-// parent's) on first use. ring_mu held.
-bool ensure_ring() {
-  Ring& r = ring();
+// This process's own ring, set up on first use (a forked child sets up its own: the
+// parent's stays the parent's, reached only for pins made before the fork). ring_mu held.
+// Null if the host has no usable io_uring.
+Ring* own_ring() {
   const pid_t me = ::getpid();
-  if (r.owner == me) return r.usable;
-  const bool inherited = r.owner != 0;
-  const bool had_buffers = inherited && r.usable;
-  const int parent_fd = r.fd;
-  r.release(/*keep_fd=*/inherited);  // the parent's ring memory is shared with it: drop ours
-  r.fd = -1;
-  r.owner = me;
-  bool ok = r.setup();
-  if (ok && had_buffers) {
-    CloneBuffers c{};
-    c.src_fd = static_cast<std::uint32_t>(parent_fd);
-    ok = uring_register(r.fd, kRegisterCloneBuffers, &c, 1) == 0;
-  } else if (ok) {
+  if (g_own && g_own->owner == me) return g_own->fd >= 0 ? g_own : nullptr;
+  static std::once_flag atfork;
+  std::call_once(atfork, [] {
+    ::pthread_atfork([] { g_forked.store(true, std::memory_order_relaxed); }, nullptr, nullptr);
+  });
+  // The parent's Ring stays allocated: this process's pins made before the fork use it.
+  Ring* r = new (std::nothrow) Ring();
+  if (!r) return nullptr;
+  r->owner = me;
+  bool ok = r->setup();
+  if (ok) {
     io_uring_rsrc_register reg{};
     reg.nr = kSlots;
     reg.flags = IORING_RSRC_REGISTER_SPARSE;
-    ok = uring_register(r.fd, IORING_REGISTER_BUFFERS2, &reg, sizeof reg) == 0;
-    if (ok) {
-      try {
-        r.free_slots.clear();
-        for (std::uint32_t s = kSlots; s-- > 0;) r.free_slots.push_back(s);
-      } catch (const std::bad_alloc&) {
-        ok = false;
-      }
+    ok = uring_register(r->fd, IORING_REGISTER_BUFFERS2, &reg, sizeof reg) == 0;
+  }
+  if (ok) {
+    try {
+      r->free_slots.reserve(kSlots);
+      for (std::uint32_t s = kSlots; s-- > 0;) r->free_slots.push_back(s);
+    } catch (const std::bad_alloc&) {
+      ok = false;
     }
   }
-  if (inherited && parent_fd >= 0) ::close(parent_fd);
-  if (!ok) {
-    r.release(false);
-    r.free_slots.clear();
+  if (!ok && r->fd >= 0) {
+    ::close(r->fd);  // unusable: later pins fall back to the VA
+    r->fd = -1;
   }
-  r.usable = ok;
-  return ok;
+  g_own = r;  // a failed setup is not retried in this process
+  return ok ? r : nullptr;
 }
 
 std::atomic<long> g_alive{0};
@@ -212,22 +212,16 @@ std::map<std::uint64_t, const KernelPin*>& pins() {  // by shadow start
 }  // namespace
 
 struct KernelPin::Impl {
-  // Move [off, off+n) of the pin (n within one slot) through the ring, or through the VA
-  // where this process has no usable ring (a forked child on an older kernel).
-  static int move(PinOp op, const KernelPin& p, std::uint64_t off, char* buf, std::size_t n,
-                  bool write_check, PlainAccess plain) {
-    std::unique_lock<std::mutex> g(ring_mu);
-    if (!ensure_ring()) {
-      g.unlock();
-      return plain(op, p.va_ + off, buf, n, write_check);
-    }
+  // Move [off, off+n) of the pin (n within one slot) through its ring.
+  static int move(PinOp op, const KernelPin& p, std::uint64_t off, char* buf, std::size_t n) {
     if (op == PinOp::kCheck) return 0;  // pinned pages are there, and writable
-    Ring& r = ring();
+    Ring& r = *static_cast<Ring*>(p.ring_);
+    if (pthread_mutex_lock(&r.shared->mu) == EOWNERDEAD) pthread_mutex_consistent(&r.shared->mu);
     const std::uint32_t slot = p.slots_[off / kSlotBytes];
-    while (n > 0) {
+    int rc = 0;
+    while (n > 0 && rc == 0) {
       const std::size_t chunk = std::min(n, kStage);
       const std::uint64_t va = p.va_ + off;
-      int rc;
       if (op == PinOp::kRead) {
         rc = r.run(IORING_OP_WRITE_FIXED, va, static_cast<std::uint32_t>(chunk), slot);
         if (rc == 0) std::memcpy(buf, r.stage, chunk);
@@ -239,12 +233,12 @@ struct KernelPin::Impl {
         }
         rc = r.run(IORING_OP_READ_FIXED, va, static_cast<std::uint32_t>(chunk), slot);
       }
-      if (rc) return rc;
       off += chunk;
       if (buf) buf += chunk;
       n -= chunk;
     }
-    return 0;
+    pthread_mutex_unlock(&r.shared->mu);
+    return rc;
   }
 };
 
@@ -261,33 +255,22 @@ std::shared_ptr<const KernelPin> KernelPin::pin(std::uint64_t va, std::uint64_t 
   p->len_ = len;
   {
     std::lock_guard<std::mutex> g(ring_mu);
-    if (!ensure_ring()) return nullptr;
-    Ring& r = ring();
-    auto undo = [&] {
-      for (std::uint32_t s : p->slots_) {
-        r.update(s, 0, 0);
-        r.free_slots.push_back(s);
-      }
-      p->slots_.clear();
-    };
+    Ring* r = own_ring();
+    if (!r) return nullptr;
+    p->ring_ = r;
+    p->owner_ = r->owner;
     for (std::uint64_t off = 0; off < len; off += kSlotBytes) {
-      if (r.free_slots.empty()) {
-        undo();
-        return nullptr;
-      }
-      const std::uint32_t s = r.free_slots.back();
-      if (r.update(s, va + off, std::min(kSlotBytes, len - off)) != 0) {
-        undo();
-        return nullptr;
-      }
-      r.free_slots.pop_back();
+      if (r->free_slots.empty()) return nullptr;  // the destructor gives back what was taken
+      const std::uint32_t s = r->free_slots.back();
+      if (r->update(s, va + off, std::min(kSlotBytes, len - off)) != 0) return nullptr;
+      r->free_slots.pop_back();
       p->slots_.push_back(s);  // reserved above: no allocation
     }
   }
   // The shadow: congruent with the VA modulo 1 GiB, so IOPTE sizes follow the VA's.
   void* m = ::mmap(nullptr, len + kSlotBytes, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) return nullptr;  // the destructor gives the slots back
+  if (m == MAP_FAILED) return nullptr;
   const auto base = reinterpret_cast<std::uint64_t>(m);
   const std::uint64_t start = base + ((va - base) & (kSlotBytes - 1));
   if (start > base) ::munmap(m, start - base);
@@ -313,13 +296,14 @@ KernelPin::~KernelPin() {
     }
     ::munmap(reinterpret_cast<void*>(shadow_), len_);
   }
-  if (slots_.empty()) return;
+  // A pin inherited from the parent is the parent's to release.
+  if (slots_.empty() || owner_ != ::getpid()) return;
   std::lock_guard<std::mutex> g(ring_mu);
-  if (!ensure_ring()) return;
-  Ring& r = ring();
+  Ring& r = *static_cast<Ring*>(ring_);
+  const bool reuse = !g_forked.load(std::memory_order_relaxed);
   for (std::uint32_t s : slots_) {
     r.update(s, 0, 0);  // the host drops its pin once no request uses the buffer
-    r.free_slots.push_back(s);  // capacity kSlots, reserved at setup: no allocation
+    if (reuse) r.free_slots.push_back(s);  // capacity kSlots, reserved: no allocation
   }
 }
 
@@ -349,8 +333,7 @@ int kernel_pin_access(PinOp op, std::uint64_t addr, char* buf, std::size_t len,
       }
     }
     const auto n = static_cast<std::size_t>(span);
-    const int rc = hit ? KernelPin::Impl::move(op, *hit, addr - hit->shadow(), buf, n,
-                                               write_check, plain)
+    const int rc = hit ? KernelPin::Impl::move(op, *hit, addr - hit->shadow(), buf, n)
                        : plain(op, addr, buf, n, write_check);
     if (rc) return rc;
     addr += n;

@@ -15,10 +15,12 @@
 // unprivileged process, a read-only mapping, 16384 pins alive), pin() returns null and
 // the caller reaches the pages through the VA as before.
 //
-// After fork() the child's simulator makes its own ring and clones the parent's fixed
-// buffers into it (IORING_REGISTER_CLONE_BUFFERS, Linux 6.12): the child's DMA reaches the
-// parent's pinned pages, as on Linux where the child shares the iommufd. Where cloning is
-// not supported the child reaches them through the original VAs.
+// A forked child reaches the pins made before the fork through its parent's ring (the ring
+// memory and staging file are shared, used one process at a time): its DMA reaches the
+// parent's pinned pages, as on Linux where the child shares the iommufd. It pins in a ring
+// of its own, and only the process that registered a buffer unregisters it; a slot freed
+// after a fork is cleared but never reused, so a child's stale copy of a pin faults
+// rather than reaching another pin's pages.
 #pragma once
 
 #include <cstddef>
@@ -50,6 +52,8 @@ class KernelPin {
   std::uint64_t va_ = 0;
   std::uint64_t len_ = 0;
   std::vector<std::uint32_t> slots_;  // fixed-buffer slots, one per GiB
+  void* ring_ = nullptr;                // the ring they are registered in (kernel_pin.cc)
+  int owner_ = 0;                       // the process that registered them
   friend struct Impl;
 };
 
