@@ -267,15 +267,20 @@ std::shared_ptr<const KernelPin> KernelPin::pin(std::uint64_t va, std::uint64_t 
       p->slots_.push_back(s);  // reserved above: no allocation
     }
   }
-  // The shadow: congruent with the VA modulo 1 GiB, so IOPTE sizes follow the VA's.
-  void* m = ::mmap(nullptr, len + kSlotBytes, PROT_NONE,
+  // The shadow: congruent with the VA modulo the largest IOPTE that could fit (a power of
+  // two up to len, at most 1 GiB), so IOPTE sizes follow the VA's. Small pins need no
+  // alignment beyond the page: one mmap.
+  std::uint64_t align = kSlotBytes;
+  while (align > len) align >>= 1;
+  if (align <= host_page_size()) align = 0;
+  void* m = ::mmap(nullptr, len + align, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return nullptr;
   const auto base = reinterpret_cast<std::uint64_t>(m);
-  const std::uint64_t start = base + ((va - base) & (kSlotBytes - 1));
+  const std::uint64_t start = align ? base + ((va - base) & (align - 1)) : base;
   if (start > base) ::munmap(m, start - base);
-  if (base + len + kSlotBytes > start + len) {
-    ::munmap(reinterpret_cast<void*>(start + len), base + len + kSlotBytes - (start + len));
+  if (base + len + align > start + len) {
+    ::munmap(reinterpret_cast<void*>(start + len), base + len + align - (start + len));
   }
   p->shadow_ = start;
   try {
