@@ -10,10 +10,10 @@
 //
 // Each pin gets a "shadow" address range: a PROT_NONE reservation, congruent with the
 // original VA modulo the largest IOPTE that fits (so IOPTE sizes come out as for the VA),
-// that names the pinned pages inside the simulator. The user-memory accessors (user_memory.h) route any access
-// to a shadow range here. When the host cannot pin (no io_uring, the memlock limit for an
-// unprivileged process, a read-only mapping, 16384 pins alive), pin() returns null and
-// the caller reaches the pages through the VA as before.
+// that names the pinned pages inside the simulator. The user-memory accessors
+// (user_memory.h) route any access to a shadow range here. When the host cannot pin (no
+// io_uring, the memlock limit for an unprivileged process, a read-only mapping, 16384
+// slots in use), pin() returns null and the caller reaches the pages through the VA.
 //
 // A forked child reaches the pins made before the fork through its parent's ring (the ring
 // memory and staging file are shared, used one process at a time): its DMA reaches the

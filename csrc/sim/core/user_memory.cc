@@ -96,7 +96,9 @@ int with_fixup(F&& f) noexcept {
 // are not instrumented (an instrumented access or an intercepted memcpy would report a wild
 // address before the fault fixup could turn it into EFAULT), and byte loops replace
 // memcpy/memset, which the runtimes intercept.
-#define FM_USER_ACCESS [[gnu::noinline, gnu::no_sanitize("address", "thread", "undefined")]]
+// maybe_unused: under TSan the copies go through process_vm_readv/writev instead.
+#define FM_USER_ACCESS \
+  [[maybe_unused, gnu::noinline, gnu::no_sanitize("address", "thread", "undefined")]]
 FM_USER_ACCESS void copy_bytes(void* dst, const void* src, std::size_t n) {
   auto* d = static_cast<volatile unsigned char*>(dst);
   const auto* s = static_cast<const volatile unsigned char*>(src);
