@@ -32,7 +32,7 @@ ASAN_ENV     := ASAN_OPTIONS=detect_leaks=0:allow_user_segv_handler=1:abort_on_e
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc FASTMAP_SANITIZER=asan
 CPP_ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:allow_user_segv_handler=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-TSAN_ENV     := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0 \
+TSAN_ENV     := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0:suppressions=$(CURDIR)/tools/sanitize/tsan.supp \
   FASTMAP_SANITIZER=tsan
 SAN_PYTEST   := -m pytest -q -m "not vm" -p no:cacheprovider
 
