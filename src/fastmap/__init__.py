@@ -54,6 +54,7 @@ from fastmap.errors import (
     FastmapError,
     KernelError,
     LifecycleWarning,
+    StaleObjectError,
     VFIOError,
 )
 from fastmap.ioas import Ioas
@@ -66,6 +67,7 @@ from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult
+from fastmap.object_id import DeviceId, HwptId, ObjectId
 from fastmap.prot import Prot
 from fastmap.ram import RamBlock
 from fastmap.seam import open_kernel
@@ -78,6 +80,7 @@ __all__ = [
     "BatchError",
     "BlockDirty",
     "Container",
+    "DeviceId",
     "DirtyHarvester",
     "DirtyTracker",
     "DmaMemory",
@@ -86,6 +89,7 @@ __all__ = [
     "Harvest",
     "HostIOMMUDevice",
     "Hwpt",
+    "HwptId",
     "IOMMUFDBackend",
     "Ioas",
     "IommufdContainer",
@@ -95,10 +99,12 @@ __all__ = [
     "KernelError",
     "LegacyContainer",
     "LifecycleWarning",
+    "ObjectId",
     "Prot",
     "RamBlock",
     "SimConfig",
     "SimKernel",
+    "StaleObjectError",
     "SyncResult",
     "VFIODevice",
     "VFIOError",

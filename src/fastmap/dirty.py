@@ -28,6 +28,7 @@ from fastmap import _core, bitmap, uapi
 from fastmap._checks import u64_pairs
 from fastmap.errors import KernelError
 from fastmap.kernel import Fd, Kernel
+from fastmap.object_id import ObjectId
 
 __all__ = ["DirtyHarvester", "Harvest"]
 
@@ -86,6 +87,7 @@ class DirtyHarvester:
         if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
             raise ValueError(f"iommufd: expected an open fd, got {iommufd!r}")
         self._kernel = kernel
+        self._iommufd = iommufd
         self._core = _core.DirtyHarvester(kernel.core, fd)
 
     @property
@@ -119,7 +121,7 @@ class DirtyHarvester:
         the errno's `fastmap.errors.KernelError` for the first call that fails, naming
         the HWPT and the range (``arguments["range_index"]``).
         """
-        hwpts = _hwpt_ids(hwpt_ids)
+        hwpts = _hwpt_ids(hwpt_ids, self._iommufd)
         iovas, lengths = _ranges(ranges, page_size)
         words = _total_words(lengths, page_size)
         if out is None:
@@ -159,14 +161,16 @@ class DirtyHarvester:
         return Harvest(page_size, iovas, lengths, bitmaps, out)
 
 
-def _hwpt_ids(hwpt_ids: Sequence[int]) -> NDArray[np.uint32]:
+def _hwpt_ids(hwpt_ids: Sequence[int], iommufd: Fd | int) -> NDArray[np.uint32]:
     ids = list(hwpt_ids)
     if not ids:
         raise ValueError("hwpt_ids: expected at least one HWPT id, got none")
     for h in ids:
+        if isinstance(h, ObjectId):
+            h.check(iommufd)  # a typed id must live in this harvester's iommufd
         if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 0 < h < 1 << 32:
             raise ValueError(f"hwpt_ids: expected object ids in [1, 2**32), got {h!r}")
-    return np.array(ids, dtype=np.uint32)
+    return np.array([int(h) for h in ids], dtype=np.uint32)
 
 
 def _ranges(ranges: Any, page_size: int) -> tuple[U64, U64]:

@@ -29,6 +29,11 @@ class FastmapError(Exception):
     """Base of every error fastmap raises on purpose."""
 
 
+class StaleObjectError(FastmapError, ValueError):
+    """An iommufd object id (`fastmap.object_id`) used after its iommufd closed, or on
+    another iommufd than the one it lives in."""
+
+
 class RamInUseError(FastmapError, RuntimeError):
     """A RamBlock was closed while a device mapping still holds it: unmap it first.
     Nothing changed; `errno` is EBUSY."""

@@ -5,8 +5,8 @@ map pins it), then change what the process has at that VA (munmap and a new mmap
 madvise(MADV_DONTNEED), fork and a write by the child), then have the device DMA into the
 IOVA. Linux keeps writing the page it pinned: a new mapping at the VA is untouched, and
 reading the IOVA back through the device gives what the device wrote. The simulator holds
-shared memory the same way; private anonymous memory is reached through the VA
-(sim/core/page_hold.h), which the strict xfails below record.
+shared memory by a mapping of its own and has the host kernel pin private memory
+(sim/core/page_hold.h, sim/core/kernel_pin.h), so both kernels pass the same cases.
 """
 
 from __future__ import annotations
@@ -113,12 +113,7 @@ def test_device_keeps_the_pinned_page(
     edu: tuple[Edu, int],
     kind: str,
     change: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if kernel.name == "sim" and kind == "private" and change in ("remap", "dontneed"):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="sim reaches private memory through its VA")
-        )
     device, ioas = edu
     payload = os.urandom(PAGE)
     src = mmap.mmap(-1, PAGE)
@@ -162,6 +157,42 @@ def test_device_keeps_the_pinned_page(
         assert bytes(check[:]) == payload
     finally:
         for iova in (VICTIM_IOVA, SRC_IOVA, CHECK_IOVA):
+            with contextlib.suppress(OSError):
+                ioas_unmap(iommufd, ioas, iova, PAGE)
+        libc.munmap(va, PAGE)
+        if memfd >= 0:
+            os.close(memfd)
+
+
+@pytest.mark.parametrize("kind", ["private", "shared", "memfd"])
+def test_childs_dma_reaches_the_parents_pinned_page(
+    kernel: Kernel, iommufd: Fd, edu: tuple[Edu, int], kind: str
+) -> None:
+    """The child shares the iommufd and the device: a DMA it starts writes the page the
+    parent pinned (for private memory the parent's, not the child's copy of it)."""
+    device, ioas = edu
+    payload = os.urandom(PAGE)
+    src = mmap.mmap(-1, PAGE)
+    src.write(payload)
+    src_va = ctypes.addressof(ctypes.c_char.from_buffer(src))
+    va, memfd = victim_page(kind)
+    fill(va, b"A" * PAGE)
+    try:
+        ioas_map(iommufd, ioas, va, PAGE, iova=VICTIM_IOVA)
+        ioas_map(iommufd, ioas, src_va, PAGE, iova=SRC_IOVA)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                device.dma(SRC_IOVA, EDU_BUFFER, to_ram=False)
+                device.dma(EDU_BUFFER, VICTIM_IOVA, to_ram=True)
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert read(va) == payload
+    finally:
+        for iova in (VICTIM_IOVA, SRC_IOVA):
             with contextlib.suppress(OSError):
                 ioas_unmap(iommufd, ioas, iova, PAGE)
         libc.munmap(va, PAGE)

@@ -13,6 +13,8 @@
 #include <string>
 #include <tuple>
 
+#include "sim/core/user_memory.h"
+
 namespace fastmap::sim {
 
 // The simulator's own mapping of one whole shared mapping of the process.
@@ -78,9 +80,16 @@ std::map<Key, std::weak_ptr<const PageHold::Duplicate>>& registry() {
 }  // namespace
 
 PageHold::PageHold(std::uint64_t va, std::uint64_t len) noexcept : addr_(va) {
+  // Another process's pages (sim-run's owner serving a child): reached through that mm.
+  if (current_remote_mm() != 0) return;
   // Private memory is refused here, cheaply: the kernel will not duplicate it (EINVAL).
+  // The host kernel pins it instead.
   void* probe = ::mremap(reinterpret_cast<void*>(va), 0, len, MREMAP_MAYMOVE);
-  if (probe == MAP_FAILED) return;
+  if (probe == MAP_FAILED) {
+    pin_ = KernelPin::pin(va, len);
+    if (pin_) addr_ = pin_->shadow();
+    return;
+  }
   ::munmap(probe, len);
   Vma vma;
   if (!find_vma(va, &vma) || !vma.shared || va + len > vma.end) return;

@@ -10,16 +10,17 @@
 //   One duplicate of a whole mapping serves every hold inside it (keyed by the file and
 //   offset /proc/self/maps gives), so many small pins do not multiply the process's
 //   mappings; it goes with the last hold.
-// - MAP_PRIVATE memory (anonymous heap, numpy, bytearray): an unprivileged process cannot
-//   map a private page a second time, so the simulator reaches it through the process's
-//   VA: as long as the VA keeps its page (including fork, where the parent keeps it) the
-//   device and the process see the same bytes, as on Linux; after munmap + mmap or
-//   MADV_DONTNEED at that VA the device reaches the new page there, where Linux would keep
-//   writing the old one. docs/architecture.md lists this limit.
+// - MAP_PRIVATE memory (anonymous heap, numpy, bytearray): a private page cannot be mapped
+//   a second time, so the simulator has the host kernel pin it (sim/core/kernel_pin.h) and
+//   reaches it through io_uring fixed buffers: again exactly Linux, including the copy a
+//   forked child gets. Where the host cannot pin (see there), it falls back to the
+//   process's VA: the device then reaches whatever page the VA has at the time of the DMA.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+
+#include "sim/core/kernel_pin.h"
 
 namespace fastmap::sim {
 
@@ -36,14 +37,16 @@ class PageHold {
   PageHold(const PageHold&) = delete;
   PageHold& operator=(const PageHold&) = delete;
 
-  // Where the simulator reaches the held pages: its own mapping, or the process VA.
+  // Where the simulator reaches the held pages: its own mapping, the shadow of a host
+  // kernel pin, or the process VA.
   std::uint64_t addr() const noexcept { return addr_; }
-  // The pages are held by a mapping of the simulator's own (the range is MAP_SHARED).
-  bool owned() const noexcept { return dup_ != nullptr; }
+  // The pages are held (by a mapping of the simulator's own, or by a host kernel pin).
+  bool owned() const noexcept { return dup_ != nullptr || pin_ != nullptr; }
 
  private:
   std::uint64_t addr_ = 0;
   std::shared_ptr<const Duplicate> dup_;
+  std::shared_ptr<const KernelPin> pin_;
 };
 
 }  // namespace fastmap::sim

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "sim/core/fail_nth.h"
+#include "sim/core/kernel_pin.h"
 #include "sim/core/mmio_trap.h"
 
 namespace fastmap::sim {
@@ -114,7 +115,9 @@ int with_fixup(F&& f) noexcept {
 // are not instrumented (an instrumented access or an intercepted memcpy would report a wild
 // address before the fault fixup could turn it into EFAULT), and byte loops replace
 // memcpy/memset, which the runtimes intercept.
-#define FM_USER_ACCESS [[gnu::noinline, gnu::no_sanitize("address", "thread", "undefined")]]
+// maybe_unused: under TSan the copies go through process_vm_readv/writev instead.
+#define FM_USER_ACCESS \
+  [[maybe_unused, gnu::noinline, gnu::no_sanitize("address", "thread", "undefined")]]
 FM_USER_ACCESS void copy_bytes(void* dst, const void* src, std::size_t n) {
   auto* d = static_cast<volatile unsigned char*>(dst);
   const auto* s = static_cast<const volatile unsigned char*>(src);
@@ -191,10 +194,9 @@ std::uint64_t host_page_size() noexcept {
   return ps;
 }
 
-int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept {
-  if (len == 0) return 0;
-  if (should_fail()) return -EFAULT;  // fail_usercopy
-  if (user_src == 0 || range_wraps(user_src, len)) return -EFAULT;
+namespace {
+
+int plain_copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept {
   if (t_remote) return remote_rw(t_remote, dst, user_src, len, false);
 #if defined(__SANITIZE_THREAD__)
   // Under TSan a siglongjmp out of its wrapped SIGSEGV handler is not reliable: copy through
@@ -207,10 +209,7 @@ int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept 
 #endif
 }
 
-int copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexcept {
-  if (len == 0) return 0;
-  if (should_fail()) return -EFAULT;  // fail_usercopy
-  if (user_dst == 0 || range_wraps(user_dst, len)) return -EFAULT;
+int plain_copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexcept {
   if (t_remote) return remote_rw(t_remote, const_cast<void*>(src), user_dst, len, true);
 #if defined(__SANITIZE_THREAD__)
   return remote_rw(::getpid(), const_cast<void*>(src), user_dst, len, true);
@@ -220,9 +219,7 @@ int copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexc
 #endif
 }
 
-int clear_user(std::uint64_t user_dst, std::size_t len) noexcept {
-  if (len == 0) return 0;
-  if (user_dst == 0 || range_wraps(user_dst, len)) return -EFAULT;
+int plain_clear_user(std::uint64_t user_dst, std::size_t len) noexcept {
   if (t_remote) {
     static const unsigned char zeros[4096] = {};
     for (std::size_t off = 0; off < len; off += sizeof zeros) {
@@ -237,9 +234,7 @@ int clear_user(std::uint64_t user_dst, std::size_t len) noexcept {
   return with_fixup([&] { zero_bytes(reinterpret_cast<void*>(user_dst), len); });
 }
 
-int check_user_pages(std::uint64_t va, std::uint64_t len, bool write) noexcept {
-  if (len == 0) return 0;
-  if (range_wraps(va, len)) return -EFAULT;
+int plain_check_user_pages(std::uint64_t va, std::uint64_t len, bool write) noexcept {
   const std::uint64_t ps = host_page_size();
   const std::uint64_t first = va & ~(ps - 1);
   const std::uint64_t last = (va + len - 1) & ~(ps - 1);
@@ -265,6 +260,66 @@ int check_user_pages(std::uint64_t va, std::uint64_t len, bool write) noexcept {
       if (page == last) break;
     }
   });
+}
+
+// The ordinary accessors, for the parts of a range outside host kernel pins.
+int plain_access(PinOp op, std::uint64_t addr, char* buf, std::size_t len,
+                 bool write_check) noexcept {
+  switch (op) {
+    case PinOp::kRead:
+      return plain_copy_from_user(buf, addr, len);
+    case PinOp::kWrite:
+      return plain_copy_to_user(addr, buf, len);
+    case PinOp::kZero:
+      return plain_clear_user(addr, len);
+    case PinOp::kCheck:
+      return plain_check_user_pages(addr, len, write_check);
+  }
+  return -EFAULT;
+}
+
+}  // namespace
+
+int copy_from_user(void* dst, std::uint64_t user_src, std::size_t len) noexcept {
+  if (len == 0) return 0;
+  if (should_fail()) return -EFAULT;  // fail_usercopy
+  if (user_src == 0 || range_wraps(user_src, len)) return -EFAULT;
+  if (kernel_pins_alive()) {
+    return kernel_pin_access(PinOp::kRead, user_src, static_cast<char*>(dst), len, false,
+                             plain_access);
+  }
+  return plain_copy_from_user(dst, user_src, len);
+}
+
+int copy_to_user(std::uint64_t user_dst, const void* src, std::size_t len) noexcept {
+  if (len == 0) return 0;
+  if (should_fail()) return -EFAULT;  // fail_usercopy
+  if (user_dst == 0 || range_wraps(user_dst, len)) return -EFAULT;
+  if (kernel_pins_alive()) {
+    return kernel_pin_access(PinOp::kWrite, user_dst,
+                             const_cast<char*>(static_cast<const char*>(src)), len, false,
+                             plain_access);
+  }
+  return plain_copy_to_user(user_dst, src, len);
+}
+
+int clear_user(std::uint64_t user_dst, std::size_t len) noexcept {
+  if (len == 0) return 0;
+  if (user_dst == 0 || range_wraps(user_dst, len)) return -EFAULT;
+  if (kernel_pins_alive()) {
+    return kernel_pin_access(PinOp::kZero, user_dst, nullptr, len, false, plain_access);
+  }
+  return plain_clear_user(user_dst, len);
+}
+
+int check_user_pages(std::uint64_t va, std::uint64_t len, bool write) noexcept {
+  if (len == 0) return 0;
+  if (range_wraps(va, len)) return -EFAULT;
+  if (kernel_pins_alive()) {
+    return kernel_pin_access(PinOp::kCheck, va, nullptr, static_cast<std::size_t>(len), write,
+                             plain_access);
+  }
+  return plain_check_user_pages(va, len, write);
 }
 
 }  // namespace fastmap::sim

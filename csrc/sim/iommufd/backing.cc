@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "sim/core/kernel_pin.h"
 #include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
 
 std::uint64_t backing_page_size(std::uint64_t va, std::uint64_t len, bool thp) noexcept {
+  va = kernel_pin_origin(va);  // pages the host pinned: what backed them at their VA
   const std::uint64_t ps = host_page_size();
   if (len == 0) return ps;
   const std::uint64_t end = va + len;  // exclusive; callers never wrap

@@ -45,6 +45,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.vfio_iommufd import Hwpt, IommufdContainer, IommufdOps, add_allocated_hwpt
+from fastmap.object_id import DeviceId, checked_id
 from fastmap.ram import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -230,20 +231,23 @@ class MockOps(IommufdOps):
         container.drop_device_hwpt(dev)
 
 
-def _mock_domain(be: IOMMUFDBackend, pt_id: int, dev_flags: int) -> tuple[int, int]:
+def _mock_domain(be: IOMMUFDBackend, pt_id: int, dev_flags: int) -> tuple[int, DeviceId]:
     """IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: a mock device bound and attached to `pt_id` (an
     IOAS: an auto domain; a HWPT: that HWPT). Returns (stdev_id, dev_id)."""
+    fd = be.fd_object
+    pt_id = checked_id(pt_id, fd)
     cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, id=pt_id)
     cmd.u.mock_domain_flags.dev_flags = dev_flags
-    be.kernel.ioctl(be.fd, uapi.IOMMU_TEST_CMD, cmd)
+    be.kernel.ioctl(fd.number, uapi.IOMMU_TEST_CMD, cmd)
     # The kernel answers through the mock_domain layout for both ops.
-    return int(cmd.u.mock_domain.out_stdev_id), int(cmd.u.mock_domain.out_idev_id)
+    dev_id = DeviceId(int(cmd.u.mock_domain.out_idev_id), fd)
+    return int(cmd.u.mock_domain.out_stdev_id), dev_id
 
 
 def _mock_replace(be: IOMMUFDBackend, stdev_id: int, pt_id: int) -> None:
     """IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: move the device to another HWPT."""
     cmd = uapi.new(uapi.iommu_test_cmd, op=uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, id=stdev_id)
-    cmd.u.mock_domain_replace.pt_id = pt_id
+    cmd.u.mock_domain_replace.pt_id = checked_id(pt_id, be.fd_object)
     be.kernel.ioctl(be.fd, uapi.IOMMU_TEST_CMD, cmd)
 
 

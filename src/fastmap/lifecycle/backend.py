@@ -38,6 +38,7 @@ from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind
 from fastmap.lifecycle.host_iommu_device import capability_names, hw_info_type_name
+from fastmap.object_id import HwptId, checked_id
 from fastmap.prot import Prot
 from fastmap.seam import open_kernel
 
@@ -222,6 +223,7 @@ class IOMMUFDBackend:
     def free_id(self, obj_id: int) -> bool:
         """IOMMU_DESTROY. A failure is only logged (QEMU's iommufd_backend_free_id);
         returns whether the object was destroyed."""
+        obj_id = checked_id(obj_id, self.fd_object)
         try:
             self.kernel.ioctl(self.fd, uapi.IOMMU_DESTROY, uapi.new(uapi.iommu_destroy, id=obj_id))
         except KernelError as e:
@@ -236,8 +238,12 @@ class IOMMUFDBackend:
         flags: int = 0,
         data_type: int | None = None,
         data: bytes | None = None,
-    ) -> int:
-        """IOMMU_HWPT_ALLOC: a HWPT for device `dev_id` over IOAS (or parent HWPT) `pt_id`."""
+    ) -> HwptId:
+        """IOMMU_HWPT_ALLOC: a HWPT for device `dev_id` over IOAS (or parent HWPT) `pt_id`.
+        The id returned holds this backend's fd (`fastmap.object_id`)."""
+        fd = self.fd_object
+        dev_id = checked_id(dev_id, fd)
+        pt_id = checked_id(pt_id, fd)
         buf = ctypes.create_string_buffer(data, len(data)) if data else None
         cmd = uapi.new(
             uapi.iommu_hwpt_alloc,
@@ -248,8 +254,8 @@ class IOMMUFDBackend:
             data_len=len(data or b""),
             data_uptr=ctypes.addressof(buf) if buf is not None else 0,
         )
-        self.kernel.ioctl(self.fd, uapi.IOMMU_HWPT_ALLOC, cmd)
-        return int(cmd.out_hwpt_id)
+        self.kernel.ioctl(fd.number, uapi.IOMMU_HWPT_ALLOC, cmd)
+        return HwptId(int(cmd.out_hwpt_id), fd)
 
     # --- QEMU's single-range DMA calls ---------------------------------------------------
     def _ioas_for(self, ioas_id: int) -> Ioas:
@@ -298,6 +304,7 @@ class IOMMUFDBackend:
     # --- dirty tracking ----------------------------------------------------------------------
     def set_dirty_tracking(self, hwpt_id: int, start: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING: start (clearing every dirty bit) or stop."""
+        hwpt_id = checked_id(hwpt_id, self.fd_object)
         cmd = uapi.new(
             uapi.iommu_hwpt_set_dirty_tracking,
             flags=uapi.IOMMU_HWPT_DIRTY_TRACKING_ENABLE if start else 0,
@@ -321,7 +328,7 @@ class IOMMUFDBackend:
         value and writes one bit per 2**ctz(page_size) bytes, which is not what bit i above
         means; fastmap refuses such sizes with the same EINVAL before the call, and sizes
         (or checks) the bitmap by the kernel's rule, so the kernel never writes past it."""
-        hwpt_id = _checks.integer("hwpt_id", hwpt_id, "u32")
+        hwpt_id = _checks.integer("hwpt_id", checked_id(hwpt_id, self.fd_object), "u32")
         iova = _checks.integer("iova", iova, "u64")
         length = _checks.integer("length", length, "u64")
         page_size = _checks.integer("page_size", page_size, "u64")
@@ -362,6 +369,7 @@ class IOMMUFDBackend:
     # --- device information ----------------------------------------------------------------
     def get_device_info(self, dev_id: int) -> DeviceHwInfo:
         """IOMMU_GET_HW_INFO for bound device `dev_id`."""
+        dev_id = checked_id(dev_id, self.fd_object)
         buf = ctypes.create_string_buffer(_HW_INFO_BUFFER)
         cmd = uapi.new(
             uapi.iommu_hw_info,

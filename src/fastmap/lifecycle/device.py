@@ -32,6 +32,7 @@ from fastmap.lifecycle.irq import DeviceIrq, IrqInfo, irq_info
 from fastmap.lifecycle.pci_caps import PciCapability, parse_capabilities
 from fastmap.lifecycle.region_map import RegionMapping
 from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
+from fastmap.object_id import DeviceId
 from fastmap.seam import open_kernel
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class VFIODevice(Closing):
         self.hiod: HostIOMMUDevice | None = None
         # IOMMUFD
         self.backend: IOMMUFDBackend | None = None
-        self.dev_id: int | None = None
+        self.dev_id: DeviceId | None = None
         self.hwpt: Hwpt | None = None
         self.iommu_dirty_tracking = False
         # legacy

@@ -58,6 +58,7 @@ from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.container import FULL_IOVA_RANGE, Container
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import Sysfs
+from fastmap.object_id import DeviceId, HwptId, ObjectId
 from fastmap.prot import Prot
 from fastmap.ram import PAGE_SIZE, RamBlock
 
@@ -73,7 +74,7 @@ class Hwpt:
     """A HWPT of a container (allocated, or the kernel's auto domain), shared by the devices
     it suits."""
 
-    id: int
+    id: HwptId
     flags: int
     devices: list[VFIODevice] = field(default_factory=list)
     #: An auto domain: created by the kernel for an attach to the IOAS (hwpt_alloc=False);
@@ -268,16 +269,19 @@ def open_cdev(kernel: Kernel, sysfs: Sysfs, sysfsdev: str) -> Fd:
     raise first_error
 
 
-def bind(dev_fd: Fd, backend: IOMMUFDBackend) -> int:
-    """VFIO_DEVICE_BIND_IOMMUFD: returns the dev_id."""
-    cmd = uapi.new(uapi.vfio_device_bind_iommufd, flags=0, iommufd=backend.fd)
+def bind(dev_fd: Fd, backend: IOMMUFDBackend) -> DeviceId:
+    """VFIO_DEVICE_BIND_IOMMUFD: returns the dev_id (holding the backend's fd)."""
+    iommufd = backend.fd_object
+    cmd = uapi.new(uapi.vfio_device_bind_iommufd, flags=0, iommufd=iommufd.number)
     dev_fd.ioctl(uapi.VFIO_DEVICE_BIND_IOMMUFD, cmd)
-    return int(cmd.out_devid)
+    return DeviceId(int(cmd.out_devid), iommufd)
 
 
 def attach_pt(dev_fd: Fd, pt_id: int) -> int:
     """VFIO_DEVICE_ATTACH_IOMMUFD_PT: returns the HWPT attached (an IOAS id gives its auto
-    HWPT's id back)."""
+    HWPT's id back). A typed id (`HwptId`) must not be stale."""
+    if isinstance(pt_id, ObjectId):
+        pt_id = pt_id.check(pt_id.fd)
     cmd = uapi.new(uapi.vfio_device_attach_iommufd_pt, flags=0, pt_id=pt_id)
     dev_fd.ioctl(uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
     return int(cmd.pt_id)
@@ -479,7 +483,7 @@ def _attach_container(dev: VFIODevice, container: IommufdContainer, hwpt_alloc: 
 
 
 def add_allocated_hwpt(
-    container: IommufdContainer, dev: VFIODevice, hwpt_id: int, flags: int
+    container: IommufdContainer, dev: VFIODevice, hwpt_id: HwptId, flags: int
 ) -> None:
     """Record a HWPT just allocated and attached for `dev` in the container's list, as
     QEMU's autodomains_get does, warning when the container tracks dirty pages and the
@@ -502,7 +506,7 @@ def _attach_kernel_domain(dev: VFIODevice, container: IommufdContainer) -> None:
     """Attach to the IOAS: the kernel reuses a compatible auto domain of it or makes one,
     and says which HWPT that is."""
     assert dev.fd is not None
-    hwpt_id = attach_pt(dev.fd, container.ioas_id)
+    hwpt_id = HwptId(attach_pt(dev.fd, container.ioas_id), container.backend.fd_object)
     hwpt = next((h for h in container.hwpts if h.id == hwpt_id), None)
     if hwpt is None:
         hwpt = Hwpt(hwpt_id, 0, auto_domain=True)
