@@ -23,12 +23,23 @@ class FakeHost:
         self.native: dict[str, str | None] = {}
         self.writes: list[tuple[str, str]] = []
         self.files = _KernelFiles(self)
-        for d in (DEVICES, DRIVERS, "sys/class/iommu", "sys/kernel/iommu_groups", "dev",
-                  "proc/self", "proc/net", "sys/kernel/mm/hugepages"):  # fmt: skip
+        for d in (
+            DEVICES,
+            DRIVERS,
+            "sys/class/iommu",
+            "sys/kernel/iommu_groups",
+            "dev",
+            "proc/self",
+            "proc/net",
+            "sys/kernel/mm/hugepages",
+        ):
             (root / d).mkdir(parents=True, exist_ok=True)
         self.write("proc/sys/kernel/osrelease", "6.12.0-test")
         self.write("proc/cpuinfo", "flags\t\t: fpu vme sse2\n")
-        self.write("proc/self/limits", "Max locked memory         8388608              8388608              bytes\n")
+        self.write(
+            "proc/self/limits",
+            "Max locked memory         8388608              8388608              bytes\n",
+        )
         self.write("proc/self/status", "CapEff:\t0000000000000000\n")
         self.write("proc/net/route", "Iface\tDestination\tGateway\n")
         self.write("proc/mounts", "/dev/vda1 / ext4 rw 0 0\n")
@@ -63,17 +74,29 @@ class FakeHost:
         self.write("sys/class/iommu/dmar0/intel-iommu/ecap", f"{ecap:x}\n")
         (self.root / "sys/class/iommu/dmar0/devices").mkdir(parents=True, exist_ok=True)
 
-    def add_device(self, bdf: str, driver: str | None, group: int | None = 1,
-                   vendor: int = 0x1234, device: int = 0x11E8, klass: int = 0x00FF00) -> None:  # fmt: skip
+    def add_device(
+        self,
+        bdf: str,
+        driver: str | None,
+        group: int | None = 1,
+        vendor: int = 0x1234,
+        device: int = 0x11E8,
+        klass: int = 0x00FF00,
+    ) -> None:
         dev = f"{DEVICES}/{bdf}"
         self.write(f"{dev}/vendor", f"{vendor:#06x}\n")
         self.write(f"{dev}/device", f"{device:#06x}\n")
         self.write(f"{dev}/class", f"{klass:#08x}\n")
         self.write(f"{dev}/driver_override", "(null)\n")
         if group is not None:
-            (self.root / f"sys/kernel/iommu_groups/{group}/devices").mkdir(parents=True, exist_ok=True)
+            (self.root / f"sys/kernel/iommu_groups/{group}/devices").mkdir(
+                parents=True, exist_ok=True
+            )
             self.link(f"{dev}/iommu_group", f"../../../../kernel/iommu_groups/{group}")
-            self.link(f"sys/kernel/iommu_groups/{group}/devices/{bdf}", f"../../../../bus/pci/devices/{bdf}")
+            self.link(
+                f"sys/kernel/iommu_groups/{group}/devices/{bdf}",
+                f"../../../../bus/pci/devices/{bdf}",
+            )
             self.link(f"{dev}/iommu", "../../../../class/iommu/dmar0")
         self.native[bdf] = driver if driver != "vfio-pci" else None
         if driver is not None:

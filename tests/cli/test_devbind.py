@@ -55,7 +55,7 @@ def test_unbind_binds_the_recorded_driver_when_probing_picks_another(host: FakeH
     host.native[BDF] = None  # the probe finds no driver: bind the recorded one explicitly
     host.add_driver("nvme")
     assert unbind_device(BDF, host.files).after == "nvme"
-    assert (f"/sys/bus/pci/drivers/nvme/bind", BDF) in host.writes
+    assert ("/sys/bus/pci/drivers/nvme/bind", BDF) in host.writes
 
 
 def test_device_without_a_driver_goes_back_to_none(host: FakeHost) -> None:
@@ -73,21 +73,38 @@ def test_unbind_to_a_named_driver(host: FakeHost) -> None:
 @pytest.mark.parametrize(
     ("setup", "reason"),
     [
-        (lambda h: (h.write(f"sys/bus/pci/devices/{BDF}/net/eth0/flags", "0x1003"),
-                    h.write("sys/class/net/eth0/flags", "0x1003")), "eth0 is up"),
-        (lambda h: (h.write(f"sys/bus/pci/devices/{BDF}/net/eth0/flags", "0x1002"),
-                    h.write("proc/net/route", "Iface\tDestination\neth0\t00000000\n")),
-         "routing table uses its interface eth0"),
-        (lambda h: (h.write(f"sys/bus/pci/devices/{BDF}/nvme/nvme0/nvme0n1/nvme0n1p2/size", "8"),
-                    h.write("proc/mounts", "/dev/nvme0n1p2 /home ext4 rw 0 0\n")),
-         "/dev/nvme0n1p2 is mounted on /home"),
-        (lambda h: (h.write(f"sys/bus/pci/devices/{BDF}/host0/block/sda/size", "8"),
-                    h.write("proc/swaps", "Filename Type\n/dev/sda partition 1 0 -2\n")),
-         "/dev/sda is a swap device"),
+        (
+            lambda h: (
+                h.write(f"sys/bus/pci/devices/{BDF}/net/eth0/flags", "0x1003"),
+                h.write("sys/class/net/eth0/flags", "0x1003"),
+            ),
+            "eth0 is up",
+        ),
+        (
+            lambda h: (
+                h.write(f"sys/bus/pci/devices/{BDF}/net/eth0/flags", "0x1002"),
+                h.write("proc/net/route", "Iface\tDestination\neth0\t00000000\n"),
+            ),
+            "routing table uses its interface eth0",
+        ),
+        (
+            lambda h: (
+                h.write(f"sys/bus/pci/devices/{BDF}/nvme/nvme0/nvme0n1/nvme0n1p2/size", "8"),
+                h.write("proc/mounts", "/dev/nvme0n1p2 /home ext4 rw 0 0\n"),
+            ),
+            "/dev/nvme0n1p2 is mounted on /home",
+        ),
+        (
+            lambda h: (
+                h.write(f"sys/bus/pci/devices/{BDF}/host0/block/sda/size", "8"),
+                h.write("proc/swaps", "Filename Type\n/dev/sda partition 1 0 -2\n"),
+            ),
+            "/dev/sda is a swap device",
+        ),
         (lambda h: h.write(f"sys/bus/pci/devices/{BDF}/class", "0x060400"), "PCI bridge"),
     ],
     ids=["net-up", "routing", "mounted", "swap", "bridge"],
-)  # fmt: skip
+)
 def test_devices_in_use_are_refused_unless_forced(host: FakeHost, setup, reason: str) -> None:  # type: ignore[no-untyped-def]
     host.add_device(BDF, "somedrv")
     setup(host)

@@ -22,8 +22,9 @@ EDU = ("0x1234", "0x11e8")
 
 
 def _fastmap(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastmap.cli", *argv], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fastmap.cli", *argv], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
@@ -34,11 +35,15 @@ def vm_edu() -> Iterator[str]:
         missing("iommu", "no /dev/iommu in this VM")
     files = HostFiles()
     bdfs = [
-        bdf for bdf in files.listdir("/sys/bus/pci/devices")
-        if (files.read(f"/sys/bus/pci/devices/{bdf}/vendor"),
-            files.read(f"/sys/bus/pci/devices/{bdf}/device")) == EDU
+        bdf
+        for bdf in files.listdir("/sys/bus/pci/devices")
+        if (
+            files.read(f"/sys/bus/pci/devices/{bdf}/vendor"),
+            files.read(f"/sys/bus/pci/devices/{bdf}/device"),
+        )
+        == EDU
         and driver_of(files, bdf) == "vfio-pci"
-    ]  # fmt: skip
+    ]
     if not bdfs:
         missing("vfio", "no edu device bound to vfio-pci in this VM")
     try:

@@ -60,8 +60,10 @@ def test_usable_host_with_a_bound_device(tmp_path: Path) -> None:
     assert report.usable, text
     assert "ok /dev/iommu opens read-write" in text
     assert "ok dmar0: intel-vtd, 0 device(s); dirty tracking yes, nesting yes, PASID no" in text
-    assert f"ok {BDF} [1234:11e8] bound to vfio-pci, group 3, IOMMU dmar0, cdev " \
-           "/dev/vfio/devices/vfio0" in text  # fmt: skip
+    assert (
+        f"ok {BDF} [1234:11e8] bound to vfio-pci, group 3, IOMMU dmar0, cdev "
+        "/dev/vfio/devices/vfio0" in text
+    )
     assert "group 3 also holds 0000:00:03.1 (driver snd_hda_intel)" in text
     assert "sudo fastmap bind 0000:00:03.1" in text
     assert "warn RLIMIT_MEMLOCK 8 MiB" in text and "memlock unlimited" in text
@@ -95,8 +97,10 @@ def test_simulated_machine_is_described_with_hw_info() -> None:
     report = describe_sim(kernel)
     text = _texts(report)
     assert report.usable
-    assert f"ok {BDF} [1234:11e8] bound to vfio-pci, group 0 (/dev/vfio/0), cdev " \
-           "/dev/vfio/devices/vfio0" in text  # fmt: skip
+    assert (
+        f"ok {BDF} [1234:11e8] bound to vfio-pci, group 0 (/dev/vfio/0), cdev "
+        "/dev/vfio/devices/vfio0" in text
+    )
     assert f"ok {BDF} IOMMU_GET_HW_INFO: type intel-vtd, dirty tracking no" in text
     assert "ok 0000:00:04.0 IOMMU_GET_HW_INFO: type selftest, dirty tracking yes" in text
 
@@ -106,8 +110,9 @@ def test_this_host_explains_itself() -> None:
     explains why and exits 1, with no traceback."""
     if os.path.exists("/dev/iommu"):
         pytest.skip("this machine has /dev/iommu")
-    run = subprocess.run([sys.executable, "-m", "fastmap.cli", "doctor"], capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "fastmap.cli", "doctor"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1, run.stderr
     assert "FAIL no /dev/iommu" in run.stdout and "Not usable with the real kernel" in run.stdout
     assert run.stderr == ""
@@ -119,8 +124,9 @@ def test_doctor_passes_in_the_vm_with_vfio_edu() -> None:
     the IOMMU named with its type, the edu device listed with its GET_HW_INFO answer."""
     if not os.path.exists("/dev/iommu"):
         missing("iommu", "no /dev/iommu here (run inside the VM: tools/vmtest/run.sh)")
-    run = subprocess.run([sys.executable, "-m", "fastmap.cli", "doctor"], capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "fastmap.cli", "doctor"], capture_output=True, text=True, timeout=120
+    )
     print(run.stdout)
     if "bound to vfio-pci" not in run.stdout:
         missing("vfio", "no device bound to vfio-pci")
