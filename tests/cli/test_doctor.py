@@ -138,3 +138,21 @@ def test_doctor_passes_in_the_vm_with_vfio_edu() -> None:
         assert f": {kind}, " in run.stdout, run.stdout
     hw = {"virtio": "type none, dirty tracking no", "vtd": "type intel-vtd"}.get(iommu)
     assert "IOMMU_GET_HW_INFO: " + (hw or "type") in run.stdout, run.stdout
+
+
+def test_iommu_units_are_named_by_their_driver(tmp_path: Path) -> None:
+    """virtio-iommu names its unit after its PCI address (as in the VM), the selftest's mock
+    IOMMU after itself; AMD's features register gives its capabilities."""
+    from fastmap.host.iommu import read_units
+
+    host = FakeHost(tmp_path)
+    host.link("sys/class/iommu/0000:00:01.0/device", "../../../devices/virtio0")
+    host.link("sys/devices/virtio0/driver", "../../bus/virtio/drivers/virtio_iommu")
+    (tmp_path / "sys/class/iommu/iommufd_selftest_iommu.0").mkdir()
+    efr = (1 << 52) | (1 << 4) | (0x0F << 32)
+    host.write("sys/class/iommu/ivhd0/amd-iommu/features", f"{efr:x}:0\n")
+    units = {u.name: u for u in read_units(host.files)}
+    assert units["0000:00:01.0"].type == "virtio-iommu"
+    assert units["iommufd_selftest_iommu.0"].type == "iommufd-selftest (mock)"
+    amd = units["ivhd0"]
+    assert (amd.type, amd.dirty_tracking, amd.nesting, amd.pasid) == ("amd-vi", True, True, True)

@@ -311,9 +311,8 @@ def diagnose_host(files: HostFiles | None = None, kernel: Kernel | None = None) 
     IOMMU_GET_HW_INFO for bound devices; by default the real kernel when `files` is this
     machine and /dev/iommu opens, else no probe."""
     files = files or HostFiles()
-    report = Report(
-        f"fastmap doctor: the host ({os.uname().nodename if files.is_real else files.root})"
-    )
+    node = os.uname().nodename if files.is_real else files.root
+    report = Report(f"fastmap doctor: this host{'' if node in ('', '(none)') else f' ({node})'}")
     cfg = _check_kernel(files, report)
     iommufd_ok = _check_iommufd(files, report, cfg)
     _check_iommus(files, report)

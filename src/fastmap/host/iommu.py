@@ -10,8 +10,9 @@ Each driver registers its units there under its own naming: VT-d `dmarN` with an
   PASID SMTS and PASID (40).
 * AMD (amd_iommu_types.h): dirty tracking is EFR HDSUP (bit 52); nesting (v2 page tables,
   guest translation) GT (bit 4); PASID a non-zero PASMAX (bits 36:32) with GT.
-* SMMUv3 and virtio-iommu publish no registers in sysfs: IOMMU_GET_HW_INFO on a bound device
-  says the rest (`fastmap.host.hwinfo`).
+* SMMUv3 and virtio-iommu (named after its PCI address; its driver is virtio_iommu)
+  publish no registers in sysfs: IOMMU_GET_HW_INFO on a bound device says the rest
+  (`fastmap.host.hwinfo`).
 """
 
 from __future__ import annotations
@@ -101,9 +102,14 @@ def read_unit(files: HostFiles, name: str) -> IommuUnit:
         )
     if name.startswith("smmu3."):
         return IommuUnit(name, "arm-smmuv3", devices)
-    if name.startswith("virtio"):
+    # virtio-iommu names its unit after the virtio transport's parent (the PCI address of
+    # virtio-iommu-pci); its driver says what it is.
+    if name.startswith("virtio") or files.readlink_name(f"{base}/device/driver") == "virtio_iommu":
         # virtio-iommu (6.12) has no dirty tracking, nesting or PASID.
         return IommuUnit(name, "virtio-iommu", devices, False, False, False)
+    if name.startswith("iommufd_selftest"):
+        # CONFIG_IOMMUFD_TEST's mock IOMMU: dirty tracking yes, as its mock domains have it.
+        return IommuUnit(name, "iommufd-selftest (mock)", devices, True, None, None)
     return IommuUnit(name, "unknown", devices)
 
 
