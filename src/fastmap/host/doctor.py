@@ -215,7 +215,7 @@ def _check_device(files: HostFiles, report: Report, bdf: str, kernel: Kernel | N
     if group:
         for other in files.listdir(f"/sys/kernel/iommu_groups/{group}/devices"):
             driver = files.readlink_name(f"{PCI_DEVICES}/{other}/driver")
-            if other != bdf and driver not in (None, "vfio-pci", "pcieport"):
+            if other != bdf and driver not in (None, "vfio-pci", "pci-stub", "pcieport"):
                 report.add(
                     s,
                     "warn",
