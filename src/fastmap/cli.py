@@ -1,4 +1,4 @@
-"""The `fastmap` command: the demo and the benchmarks.
+"""The `fastmap` command: demos, benchmarks, host diagnosis and device binding.
 
     fastmap demo                 map, DMA through a simulated device, unmap (simulated kernel)
     fastmap bench map            map throughput five ways, side by side

@@ -8,13 +8,16 @@ from fastmap.host.devbind import bind_device, unbind_device
 from fastmap.host.doctor import diagnose_host
 from fastmap.host.files import HostFiles
 from fastmap.host.simdoctor import describe_sim
+from fastmap.seam import open_kernel
 from fastmap.sim import SimKernel
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     # The host by default, even where /dev/iommu is missing (explaining that is the point).
     if args.kernel == "sim":
-        report = describe_sim(SimKernel())
+        kernel = open_kernel("sim")  # this process's simulated machine
+        assert isinstance(kernel, SimKernel)
+        report = describe_sim(kernel)
     else:
         report = diagnose_host(HostFiles(args.root))
     print(report.to_json() if args.json else report.render())

@@ -1,0 +1,51 @@
+"""The guides in docs/ stay true: the error guide is generated from fastmap.errors and the
+errno census (tools/gen_error_guide.py), and the user guide's code runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+from fastmap.errors import KernelError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_error_guide", ROOT / "tools" / "gen_error_guide.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_error_guide_is_generated_from_the_code() -> None:
+    """If this fails, run: .venv/bin/python tools/gen_error_guide.py (after changing a hint
+    or an errno class in src/fastmap/errors.py)."""
+    assert _generator().main(["--check"]) == 0
+
+
+def test_error_guide_rows_name_the_class_fastmap_raises() -> None:
+    text = (ROOT / "docs" / "errors.md").read_text()
+    census = json.loads((ROOT / "docs" / "errors-census.json").read_text())
+    assert len(census) > 20
+    for row in census:
+        cls = type(KernelError.from_errno(row["errno"], row["call"])).__name__
+        section = text.split(f"\n### {row['call']}\n", 1)[1].split("\n### ", 1)[0]
+        assert re.search(rf"\| `{cls}` \|", section), (row, cls)
+
+
+def test_guide_allocator_example_runs() -> None:
+    """docs/guide.md §4 as written."""
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    block = (
+        guide.split("## 4. The IOVA allocator", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    )
+    namespace: dict[str, object] = {"va": 0x7F00_0020_0000}
+    exec(compile(block, "guide.md §4", "exec"), namespace)
+    assert namespace["iova"] % (2 << 20) == 0x7F00_0020_0000 % (2 << 20)
