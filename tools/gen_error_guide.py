@@ -7,7 +7,10 @@
       FASTMAP_ERRNO_CENSUS=docs/errors-census.json \\
           .venv/bin/python -m pytest -m "not vm" -p tests.errno_census tests
 * which class it raises, what it means and what to do: fastmap.errors (the class each errno
-  maps to, its docstring, and `hint_for(call, errno)`).
+  maps to, its docstring, and `hint_for(call, errno)`);
+* where the simulated kernel returns it: for the /dev/iommu ioctls, the `if (...) return
+  -EXXX;` checks of each handler in its dispatch table (csrc/sim/iommufd/dispatch.cc), which
+  follow Linux 6.12's check order.
 
     .venv/bin/python tools/gen_error_guide.py            # rewrite docs/errors.md
     .venv/bin/python tools/gen_error_guide.py --check    # exit 1 if it is out of date
@@ -19,14 +22,16 @@ import argparse
 import errno as errno_mod
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
-from fastmap import errors
+from fastmap import errors, uapi
 from fastmap.errors import KernelError, hint_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUS = ROOT / "docs" / "errors-census.json"
+SIM_IOMMUFD = ROOT / "csrc" / "sim" / "iommufd"
 GUIDE = ROOT / "docs" / "errors.md"
 
 INTRO = """\
@@ -85,6 +90,46 @@ def _class_for(err: int, call: str) -> type[KernelError]:
     return type(KernelError.from_errno(err, call))
 
 
+def _function_body(source: str, name: str) -> str | None:
+    """The body of `int name(Ucmd& u) {...}` in `source` (braces matched)."""
+    m = re.search(rf"^int {re.escape(name)}\(Ucmd& u\) \{{", source, re.M)
+    if m is None:
+        return None
+    depth, i = 1, m.end()
+    while depth and i < len(source):
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        i += 1
+    return source[m.end() : i - 1]
+
+
+def sim_checks() -> dict[str, dict[int, list[str]]]:
+    """{ioctl name: {errno: [condition, ...]}} from the simulator's /dev/iommu handlers:
+    each `if (COND) return -EXXX;` on one line, in the handler the dispatch table names."""
+    dispatch = (SIM_IOMMUFD / "dispatch.cc").read_text()
+    sources = "\n".join(p.read_text() for p in sorted(SIM_IOMMUFD.glob("*.cc")))
+    by_nr = {
+        value & 0xFF: name
+        for name, value in uapi.CONSTANTS.items()
+        if isinstance(value, int)
+        and value >> 8 == ord(";")
+        and name.startswith("IOMMU_")
+        and not name.startswith(("IOMMU_TEST_OP", "IOMMU_HW", "IOMMU_OPTION_"))
+    }
+    out: dict[str, dict[int, list[str]]] = {}
+    for nr, handler in re.findall(r"FM_OP\((0x[0-9a-f]+),\s*\w+,\s*\w+,\s*(\w+)", dispatch):
+        call = by_nr.get(int(nr, 16))
+        body = _function_body(sources, handler)
+        if call is None or body is None:
+            continue
+        checks: dict[int, list[str]] = {}
+        for cond, name in re.findall(r"if \((.+)\) return -(E[A-Z0-9]+);", body):
+            err = getattr(errno_mod, name, None)
+            if err is not None and f"`{cond}`" not in checks.get(err, []):
+                checks.setdefault(err, []).append(f"`{cond}`")
+        out[call] = checks
+    return out
+
+
 def _errno_section() -> list[str]:
     lines = ["## The errno classes", "", "| errno | class | meaning |", "|---|---|---|"]
     seen: set[type[KernelError]] = set()
@@ -110,20 +155,31 @@ def _call_section(rows: list[dict[str, object]]) -> list[str]:
         "",
         "Each call, the errnos the suite saw it fail with, the class raised, and the hint the",
         "message carries (the likely cause and the fix); where fastmap has no hint for the",
-        "call, the class's meaning.",
+        "call, the class's meaning. For the /dev/iommu ioctls, the last column quotes the",
+        "simulator's checks that return the errno in the handler itself (deeper ones, in the",
+        "IOAS or domain code, are not quoted); `cmd` is the struct you passed.",
+        "",
+        "Every /dev/iommu ioctl can also fail the dispatcher's generic checks, before its",
+        "handler runs: ENOTTY for a command this kernel does not have, EINVAL when the struct's",
+        "`size` is below the last mandatory field, E2BIG when it is larger than the kernel's",
+        "struct and the extra bytes are not zero, EFAULT when the struct's address is not",
+        "readable. Any call can fail with ENOMEM when the kernel cannot allocate.",
     ]
+    checks = sim_checks()
     for call in sorted(by_call):
-        lines += [
-            "",
-            f"### {call}",
-            "",
-            "| errno | class | what it means here, what to do |",
-            "|---|---|---|",
-        ]
-        for err in sorted(by_call[call]):
+        sim = checks.get(call)
+        head = "| errno | class | what it means here, what to do |"
+        rule = "|---|---|---|"
+        if sim is not None:
+            head, rule = head + " the simulator returns it when |", rule + "---|"
+        lines += ["", f"### {call}", "", head, rule]
+        for err in sorted(by_call[call], key=_name):
             cls = _class_for(err, call)
             hint = hint_for(call, err) or _meaning(cls)
-            lines.append(f"| {_name(err)} | `{cls.__name__}` | {hint} |")
+            row = f"| {_name(err)} | `{cls.__name__}` | {hint} |"
+            if sim is not None:
+                row += " " + ("; ".join(sim.get(err, [])).replace("|", "\\|") or "—") + " |"
+            lines.append(row)
     return lines
 
 
@@ -137,13 +193,24 @@ def _other_section() -> list[str]:
     from fastmap.host import devbind
 
     classes = [
-        errors.RamInUseError, errors.VFIOError, errors.DeviceNotFoundError,
-        errors.DeviceMismatchError, errors.GroupNotViableError, errors.ContainerSetupError,
-        errors.AllocatorError, errors.InvalidRequestError, errors.AllocationError,
-        errors.RangeInUseError, errors.RangeReservedError, errors.RangeNotFoundError,
-        devbind.DeviceInUseError, devbind.BindError,
-        errors.LifecycleWarning, errors.IovaRangesFallbackWarning, errors.DirtyTrackingWarning,
-    ]  # fmt: skip
+        errors.RamInUseError,
+        errors.VFIOError,
+        errors.DeviceNotFoundError,
+        errors.DeviceMismatchError,
+        errors.GroupNotViableError,
+        errors.ContainerSetupError,
+        errors.AllocatorError,
+        errors.InvalidRequestError,
+        errors.AllocationError,
+        errors.RangeInUseError,
+        errors.RangeReservedError,
+        errors.RangeNotFoundError,
+        devbind.DeviceInUseError,
+        devbind.BindError,
+        errors.LifecycleWarning,
+        errors.IovaRangesFallbackWarning,
+        errors.DirtyTrackingWarning,
+    ]
     for cls in classes:
         bases = ", ".join(f"`{b.__name__}`" for b in cls.__bases__)
         lines.append(f"| `{cls.__name__}` | {bases} | {_first_sentence(inspect.getdoc(cls))} |")
