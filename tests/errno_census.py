@@ -35,11 +35,12 @@ _KNOWN_OPENS = (
 
 def normalize_call(call: str) -> str:
     """'open(/dev/vfio/devices/vfio3)' -> 'open(/dev/vfio/devices/vfioN)', a sysfs path's
-    PCI address -> BDF, ioctl numbers no kernel knows -> 'unknown ioctl'."""
+    paths -> one 'sysfs read', ioctl numbers no kernel knows -> 'unknown ioctl'."""
     call = re.sub(r"/dev/vfio/devices/vfio\d+", "/dev/vfio/devices/vfioN", call)
     call = re.sub(r"/dev/vfio/\d+", "/dev/vfio/N", call)
     call = re.sub(r"/dev/char/\d+:\d+", "/dev/char/MAJ:MIN", call)
-    call = re.sub(r"^/sys/bus/pci/devices/[0-9a-f:.]+/", "sysfs /sys/bus/pci/devices/BDF/", call)
+    if call.startswith(("/sys/", "sysfs /sys/")):
+        return "sysfs read (/sys/bus/pci/devices/BDF/...)"
     if call.startswith("open(") and call[5:-1] not in _KNOWN_OPENS:
         return "open(other path)"
     if call.startswith(("_IO", "ioctl 0x")):

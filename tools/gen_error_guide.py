@@ -22,6 +22,7 @@ import argparse
 import errno as errno_mod
 import inspect
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -79,8 +80,11 @@ def _name(err: int) -> str:
     return _NAMES.get(err) or errno_mod.errorcode.get(err, str(err))
 
 
-def _meaning(cls: type[KernelError]) -> str:
-    """The class docstring without its leading 'EXXX: ' or 'EXXX/EYYY: '."""
+def _meaning(cls: type[KernelError], err: int) -> str:
+    """The class docstring without its leading 'EXXX: ' or 'EXXX/EYYY: '; the errno's own
+    meaning for a class without one (KernelError itself, or its builtin twins)."""
+    if cls is KernelError or "__doc__" not in vars(cls) or not cls.__doc__:
+        return os.strerror(err) + "."
     text = _first_sentence(cls.__doc__)
     head, sep, rest = text.partition(": ")
     return rest if sep and head.replace("/", "").isupper() else text
@@ -135,7 +139,7 @@ def _errno_section() -> list[str]:
     seen: set[type[KernelError]] = set()
     for err in sorted(KernelError._by_errno):
         cls = KernelError._by_errno[err]
-        meaning = _meaning(cls) if cls not in seen else "as above"
+        meaning = _meaning(cls, err) if cls not in seen else "as above"
         lines.append(f"| {_name(err)} | `{cls.__name__}` | {meaning} |")
         seen.add(cls)
     lines.append("")
@@ -175,7 +179,8 @@ def _call_section(rows: list[dict[str, object]]) -> list[str]:
         lines += ["", f"### {call}", "", head, rule]
         for err in sorted(by_call[call], key=_name):
             cls = _class_for(err, call)
-            hint = hint_for(call, err) or _meaning(cls)
+            # Hints are about ioctls and device nodes; a sysfs read gets the class's meaning.
+            hint = (None if call.startswith("sysfs") else hint_for(call, err)) or _meaning(cls, err)
             row = f"| {_name(err)} | `{cls.__name__}` | {hint} |"
             if sim is not None:
                 row += " " + ("; ".join(sim.get(err, [])).replace("|", "\\|") or "—") + " |"
