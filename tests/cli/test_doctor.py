@@ -68,6 +68,9 @@ def test_usable_host_with_a_bound_device(tmp_path: Path) -> None:
     assert "sudo fastmap bind 0000:00:03.1" in text
     assert "warn RLIMIT_MEMLOCK 8 MiB" in text and "memlock unlimited" in text
     assert "ok 2 MiB huge pages: 64 reserved, 60 free" in text
+    host.write("proc/77/comm", "qemu-system-x86")
+    host.link("proc/77/fd/12", "/dev/vfio/3")
+    assert f"info {BDF} is in use by 77 (qemu-system-x86)" in _texts(diagnose_host(host.files))
 
 
 def test_unreadable_dev_iommu_gives_the_udev_rule(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 
 from fastmap.host import iommu, kernelinfo
+from fastmap.host.devbind import vfio_users
 from fastmap.host.files import HostFiles
 from fastmap.host.report import Report
 from fastmap.kernel import Kernel
@@ -223,7 +224,11 @@ def _check_device(files: HostFiles, report: Report, bdf: str, kernel: Kernel | N
                     "group until every device in it is bound to vfio-pci or to no driver",
                     f"sudo fastmap bind {other}",
                 )
-    if kernel is not None and cdevs:
+    users = vfio_users(files, bdf)
+    if users:
+        # Binding it here would fail (a cdev opens for one user at a time): say who has it.
+        report.add(s, "info", f"{bdf} is in use by {', '.join(users)}")
+    elif kernel is not None and cdevs:
         from fastmap.host.hwinfo import probe_or_reason
 
         info = probe_or_reason(kernel, bdf)
