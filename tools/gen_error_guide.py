@@ -52,9 +52,10 @@ Every error fastmap raises on purpose is a `fastmap.FastmapError`:
   hint. Each errno family has its own class (below), which is also the builtin `OSError`
   subclass Python picks for that errno (`NotFoundError` is a `FileNotFoundError`), so
   `except IovaInUseError` and `except FileExistsError` both work.
-- `BatchError`: a batch (`map_batch`, `unmap_batch`, `Ioas.map` of several ranges) failed at
-  entry `index` and was rolled back. It is also the errno's class (`BatchIovaInUseError` is
-  an `IovaInUseError`): catch the errno's class to treat single and batched calls alike.
+- `BatchError`: a batch (`map_batch`, `unmap_batch`; `Ioas.map` and `unmap` are batches of
+  one) failed at entry `index` and was rolled back. It is also the errno's class
+  (`BatchIovaInUseError` is an `IovaInUseError`): catch the errno's class to treat single
+  and batched calls alike.
 - `VFIOError`: a device could not be found, opened or attached (not one call's errno).
 - `AllocatorError`: fastmap's own IOVA allocator or translation map refused a request.
 - `fastmap.host`: `DeviceInUseError` and `BindError` from `fastmap bind/unbind`.
