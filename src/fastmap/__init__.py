@@ -12,10 +12,11 @@ where there is none), make an I/O address space, and map memory into it::
         ioas.unmap(iova, buf.nbytes)
 
 Then, in the source tree's docs/: guide.md (IOAS, batches, the allocator, translation, DMA
-memory, devices, interrupts, dirty tracking, the Cython API, in that order), errors.md (every errno of
-every call: what it means, what to do), real-host.md (modules, binding devices, permissions,
-memlock, huge pages). On the command line, ``fastmap doctor`` says whether this host can run
-on the real kernel and what to fix; ``fastmap demo`` runs the whole path on the simulator.
+memory, devices, interrupts, dirty tracking, the Cython API, in that order), errors.md
+(every errno of every call: what it means, what to do), real-host.md (modules, binding
+devices, permissions, memlock, huge pages). On the command line, ``fastmap doctor`` says
+whether this host can run on the real kernel and what to fix; ``fastmap demo`` runs the
+whole path on the simulator.
 
 Everything named in ``fastmap.__all__`` is importable from ``fastmap`` itself. The package,
 top down (docs/architecture.md has the layer diagram and the vocabulary):
