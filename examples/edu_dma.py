@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
+from typing import Literal
 
 from fastmap import AddressSpace, IOMMUFDBackend, Kernel, VFIODevice, open_kernel
 from fastmap.lifecycle.device import find_pci_devices
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         ram_size = -(-size // granule) * granule
         src = space.add_ram(ram_size, SRC_GPA, args.ram, name="src")
         dst = space.add_ram(ram_size, DST_GPA, args.ram, name="dst")
-        backend = None
+        backend: IOMMUFDBackend | Literal["legacy"] = "legacy"
         if not args.legacy:
             backend = stack.enter_context(IOMMUFDBackend(kernel=kernel))
         dev = VFIODevice(bdf, kernel=kernel)

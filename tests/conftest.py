@@ -53,6 +53,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=f"not under {sanitizer}: {reason}"))
 
 
+@pytest.fixture(autouse=True)
+def isolated_process_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with a fresh process-wide simulated machine: what `open_kernel()`,
+    `IOMMUFDBackend()` and `VFIODevice(bdf)` share is shared within the test only."""
+    import fastmap.sim
+
+    monkeypatch.setattr(fastmap.sim, "_shared", None)
+
+
 def make_kernel(kind: str) -> Kernel:
     """A fresh kernel of `kind`, or pytest.skip if this machine cannot provide it."""
     if kind == "real":

@@ -24,6 +24,7 @@ top down (docs/architecture.md has the layer diagram and the vocabulary):
 Mapping
     `Ioas` (ioas.py): map/unmap (single and batched, all or nothing), translation VA<->IOVA.
     `Prot` (prot.py): what a device may do with a mapping (READ, WRITE, RW).
+    `DmaMemory` (dma_memory.py): page/2 MiB/1 GiB-aligned memory for devices, as numpy.
     `IovaAllocator`, `IovaRange` (allocator.py): the C++ IOVA allocator (`Ioas.allocator`).
 Devices: the QEMU-shaped lifecycle (fastmap.lifecycle)
     `IOMMUFDBackend` (lifecycle/backend.py): the iommufd fd and its objects.
@@ -37,7 +38,8 @@ Dirty tracking and migration
     `fastmap.bitmap`: word-at-a-time operations on the kernel's bitmap layout.
 Raw access: the ioctl seam
     `open_kernel`, `Kernel`, `Fd` (kernel.py, seam.py): open/ioctl/close on either kernel.
-    `SimKernel`, `SimConfig` (sim.py): the simulated Linux, in-process.
+    `SimKernel`, `SimConfig`, `shared_kernel` (sim.py): the simulated Linux, in-process
+    (one shared machine per process; `SimKernel()` is an isolated one).
     `fastmap.uapi`: every uAPI struct and constant, as ctypes.
 Errors
     `FastmapError` is the base of every error; a failed kernel call is a `KernelError` (an
@@ -57,6 +59,7 @@ from __future__ import annotations
 from fastmap import bitmap, errors, uapi
 from fastmap.allocator import IovaAllocator, IovaRange
 from fastmap.dirty import DirtyHarvester, Harvest
+from fastmap.dma_memory import DmaMemory
 from fastmap.errors import (
     BatchError,
     FastmapError,
@@ -77,7 +80,7 @@ from fastmap.migration import BlockDirty, DirtyTracker, SyncResult
 from fastmap.prot import Prot
 from fastmap.ram import RamBlock
 from fastmap.seam import open_kernel
-from fastmap.sim import SimConfig, SimKernel
+from fastmap.sim import SimConfig, SimKernel, shared_kernel
 
 __version__ = "0.1.0"
 
@@ -88,6 +91,7 @@ __all__ = [
     "Container",
     "DirtyHarvester",
     "DirtyTracker",
+    "DmaMemory",
     "FastmapError",
     "Fd",
     "Harvest",
@@ -114,6 +118,7 @@ __all__ = [
     "errors",
     "get_include",
     "open_kernel",
+    "shared_kernel",
     "uapi",
 ]
 

@@ -309,10 +309,35 @@ _HINTS: tuple[tuple[tuple[str, ...] | None, int, str], ...] = (
         "iommufd.allow_unsafe_interrupts=1 / vfio_iommu_type1.allow_unsafe_interrupts=1",
     ),
     (
+        ("VFIO_DEVICE_BIND_IOMMUFD",),
+        _errno.EINVAL,
+        "the device fd is already bound (a cdev binds once: close it and open the cdev again "
+        "to bind elsewhere), or flags/argsz are wrong",
+    ),
+    (
+        ("VFIO_DEVICE_GET_IRQ_INFO", "VFIO_DEVICE_SET_IRQS"),
+        _errno.EINVAL,
+        "index is not an IRQ index of this device (VFIO_DEVICE_GET_INFO num_irqs; PCI: "
+        "INTX=0 MSI=1 MSIX=2 ERR=3 REQ=4), start/count fall outside its vectors, or the "
+        "flags' DATA/ACTION bits are not exactly one each",
+    ),
+    (
+        ("VFIO_DEVICE_GET_REGION_INFO",),
+        _errno.EINVAL,
+        "index is not a region of this device (VFIO_DEVICE_GET_INFO num_regions; PCI: BAR0-5 "
+        "=0-5, ROM=6, CONFIG=7, VGA=8), or argsz is below the struct's size",
+    ),
+    (
+        ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", "VFIO_DEVICE_DETACH_IOMMUFD_PT"),
+        _errno.EINVAL,
+        "the device fd is not bound to an iommufd yet (VFIO_DEVICE_BIND_IOMMUFD comes "
+        "first), or flags/argsz are wrong",
+    ),
+    (
         ("VFIO_DEVICE",),
         _errno.EINVAL,
-        "the device fd must be bound to an iommufd (VFIO_DEVICE_BIND_IOMMUFD) first, or "
-        "argsz/flags are wrong",
+        "a field is wrong (argsz, flags, an index), or the cdev fd is not bound to an iommufd "
+        "yet (an unbound cdev answers EINVAL to every call but the bind)",
     ),
     (
         None,
@@ -386,6 +411,11 @@ class BatchError(KernelError):
         super().__init__(err, call, {"entry": index, **(arguments or {})}, hint)
         self.index = index
         self.rollback_failed = rollback_failed
+
+    @property
+    def entry(self) -> int:
+        """The failing entry's index in the batch (the `entry=` of the message); `index`."""
+        return self.index
 
     def __str__(self) -> str:
         undone = (

@@ -37,6 +37,7 @@ from fastmap import _checks, _core, uapi
 from fastmap._checks import U64_MAX, u64_array
 from fastmap._closing import Closing
 from fastmap.allocator import AllocationError, InvalidRequestError, IovaRange
+from fastmap.dma_memory import DmaMemory, MemoryLease, leases_for, owner_of
 from fastmap.errors import BatchError, KernelError
 from fastmap.kernel import Fd
 from fastmap.prot import Prot
@@ -70,6 +71,8 @@ class Ioas(Closing):
         self._owned = owned
         self._core_mapper = _core.IoasMapper(kernel.core, int(iommufd), ioas_id)
         self._closed = False
+        # Rounded mappings of buffers: (iova, length) as returned/given -> the pages mapped.
+        self._rounded: dict[tuple[int, int], tuple[int, int]] = {}
 
     @classmethod
     def allocate(cls, kernel: Kernel, iommufd: Fd | int) -> Ioas:
@@ -112,23 +115,35 @@ class Ioas(Closing):
     # --- single mappings ---------------------------------------------------------------
     def map(
         self,
-        buffer_or_va: Buffer | int,
+        buffer_or_va: Buffer | DmaMemory | int,
         length: int | None = None,
         iova: int | None = None,
         *,
         prot: Prot = Prot.RW,
         keep: object = None,
     ) -> int:
-        """Map a buffer (or `length` bytes at a raw VA) and return its IOVA.
+        """Map a buffer, a DmaMemory, or `length` bytes at a raw VA; return the IOVA of the
+        first byte.
 
-        With `iova` the mapping is fixed there; otherwise the kernel chooses. A buffer stays
-        pinned until unmapped. `length` may shorten a buffer's mapping (from its start).
-        `keep` (raw VAs only): an object the mapping holds until it is unmapped, e.g. the
-        owner of the memory (a RamBlock's lease).
+        A Python buffer (numpy array, bytearray, memoryview...) may start anywhere in a page
+        (numpy's data usually starts 16 bytes in), while with a device attached the kernel maps
+        whole pages only. So a buffer's mapping is rounded out to the host pages it touches:
+        the pages' IOVA is page-aligned, and the IOVA returned is that plus the buffer's offset
+        in its first page (`unmap(iova, nbytes)` unmaps those same pages). The device can
+        reach the rest of those pages too. A fixed `iova` is where the buffer's first byte
+        goes: it must have the buffer's offset within a page. Raw VAs are mapped exactly as
+        given. A buffer stays pinned until unmapped; `length` may shorten a buffer's mapping
+        (from its start). Memory of a DmaMemory (or RamBlock) is leased by the mapping, so it
+        cannot be closed while mapped. `keep` (raw VAs only): an object the mapping holds
+        until it is unmapped, e.g. the owner of the memory (a RamBlock's lease).
         """
         prot = check_prot(prot)
         if iova is not None:
             iova = _checks.integer("iova", iova)
+        if isinstance(buffer_or_va, DmaMemory):
+            if length is not None:
+                length = _checks.integer("length", length)
+            buffer_or_va = buffer_or_va.array[:length]
         pin, va, length = self._resolve(buffer_or_va, length, bool(prot & Prot.WRITE))
         held: object = pin
         if keep is not None:
@@ -136,6 +151,25 @@ class Ioas(Closing):
                 pin.release()
                 raise ValueError("keep= is for raw VAs: a mapped buffer is pinned already")
             held = keep
+        else:
+            owner = owner_of(va, length)
+            if owner is not None:
+                held = _Held(pin, owner.lease())
+        offset = 0
+        user_length = length
+        if pin is not None:  # a buffer: map the whole pages it touches
+            offset = va % _PAGE
+            va -= offset
+            length = _round_up(offset + length, _PAGE)
+            if iova is not None:
+                if iova % _PAGE != offset:
+                    _release_all([held])
+                    raise ValueError(
+                        f"iova={iova:#x} is where the buffer's first byte goes, so it must "
+                        f"be {offset:#x} into a page as the buffer is (the mapping covers "
+                        "whole pages)"
+                    )
+                iova -= offset
         # The mapping takes the pin inside the engine call: no Python step between the kernel
         # map and its recording, so nothing (a signal included) can separate them.
         chosen, err = self._mapper.map_one(va, length, iova, prot, held)
@@ -144,12 +178,16 @@ class Ioas(Closing):
             entry: dict[str, object] = {"va": va, "length": length}
             if iova is not None:
                 entry["iova"] = iova
-            raise BatchError(err[0], err[2], 0, entry, None, err[3])
-        return chosen
+            hint = self._map_hint(err[0], err[2], va, length, iova)
+            raise BatchError(err[0], err[2], 0, entry, hint, err[3])
+        if offset or length != user_length:
+            self._rounded[(chosen + offset, user_length)] = (chosen, length)
+        return chosen + offset
 
     def unmap(self, iova: int, length: int) -> int:
         """Unmap every mapping inside [iova, iova+length); each must lie wholly inside.
-        Returns the bytes unmapped.
+        Returns the bytes unmapped. A buffer's (iova, nbytes), as `map` returned it, unmaps
+        the whole pages that mapping covers (and their byte count is returned).
 
         Raises BatchError (ENOENT) when nothing is mapped there or a mapping sticks out.
         """
@@ -158,6 +196,8 @@ class Ioas(Closing):
     def unmap_all(self) -> int:
         """Unmap everything in the IOAS (IOMMU_IOAS_UNMAP of [0, 2^64)); returns bytes."""
         rc, ret = self._mapper.unmap_all()
+        if rc >= 0:
+            self._rounded.clear()
         if rc < 0:
             raise KernelError.from_errno(
                 -rc, "IOMMU_IOAS_UNMAP", {"ioas_id": self._id, "all": True}
@@ -189,6 +229,8 @@ class Ioas(Closing):
         fixed-IOVA batches in parallel, with exactly the serial result. Returns the IOVAs.
         The caller keeps the memory at `vas` alive while mapped, or passes `keep`: one object
         per entry (e.g. a RamBlock lease, or None) that its mapping holds until unmapped.
+        Without `keep`, an entry inside a DmaMemory (or RamBlock) holds a lease of it, so
+        that memory cannot be closed while mapped.
         """
         threads = _checks.integer("threads", threads, "u32")
         if threads < 1:
@@ -197,7 +239,7 @@ class Ioas(Closing):
         if v.shape != ln.shape:
             raise ValueError(f"vas and lengths differ in length: {v.size} != {ln.size}")
         prot = check_prot(prot)
-        held = None if keep is None else list(keep)
+        held = leases_for(v, ln) if keep is None else list(keep)
         if held is not None and len(held) != v.size:
             raise ValueError(f"keep and vas differ in length: {len(held)} != {v.size}")
         if isinstance(iovas, str):
@@ -206,11 +248,7 @@ class Ioas(Closing):
             if iovas == "identity":
                 return self._run_map(v, ln, v, prot, coalesce, threads, keep=held)
             if iovas == "dense":
-                self._enable_allocator()
-                align = max(self.iova_alignment, 1)
-                return self._run_map(
-                    v, ln, None, prot, coalesce, threads, dense=True, align=align, keep=held
-                )
+                return self._map_dense(v, ln, prot, coalesce, threads, held)
             raise ValueError(f"iovas={iovas!r}: use an array, 'kernel', 'identity' or 'dense'")
         fixed = None
         if iovas is not None:
@@ -218,6 +256,71 @@ class Ioas(Closing):
             if fixed.shape != v.shape:
                 raise ValueError(f"iovas and vas differ in length: {fixed.size} != {v.size}")
         return self._run_map(v, ln, fixed, prot, coalesce, threads, keep=held)
+
+    def _map_dense(
+        self,
+        vas: U64Array,
+        lengths: U64Array,
+        prot: int,
+        coalesce: bool,
+        threads: int,
+        keep: list[object] | None,
+    ) -> U64Array:
+        """iovas="dense": IOVAs are whole pages (at least the IOAS's alignment), so an entry
+        with a sub-page VA or length is rounded out to its pages as `map` does for buffers,
+        and its IOVA carries the VA's offset in its page."""
+        self._enable_allocator()
+        align = max(self.iova_alignment, _PAGE)
+        offsets = vas % np.uint64(_PAGE)
+        rounded = bool(offsets.any()) or bool((lengths % np.uint64(_PAGE)).any())
+        if rounded:
+            page_vas = vas - offsets
+            page_lengths = (offsets + lengths + np.uint64(_PAGE - 1)) & ~np.uint64(_PAGE - 1)
+        else:
+            page_vas, page_lengths = vas, lengths
+        out = self._run_map(
+            page_vas, page_lengths, None, prot, coalesce, threads, dense=True, align=align,
+            keep=keep,
+        )
+        if not rounded:
+            return out
+        user = out + offsets
+        for i in np.flatnonzero((offsets != 0) | (page_lengths != lengths)):
+            self._rounded[(int(user[i]), int(lengths[i]))] = (int(out[i]), int(page_lengths[i]))
+        return user
+
+    def _map_hint(self, err: int, call: str, va: int, length: int, iova: int | None) -> str | None:
+        """A hint from what this IOAS knows (its alignment, the reserved ranges such as the
+        MSI window), else None for the generic one."""
+        if err not in (_errno.EINVAL, _errno.EADDRINUSE) or not call.startswith("IOMMU_IOAS"):
+            return None
+        try:
+            ranges, align = self._iova_ranges()
+        except (KernelError, ValueError):
+            return None
+        if align > 1:
+            bad = [f"{n}={v:#x}" for n, v in (("va", va), ("length", length), ("iova", iova))
+                   if v is not None and v % align]
+            if bad:
+                return (
+                    f"{', '.join(bad)} not a multiple of this IOAS's IOVA alignment "
+                    f"{align:#x} (a device domain is attached): map whole pages, e.g. "
+                    "fastmap.DmaMemory or a buffer passed to Ioas.map, which rounds to pages"
+                )
+        if iova is not None:
+            last = iova + length - 1
+            if not any(r.start <= iova and last <= r.last for r in ranges):
+                holes = _reserved_holes(ranges)
+                hit = [h for h in holes if h.start <= last and iova <= h.last]
+                shown = ", ".join(f"[{h.start:#x}, {h.last:#x}]" for h in hit) or "none"
+                msi = " (the MSI window)" if any(
+                    h.start <= 0xFEE00000 <= h.last for h in hit
+                ) else ""
+                return (
+                    f"[{iova:#x}, {last:#x}] is not inside the usable IOVA ranges "
+                    f"(Ioas.iova_ranges()); it meets reserved {shown}{msi}"
+                )
+        return None
 
     def _enable_allocator(self) -> None:
         """Give the engine its IOVA allocator (once): the IOAS's usable ranges
@@ -248,7 +351,20 @@ class Ioas(Closing):
         io, ln = u64_array("iovas", iovas), u64_array("lengths", lengths)
         if io.shape != ln.shape:
             raise ValueError(f"iovas and lengths differ in length: {io.size} != {ln.size}")
+        keys: list[tuple[int, int]] = []
+        sub_page = (io | ln) % np.uint64(_PAGE) != 0
+        if sub_page.any():  # entries naming a rounded buffer mapping unmap its pages
+            io, ln = io.copy(), ln.copy()
+            for i in np.flatnonzero(sub_page):
+                key = (int(io[i]), int(ln[i]))
+                pages = self._rounded.get(key) or self._rounded_segment(*key)
+                if pages is not None:
+                    io[i], ln[i] = pages
+                    keys.append(key)
         removed, err = self._mapper.unmap(io, ln)
+        if err is None:
+            for key in keys:
+                self._rounded.pop(key, None)
         if err is not None:
             errno_value, index, call, rollback_failed = err
             hint = _HINT_COALESCED if call == "coalesced" else None
@@ -261,6 +377,16 @@ class Ioas(Closing):
                 rollback_failed,
             )
         return int(removed)
+
+    def _rounded_segment(self, iova: int, length: int) -> tuple[int, int] | None:
+        """The pages of a rounded mapping the table missed (its map was interrupted after
+        the engine recorded it): a segment that is exactly [iova, iova + length) rounded
+        out to pages."""
+        start = iova - iova % _PAGE
+        pages = (start, _round_up(iova + length, _PAGE) - start)
+        if any((seg.iova, seg.length) == pages for seg in self._mapper.segments()):
+            return pages
+        return None
 
     def _run_map(
         self,
@@ -287,7 +413,11 @@ class Ioas(Closing):
             entry: dict[str, object] = {"va": int(vas[index]), "length": int(lengths[index])}
             if iovas is not None:
                 entry["iova"] = int(iovas[index])
-            raise BatchError(errno_value, call, index, entry, None, rollback_failed)
+            hint = self._map_hint(
+                errno_value, call, int(vas[index]), int(lengths[index]),
+                None if iovas is None else int(iovas[index]),
+            )
+            raise BatchError(errno_value, call, index, entry, hint, rollback_failed)
         return out
 
     # --- other IOAS operations ---------------------------------------------------------------
@@ -349,6 +479,9 @@ class Ioas(Closing):
         the pinned pages. Returns the IOVA here."""
         if src.iommufd != self._fd:
             raise ValueError("copy_from needs both IOASes on the same iommufd")
+        src_iova, length = _checks.integer("src_iova", src_iova), _checks.integer("length", length)
+        if dst_iova is not None:
+            dst_iova = _checks.integer("dst_iova", dst_iova)
         prot = check_prot(prot)
         # The engine copies and records in one step; the new area holds the source's pins.
         err, iova = self._mapper.copy_from(src._mapper, src_iova, length, dst_iova, prot)
@@ -378,6 +511,9 @@ class Ioas(Closing):
         kernel's own fd namespace. So `fd` must be an open regular file here (a memfd is
         one): anything else, such as a simulated fd number, is a ValueError."""
         fd = _checks.fd_number("fd", fd)
+        offset, length = _checks.integer("offset", offset), _checks.integer("length", length)
+        if iova is not None:
+            iova = _checks.integer("iova", iova)
         try:
             st = os.fstat(fd)
         except OSError as e:
@@ -403,7 +539,17 @@ class Ioas(Closing):
 
     @huge_pages.setter
     def huge_pages(self, enabled: bool) -> None:
-        self._option(uapi.IOMMU_OPTION_OP_SET, int(enabled))
+        try:
+            self._option(uapi.IOMMU_OPTION_OP_SET, int(enabled))
+        except KernelError as e:
+            if e.errno != _errno.EINVAL or not len(self._mapper):
+                raise
+            raise KernelError.from_errno(
+                e.errno, e.call, e.arguments,
+                f"huge_pages cannot change while this IOAS has mappings ({len(self._mapper)}) "
+                "and a device domain attached: unmap everything (unmap_all) first, or set it "
+                "before mapping",
+            ) from None
 
     def _option(self, op: int, val: int) -> int:
         cmd = uapi.new(
@@ -467,6 +613,7 @@ class Ioas(Closing):
             # Closing the iommufd destroyed the IOAS with everything in it (the kernel
             # unmapped and unpinned): forget it without touching a number someone may reuse.
             self._core_mapper.forget_all()
+            self._rounded.clear()
             self._closed = True
             return
         try:
@@ -521,6 +668,38 @@ class Ioas(Closing):
             pin.release()
             raise ValueError(f"length {length:#x} is outside the buffer's {pin.nbytes:#x} bytes")
         return pin, pin.address, length
+
+
+class _Held:
+    """What a buffer mapping of DmaMemory holds: the buffer's pin and the memory's lease,
+    dropped together with the mapping (or released at once by a failed map)."""
+
+    __slots__ = ("lease", "pin")
+
+    def __init__(self, pin: _core.BufferPin | None, lease: MemoryLease) -> None:
+        self.pin = pin
+        self.lease = lease
+
+    def release(self) -> None:
+        if self.pin is not None:
+            self.pin.release()
+        self.lease.release()
+
+
+def _reserved_holes(ranges: list[IovaRange]) -> list[IovaRange]:
+    """The complement of the usable ranges in [0, 2^64): reserved IOVA."""
+    holes, start = [], 0
+    for r in sorted(ranges, key=lambda r: r.start):
+        if r.start > start:
+            holes.append(IovaRange(start, r.start - 1))
+        start = r.last + 1
+    if start <= U64_MAX:
+        holes.append(IovaRange(start, U64_MAX))
+    return holes
+
+
+def _round_up(n: int, granule: int) -> int:
+    return -(-n // granule) * granule
 
 
 def _release_all(held: Iterable[object]) -> None:

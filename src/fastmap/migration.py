@@ -4,8 +4,8 @@
         ...                                      # devices DMA into guest RAM
         result = tracker.sync()                  # what they wrote since the last sync
         for d in result.blocks:                  # one entry per RAM block
-            d.bitmap, d.ranges                   # numpy bitmap, (N, 2) [first_page, count]
-            for offset, length in d.byte_ranges():
+            d.bitmap, d.page_ranges              # numpy bitmap, (N, 2) [first_page, count]
+            for offset, length in d.byte_ranges: # (N, 2) [offset, length] in bytes
                 send(d.block.read(offset, length))
 
 This is QEMU's VFIO migration flow (§4.5 of the reference): start = each container's
@@ -87,26 +87,36 @@ class BlockDirty:
     def dirty_pages(self) -> int:
         return bitmap.popcount(self.bitmap, self.nbits)
 
+    # Three views of the dirty runs, each (N, 2) uint64, each named for its unit.
     @cached_property
-    def ranges(self) -> U64:
-        """Dirty runs as ``(N, 2)`` ``[first_page, page_count]`` (pages of `page_size`)."""
+    def page_ranges(self) -> U64:
+        """Dirty runs as ``[first_page, page_count]``, in pages of `page_size`."""
         return bitmap.to_ranges(self.bitmap, self.nbits)
 
+    @cached_property
     def byte_ranges(self) -> U64:
-        """Dirty runs as ``(N, 2)`` ``[offset, length]`` bytes into the block (the last run
-        clipped to the block's end)."""
-        out = self.ranges * np.uint64(self.page_size)
+        """Dirty runs as ``[offset, length]`` in bytes into the block (the last run clipped
+        to the block's end)."""
+        out = self.page_ranges * np.uint64(self.page_size)
         if len(out):
             end = out[-1, 0] + out[-1, 1]
             if end > self.block.length:
                 out[-1, 1] -= end - np.uint64(self.block.length)
         return out
 
+    @cached_property
     def gpa_ranges(self) -> U64:
-        """Dirty runs as ``(N, 2)`` ``[guest address, length]`` bytes."""
-        out = self.byte_ranges()
+        """Dirty runs as ``[guest address, length]`` in bytes."""
+        out = self.byte_ranges.copy()
         out[:, 0] += np.uint64(self.block.gpa)
         return out
+
+    def __repr__(self) -> str:
+        state = f" all_dirty ({self.reason})" if self.all_dirty else ""
+        return (
+            f"<BlockDirty {self.block.name}: {self.dirty_pages}/{self.nbits} pages of "
+            f"{self.page_size:#x} dirty in {len(self.page_ranges)} runs{state}>"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +138,7 @@ class SyncResult:
 
     @property
     def dirty_bytes(self) -> int:
-        return sum(int(r[:, 1].sum()) for r in (b.byte_ranges() for b in self.blocks) if len(r))
+        return sum(int(r[:, 1].sum()) for r in (b.byte_ranges for b in self.blocks) if len(r))
 
     def __iter__(self) -> Iterator[BlockDirty]:
         return iter(self.blocks)
@@ -138,6 +148,18 @@ class SyncResult:
             if b.block is block:
                 return b
         raise KeyError(block)
+
+    def __repr__(self) -> str:
+        all_dirty = sum(1 for b in self.blocks if b.all_dirty)
+        parts = [
+            f"{self.dirty_pages} dirty pages ({self.dirty_bytes:#x} bytes)",
+            f"{len(self.blocks)} blocks",
+        ]
+        if all_dirty:
+            parts.append(f"{all_dirty} all dirty")
+        if self.removed:
+            parts.append(f"{len(self.removed)} removed")
+        return f"<SyncResult {', '.join(parts)} in {self.seconds * 1e3:.1f} ms>"
 
 
 @dataclass
@@ -273,7 +295,9 @@ class DirtyTracker:
                 self._all(reasons, f"{_describe(c)} has devices it cannot track")
                 continue
             self._harvest(c, blocks, bitmaps)  # also clears the bits of a fresh container
-            if id(c) in self._fresh:
+            if c.everything_dirty_reason:
+                self._all(reasons, c.everything_dirty_reason)
+            elif id(c) in self._fresh:
                 self._all(reasons, "tracking (re)started in a container since the last sync")
             elif changed:
                 self._all(reasons, f"HWPTs of {_describe(c)} came or went since the last sync")
@@ -368,16 +392,16 @@ class DirtyTracker:
 
     def _warn_untracked(self) -> None:
         for c in self._tracked:
-            if c.tracks_all_devices:
+            if c.tracks_all_devices and not c.everything_dirty_reason:
                 self._warned.discard(id(c))
             elif id(c) not in self._warned:
                 self._warned.add(id(c))
+                why = c.everything_dirty_reason or (
+                    f"{_describe(c)} cannot track the DMA writes of every device "
+                    f"(devices {[d.name for d in c.devices]})"
+                )
                 warnings.warn(
-                    UntrackedDevicesWarning(
-                        f"{_describe(c)} cannot track the DMA writes of every device "
-                        f"(devices {[d.name for d in c.devices]}): every sync reports all "
-                        "guest RAM dirty"
-                    ),
+                    UntrackedDevicesWarning(f"{why}: every sync reports all guest RAM dirty"),
                     stacklevel=3,
                 )
 

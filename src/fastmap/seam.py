@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from fastmap.kernel import Kernel, KernelKind, RealKernel
-from fastmap.sim import SimKernel
+from fastmap.sim import shared_kernel
 
 __all__ = ["default_kind", "open_kernel"]
 
@@ -29,10 +29,14 @@ def default_kind() -> KernelKind:
 
 
 def open_kernel(kind: KernelKind | None = None) -> Kernel:
-    """The kernel to use: `kind`, else $FASTMAP_KERNEL, else real if /dev/iommu exists."""
+    """The kernel to use: `kind`, else $FASTMAP_KERNEL, else real if /dev/iommu exists.
+
+    The simulator is the process's one simulated machine (`fastmap.sim.shared_kernel()`):
+    every call returns the same one, so separately opened objects see the same devices, as
+    on a real host. `fastmap.sim.SimKernel()` makes an isolated machine instead."""
     kind = kind or default_kind()
     if kind == "real":
         return RealKernel()
     if kind == "sim":
-        return SimKernel()
+        return shared_kernel()
     raise ValueError(f"kernel kind must be 'real' or 'sim', not {kind!r}")

@@ -9,11 +9,20 @@ with no /dev/iommu needed. `SimConfig` says which kernel it models:
 
 The defaults are the C++ SimConfig's (the newest modelled kernel), read from the extension
 so they cannot drift.
+
+One machine per process: `shared_kernel()` (what `open_kernel()` gives on the simulator, and
+so what `IOMMUFDBackend()` and `VFIODevice(bdf)` without `kernel=` use) is one simulated
+machine for the whole process, as there is one kernel on a real host: a device plugged into
+it is seen by every object opened later. An explicit `SimKernel()` is a new, isolated
+machine (for tests, or to run two machines side by side).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
+import threading
 from typing import Any
 
 from fastmap import _core
@@ -49,6 +58,25 @@ class SimConfig:
         return core
 
 
+@dataclasses.dataclass(frozen=True)
+class DmaFault:
+    """A device DMA the (simulated) IOMMU refused: `length` bytes at `iova`, read or write,
+    failed with `errno` (EFAULT where nothing is mapped, EPERM/EACCES without the right)."""
+
+    iova: int
+    length: int
+    write: bool
+    errno: int
+
+    def __repr__(self) -> str:
+        name = errno.errorcode.get(self.errno, str(self.errno))
+        what = "write" if self.write else "read"
+        return (
+            f"DmaFault({what} of {self.length:#x} bytes at iova {self.iova:#x}: "
+            f"{name} ({os.strerror(self.errno)}))"
+        )
+
+
 class SimKernel(Kernel):
     """A simulated Linux kernel running in this process."""
 
@@ -67,3 +95,28 @@ class SimKernel(Kernel):
     def machine(self) -> _core.SimMachine:
         """The simulated machine: plug in PCI devices (`add_pci_device`), read its sysfs."""
         return self._sim.machine
+
+    def dma_faults(self, bdf: str, *, clear: bool = False) -> list[DmaFault]:
+        """The DMAs of device `bdf` that the IOMMU refused, oldest first (`clear` empties
+        the log)."""
+        return [
+            DmaFault(int(f["addr"]), int(f["len"]), bool(f["write"]), -int(f["error"]))
+            for f in self._sim.machine.dma_faults(bdf, clear)
+        ]
+
+    def pci_devices(self) -> list[str]:
+        """The BDFs of the PCI devices plugged into the machine."""
+        return [str(d["bdf"]) for d in self._sim.machine.devices()]
+
+
+_shared: SimKernel | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_kernel() -> SimKernel:
+    """The process's simulated machine, made with the default SimConfig on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = SimKernel()
+        return _shared

@@ -78,7 +78,7 @@ def test_container_without_dirty_tracking_reports_everything(
 def test_legacy_type1_reports_every_mapped_page_dirty(
     kernel: Kernel, edu: str, space: AddressSpace
 ) -> None:
-    with VFIODevice(edu, kernel=kernel).attach(space) as dev:
+    with VFIODevice(edu, kernel=kernel).attach(space, "legacy") as dev:
         c = dev.container
         assert isinstance(c, LegacyContainer)
         assert c.dirty_pages_supported and c.dirty_pgsizes & PAGE

@@ -323,12 +323,12 @@ def test_preopened_device_fd(
 
 def test_preopened_device_fd_is_iommufd_only(kernel: Kernel, space: AddressSpace) -> None:
     with pytest.raises(ValueError, match="IOMMUFDBackend"):
-        VFIODevice(fd=99, kernel=kernel).attach(space)
+        VFIODevice(fd=99, kernel=kernel).attach(space, "legacy")
 
 
 def test_unknown_device(kernel: Kernel, space: AddressSpace) -> None:
     with IOMMUFDBackend(kernel=kernel) as be:
-        with pytest.raises(DeviceNotFoundError, match="vfio-dev"):
+        with pytest.raises(DeviceNotFoundError, match="no such PCI device"):
             VFIODevice("0000:7f:1f.7", kernel=kernel).attach(space, be)
         assert be.users == 1
 

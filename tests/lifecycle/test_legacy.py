@@ -23,7 +23,7 @@ PAGE = mmap.PAGESIZE
 def test_attach_maps_guest_ram_and_dma_works(
     fk: FaultyKernel, edu: str, space: AddressSpace
 ) -> None:
-    with VFIODevice(edu, kernel=fk).attach(space) as dev:
+    with VFIODevice(edu, kernel=fk).attach(space, "legacy") as dev:
         c = dev.container
         assert isinstance(c, LegacyContainer) and c.initialized
         assert c.iommu_type == uapi.VFIO_TYPE1v2_IOMMU
@@ -47,7 +47,7 @@ def test_attach_maps_guest_ram_and_dma_works(
 def test_legacy_detach_order(fk: FaultyKernel, edu: str, space: AddressSpace) -> None:
     """Device fd closed -> (last device of the group) listener unmaps all RAM ->
     UNSET_CONTAINER -> container closed -> group closed (QEMU's vfio_legacy_detach_device)."""
-    dev = VFIODevice(edu, kernel=fk).attach(space)
+    dev = VFIODevice(edu, kernel=fk).attach(space, "legacy")
     assert dev.fd is not None and dev.group is not None
     c = dev.container
     assert isinstance(c, LegacyContainer)
@@ -67,8 +67,8 @@ def test_legacy_detach_order(fk: FaultyKernel, edu: str, space: AddressSpace) ->
 def test_two_devices_in_one_group(fk: FaultyKernel, space: AddressSpace) -> None:
     a = add_sim_device(fk, group=5)
     b = add_sim_device(fk, group=5)
-    da = VFIODevice(a, kernel=fk).attach(space)
-    db = VFIODevice(b, kernel=fk).attach(space)
+    da = VFIODevice(a, kernel=fk).attach(space, "legacy")
+    db = VFIODevice(b, kernel=fk).attach(space, "legacy")
     assert da.group is db.group and da.container is db.container
     assert da.group is not None and da.group.devices == [db, da]
     assert sum(e.startswith("open /dev/vfio/5 ") for e in fk.log) == 1
@@ -76,7 +76,7 @@ def test_two_devices_in_one_group(fk: FaultyKernel, space: AddressSpace) -> None
         d.enable_dma()
         assert roundtrip(d, space, RAM_GPA, RAM_GPA + PAGE)
     with pytest.raises(ValueError, match="already attached"):
-        VFIODevice(a, kernel=fk).attach(space)
+        VFIODevice(a, kernel=fk).attach(space, "legacy")
     assert db.fd is not None
     start, fd = len(fk.log), db.fd.number
     db.detach()  # the group stays open for the other device
@@ -89,8 +89,8 @@ def test_two_groups_share_one_container(
     fk: FaultyKernel, two_edus: tuple[str, str], space: AddressSpace
 ) -> None:
     a, b = two_edus
-    da = VFIODevice(a, kernel=fk).attach(space)
-    db = VFIODevice(b, kernel=fk).attach(space)
+    da = VFIODevice(a, kernel=fk).attach(space, "legacy")
+    db = VFIODevice(b, kernel=fk).attach(space, "legacy")
     c = da.container
     assert isinstance(c, LegacyContainer) and db.container is c
     assert da.group is not db.group and c.groups == [db.group, da.group]
@@ -107,10 +107,14 @@ def test_two_groups_share_one_container(
 def test_group_in_two_address_spaces_is_refused(kernel: Kernel) -> None:
     a = add_sim_device(kernel, group=9)
     b = add_sim_device(kernel, group=9)
-    with AddressSpace() as s1, AddressSpace() as s2, VFIODevice(a, kernel=kernel).attach(s1):
+    with (
+        AddressSpace() as s1,
+        AddressSpace() as s2,
+        VFIODevice(a, kernel=kernel).attach(s1, "legacy"),
+    ):
         dev = VFIODevice(b, kernel=kernel)
         with pytest.raises(ValueError, match="another address space"):
-            dev.attach(s2)
+            dev.attach(s2, "legacy")
         assert s2.containers == [] and dev.fd is None
 
 
@@ -120,8 +124,8 @@ def test_address_spaces_get_their_own_containers(kernel: Kernel, two_edus: tuple
         s1.add_ram(PAGE, RAM_GPA)
         s2.add_ram(PAGE, RAM_GPA)
         with (
-            VFIODevice(a, kernel=kernel).attach(s1) as da,
-            VFIODevice(b, kernel=kernel).attach(s2) as db,
+            VFIODevice(a, kernel=kernel).attach(s1, "legacy") as da,
+            VFIODevice(b, kernel=kernel).attach(s2, "legacy") as db,
         ):
             assert da.container is not db.container
             assert s1.containers == [da.container] and s2.containers == [db.container]
@@ -135,7 +139,7 @@ def test_legacy_and_iommufd_devices_in_one_space(
     with (
         IOMMUFDBackend(kernel=kernel) as be,
         VFIODevice(a, kernel=kernel).attach(space, be, hwpt_alloc=hwpt_alloc) as da,
-        VFIODevice(b, kernel=kernel).attach(space) as db,
+        VFIODevice(b, kernel=kernel).attach(space, "legacy") as db,
     ):
         assert type(da.container).__name__ == "IommufdContainer"
         assert isinstance(db.container, LegacyContainer)
@@ -149,7 +153,7 @@ def test_legacy_and_iommufd_devices_in_one_space(
 def test_address_space_close_refuses_while_attached(kernel: Kernel, edu: str) -> None:
     space = AddressSpace()
     space.add_ram(PAGE, RAM_GPA)
-    dev = VFIODevice(edu, kernel=kernel).attach(space)
+    dev = VFIODevice(edu, kernel=kernel).attach(space, "legacy")
     with pytest.raises(RuntimeError, match="detach"):
         space.close()
     dev.detach()
@@ -162,7 +166,8 @@ def test_both_paths_see_the_same_iova_ranges(
 ) -> None:
     """Type1's IOVA-range capability and iommufd's IOAS_IOVA_RANGES describe the same
     IOMMU: each path checks the other's parsing."""
-    with VFIODevice(sysfsdev=f"/sys/bus/pci/devices/{edu}", kernel=kernel).attach(space) as d:
+    dev = VFIODevice(sysfsdev=f"/sys/bus/pci/devices/{edu}", kernel=kernel)
+    with dev.attach(space, "legacy") as d:
         assert d.name == edu and d.container is not None
         legacy = d.container.iova_ranges
     with (
@@ -180,6 +185,6 @@ def test_dma_avail_comes_from_the_kernel(space: AddressSpace) -> None:
 
     kernel = SimKernel(dma_entry_limit=1234)
     bdf = add_sim_device(kernel)
-    with VFIODevice(bdf, kernel=kernel).attach(space) as dev:
+    with VFIODevice(bdf, kernel=kernel).attach(space, "legacy") as dev:
         assert isinstance(dev.container, LegacyContainer)
         assert dev.container.dma_max_mappings == 1234

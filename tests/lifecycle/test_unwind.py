@@ -13,6 +13,7 @@ import ctypes
 import errno
 import mmap
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 
@@ -64,7 +65,7 @@ def reattach_works(
     fk: FaultyKernel,
     bdf: str,
     space: AddressSpace,
-    backend: IOMMUFDBackend | None,
+    backend: IOMMUFDBackend | Literal["legacy"],
     hwpt_alloc: bool = True,
 ) -> None:
     fk.clear()
@@ -277,14 +278,14 @@ def test_legacy_step_fails(
         _inject_legacy(fk, space, call, err)
         dev = VFIODevice(edu, kernel=fk)
         with pytest.raises(exc) as info:
-            dev.attach(space)
+            dev.attach(space, "legacy")
         if err:
             assert info.value.errno == err  # type: ignore[attr-defined]
         assert not fk.pending_faults
         assert_clean(fk, dev, space)
         for b in space.blocks[1:]:
             space.remove_ram(b)
-        reattach_works(fk, edu, space, None)
+        reattach_works(fk, edu, space, "legacy")
     assert fk.open_fds == set()
 
 
@@ -294,12 +295,12 @@ def test_legacy_failure_of_second_device_keeps_group_and_container(
 ) -> None:
     a = add_sim_device(fk, group=7)
     b = add_sim_device(fk, group=7)
-    da = VFIODevice(a, kernel=fk).attach(space)
+    da = VFIODevice(a, kernel=fk).attach(space, "legacy")
     c = da.container
     fk.fail("VFIO_DEVICE_GET_INFO", errno.EIO)
     db = VFIODevice(b, kernel=fk)
     with pytest.raises(KernelError):
-        db.attach(space)
+        db.attach(space, "legacy")
     assert db.fd is None and space.containers == [c] and da.group is not None
     assert da.group.devices == [da] and open_groups(fk) == [da.group]
     da.detach()
@@ -308,8 +309,8 @@ def test_legacy_failure_of_second_device_keeps_group_and_container(
 
 def test_unknown_device_legacy(fk: FaultyKernel, space: AddressSpace) -> None:
     dev = VFIODevice("0000:7f:1f.7", kernel=fk)
-    with pytest.raises(DeviceNotFoundError, match="iommu_group"):
-        dev.attach(space)
+    with pytest.raises(DeviceNotFoundError, match="no such PCI device"):
+        dev.attach(space, "legacy")
     assert_clean(fk, dev, space)
 
 
@@ -347,7 +348,7 @@ def test_iommufd_unwind_order(
 def test_legacy_unwind_order(fk: FaultyKernel, edu: str, space: AddressSpace, call: str) -> None:
     fk.fail(call, errno.EIO)
     with pytest.raises(KernelError):
-        VFIODevice(edu, kernel=fk).attach(space)
+        VFIODevice(edu, kernel=fk).attach(space, "legacy")
     container = _fd_of(fk, "/dev/vfio/vfio ")
     group = next(
         int(e.rsplit(" ", 1)[1])

@@ -15,7 +15,7 @@ from fastmap.lifecycle.container import Container
 from fastmap.lifecycle.device import VFIODevice
 from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
-from fastmap.migration import DirtyTracker
+from fastmap.migration import DirtyTracker, UntrackedDevicesWarning
 from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
 from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits, sim_only
@@ -98,7 +98,7 @@ def test_removed_block_reports_its_writes(tracked: tuple[AddressSpace, VFIODevic
         assert [d.block for d in r.blocks] == [a]
         assert set_bits(r.for_block(a).bitmap, PAGES) == {1}
         assert len(r.removed) == 1 and r.removed[0].block is b
-        assert r.removed[0].ranges.tolist() == [[7, 2]]
+        assert r.removed[0].page_ranges.tolist() == [[7, 2]]
         assert t.sync().removed == []
 
 
@@ -127,11 +127,14 @@ def test_legacy_unmap_returns_the_bitmap(kernel: Kernel, edu: str) -> None:
     fk = FaultyKernel(kernel)
     with AddressSpace() as space:
         space.add_ram(SIZE, 0x100000)
-        with VFIODevice(edu, kernel=fk).attach(space) as dev:
+        with VFIODevice(edu, kernel=fk).attach(space, "legacy") as dev:
             c = dev.container
             assert isinstance(c, LegacyContainer)
             split(c, 0x100000, space.blocks[0].va)
-            with DirtyTracker(space) as t:
+            with (
+                pytest.warns(UntrackedDevicesWarning, match="Type1"),
+                DirtyTracker(space) as t,
+            ):
                 t.sync()
                 start = len(fk.log)
                 c.dma_unmap(0x100000 + HALF, HALF)

@@ -260,7 +260,7 @@ def test_out_of_range_ids_are_not_truncated() -> None:
         with pytest.raises(ValueError, match="iova"):
             be.map_dma(ioas.id, buf.ctypes.data, PAGE, -PAGE)
         assert ioas.translate_iova(iova) == buf.ctypes.data
-        assert [s.iova for s in ioas.segments()] == [iova]
+        assert [s.iova for s in ioas.segments()] == [iova - buf.ctypes.data % PAGE]
         ioas.unmap(iova, PAGE)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -75,13 +75,13 @@ class MockDevice(VFIODevice):
     def attach(
         self,
         space: AddressSpace,
-        backend: IOMMUFDBackend | None = None,
+        backend: IOMMUFDBackend | Literal["legacy"],
         *,
         hwpt_alloc: bool = True,
     ) -> MockDevice:
         """Attach to `space` through `backend` (a mock device exists only on an iommufd).
         Returns self, a context manager that detaches."""
-        if backend is None:
+        if not isinstance(backend, IOMMUFDBackend):
             raise ValueError("a mock device exists only on an iommufd: pass an IOMMUFDBackend")
         if self.ops is not None:
             raise RuntimeError(f"{self.name} is already attached")

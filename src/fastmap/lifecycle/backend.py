@@ -37,6 +37,7 @@ from fastmap import _checks, uapi
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.lifecycle.host_iommu_device import capability_names, hw_info_type_name
 from fastmap.prot import Prot
 from fastmap.seam import open_kernel
 
@@ -91,6 +92,17 @@ class DeviceHwInfo:
     def dirty_tracking(self) -> bool:
         """IOMMU_HW_CAP_DIRTY_TRACKING: HWPTs may be allocated with DIRTY_TRACKING."""
         return bool(self.capabilities & uapi.IOMMU_HW_CAP_DIRTY_TRACKING)
+
+    @property
+    def type_name(self) -> str:
+        """'intel-vtd', 'arm-smmuv3', 'selftest', 'none' or 'type N'."""
+        return hw_info_type_name(self.type)
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceHwInfo({self.type_name}, capabilities={self.capabilities:#x} "
+            f"[{capability_names(self.capabilities)}], data={len(self.data)} bytes)"
+        )
 
 
 class IOMMUFDBackend:

@@ -119,6 +119,12 @@ class Container(ABC):
         """Whether the dirty bitmaps see the DMA writes of every device of the container."""
         return self.dirty_pages_supported
 
+    @property
+    def everything_dirty_reason(self) -> str:
+        """Why this container's bitmaps report every mapped page dirty on every sync even
+        though it tracks ('' when they report only what was written)."""
+        return ""
+
     def get_dirty_bitmap(
         self, iova: int, length: int, page_size: int = PAGE_SIZE
     ) -> npt.NDArray[np.uint64]:

@@ -8,9 +8,10 @@ address space through IOMMUFD or the legacy Type1 container, and driven through 
 
 `attach(space, backend)` chooses the ops class as QEMU's vfio_attach_device does: IOMMUFD
 when a backend is given (`fastmap.lifecycle.vfio_iommufd`), the legacy group + Type1 container
-otherwise (`fastmap.lifecycle.vfio_legacy`). Every kernel object it creates (device fd, HWPT, IOAS,
-container, group fd, mappings) is released by `detach()` (or the end of the `with`
-block), in QEMU's order, and by a failing attach, which undoes exactly its finished steps.
+for `attach(space, "legacy")` (`fastmap.lifecycle.vfio_legacy`). Every kernel object it
+creates (device fd, HWPT, IOAS, container, group fd, mappings) is released by `detach()` (or
+the end of the `with` block), in QEMU's order, and by a failing attach, which undoes exactly
+its finished steps.
 
 The same code runs on the real kernel and on the simulated one: sysfs goes through
 `fastmap.lifecycle.sysfs` (the real /sys, or the simulated machine's view).
@@ -19,9 +20,10 @@ The same code runs on the real kernel and on the simulated one: sysfs goes throu
 from __future__ import annotations
 
 import posixpath
+import re
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fastmap import uapi
 from fastmap._closing import Closing
@@ -64,6 +66,50 @@ class RegionInfo:
         return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP)
 
 
+_BDF = re.compile(
+    r"(?:(?P<domain>[0-9a-f]{4}):)?(?P<bus>[0-9a-f]{2}):(?P<dev>[01][0-9a-f])\.(?P<fn>[0-7])"
+)
+
+
+def normalize_bdf(bdf: str) -> str:
+    """A PCI address as sysfs names it, "DDDD:BB:DD.F" in lower case. lspci's short form
+    "BB:DD.F" means domain 0000 and is completed; anything else is a ValueError at once
+    (rather than a device that is not found later)."""
+    if not isinstance(bdf, str):
+        raise TypeError(f"a PCI address is a str like '0000:00:03.0', not {type(bdf).__name__}")
+    m = _BDF.fullmatch(bdf.strip().lower())
+    if m is None:
+        raise ValueError(
+            f"{bdf!r} is not a PCI address: use DDDD:BB:DD.F as in /sys/bus/pci/devices "
+            "(e.g. '0000:00:03.0'; lspci's '00:03.0' means domain 0000)"
+        )
+    return f"{m['domain'] or '0000'}:{m['bus']}:{m['dev']}.{m['fn']}"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """VFIO_DEVICE_GET_INFO: what kind of device, and how many regions and IRQ indexes."""
+
+    flags: int
+    num_regions: int
+    num_irqs: int
+
+    @property
+    def reset_works(self) -> bool:
+        return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_RESET)
+
+    @property
+    def pci(self) -> bool:
+        return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_PCI)
+
+    def __repr__(self) -> str:
+        kinds = [n for n, on in (("pci", self.pci), ("reset", self.reset_works)) if on]
+        return (
+            f"DeviceInfo(flags={self.flags:#x} [{' '.join(kinds) or '-'}], "
+            f"num_regions={self.num_regions}, num_irqs={self.num_irqs})"
+        )
+
+
 def find_pci_devices(kernel: Kernel, vendor: int, device: int) -> list[str]:
     """BDFs of the PCI devices with these ids on `kernel`'s machine."""
     return sysfs_for(kernel).find_pci(vendor, device)
@@ -81,7 +127,8 @@ class VFIODevice(Closing):
         kernel: Kernel | KernelKind | None = None,
         name: str | None = None,
     ) -> None:
-        """Name the device by PCI address (`host`, e.g. "0000:00:03.0"), by `sysfsdev`
+        """Name the device by PCI address (`host`, e.g. "0000:00:03.0"; lspci's "00:03.0"
+        is completed with domain 0000, anything else is refused at once), by `sysfsdev`
         (e.g. /sys/bus/pci/devices/0000:00:03.0), or by a pre-opened cdev `fd` (IOMMUFD
         only; the device owns and closes it, as QEMU does). `kernel`: the kernel the device
         is on; by default the backend's at attach, else `open_kernel()`."""
@@ -90,6 +137,7 @@ class VFIODevice(Closing):
         if host is None and sysfsdev is None and fd is None:
             raise ValueError("name the device by host=, sysfsdev= or fd=")
         if sysfsdev is None and host is not None:
+            host = normalize_bdf(host)
             sysfsdev = f"{PCI_DEVICES}/{host}"
         self.sysfsdev = sysfsdev or ""
         self.name = name or (
@@ -138,11 +186,12 @@ class VFIODevice(Closing):
     def attach(
         self,
         space: AddressSpace,
-        backend: IOMMUFDBackend | None = None,
+        backend: IOMMUFDBackend | Literal["legacy"],
         *,
         hwpt_alloc: bool = True,
     ) -> VFIODevice:
-        """Attach to `space`: through IOMMUFD when `backend` is given, else legacy Type1.
+        """Attach to `space` through IOMMUFD (`backend` an IOMMUFDBackend) or through the
+        legacy group + Type1 container (`backend="legacy"`): the choice is always explicit.
         Returns self (a context manager that detaches).
 
         IOMMUFD domains are allocated with IOMMU_HWPT_ALLOC as QEMU does; `hwpt_alloc=False`
@@ -153,7 +202,12 @@ class VFIODevice(Closing):
 
         if self.ops is not None:
             raise RuntimeError(f"{self.name} is already attached")
-        if backend is not None:
+        if backend is None or (isinstance(backend, str) and backend != "legacy"):
+            raise TypeError(
+                f"attach({backend!r}): pass an IOMMUFDBackend to attach through IOMMUFD, or "
+                "'legacy' for the Type1 container"
+            )
+        if not isinstance(backend, str):
             if self._kernel is None and self._kernel_kind is None:
                 self._kernel = backend.kernel
             if self.kernel.core is not backend.kernel.core:
@@ -162,7 +216,7 @@ class VFIODevice(Closing):
                     f"another ({backend.kernel.name}) kernel"
                 )
         ops: IommufdOps | LegacyOps = (
-            IommufdOps(backend, hwpt_alloc=hwpt_alloc) if backend is not None else LegacyOps()
+            LegacyOps() if isinstance(backend, str) else IommufdOps(backend, hwpt_alloc=hwpt_alloc)
         )
         ops.attach_device(self, space, self.sysfs)
         self.ops = ops
@@ -196,13 +250,14 @@ class VFIODevice(Closing):
             raise RuntimeError(f"{self.name} is not attached")
         return self.fd
 
-    def read_device_info(self) -> None:
-        """VFIO_DEVICE_GET_INFO: flags, number of regions and IRQs."""
-        info = uapi.new(uapi.vfio_device_info)
-        self._fd().ioctl(uapi.VFIO_DEVICE_GET_INFO, info)
-        self.flags = int(info.flags)
-        self.num_regions = int(info.num_regions)
-        self.num_irqs = int(info.num_irqs)
+    def read_device_info(self) -> DeviceInfo:
+        """VFIO_DEVICE_GET_INFO: flags, number of regions and IRQs (also kept as the
+        device's `flags`, `num_regions` and `num_irqs`)."""
+        raw = uapi.new(uapi.vfio_device_info)
+        self._fd().ioctl(uapi.VFIO_DEVICE_GET_INFO, raw)
+        info = DeviceInfo(int(raw.flags), int(raw.num_regions), int(raw.num_irqs))
+        self.flags, self.num_regions, self.num_irqs = info.flags, info.num_regions, info.num_irqs
+        return info
 
     def region_info(self, index: int) -> RegionInfo:
         """VFIO_DEVICE_GET_REGION_INFO."""

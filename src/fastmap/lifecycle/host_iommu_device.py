@@ -35,6 +35,24 @@ _TYPE_NAMES = {
 _MGAW_SHIFT, _MGAW_MASK = 16, 0x3F
 
 
+def hw_info_type_name(hw_type: int) -> str:
+    """'intel-vtd', 'arm-smmuv3', 'selftest', 'none' or 'type N' for IOMMU_HW_INFO_TYPE_*."""
+    for const, label in _TYPE_NAMES.items():
+        if uapi.CONSTANTS.get(const) == hw_type:
+            return label
+    return f"type {hw_type:#x}"
+
+
+def capability_names(capabilities: int) -> str:
+    """The IOMMU_HW_CAP_* bits by name, e.g. 'DIRTY_TRACKING' ('-' for none)."""
+    names = [
+        name.removeprefix("IOMMU_HW_CAP_")
+        for name, value in uapi.CONSTANTS.items()
+        if name.startswith("IOMMU_HW_CAP_") and capabilities & value
+    ]
+    return " ".join(names) or "-"
+
+
 @dataclass
 class HostIOMMUDevice:
     """The host IOMMU as one VFIO device sees it."""
@@ -65,10 +83,14 @@ class HostIOMMUDevice:
     @property
     def type_name(self) -> str:
         """'intel-vtd', 'arm-smmuv3', 'selftest', 'none' or 'type N'."""
-        for const, label in _TYPE_NAMES.items():
-            if uapi.CONSTANTS.get(const) == self.type:
-                return label
-        return f"type {self.type:#x}"
+        return hw_info_type_name(self.type)
+
+    def __repr__(self) -> str:
+        return (
+            f"HostIOMMUDevice({self.name}, {self.backend}, {self.type_name}, "
+            f"capabilities={self.capabilities:#x} [{capability_names(self.capabilities)}], "
+            f"data={len(self.data)} bytes)"
+        )
 
     @property
     def dirty_tracking(self) -> bool:

@@ -56,6 +56,14 @@ class Sysfs(ABC):
             return False
         return True
 
+    def missing_device(self, sysfsdev: str) -> str | None:
+        """Why `sysfsdev` cannot be a device here: None when it exists, else a message that
+        names the PCI devices there are (so a typo is not mistaken for an unbound device)."""
+        if self.exists(sysfsdev):
+            return None
+        there = ", ".join(self.pci_devices()) or "none"
+        return f"no such PCI device: {sysfsdev} does not exist (PCI devices here: {there})"
+
     def pci_devices(self) -> list[str]:
         """BDFs of every PCI device, sorted."""
         try:

@@ -233,6 +233,9 @@ class IommufdContainer(Container):
 def open_cdev(kernel: Kernel, sysfs: Sysfs, sysfsdev: str) -> Fd:
     """QEMU's iommufd_cdev_getfd + open_cdev: open the device's VFIO cdev and make sure it
     is the char device sysfs names."""
+    missing = sysfs.missing_device(sysfsdev)
+    if missing is not None:
+        raise DeviceNotFoundError(missing)
     try:
         name, devt = sysfs.vfio_cdev(sysfsdev)
     except FileNotFoundError as e:

@@ -209,6 +209,19 @@ class LegacyContainer(Container):
         self._report_unmapped_dirty(iova, length, bits)
 
     # --- dirty pages: VFIO_IOMMU_DIRTY_PAGES ---------------------------------------------------
+    @property
+    def everything_dirty_reason(self) -> str:
+        """Type1 knows nothing of DMA writes: unless every device limits dirtiness to the
+        pages it pins (mediated devices, vfio_pin_pages), it reports every pinned page dirty
+        on every VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP. A vfio-pci device never does."""
+        if not self.dirty_pages_supported:
+            return ""
+        return (
+            "the Type1 container reports every pinned page dirty on every sync "
+            "(vfio_iommu_type1 tracks pins, not DMA writes, and no device scopes "
+            "dirtiness): use IOMMUFD with a dirty-tracking IOMMU"
+        )
+
     def set_dirty_page_tracking(self, start: bool) -> None:
         flag = (
             uapi.VFIO_IOMMU_DIRTY_PAGES_FLAG_START
@@ -420,11 +433,15 @@ class LegacyOps:
             raise ValueError(
                 "a pre-opened device fd is a VFIO cdev: attach it with an IOMMUFDBackend"
             )
+        missing = sysfs.missing_device(dev.sysfsdev)
+        if missing is not None:
+            raise DeviceNotFoundError(missing)
         try:
             group_id = sysfs.iommu_group(dev.sysfsdev)
         except FileNotFoundError as e:
             raise DeviceNotFoundError(
-                f"{dev.sysfsdev} has no iommu_group: no such device, or it is not behind an IOMMU"
+                f"{dev.sysfsdev} has no iommu_group: the device is not behind an IOMMU (or "
+                "the IOMMU is off: intel_iommu=on / amd_iommu=on on the kernel command line)"
             ) from e
         dev.hiod = HostIOMMUDevice.legacy(dev.name, dev)
         try:
