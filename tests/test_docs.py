@@ -80,3 +80,5 @@ def test_guide_ioas_and_batch_examples_run() -> None:
         namespace: dict[str, object] = {"np": np, "ioas": ioas}
         exec(compile(_python_block("## 3. Batches"), "guide.md §3", "exec"), namespace)
         assert len(namespace["iovas"]) == 256  # type: ignore[arg-type]
+        exec(compile(_python_block("## 6. DMA memory"), "guide.md §6", "exec"), namespace)
+        assert namespace["iova"] is not None
