@@ -11,6 +11,13 @@ where there is none), make an I/O address space, and map memory into it::
         iova = ioas.map(buf)                       # pinned until unmapped
         ioas.unmap(iova, buf.nbytes)
 
+Then, in the source tree's docs/: guide.md (IOAS, batches, the allocator, translation, DMA
+memory, devices, interrupts, dirty tracking, the Cython API, in that order), errors.md
+(every errno of every call: what it means, what to do), real-host.md (modules, binding
+devices, permissions, memlock, huge pages). On the command line, ``fastmap doctor`` says
+whether this host can run on the real kernel and what to fix; ``fastmap demo`` runs the
+whole path on the simulator.
+
 Everything named in ``fastmap.__all__`` is importable from ``fastmap`` itself. The package,
 top down (docs/architecture.md has the layer diagram and the vocabulary):
 
@@ -38,6 +45,10 @@ Errors
     `FastmapError` is the base of every error; a failed kernel call is a `KernelError` (an
     `OSError` naming the call, errno, fields and a likely cause); `fastmap.errors` has one
     subclass per errno family and the lifecycle's errors and warnings.
+
+Host setup
+    `fastmap.host`: ``fastmap doctor`` (diagnose_host, describe_sim) and ``fastmap bind`` /
+    ``unbind`` (bind_device, unbind_device: vfio-pci through driver_override).
 
 Internal: ``fastmap._tools`` (benchmarks, demos, test rigs behind the ``fastmap`` CLI),
 ``fastmap._core`` (the C++ extension), and other ``_``-prefixed modules.
