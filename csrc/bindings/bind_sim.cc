@@ -10,6 +10,7 @@
 #include "bindings/bindings.h"
 #include "bindings/cbuffer.h"
 #include "bindings/errno_error.h"
+#include "sim/core/mmio_trap.h"
 #include "sim/iommu/domain.h"
 #include "sim/iommu/domain_report.h"
 #include "sim/iommu/iommu_model.h"
@@ -260,6 +261,12 @@ void bind_sim(py::module_& m) {
       .def_property_readonly("config", &sim::SimKernel::config)
       .def_property_readonly("machine", &sim::SimKernel::machine,
                              py::return_value_policy::reference_internal)
+      .def("mmap", &sim::SimKernel::mmap_anywhere, py::arg("fd"), py::arg("length"),
+           py::arg("prot"), py::arg("flags"), py::arg("offset"),
+           "mmap(2) of a simulated file: the address, or -errno")
+      .def("munmap", [](sim::SimKernel&, std::uintptr_t addr, std::size_t length) {
+        return sim::mmio_unmap(reinterpret_cast<void*>(addr), length);
+      }, py::arg("addr"), py::arg("length"), "munmap(2) of a simulated mapping: 0 or -errno")
       .def("chardev_of", [](const sim::SimKernel& k, int fd) {
         std::optional<std::pair<unsigned, unsigned>> devt;
         check(sim::chardev_of(k, fd, &devt), "fstat");

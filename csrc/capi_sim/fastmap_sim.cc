@@ -12,6 +12,7 @@
 #include "sim/iommu/iommu_model.h"
 #include "sim/sim_kernel.h"
 #include "sim/core/fail_nth.h"
+#include "sim/core/mmio_trap.h"
 #include "sim/core/user_memory.h"
 #include "sim/vfio/machine.h"
 
@@ -159,6 +160,11 @@ FASTMAP_SIM_EXPORT ssize_t fastmap_sim_pwrite(fastmap_sim* sim, int fd, const vo
 FASTMAP_SIM_EXPORT int fastmap_sim_mmap(fastmap_sim* sim, int fd, void* addr, size_t length,
                                         int prot, int flags, uint64_t offset, void** out) {
   return sim->kernel->mmap(fd, addr, length, prot, flags, offset, out);
+}
+
+FASTMAP_SIM_EXPORT int fastmap_sim_munmap(void* addr, size_t length) {
+  if (!fastmap::sim::mmio_mapped(addr, length)) return 1;
+  return fastmap::sim::mmio_unmap(addr, length);
 }
 
 FASTMAP_SIM_EXPORT int fastmap_sim_chardev(fastmap_sim* sim, int fd, unsigned* major,

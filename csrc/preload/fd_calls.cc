@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "fastmap_sim.h"
 #include "preload/fail_nth.h"
 #include "preload/preload.h"
 #include "preload/real.h"
@@ -249,6 +250,12 @@ int ftruncate64(int fd, off64_t len) noexcept { return ftruncate(fd, len); }
 
 void* mmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) noexcept {
   if (!(flags & MAP_ANONYMOUS) && is_simfd(fd)) {
+    // A device mapping traps into the simulator of this process; a forked child's calls
+    // are served by its parent's, in another address space, so it cannot map devices.
+    if (is_forwarder()) {
+      set_errno(-ENODEV);
+      return MAP_FAILED;
+    }
     Call c{Op::kMmap, fd, reinterpret_cast<std::uint64_t>(addr), len,
            (static_cast<std::uint64_t>(static_cast<unsigned>(prot)) << 32) |
                static_cast<unsigned>(flags),
@@ -265,6 +272,15 @@ void* mmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) noexc
 }
 void* mmap64(void* addr, size_t len, int prot, int flags, int fd, off64_t off) noexcept {
   return mmap(addr, len, prot, flags, fd, off);
+}
+
+int munmap(void* addr, size_t len) noexcept {
+  // A simulated device mapping leaves the simulator's trap table with it.
+  if (!is_forwarder() && owner_sim_started()) {
+    const int r = fastmap_sim_munmap(addr, len);
+    if (r <= 0) return static_cast<int>(set_errno(r));
+  }
+  return FASTMAP_REAL("munmap", int (*)(void*, size_t))(addr, len);
 }
 
 int fstat(int fd, struct stat* st) noexcept {

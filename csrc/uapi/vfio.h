@@ -76,6 +76,23 @@ inline constexpr u32 VFIO_IRQ_INFO_MASKABLE = 1u << 1;
 inline constexpr u32 VFIO_IRQ_INFO_AUTOMASKED = 1u << 2;
 inline constexpr u32 VFIO_IRQ_INFO_NORESIZE = 1u << 3;
 
+// VFIO_DEVICE_SET_IRQS flags: one data type and one action.
+inline constexpr u32 VFIO_IRQ_SET_DATA_NONE = 1u << 0;
+inline constexpr u32 VFIO_IRQ_SET_DATA_BOOL = 1u << 1;
+inline constexpr u32 VFIO_IRQ_SET_DATA_EVENTFD = 1u << 2;
+inline constexpr u32 VFIO_IRQ_SET_ACTION_MASK = 1u << 3;
+inline constexpr u32 VFIO_IRQ_SET_ACTION_UNMASK = 1u << 4;
+inline constexpr u32 VFIO_IRQ_SET_ACTION_TRIGGER = 1u << 5;
+inline constexpr u32 VFIO_IRQ_SET_DATA_TYPE_MASK =
+    VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_DATA_EVENTFD;
+inline constexpr u32 VFIO_IRQ_SET_ACTION_TYPE_MASK =
+    VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_ACTION_TRIGGER;
+
+// Region info capability ids (vfio_info_cap_header.id in a region's chain).
+inline constexpr u32 VFIO_REGION_INFO_CAP_SPARSE_MMAP = 1;
+inline constexpr u32 VFIO_REGION_INFO_CAP_TYPE = 2;
+inline constexpr u32 VFIO_REGION_INFO_CAP_MSIX_MAPPABLE = 3;
+
 // VFIO_DEVICE_FEATURE flags: the low 16 bits name the feature.
 inline constexpr u32 VFIO_DEVICE_FEATURE_MASK = 0xffff;
 inline constexpr u32 VFIO_DEVICE_FEATURE_GET = 1u << 16;
@@ -133,6 +150,18 @@ struct vfio_irq_info {
 FM_UAPI_LAYOUT(vfio_irq_info, 16, FM_F(argsz, 0), FM_F(flags, 4), FM_F(index, 8),
                FM_F(count, 12))
 
+// Followed by `count` items of the data type (u8 bools or s32 eventfds).
+struct vfio_irq_set {
+  static constexpr const char kUapiName[] = "vfio_irq_set";
+  u32 argsz;
+  u32 flags;
+  u32 index;
+  u32 start;
+  u32 count;
+};
+FM_UAPI_LAYOUT(vfio_irq_set, 20, FM_F(argsz, 0), FM_F(flags, 4), FM_F(index, 8),
+               FM_F(start, 12), FM_F(count, 16))
+
 // Followed by the feature's data.
 struct vfio_device_feature {
   static constexpr const char kUapiName[] = "vfio_device_feature";
@@ -181,6 +210,23 @@ struct vfio_info_cap_header {
   u32 next;  // offset of the next header from the start of the info struct; 0 ends
 };
 FM_UAPI_LAYOUT(vfio_info_cap_header, 8, FM_F(id, 0), FM_F(version, 2), FM_F(next, 4))
+
+struct vfio_region_sparse_mmap_area {
+  static constexpr const char kUapiName[] = "vfio_region_sparse_mmap_area";
+  u64 offset;  // from the start of the region
+  u64 size;
+};
+FM_UAPI_LAYOUT(vfio_region_sparse_mmap_area, 16, FM_F(offset, 0), FM_F(size, 8))
+
+// Followed by nr_areas vfio_region_sparse_mmap_area.
+struct vfio_region_info_cap_sparse_mmap {
+  static constexpr const char kUapiName[] = "vfio_region_info_cap_sparse_mmap";
+  vfio_info_cap_header header;
+  u32 nr_areas;
+  u32 reserved;
+};
+FM_UAPI_LAYOUT(vfio_region_info_cap_sparse_mmap, 16, FM_F(header, 0), FM_F(nr_areas, 8),
+               FM_F(reserved, 12))
 
 struct vfio_iommu_type1_info {
   static constexpr const char kUapiName[] = "vfio_iommu_type1_info";

@@ -165,6 +165,10 @@ class SimKernel(Kernel):
     def config(self) -> SimConfig: ...
     @property
     def machine(self) -> SimMachine: ...
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int) -> int:
+        """mmap(2) of a simulated file: the address, or -errno"""
+    def munmap(self, addr: int, length: int) -> int:
+        """munmap(2) of a simulated mapping: 0 or -errno"""
     def chardev_of(self, fd: int) -> tuple[int, int] | None:
         """(major, minor) of the char device behind fd (fstat st_rdev), or None"""
 

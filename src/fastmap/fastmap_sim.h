@@ -81,6 +81,9 @@ ssize_t fastmap_sim_pwrite(fastmap_sim *sim, int fd, const void *buf, size_t cou
 /* 0 and the mapping in *out, or -errno (-ENODEV: the file has no mmap, as /dev/iommu). */
 int fastmap_sim_mmap(fastmap_sim *sim, int fd, void *addr, size_t length, int prot, int flags,
                      uint64_t offset, void **out);
+/* munmap(2) of a range holding a simulated device mapping (a BAR): 0 or -errno; 1 when the
+ * range holds none (the caller unmaps it itself). */
+int fastmap_sim_munmap(void *addr, size_t length);
 /* 1 and the char device (major, minor) the fd was opened from (fstat's st_rdev); 0 for an
  * anonymous inode (an fd an ioctl handed out); -EBADF. */
 int fastmap_sim_chardev(fastmap_sim *sim, int fd, unsigned *major, unsigned *minor);

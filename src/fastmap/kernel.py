@@ -16,6 +16,7 @@ caller keeps the memory they point to alive for the duration of the call.
 from __future__ import annotations
 
 import ctypes
+import mmap as mmap_module
 import os
 import platform
 import re
@@ -113,6 +114,27 @@ class Kernel:
             "pwrite",
             {"fd": fd, "count": memoryview(data).nbytes, "offset": offset},
         )
+
+    def mmap(
+        self, fd: int, length: int, offset: int, prot: int, flags: int = mmap_module.MAP_SHARED
+    ) -> int:
+        """mmap(2) of `length` bytes of `fd` at `offset` (a VFIO region; MAP_SHARED unless
+        `flags` says otherwise): the address. Unmap it with `munmap`."""
+        from fastmap._libc import MAP_FAILED, libc
+
+        fd = _checks.fd_number("fd", fd)
+        addr = libc.mmap(None, length, prot, flags, fd, offset)
+        if addr in (None, MAP_FAILED):
+            err = ctypes.get_errno()
+            _check(-err, "mmap", {"fd": fd, "length": length, "offset": offset})
+        return int(addr)
+
+    def munmap(self, addr: int, length: int) -> None:
+        """munmap(2) of a mapping `mmap` made."""
+        from fastmap._libc import libc
+
+        if libc.munmap(addr, length) != 0:
+            _check(-ctypes.get_errno(), "munmap", {"addr": addr, "length": length})
 
     def open_fd(self, path: str, flags: int = os.O_RDWR) -> Fd:
         """open(2) wrapped in an Fd that closes itself."""

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import mmap as mmap_module
 import os
 import threading
 from typing import Any
 
-from fastmap import _core
-from fastmap.kernel import Kernel
+from fastmap import _checks, _core
+from fastmap.kernel import Kernel, _check
 
 _DEFAULTS = _core.SimConfig()
 
@@ -85,6 +86,22 @@ class SimKernel(Kernel):
         self._sim = _core.SimKernel(config.to_core())
         super().__init__(self._sim, config.kernel_version)
         self.config = config
+
+    def mmap(
+        self, fd: int, length: int, offset: int, prot: int, flags: int = mmap_module.MAP_SHARED
+    ) -> int:
+        """mmap(2) of a simulated device region: a trapped mapping whose loads and stores
+        reach the device model (csrc/sim/core/mmio_trap.h)."""
+        fd = _checks.fd_number("fd", fd)
+        addr = int(self._sim.mmap(fd, length, prot, flags, offset))
+        if addr < 0:
+            _check(addr, "mmap", {"fd": fd, "length": length, "offset": offset})
+        return addr
+
+    def munmap(self, addr: int, length: int) -> None:
+        rc = int(self._sim.munmap(addr, length))
+        if rc < 0:
+            _check(rc, "munmap", {"addr": addr, "length": length})
 
     @property
     def sim(self) -> _core.SimKernel:

@@ -249,6 +249,13 @@ ssize_t KernelCore::write(int fd, const void* buf, std::size_t count) noexcept {
   return file->write(buf, count);
 }
 
+long KernelCore::mmap_anywhere(int fd, std::size_t length, int prot, int flags,
+                               std::uint64_t offset) noexcept {
+  void* out = nullptr;
+  const int rc = mmap(fd, nullptr, length, prot, flags, offset, &out);
+  return rc < 0 ? rc : static_cast<long>(reinterpret_cast<std::uintptr_t>(out));
+}
+
 int KernelCore::mmap(int fd, void* addr, std::size_t length, int prot, int flags,
                     std::uint64_t offset, void** out) noexcept {
   SimEntry entry;

@@ -45,6 +45,9 @@ class KernelCore : public Kernel {
   ssize_t write(int fd, const void* buf, std::size_t count) noexcept;
   int mmap(int fd, void* addr, std::size_t length, int prot, int flags, std::uint64_t offset,
            void** out) noexcept;
+  // mmap at an address the kernel picks: the address, or -errno.
+  long mmap_anywhere(int fd, std::size_t length, int prot, int flags,
+                     std::uint64_t offset) noexcept;
   // fstat(2)'s st_rdev of the file's char device: 1 with (major, minor), 0 when the file is
   // not a char device (an anonymous inode), or -EBADF.
   int chardev(int fd, unsigned* major, unsigned* minor) const noexcept;

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "sim/core/fail_nth.h"
+#include "sim/core/mmio_trap.h"
 
 namespace fastmap::sim {
 
@@ -35,15 +36,21 @@ int remote_rw(pid_t pid, void* local, std::uint64_t remote, std::size_t len, boo
 }
 struct sigaction g_prev_segv;
 struct sigaction g_prev_bus;
+struct sigaction g_prev_trap;
 
 void on_fault(int sig, siginfo_t* info, void* context) {
-  if (sigjmp_buf* jb = t_fixup) {
-    t_fixup = nullptr;
-    siglongjmp(*jb, 1);
+  if (sig != SIGTRAP) {
+    if (sigjmp_buf* jb = t_fixup) {
+      t_fixup = nullptr;
+      siglongjmp(*jb, 1);
+    }
   }
+  // A load or store on a simulated MMIO mapping, or the single-step trap after one.
+  if (sig != SIGBUS && mmio_trap_handle(sig, info, context)) return;
   // Not ours: hand it to whoever was there before (Python's faulthandler, a debugger's
   // handler, or the default action, which then kills the process as it would have).
-  const struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+  const struct sigaction& prev =
+      sig == SIGSEGV ? g_prev_segv : sig == SIGBUS ? g_prev_bus : g_prev_trap;
   if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
     prev.sa_sigaction(sig, info, context);
     return;
@@ -55,20 +62,32 @@ void on_fault(int sig, siginfo_t* info, void* context) {
   struct sigaction dfl{};
   dfl.sa_handler = SIG_DFL;
   sigaction(sig, &dfl, nullptr);  // the faulting instruction reruns and takes the default
+  if (sig == SIGTRAP) ::raise(SIGTRAP);  // a trap does not rerun: deliver it again
+}
+
+std::mutex g_install_mu;
+
+// Installs on_fault for `sig` unless it is already there; the handler found is kept to be
+// chained to.
+void install_one(int sig, struct sigaction* prev) {
+  struct sigaction cur{};
+  sigaction(sig, nullptr, &cur);
+  if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_fault) return;
+  struct sigaction sa{};
+  sa.sa_sigaction = on_fault;
+  // SA_NODEFER: the signal is not blocked while handling, so jumping out of the handler
+  // needs no signal-mask restore (and sigsetjmp no sigprocmask call on the fast path).
+  // SIGSEGV/SIGBUS run on the alternate stack if there is one (a stack overflow must still
+  // reach the chained handler); the single-step trap, where a stored register may start a
+  // whole DMA, runs on the thread's own stack.
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | (sig == SIGTRAP ? 0 : SA_ONSTACK);
+  sigemptyset(&sa.sa_mask);
+  sigaction(sig, &sa, prev);
 }
 
 void install_fault_handler() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa{};
-    sa.sa_sigaction = on_fault;
-    // SA_NODEFER: the signal is not blocked while handling, so jumping out of the handler
-    // needs no signal-mask restore (and sigsetjmp no sigprocmask call on the fast path).
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &g_prev_segv);
-    sigaction(SIGBUS, &sa, &g_prev_bus);
-  });
+  std::call_once(once, [] { install_fault_handlers(); });
 }
 
 bool range_wraps(std::uint64_t a, std::size_t len) { return len && a + len - 1 < a; }
@@ -154,6 +173,13 @@ void asan_check_user(std::uint64_t, std::size_t) {}
 
 
 }  // namespace
+
+void install_fault_handlers() noexcept {
+  std::lock_guard<std::mutex> g(g_install_mu);
+  install_one(SIGSEGV, &g_prev_segv);
+  install_one(SIGBUS, &g_prev_bus);
+  install_one(SIGTRAP, &g_prev_trap);
+}
 
 RemoteMmScope::RemoteMmScope(pid_t pid) noexcept : saved_(t_remote) { t_remote = pid; }
 RemoteMmScope::~RemoteMmScope() { t_remote = saved_; }

@@ -48,6 +48,10 @@ int clear_user(std::uint64_t user_dst, std::size_t len) noexcept;
 // writable when `write`), else -EFAULT. Pages are faulted in, as GUP does.
 int check_user_pages(std::uint64_t va, std::uint64_t len, bool write) noexcept;
 
+// Installs the SIGSEGV/SIGBUS/SIGTRAP handler of user copies and MMIO mappings again if
+// another handler replaced it (that one is then chained to). Idempotent.
+void install_fault_handlers() noexcept;
+
 // The host page size (PAGE_SIZE in the kernel the simulator models).
 std::uint64_t host_page_size() noexcept;
 

@@ -1,5 +1,7 @@
 #include "sim/vfio/device_file.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
@@ -8,6 +10,7 @@
 
 #include "sim/iommufd/device_api.h"
 #include "sim/core/kernel_core.h"
+#include "sim/core/mmio_trap.h"
 #include "sim/core/user_memory.h"
 #include "uapi/vfio.h"
 
@@ -29,6 +32,23 @@ constexpr std::size_t kMaxRegionIo = 16u << 20;
 // features (low power, VF token) are not modelled either, so every feature is ENOTTY.
 constexpr std::uint32_t kFeatureFlagsKnown = VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_GET |
                                              VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
+
+// A BAR as the MMIO trap sees it. Holds the device, as the kernel's mapping holds the file.
+class BarTarget final : public MmioTarget {
+ public:
+  BarTarget(std::shared_ptr<PciDevice> pci, unsigned bar) : pci_(std::move(pci)), bar_(bar) {}
+  bool fill(std::uint64_t off, std::uint8_t* dst, std::size_t len) noexcept override {
+    return pci_->mmio_fill(bar_, off, dst, len);
+  }
+  void store(std::uint64_t off, const std::uint8_t* before, const std::uint8_t* after,
+             std::size_t len, std::uint64_t fault_off) noexcept override {
+    pci_->mmio_store(bar_, off, before, after, len, fault_off);
+  }
+
+ private:
+  std::shared_ptr<PciDevice> pci_;
+  unsigned bar_;
+};
 
 }  // namespace
 
@@ -54,6 +74,7 @@ std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kern
     // and resets the function.
     dev->group->container_users++;
     dev->pci->reset();
+    dev->pci->enable_decoding();
   }
   f->access_granted_ = true;
   *err = 0;
@@ -67,14 +88,18 @@ VfioDeviceFile::~VfioDeviceFile() {
     std::lock_guard<std::mutex> gg(grp.mu);
     std::lock_guard<std::mutex> g(dev_->mu);
     if (--dev_->open_count == 0) {
-      dev_->pci->reset();  // vfio-pci disables the function: bus mastering off
+      dev_->irqs.release();  // vfio_pci_core_disable turns interrupts off first
+      dev_->pci->reset();    // vfio-pci disables the function: bus mastering off
       grp.container_users--;
     }
     return;  // group_file_ drops its reference after this
   }
   {
     std::lock_guard<std::mutex> g(dev_->mu);
-    if (--dev_->open_count == 0) dev_->pci->reset();
+    if (--dev_->open_count == 0) {
+      dev_->irqs.release();
+      dev_->pci->reset();
+    }
     attached_ = false;
     iommufd_device_unbind(*ictx_, devid_);  // detaches first
   }
@@ -101,6 +126,7 @@ long VfioDeviceFile::ioctl(unsigned long request, void* arg) noexcept {
     case VFIO_DEVICE_GET_INFO: return get_info(arg);
     case VFIO_DEVICE_GET_REGION_INFO: return get_region_info(arg);
     case VFIO_DEVICE_GET_IRQ_INFO: return get_irq_info(arg);
+    case VFIO_DEVICE_SET_IRQS: return set_irqs(arg);
     case VFIO_DEVICE_RESET: return reset();
     default: return -ENOTTY;  // vfio-pci's answer to an ioctl it does not know
   }
@@ -136,6 +162,7 @@ long VfioDeviceFile::bind_iommufd(void* arg) noexcept {
     } else if ((rc = iommufd_device_bind(*ictx, dev_->pci, &devid)) == 0) {
       dev_->open_count++;
       dev_->pci->reset();  // vfio-pci's open_device enables and resets the function
+      dev_->pci->enable_decoding();
       if (copy_to_user(uptr(arg) + offsetof(vfio_device_bind_iommufd, out_devid), &devid,
                        sizeof devid)) {
         dev_->open_count--;
@@ -215,6 +242,9 @@ long VfioDeviceFile::get_region_info(void* arg) noexcept {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = pci.bar_size(info.index);
     info.flags = info.size ? (VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) : 0;
+    // Memory BARs of a page or more are mmappable; with no MSI-X table in the BAR there is
+    // no capability (vfio-pci adds MSIX_MAPPABLE only to the MSI-X BAR).
+    if (info.size && mmio_trap_supported()) info.flags |= VFIO_REGION_INFO_FLAG_MMAP;
   } else if (info.index == VFIO_PCI_ROM_REGION_INDEX) {
     info.offset = static_cast<std::uint64_t>(info.index) << kRegionShift;
     info.size = 0;  // no option ROM
@@ -230,29 +260,48 @@ long VfioDeviceFile::get_irq_info(void* arg) noexcept {
   constexpr std::size_t minsz = sizeof info;  // offsetofend(count)
   if (copy_from_user(&info, uptr(arg), minsz)) return -EFAULT;
   if (info.argsz < minsz || info.index >= VFIO_PCI_NUM_IRQS) return -EINVAL;
-  // A conventional PCI function: INTx (pin A), one MSI vector, no MSI-X; the error IRQ
-  // exists only for PCI Express devices.
-  switch (info.index) {
-    case VFIO_PCI_INTX_IRQ_INDEX:
-      info.count = 1;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
-      break;
-    case VFIO_PCI_MSI_IRQ_INDEX:
-      info.count = 1;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
-      break;
-    case VFIO_PCI_MSIX_IRQ_INDEX:
-      info.count = 0;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
-      break;
-    case VFIO_PCI_REQ_IRQ_INDEX:
-      info.count = 1;
-      info.flags = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
-      break;
-    default:
-      return -EINVAL;
+  // The error IRQ exists only for PCI Express functions; this one is conventional PCI.
+  if (info.index == VFIO_PCI_ERR_IRQ_INDEX) return -EINVAL;
+  info.flags = VFIO_IRQ_INFO_EVENTFD;
+  info.count = dev_->irqs.count(info.index);
+  if (info.index == VFIO_PCI_INTX_IRQ_INDEX) {
+    info.flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
+  } else {
+    info.flags |= VFIO_IRQ_INFO_NORESIZE;  // no dynamic MSI-X either
   }
   return copy_to_user(uptr(arg), &info, minsz) ? -EFAULT : 0;
+}
+
+long VfioDeviceFile::set_irqs(void* arg) noexcept {
+  vfio_irq_set hdr{};
+  constexpr std::size_t minsz = sizeof hdr;  // offsetofend(count)
+  if (copy_from_user(&hdr, uptr(arg), minsz)) return -EFAULT;
+  const std::uint32_t max = dev_->irqs.count(hdr.index);
+  // vfio_set_irqs_validate_and_prepare.
+  if (hdr.argsz < minsz || hdr.index >= VFIO_PCI_NUM_IRQS ||
+      hdr.count >= UINT32_MAX - hdr.start ||
+      (hdr.flags & ~(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK))) {
+    return -EINVAL;
+  }
+  if (hdr.start >= max || hdr.start + hdr.count > max) return -EINVAL;
+  std::size_t size = 0;
+  switch (hdr.flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
+    case VFIO_IRQ_SET_DATA_NONE: size = 0; break;
+    case VFIO_IRQ_SET_DATA_BOOL: size = sizeof(std::uint8_t); break;
+    case VFIO_IRQ_SET_DATA_EVENTFD: size = sizeof(std::int32_t); break;
+    default: return -EINVAL;
+  }
+  const std::uint64_t data_size = static_cast<std::uint64_t>(hdr.count) * size;
+  if (size && hdr.argsz - minsz < data_size) return -EINVAL;
+  std::vector<std::uint8_t> data;
+  try {
+    data.resize(static_cast<std::size_t>(data_size));
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+  if (data_size && copy_from_user(data.data(), uptr(arg) + minsz, data.size())) return -EFAULT;
+  return dev_->irqs.set(hdr.flags, hdr.index, hdr.start, hdr.count,
+                        data.empty() ? nullptr : data.data());
 }
 
 long VfioDeviceFile::device_feature(void* arg) noexcept {
@@ -273,6 +322,36 @@ long VfioDeviceFile::reset() noexcept {
   // command register and BARs survive; only the device's own state is reset (QEMU's edu
   // has no reset handler, so for it nothing changes).
   dev_->pci->function_reset();
+  return 0;
+}
+
+int VfioDeviceFile::mmap(void* addr, std::size_t length, int prot, int flags,
+                         std::uint64_t offset, void** out) noexcept {
+  const std::uint64_t ps = host_page_size();
+  // do_mmap's own checks come first.
+  if (length == 0 || (offset & (ps - 1))) return -EINVAL;
+  if (!access_granted_) return -EINVAL;
+  // vfio_pci_core_mmap.
+  const std::uint64_t index = offset >> kRegionShift;
+  if (index >= VFIO_PCI_NUM_REGIONS) return -EINVAL;
+  const int type = flags & MAP_TYPE;
+  if (type != MAP_SHARED && type != MAP_SHARED_VALIDATE) return -EINVAL;
+  if (index >= VFIO_PCI_ROM_REGION_INDEX) return -EINVAL;
+  const std::uint64_t bar_len = dev_->pci->bar_size(static_cast<unsigned>(index));
+  if (bar_len == 0 || !mmio_trap_supported()) return -EINVAL;  // not mmap-supported
+  const std::uint64_t phys_len = (bar_len + ps - 1) & ~(ps - 1);
+  const std::uint64_t req_len = (length + ps - 1) & ~(ps - 1);
+  const std::uint64_t req_start = offset & kRegionOffsetMask;
+  if (req_start + req_len > phys_len || req_start + req_len < req_start) return -EINVAL;
+  std::shared_ptr<MmioTarget> target;
+  try {
+    target = std::make_shared<BarTarget>(dev_->pci, static_cast<unsigned>(index));
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+  const long r = mmio_map(addr, length, prot, flags, std::move(target), req_start);
+  if (r < 0) return static_cast<int>(r);
+  *out = reinterpret_cast<void*>(r);
   return 0;
 }
 

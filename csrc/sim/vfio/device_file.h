@@ -5,8 +5,9 @@
 // DMA goes through the container's domain). The two paths exclude each other: a bound cdev
 // keeps its group from being opened and an open group makes BIND fail with EBUSY.
 //
-// Regions are reached with pread/pwrite at index << 40 (config space and BAR0). BAR0 does
-// not offer mmap in the simulator, so its region info has no MMAP flag.
+// Regions are reached with pread/pwrite at index << 40 (config space and BAR0), and BAR0
+// with mmap: a trapped mapping whose loads and stores reach the device model
+// (sim/core/mmio_trap.h, where its limits are).
 #pragma once
 
 #include <atomic>
@@ -41,6 +42,8 @@ class VfioDeviceFile final : public File {
   // read(2)/write(2): the region access at the file position, which they advance.
   ssize_t read(void* buf, std::size_t count) noexcept override;
   ssize_t write(const void* buf, std::size_t count) noexcept override;
+  int mmap(void* addr, std::size_t length, int prot, int flags, std::uint64_t offset,
+           void** out) noexcept override;
 
   // What fstat() reports as st_rdev: the cdev's (major, minor) when the file was opened
   // from /dev/vfio/devices/vfioN; false for a GROUP_GET_DEVICE_FD file, which is an
@@ -58,6 +61,7 @@ class VfioDeviceFile final : public File {
   long get_info(void* arg) noexcept;
   long get_region_info(void* arg) noexcept;
   long get_irq_info(void* arg) noexcept;
+  long set_irqs(void* arg) noexcept;
   long device_feature(void* arg) noexcept;
   long reset() noexcept;
   ssize_t region_rw(char* buf, std::size_t count, std::uint64_t off, bool write) noexcept;

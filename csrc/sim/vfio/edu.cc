@@ -82,6 +82,21 @@ void EduDevice::mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) 
   }
 }
 
+void EduDevice::raise_irq(std::uint32_t bits) {
+  irq_status_ |= bits;
+  if (irq_status_ == 0) return;
+  if (msi_enabled()) {
+    msi_notify(0);
+  } else {
+    set_intx(true);
+  }
+}
+
+void EduDevice::lower_irq(std::uint32_t bits) {
+  irq_status_ &= ~bits;
+  if (irq_status_ == 0 && !msi_enabled()) set_intx(false);
+}
+
 void EduDevice::run_dma() {
   const bool to_ram = (dma_cmd_ & kDmaToRam) != 0;
   // The device-side address must lie in the buffer; the bus address is cut to the

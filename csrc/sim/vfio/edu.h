@@ -6,8 +6,11 @@
 // inside the register write that starts them (QEMU uses a thread and a 100 ms timer), so
 // the COMPUTING status bit and the DMA RUN bit already read 0 afterwards; a DMA whose
 // device-buffer range is out of bounds is logged (-ERANGE) and not performed, as newer
-// QEMU does, instead of touching memory outside the buffer. Interrupts are only reflected
-// in the interrupt status register (there is no eventfd delivery).
+// QEMU does, instead of touching memory outside the buffer.
+//
+// Interrupts as in QEMU: raising bits in the interrupt status (the raise register, a DMA
+// with the IRQ bit, a factorial with its IRQ enabled) sends MSI vector 0 when MSI is
+// enabled, else asserts INTx; acknowledging the last bit deasserts INTx.
 #pragma once
 
 #include <array>
@@ -47,11 +50,12 @@ class EduDevice final : public PciDevice {
  protected:
   std::uint64_t mmio_read(std::uint64_t off, unsigned size) override;
   void mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) override;
+  unsigned mmio_register_size(std::uint64_t off) const override { return off < 0x80 ? 4 : 8; }
 
  private:
   void run_dma();
-  void raise_irq(std::uint32_t bits) { irq_status_ |= bits; }
-  void lower_irq(std::uint32_t bits) { irq_status_ &= ~bits; }
+  void raise_irq(std::uint32_t bits);
+  void lower_irq(std::uint32_t bits);
 
   std::uint64_t dma_mask_ = kDefaultDmaMask;
   std::uint32_t addr4_ = 0;

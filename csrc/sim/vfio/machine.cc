@@ -92,9 +92,9 @@ int Machine::add_pci_device(const PciDeviceSpec& spec, PciDeviceInfo* out) {
   PciIds ids;
   ids.vendor = spec.vendor;
   ids.device = spec.device;
-  auto dev = std::make_shared<VfioDevice>();
-  dev->pci = std::make_shared<EduDevice>(bdf, spec.iommu, ids,
-                                         kBarBase + index * static_cast<std::uint32_t>(EduDevice::kBar0Size));
+  auto dev = std::make_shared<VfioDevice>(std::make_shared<EduDevice>(
+      bdf, spec.iommu, ids,
+      kBarBase + index * static_cast<std::uint32_t>(EduDevice::kBar0Size)));
   dev->index = index;
 
   std::shared_ptr<VfioGroup> group;

@@ -15,6 +15,8 @@ constexpr std::uint32_t kRevision = 0x08, kClass = 0x09, kCacheLine = 0x0c;
 constexpr std::uint32_t kBar0 = 0x10, kSubVendor = 0x2c, kSubsystem = 0x2e;
 constexpr std::uint32_t kCapPtr = 0x34, kIntLine = 0x3c, kIntPin = 0x3d;
 constexpr std::uint16_t kStatusCapList = 1u << 4;
+constexpr std::uint16_t kStatusInterrupt = 1u << 3;  // INTx asserted (read-only)
+constexpr std::uint16_t kCommandIntxDisable = 1u << 10;
 // Writable command bits: I/O, memory, bus master, parity, SERR, INTx disable.
 constexpr std::uint16_t kCommandWmask = 0x0547;
 // One MSI capability (as QEMU's edu has: one vector, 64-bit addresses).
@@ -73,11 +75,38 @@ std::uint32_t PciDevice::config_read(std::uint32_t off, unsigned size) const {
 }
 
 void PciDevice::config_write(std::uint32_t off, std::uint32_t val, unsigned size) {
+  const bool was_disabled = config_read(kCommand, 2) & kCommandIntxDisable;
   for (unsigned i = 0; i < size; ++i) {
     std::uint8_t b = static_cast<std::uint8_t>(val >> (8 * i));
     std::uint8_t m = wmask_[off + i];
     cfg_[off + i] = static_cast<std::uint8_t>((cfg_[off + i] & ~m) | (b & m));
   }
+  const bool disabled = config_read(kCommand, 2) & kCommandIntxDisable;
+  if (disabled != was_disabled && irq_sink_) irq_sink_->intx_disable_bit(disabled);
+}
+
+void PciDevice::set_irq_sink(IrqSink* sink) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  irq_sink_ = sink;
+}
+
+bool PciDevice::intx_asserted() const noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  return config_read(kStatus, 2) & kStatusInterrupt;
+}
+
+void PciDevice::set_intx(bool asserted) {
+  std::uint16_t status = static_cast<std::uint16_t>(config_read(kStatus, 2));
+  status = asserted ? (status | kStatusInterrupt) : (status & ~kStatusInterrupt);
+  put16(&cfg_[kStatus], status);
+  if (irq_sink_) irq_sink_->intx_level(asserted);
+}
+
+void PciDevice::msi_notify(unsigned vector) {
+  // An MSI is a memory write by the device: with bus mastering off it never leaves (QEMU
+  // drops it the same way).
+  if (!(config_read(kCommand, 2) & kPciCommandMaster)) return;
+  if (irq_sink_) irq_sink_->msi_message(vector);
 }
 
 ssize_t PciDevice::config_rw(char* buf, std::size_t count, std::uint64_t pos,
@@ -132,10 +161,61 @@ ssize_t PciDevice::bar_rw(unsigned bar, char* buf, std::size_t count, std::uint6
   return static_cast<ssize_t>(count);
 }
 
+bool PciDevice::mmio_fill(unsigned bar, std::uint64_t pos, std::uint8_t* dst,
+                          std::size_t len) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!(config_read(kCommand, 2) & kPciCommandMemory)) return false;
+  const std::uint64_t end = bar_size(bar);
+  std::size_t done = 0;
+  while (done < len) {
+    const std::uint64_t off = pos + done;
+    unsigned size = off < end ? mmio_register_size(off) : 4;
+    if (off % size || len - done < size) size = 4;
+    std::uint64_t v = off < end ? mmio_read(off, size) : ~0ull;  // past the BAR: all-ones
+    std::memcpy(dst + done, &v, size);
+    done += size;
+  }
+  return true;
+}
+
+void PciDevice::mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* before,
+                           const std::uint8_t* after, std::size_t len,
+                           std::uint64_t fault_pos) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!(config_read(kCommand, 2) & kPciCommandMemory)) return;
+  const std::uint64_t end = bar_size(bar);
+  std::size_t done = 0;
+  while (done < len && pos + done < end) {
+    const std::uint64_t off = pos + done;
+    unsigned size = mmio_register_size(off);
+    if (off % size || len - done < size) size = 4;
+    const bool changed = std::memcmp(before + done, after + done, size) != 0;
+    const bool stored = fault_pos >= off && fault_pos < off + size;
+    if (changed || stored) {
+      std::uint64_t v = 0;
+      std::memcpy(&v, after + done, size);
+      mmio_write(off, v, size);
+    }
+    done += size;
+  }
+}
+
 void PciDevice::reset() noexcept {
   std::lock_guard<std::mutex> g(mu_);
+  // As QEMU's PCI reset: config space to power-on values (INTx-disable clear) and the INTx
+  // line deasserted, whatever the model's own interrupt state.
   config_init();
+  if (irq_sink_) {
+    irq_sink_->intx_disable_bit(false);
+    irq_sink_->intx_level(false);
+  }
   model_reset();
+}
+
+void PciDevice::enable_decoding() noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  const auto cmd = static_cast<std::uint16_t>(config_read(kCommand, 2) | kPciCommandMemory);
+  put16(&cfg_[kCommand], cmd);
 }
 
 void PciDevice::function_reset() noexcept {

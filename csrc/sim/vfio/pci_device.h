@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -43,6 +44,17 @@ struct PciIds {
   std::uint16_t subsystem = 0x1100;
 };
 
+// Where a device's interrupts go (vfio-pci's interrupt handling, sim/vfio/irqs.h). Called
+// with the device's lock held.
+class IrqSink {
+ public:
+  virtual ~IrqSink() = default;
+  virtual void intx_level(bool asserted) noexcept = 0;
+  virtual void msi_message(unsigned vector) noexcept = 0;
+  // The INTx-disable bit of the command register changed (a config write or a reset).
+  virtual void intx_disable_bit(bool set) noexcept = 0;
+};
+
 class PciDevice : public Device {
  public:
   static constexpr std::uint32_t kConfigSize = 256;  // conventional PCI
@@ -62,14 +74,36 @@ class PciDevice : public Device {
   ssize_t bar_rw(unsigned bar, char* buf, std::size_t count, std::uint64_t pos,
                  bool write) noexcept;
 
+  // A BAR mapped into the process (sim/core/mmio_trap.h). fill: the bytes of
+  // [pos, pos+len) as register reads return them now (false with memory decoding off);
+  // store: one instruction changed `after` from `before`: each register whose bytes changed,
+  // and the one holding `fault_pos` (a store that may have rewritten the same value), is
+  // written with its new value.
+  bool mmio_fill(unsigned bar, std::uint64_t pos, std::uint8_t* dst, std::size_t len) noexcept;
+  void mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* before,
+                  const std::uint8_t* after, std::size_t len, std::uint64_t fault_pos) noexcept;
+
   // Function reset (VFIO_DEVICE_RESET, open and last close of the vfio device): config
   // space back to power-on values (memory decoding and bus mastering off).
   void reset() noexcept;
+  // pci_enable_device at vfio-pci's open: memory decoding on for the memory BAR (bus
+  // mastering stays off: vfio-pci clears it before enabling).
+  void enable_decoding() noexcept;
   // VFIO_DEVICE_RESET: the kernel saves and restores config space around the reset, so
   // only the device model's own state is reset.
   void function_reset() noexcept;
 
   std::uint16_t command() const noexcept;
+
+  // Interrupts. The sink may be null (nothing receives them); it must outlive its setting.
+  void set_irq_sink(IrqSink* sink) noexcept;
+  std::uint8_t interrupt_pin() const noexcept { return 1; }  // INTA#
+  unsigned msi_vectors() const noexcept { return 1; }       // the MSI capability's count
+  // MSI enabled on the function itself (the host enables it for vfio's SET_IRQS): device
+  // models then send messages instead of asserting INTx.
+  void set_msi_enabled(bool on) noexcept { msi_enabled_ = on; }
+  bool msi_enabled() const noexcept { return msi_enabled_; }
+  bool intx_asserted() const noexcept;
   // Bus-master DMA started by something other than the register interface (the background
   // DMA writer): as a device model's own bus_write, under the device lock.
   int master_write(std::uint64_t addr, const void* src, std::size_t len);
@@ -82,6 +116,9 @@ class PciDevice : public Device {
   // called with mu_ held.
   virtual std::uint64_t mmio_read(std::uint64_t off, unsigned size) = 0;
   virtual void mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) = 0;
+  // The width of the register at `off` (4 or 8), for accesses through a mapping; reads
+  // through a mapping must have no side effects (fill reads every register of a page).
+  virtual unsigned mmio_register_size(std::uint64_t /*off*/) const { return 4; }
   // What the model itself does on a function reset (may be nothing), with mu_ held.
   virtual void model_reset() {}
 
@@ -89,6 +126,10 @@ class PciDevice : public Device {
   int bus_read(std::uint64_t addr, void* dst, std::size_t len);
   int bus_write(std::uint64_t addr, const void* src, std::size_t len);
   void log_fault(std::uint64_t addr, std::uint64_t len, bool write, int error);
+  // For device models, with mu_ held: drive the INTx line (reflected in the status
+  // register's interrupt bit), or send MSI message `vector` (lost with bus mastering off).
+  void set_intx(bool asserted);
+  void msi_notify(unsigned vector);
 
   mutable std::mutex mu_;  // config space, device registers, the fault log
 
@@ -103,6 +144,8 @@ class PciDevice : public Device {
   std::array<std::uint8_t, kConfigSize> cfg_{};
   std::array<std::uint8_t, kConfigSize> wmask_{};  // writable bits of each byte
   std::deque<DeviceDmaFault> faults_;
+  IrqSink* irq_sink_ = nullptr;  // guarded by mu_
+  std::atomic<bool> msi_enabled_{false};
 };
 
 }  // namespace fastmap::sim::vfio

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <vector>
 
+#include "sim/vfio/irqs.h"
 #include "sim/vfio/pci_device.h"
 
 namespace fastmap::sim::vfio {
@@ -23,7 +24,15 @@ inline constexpr unsigned kVfioDevMajor = 511;
 inline constexpr unsigned kVfioGroupMajor = 510;
 
 struct VfioDevice {
+  explicit VfioDevice(std::shared_ptr<PciDevice> p) : pci(std::move(p)), irqs(*pci) {
+    pci->set_irq_sink(&irqs);
+  }
+  ~VfioDevice() { pci->set_irq_sink(nullptr); }
+  VfioDevice(const VfioDevice&) = delete;
+  VfioDevice& operator=(const VfioDevice&) = delete;
+
   std::shared_ptr<PciDevice> pci;
+  VfioIrqs irqs;  // vfio-pci's interrupt state; the device's IrqSink
   unsigned index = 0;         // N of /dev/vfio/devices/vfioN
   VfioGroup* group = nullptr;  // owned by the Machine, which outlives every file
   std::mutex mu;              // the kernel's dev_set->lock

@@ -261,9 +261,7 @@ class IOMMUFDBackend:
             self._ioases[ioas_id] = ioas
         return ioas
 
-    def map_dma(
-        self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW
-    ) -> None:
+    def map_dma(self, ioas_id: int, va: int, length: int, iova: int, prot: Prot = Prot.RW) -> None:
         """IOMMU_IOAS_MAP of `length` bytes at `va` to the fixed `iova`, through the IOAS's
         engine like every other mapping. An EFAULT usually means `va` is a PCI BAR mapping
         (iommufd cannot map MMIO)."""

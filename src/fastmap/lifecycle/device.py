@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Literal
 from fastmap import uapi
 from fastmap._closing import Closing
 from fastmap.kernel import Fd, Kernel, KernelKind
+from fastmap.lifecycle.irq import DeviceIrq, IrqInfo, irq_info
+from fastmap.lifecycle.pci_caps import PciCapability, parse_capabilities
+from fastmap.lifecycle.region_map import RegionMapping
 from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
 from fastmap.seam import open_kernel
 
@@ -161,6 +164,9 @@ class VFIODevice(Closing):
         self.iommu_dirty_tracking = False
         # legacy
         self.group: VfioGroup | None = None
+        # Interrupts enabled and regions mapped by this object, released at detach.
+        self._irqs: list[DeviceIrq] = []
+        self._mappings: list[RegionMapping] = []
         # VFIO_DEVICE_GET_INFO
         self.flags = 0
         self.num_regions = 0
@@ -228,6 +234,10 @@ class VFIODevice(Closing):
         ops, self.ops = self.ops, None
         if ops is None:
             return
+        for owned in [*self._irqs, *self._mappings]:
+            owned.close()
+        self._irqs.clear()
+        self._mappings.clear()
         ops.detach_device(self)
         self.space = None
 
@@ -311,6 +321,43 @@ class VFIODevice(Closing):
     def reset(self) -> None:
         """VFIO_DEVICE_RESET."""
         self._fd().ioctl(uapi.VFIO_DEVICE_RESET)
+
+    # --- interrupts, mappings, capabilities ----------------------------------------------------
+    def irq_info(self, index: int) -> IrqInfo:
+        """VFIO_DEVICE_GET_IRQ_INFO (index: uapi.VFIO_PCI_*_IRQ_INDEX)."""
+        return irq_info(self._fd(), index)
+
+    def enable_irq(self, index: int = uapi.VFIO_PCI_MSI_IRQ_INDEX, vector: int = 0) -> DeviceIrq:
+        """Deliver interrupt `vector` of `index` (MSI by default) to a new eventfd
+        (fastmap.lifecycle.irq). Closing the DeviceIrq, or detaching, turns it off."""
+        irq = DeviceIrq(self._fd(), index, vector)
+        self._irqs = [i for i in self._irqs if i.fileno_or_none() is not None]
+        self._irqs.append(irq)
+        return irq
+
+    def wait_irq(self, timeout: float | None = None) -> int:
+        """Wait for the interrupt enabled last (see enable_irq): how many arrived, 0 on
+        timeout."""
+        live = [i for i in self._irqs if i.fileno_or_none() is not None]
+        if not live:
+            raise RuntimeError(f"{self.name} has no interrupt enabled (enable_irq first)")
+        return live[-1].wait(timeout)
+
+    def map_region(
+        self, index: int, *, offset: int = 0, length: int | None = None, writable: bool = True
+    ) -> RegionMapping:
+        """mmap a region (a BAR) into this process (fastmap.lifecycle.region_map). Closing
+        the mapping, or detaching, unmaps it."""
+        mapping = RegionMapping(
+            self._fd(), self.region_info(index), offset=offset, length=length, writable=writable
+        )
+        self._mappings.append(mapping)
+        return mapping
+
+    def capabilities(self) -> list[PciCapability]:
+        """The PCI capabilities in the device's config space (fastmap.lifecycle.pci_caps)."""
+        cfg = self.region_info(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+        return parse_capabilities(self.read(cfg.index, 0, cfg.size))
 
 
 def _check_access(region: RegionInfo, offset: int, length: int) -> None:

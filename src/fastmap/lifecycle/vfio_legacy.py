@@ -162,9 +162,7 @@ class LegacyContainer(Container):
         flags = (uapi.VFIO_DMA_MAP_FLAG_READ if prot & Prot.READ else 0) | (
             uapi.VFIO_DMA_MAP_FLAG_WRITE if prot & Prot.WRITE else 0
         )
-        cmd = uapi.new(
-            uapi.vfio_iommu_type1_dma_map, flags=flags, vaddr=va, iova=iova, size=length
-        )
+        cmd = uapi.new(uapi.vfio_iommu_type1_dma_map, flags=flags, vaddr=va, iova=iova, size=length)
         try:
             self.fd.ioctl(uapi.VFIO_IOMMU_MAP_DMA, cmd)
         except KernelError as e:
