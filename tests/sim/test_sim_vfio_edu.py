@@ -120,8 +120,10 @@ def test_unknown_ioctl_and_features(rig: Rig) -> None:
     # VFIO_DEVICE_PCI_HOT_RESET (";" + 13): vfio-pci has it, the simulator does not.
     hot_reset = (ord(";") << 8) | (100 + 13)
     assert rig.dev.k.ioctl(rig.dev.fd, hot_reset, make("vfio_device_info")) == -errno.ENOTTY
+    # DMA_LOGGING_START (6): vfio-pci has no device DMA logging ops for edu (migration
+    # features: test_sim_vfio_migration.py).
     probe = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_PROBE"]
-                 | K["VFIO_DEVICE_FEATURE_GET"] | 1)  # migration
+                 | K["VFIO_DEVICE_FEATURE_SET"] | 6)
     assert rig.dev.ioctl("VFIO_DEVICE_FEATURE", probe) == -errno.ENOTTY
     both = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_GET"]
                 | K["VFIO_DEVICE_FEATURE_SET"] | 1)
