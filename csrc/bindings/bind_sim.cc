@@ -275,8 +275,7 @@ void bind_sim(py::module_& m) {
           n = k.read(fd, buf.data(), count);
         }
         if (n < 0) return py::int_(n);
-        buf.resize(static_cast<std::size_t>(n));
-        return py::bytes(buf);
+        return py::bytes(buf.data(), static_cast<std::size_t>(n));
       }, py::arg("fd"), py::arg("count"), "read(2) of a simulated file: bytes, or -errno")
       .def("write", [](sim::SimKernel& k, int fd, const py::bytes& data) {
         std::string buf = data;
