@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import struct
+import time
 
 import pytest
 from _raw import PAGE, Iommufd, K
@@ -266,3 +267,31 @@ def test_close_resets_to_running(src: Side) -> None:
     s = StateFeature(argsz=ctypes.sizeof(StateFeature), flags=GET | MIG_STATE)
     assert dev.ioctl("VFIO_DEVICE_FEATURE", s) == 0
     assert s.device_state == RUNNING
+
+
+def wait_for(writer: object, count: int) -> None:
+    """Until the background writer has tried `count` transfers (written or refused)."""
+    while True:
+        stats = writer.stats  # type: ignore[attr-defined]
+        if stats["pages"] + stats["faults"] >= count:
+            return
+        time.sleep(0.001)
+
+
+def test_stopped_device_does_not_dma_in_the_background(src: Side) -> None:
+    assert src.f.set_dirty(src.hwpt, True) == 0
+    bdf = src.k.machine.devices()[0]["bdf"]
+    writer = src.k.machine.dma_writer(bdf, [(IOVA, NPAGES * PAGE)])
+    assert src.set_state(STOP) == (0, -1)
+    writer.start(20000.0)
+    wait_for(writer, 50)
+    stats = writer.stop()
+    assert stats["pages"] == 0
+    assert src.dirty_pages() == []
+    assert src.ram.read() == bytes(NPAGES * PAGE)
+    assert src.set_state(RUNNING) == (0, -1)
+    writer.start(20000.0)
+    wait_for(writer, 50)
+    writer.stop()
+    assert src.dirty_pages() != []
+    assert src.ram.read() != bytes(NPAGES * PAGE)
