@@ -290,8 +290,9 @@ def test_stopped_device_does_not_dma_in_the_background(src: Side) -> None:
     assert src.dirty_pages() == []
     assert src.ram.read() == bytes(NPAGES * PAGE)
     assert src.set_state(RUNNING) == (0, -1)
+    tried = stats["pages"] + stats["faults"]  # the stats count across runs
     writer.start(20000.0)
-    wait_for(writer, 50)
+    wait_for(writer, tried + 50)
     writer.stop()
     assert src.dirty_pages() != []
     assert src.ram.read() != bytes(NPAGES * PAGE)
