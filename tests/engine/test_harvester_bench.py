@@ -50,7 +50,7 @@ def test_mock_bed_marks_whole_pages() -> None:
 
 
 def test_run_dirty_benchmark_quick_rows() -> None:
-    rows = run_dirty_benchmark(repeat=2, scale=1 / 64)
+    rows = run_dirty_benchmark(repeat=2, pages=1 << 14)
     assert all(isinstance(r, BenchRow) for r in rows)
     groups = {r.group for r in rows}
     assert len(groups) == 4

@@ -1,7 +1,7 @@
 """Dirty-tracking benchmarks as data, for `fastmap bench dirty` (this module prints nothing).
 
-    rows = run_dirty_benchmark()              # full sizes, on the simulated kernel
-    rows = run_dirty_benchmark(scale=1 / 64)  # a quick pass
+    rows = run_dirty_benchmark()                 # full sizes, on the simulated kernel
+    rows = run_dirty_benchmark(pages=1 << 14)    # a quick pass: every case on 64 MiB
 
 Two families, each a list of `BenchRow`:
 
@@ -12,11 +12,14 @@ Two families, each a list of `BenchRow`:
 * `harvest_rows`: `fastmap.dirty.DirtyHarvester` on the simulated kernel, through the
   iommufd selftest mock domain (whose IOPTEs are 2 KiB, half a page): harvest throughput
   in GiB of guest memory per second at 4 KiB pages with 1 %, 10 % and 100 % dirty, and
-  the harvest of 1 TiB of tracked guest memory with 1 % dirty. The mock's aperture is
-  under 2 GiB, so 1 TiB is 1024 IOASes with 1 GiB each (one dirty-tracking HWPT apiece,
-  all mapping the same untouched 1 GiB of address space), harvested one after another.
+  the harvest of 1 TiB of tracked guest memory with 1 % dirty, and of 1/64 ... all of it
+  (the tracked-size sweep). The mock's aperture is under 2 GiB, so 1 TiB is 1024 IOASes
+  with 1 GiB each (one dirty-tracking HWPT apiece, all mapping the same untouched 1 GiB of
+  address space), harvested one after another.
 
-`scale` shrinks every size (guest memory, and the number of IOASes for the 1 TiB case).
+`pages` sets every case's guest memory to that many 4 KiB pages (the harvest windows stay
+within the mock's aperture: above 1 GiB the memory is split over IOASes of 1 GiB).
+`seconds` bounds each case's time: no new round starts once it has used that much.
 The workloads (`random_bitmap`, `MockDirtyBed`) and the baselines (`numpy_to_ranges`,
 `python_to_ranges`) are public so that benchmarks/ can time them with pytest-benchmark.
 """
@@ -37,6 +40,7 @@ from numpy.typing import NDArray
 from fastmap import bitmap, uapi
 from fastmap._libc import MAP_NORESERVE as _MAP_NORESERVE
 from fastmap._libc import libc as _libc
+from fastmap._tools.bench_progress import quiet
 from fastmap.dirty import DirtyHarvester, Harvest
 from fastmap.kernel import Fd, Kernel
 
@@ -80,16 +84,22 @@ class BenchRow:
 
 
 def measure(
-    fn: Callable[[], object], rounds: int, setup: Callable[[], object] | None = None
+    fn: Callable[[], object],
+    rounds: int,
+    setup: Callable[[], object] | None = None,
+    seconds: float | None = None,
 ) -> tuple[float, float]:
-    """(best, median) seconds of `rounds` calls of fn, each after an untimed setup()."""
-    times = []
+    """(best, median) seconds of up to `rounds` calls of fn, each after an untimed setup();
+    no call starts once the calls have used `seconds` (there is always one)."""
+    times: list[float] = []
     for _ in range(rounds):
         if setup is not None:
             setup()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        if seconds is not None and sum(times) >= seconds:
+            break
     return min(times), statistics.median(times)
 
 
@@ -167,22 +177,31 @@ BITMAP_CASES = (
 )
 
 
-def bitmap_rows(scale: float = 1.0, repeat: int = 20) -> list[BenchRow]:
+def bitmap_rows(
+    pages: int | None = None,
+    repeat: int = 20,
+    seconds: float | None = None,
+    on_step: Callable[[str], object] = quiet,
+) -> list[BenchRow]:
     """to_ranges vs numpy, a Python loop and count_floor, best of `repeat` (numpy: of fewer).
 
-    `scale` < 1 shrinks the bitmaps (and times the Python loop on a larger share of them)."""
+    `pages` replaces each case's size (rounded up to whole 64-bit words); the Python loop
+    then runs on the whole bitmap when it is small."""
     rows = []
     rounds = repeat
     for case in BITMAP_CASES:
-        if scale != 1.0:
-            size = max(64 * PAGE, int(case.guest_bytes * scale) // (64 * PAGE) * (64 * PAGE))
+        if pages is not None:
+            nbits = -(-pages // 64) * 64
             case = dataclasses.replace(
-                case, guest_bytes=size, python_shrink=max(1, int(case.python_shrink * scale))
+                case,
+                guest_bytes=nbits * PAGE,
+                python_shrink=max(1, min(case.python_shrink, nbits // (1 << 16))),
             )
         nbits = case.nbits
+        on_step(f"dirty: {case.group}")
         bm = random_bitmap(nbits, case.density)
-        best, med = measure(partial(bitmap.to_ranges, bm, nbits), rounds)
-        floor, floor_med = measure(partial(bitmap.count_floor, bm), rounds)
+        best, med = measure(partial(bitmap.to_ranges, bm, nbits), rounds, seconds=seconds)
+        floor, floor_med = measure(partial(bitmap.count_floor, bm), rounds, seconds=seconds)
         fast = BenchRow(
             case.group,
             "fastmap.bitmap.to_ranges",
@@ -190,7 +209,7 @@ def bitmap_rows(scale: float = 1.0, repeat: int = 20) -> list[BenchRow]:
             med,
             rounds,
             case.guest_bytes,
-            case.target,
+            case.target if pages is None else None,
             f"{best / floor:.1f}x count_floor (goal: within 2x)",
         )
         rows.append(fast)
@@ -205,7 +224,7 @@ def bitmap_rows(scale: float = 1.0, repeat: int = 20) -> list[BenchRow]:
             )
         )
         np_rounds = max(1, rounds // 5)
-        np_best, np_med = measure(partial(numpy_to_ranges, bm, nbits), np_rounds)
+        np_best, np_med = measure(partial(numpy_to_ranges, bm, nbits), np_rounds, seconds=seconds)
         rows.append(
             BenchRow(
                 case.group,
@@ -217,14 +236,14 @@ def bitmap_rows(scale: float = 1.0, repeat: int = 20) -> list[BenchRow]:
                 note=f"{np_best / best:.0f}x slower",
             )
         )
-        small_bits = nbits // case.python_shrink
+        k = case.python_shrink
+        small_bits = nbits // k
         small = bm[: bitmap.words_for(small_bits)]
         py_best, py_med = measure(partial(python_to_ranges, small, small_bits), 1)
-        k = case.python_shrink
         rows.append(
             BenchRow(
                 case.group,
-                f"Python loop (on 1/{k}, scaled x{k})",
+                "Python loop" + (f" (on 1/{k}, scaled x{k})" if k > 1 else ""),
                 py_best * k,
                 py_med * k,
                 1,
@@ -380,46 +399,80 @@ class MockDirtyBed:
         self.close()
 
 
-def harvest_rows(
-    kernel: Kernel | None = None, scale: float = 1.0, repeat: int = 10
-) -> list[BenchRow]:
-    """Harvest throughput (1 GiB; 1/10/100 % dirty) and 1 TiB at 1 %, best of `repeat`.
+#: The mock domain's aperture ends below 2 GiB: one IOAS tracks at most 1 GiB at IOVA 1 GiB.
+MAX_WINDOW = GiB
 
-    `kernel` must offer the iommufd selftest (default: a new simulated kernel). `scale`
-    shrinks the window (to a multiple of 2 MiB) and the number of IOASes of the 1 TiB case."""
-    window = max(2 * MiB, int(GiB * scale) // (2 * MiB) * (2 * MiB))
-    count = max(1, int(1024 * scale))
+
+def harvest_rows(
+    kernel: Kernel | None = None,
+    pages: int | None = None,
+    repeat: int = 10,
+    seconds: float | None = None,
+    on_step: Callable[[str], object] = quiet,
+) -> list[BenchRow]:
+    """Harvest throughput (1 GiB; 1/10/100 % dirty), and 1 TiB at 1 % with the tracked-size
+    sweep (1, 4, 16, ... of its IOASes), best of `repeat`.
+
+    `kernel` must offer the iommufd selftest (default: a new simulated kernel). `pages`
+    replaces both sizes (rounded up to 2 MiB); above 1 GiB the memory is split over IOASes
+    of 1 GiB, as the 1 TiB case is."""
+    total = TiB if pages is None else max(2 * MiB, -(-pages * PAGE // (2 * MiB)) * 2 * MiB)
+    window = MAX_WINDOW if pages is None else min(total, MAX_WINDOW)
+    count = -(-total // window)
     rounds = repeat
     rows = []
     with MockDirtyBed(kernel, window=window) as bed:
         h, outs = bed.harvester()
         group = f"harvest {_size(window)}@4K ({bed.kernel.name}, mock HWPT, 2 KiB IOPTEs)"
         for density in (0.01, 0.10, 1.00):
+            on_step(f"dirty: {group}, {density:.0%} dirty")
             marks = bed.marks(density)
             harvest, mark = partial(bed.harvest_all, h, outs), partial(bed.mark, marks)
-            best, med = measure(harvest, rounds, setup=mark)
+            best, med = measure(harvest, rounds, setup=mark, seconds=seconds)
             rows.append(BenchRow(group, f"{density:.0%} dirty", best, med, rounds, window))
+            clean, clean_med = measure(harvest, rounds, seconds=seconds)
+            rows.append(
+                BenchRow(
+                    group,
+                    f"{density:.0%} dirty, baseline: nothing dirty",
+                    clean,
+                    clean_med,
+                    rounds,
+                    window,
+                )
+            )
+    on_step(f"dirty: setting up {count} IOASes x {_size(window)}")
     with MockDirtyBed(kernel, count=count, window=window) as bed:
         h, outs = bed.harvester()
         marks = bed.marks(0.01)
         group = f"harvest {_size(bed.guest_bytes)}@4K 1% dirty ({count} IOASes x {_size(window)})"
-        best, med = measure(lambda: bed.harvest_all(h, outs), rounds, setup=lambda: bed.mark(marks))
-        rows.append(
-            BenchRow(
-                group,
-                "DirtyHarvester, 1% dirty",
-                best,
-                med,
-                rounds,
-                bed.guest_bytes,
-                target=0.1 if bed.guest_bytes == TiB else None,
+        ks = sorted({*(4**i for i in range(12) if 4**i < count), count})
+        for k in ks:
+            on_step(f"dirty: harvest {_size(k * window)} tracked")
+            hwpts, outs_k = bed.hwpts[:k], outs[:k]
+
+            best, med = measure(
+                partial(_harvest_some, bed, h, hwpts, outs_k),
+                rounds, setup=partial(bed.mark, marks, hwpts), seconds=seconds
             )
-        )
-        clean, clean_med = measure(lambda: bed.harvest_all(h, outs), rounds)
+            whole = k == count
+            rows.append(
+                BenchRow(
+                    group,
+                    f"{_size(k * window)} tracked, 1% dirty",
+                    best,
+                    med,
+                    rounds,
+                    k * window,
+                    target=0.1 if whole and bed.guest_bytes == TiB else None,
+                    note="DirtyHarvester" if whole else "",
+                )
+            )
+        clean, clean_med = measure(lambda: bed.harvest_all(h, outs), rounds, seconds=seconds)
         rows.append(
             BenchRow(
                 group,
-                "DirtyHarvester, nothing dirty (the walk alone)",
+                f"{_size(bed.guest_bytes)}, baseline: nothing dirty (the walk alone)",
                 clean,
                 clean_med,
                 rounds,
@@ -429,16 +482,29 @@ def harvest_rows(
     return rows
 
 
+def _harvest_some(
+    bed: MockDirtyBed, h: DirtyHarvester, hwpts: list[int], outs: list[NDArray[np.uint64]]
+) -> None:
+    for hwpt, out in zip(hwpts, outs, strict=True):
+        h.harvest([hwpt], [(bed.iova, bed.window)], PAGE, out=out)
+
+
 def run_dirty_benchmark(
-    kernel: Kernel | None = None, repeat: int = 10, scale: float = 1.0
+    kernel: Kernel | None = None,
+    repeat: int = 10,
+    pages: int | None = None,
+    seconds: float | None = None,
+    on_step: Callable[[str], object] = quiet,
 ) -> list[BenchRow]:
     """Every dirty-tracking benchmark: `bitmap_rows` then `harvest_rows` (on `kernel`,
     which needs the iommufd selftest; default: a new simulated kernel)."""
-    return bitmap_rows(scale, repeat=2 * repeat) + harvest_rows(kernel, scale, repeat)
+    return bitmap_rows(pages, 2 * repeat, seconds, on_step) + harvest_rows(
+        kernel, pages, repeat, seconds, on_step
+    )
 
 
 def _size(n: int) -> str:
     for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB")):
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{name}"
+        if n >= unit:
+            return f"{n // unit}{name}" if n % unit == 0 else f"{n / unit:.3g}{name}"
     return f"{n}B"

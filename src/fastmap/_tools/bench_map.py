@@ -25,6 +25,7 @@ import numpy as np
 
 from fastmap import _core, uapi
 from fastmap._libc import MAP_NORESERVE as _MAP_NORESERVE
+from fastmap._tools.bench_progress import quiet
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
 
@@ -121,25 +122,33 @@ def run_map_benchmark(
     sizes: tuple[tuple[str, int, int], ...] = SIZES,
     methods: tuple[str, ...] = METHODS,
     repeat: int = 3,
-    scale: float = 1.0,
+    entries: int | None = None,
+    seconds: float | None = None,
+    on_step: Callable[[str], object] = quiet,
 ) -> list[MapRow]:
-    """Best-of-`repeat` time to map each size each way, on `kernel`. `scale` shrinks the
-    entry counts (for quick runs); the methods of one size run interleaved, so machine noise
-    hits them alike."""
+    """Best-of-`repeat` time to map each size each way, on `kernel`. `entries` replaces
+    each size's entry count; no new round of a size starts once its rounds have used
+    `seconds`. The methods of one size run interleaved, so machine noise hits them alike."""
     rows: list[MapRow] = []
     fd = kernel.open("/dev/iommu")
     try:
-        for label, entries, length in sizes:
-            n = max(1, int(entries * scale))
+        for label, default_entries, length in sizes:
+            n = default_entries if entries is None else entries
             region, vas, lengths, iovas = _layout(n, length)
             best = {m: float("inf") for m in methods}
-            for _ in range(repeat):
+            spent = 0.0
+            for r in range(repeat):
                 for method in methods:
+                    on_step(f"map {label}: {method}, round {r + 1}/{repeat}")
                     with Ioas.allocate(kernel, fd) as ioas:
                         t0 = time.perf_counter()
                         _RUNNERS[method](kernel, fd, ioas, vas, lengths, iovas)
-                        best[method] = min(best[method], time.perf_counter() - t0)
+                        dt = time.perf_counter() - t0
+                        best[method] = min(best[method], dt)
+                        spent += dt
                         # Mappings made outside the engine are removed by unmap-all on close.
+                if seconds is not None and spent >= seconds:
+                    break
             rows += [MapRow(label, m, n, best[m]) for m in methods]
             del vas
             region.close()
@@ -193,7 +202,7 @@ class Lifecycle:
 
 def run_lifecycle_benchmark(
     kernel: Kernel, entries: int = 100_000, length: int = 4 << 10, repeat: int = 3,
-    threads: int = 2,
+    threads: int = 2, seconds: float | None = None, on_step: Callable[[str], object] = quiet,
 ) -> Lifecycle:
     """Time each whole operation against its floor, interleaved within each round."""
     import threading
@@ -227,7 +236,11 @@ def run_lifecycle_benchmark(
         return dt
 
     try:
-        for _ in range(repeat):
+        t_start = time.perf_counter()
+        for r in range(repeat):
+            if r and seconds is not None and time.perf_counter() - t_start >= seconds:
+                break
+            on_step(f"map: whole operations, {entries:,} entries, round {r + 1}/{repeat}")
             with Ioas.allocate(kernel, fd) as io:
                 t0 = time.perf_counter()
                 rc = _core.map_loop(kernel.core, fd, io.id, vas, lengths, iovas, _PROT)

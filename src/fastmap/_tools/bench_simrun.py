@@ -12,6 +12,7 @@ import dataclasses
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from fastmap import simrun
@@ -63,15 +64,20 @@ def measure(exe: Path, mode: str, calls: int) -> Row:
 
 
 def run_simrun_benchmark(
-    calls: int = 200_000, child_calls: int = 20_000, repeat: int = 3
+    calls: int = 200_000, child_calls: int = 20_000, repeat: int = 3,
+    seconds: float | None = None,
 ) -> list[Row]:
-    """Best of `repeat` runs per mode."""
+    """Best of `repeat` runs per mode; no new run of a mode starts once its runs have
+    taken `seconds`."""
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp))
         rows = []
         for mode in MODES:
             n = child_calls if mode == "child" else calls
-            rows.append(
-                min((measure(exe, mode, n) for _ in range(repeat)), key=lambda r: r.ns_per_call)
-            )
+            runs, t0 = [], time.perf_counter()
+            for _ in range(repeat):
+                runs.append(measure(exe, mode, n))
+                if seconds is not None and time.perf_counter() - t0 >= seconds:
+                    break
+            rows.append(min(runs, key=lambda r: r.ns_per_call))
         return rows
