@@ -96,6 +96,11 @@ _ALLOWED_BY_REASON: dict[str, dict[str, tuple[str, ...]]] = {
             "if (n < 0) return py::int_(n);",
         ),
     },
+    "bind_sim.cc": {
+        "read's result is -errno (an int, for fastmap.sim) or a count (the bytes read)": (
+            "if (n < 0) return py::int_(n);",
+        ),
+    },
 }
 
 # (file name, stripped line) -> why this line may stay.

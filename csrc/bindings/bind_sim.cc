@@ -267,6 +267,21 @@ void bind_sim(py::module_& m) {
       .def("munmap", [](sim::SimKernel&, std::uintptr_t addr, std::size_t length) {
         return sim::mmio_unmap(reinterpret_cast<void*>(addr), length);
       }, py::arg("addr"), py::arg("length"), "munmap(2) of a simulated mapping: 0 or -errno")
+      .def("read", [](sim::SimKernel& k, int fd, std::size_t count) -> py::object {
+        std::string buf(count, '\0');
+        ssize_t n;
+        {
+          py::gil_scoped_release nogil;
+          n = k.read(fd, buf.data(), count);
+        }
+        if (n < 0) return py::int_(n);
+        return py::bytes(buf.data(), static_cast<std::size_t>(n));
+      }, py::arg("fd"), py::arg("count"), "read(2) of a simulated file: bytes, or -errno")
+      .def("write", [](sim::SimKernel& k, int fd, const py::bytes& data) {
+        std::string buf = data;
+        py::gil_scoped_release nogil;
+        return k.write(fd, buf.data(), buf.size());
+      }, py::arg("fd"), py::arg("data"), "write(2) of a simulated file: bytes written, or -errno")
       .def("chardev_of", [](const sim::SimKernel& k, int fd) {
         std::optional<std::pair<unsigned, unsigned>> devt;
         check(sim::chardev_of(k, fd, &devt), "fstat");

@@ -8,6 +8,7 @@
 #include "uapi/iommufd.h"
 #include "uapi/iommufd_test.h"
 #include "uapi/vfio.h"
+#include "uapi/vfio_migration.h"
 
 namespace fastmap::uapi {
 

@@ -169,6 +169,10 @@ class SimKernel(Kernel):
         """mmap(2) of a simulated file: the address, or -errno"""
     def munmap(self, addr: int, length: int) -> int:
         """munmap(2) of a simulated mapping: 0 or -errno"""
+    def read(self, fd: int, count: int) -> bytes | int:
+        """read(2) of a simulated file: bytes, or -errno"""
+    def write(self, fd: int, data: bytes) -> int:
+        """write(2) of a simulated file: bytes written, or -errno"""
     def chardev_of(self, fd: int) -> tuple[int, int] | None:
         """(major, minor) of the char device behind fd (fstat st_rdev), or None"""
 

@@ -103,6 +103,23 @@ class SimKernel(Kernel):
         if rc < 0:
             _check(rc, "munmap", {"addr": addr, "length": length})
 
+    def read(self, fd: int, count: int) -> bytes:
+        """read(2) of a simulated file (a VFIO migration data fd, a device region at the
+        file position)."""
+        fd = _checks.fd_number("fd", fd)
+        out = self._sim.read(fd, count)
+        if isinstance(out, int):
+            _check(out, "read", {"fd": fd, "count": count})
+        return bytes(out)
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        """write(2) of a simulated file: the bytes written."""
+        fd = _checks.fd_number("fd", fd)
+        rc = int(self._sim.write(fd, bytes(data)))
+        if rc < 0:
+            _check(rc, "write", {"fd": fd, "count": len(data)})
+        return rc
+
     @property
     def sim(self) -> _core.SimKernel:
         """The C++ SimKernel."""

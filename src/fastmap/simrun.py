@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="plug a PCI device: edu[,bdf=0000:00:03.0][,iommu=vtd|mock][,group=N][,dirty=1] "
-        "(repeatable)",
+        help="plug a PCI device: edu[,bdf=0000:00:03.0][,iommu=vtd|mock][,group=N][,dirty=0|1] "
+        "(repeatable; the IOMMU offers HWPT dirty tracking unless dirty=0)",
     )
     p.add_argument(
         "--trace",

@@ -65,6 +65,9 @@ iommu_test_cmd: type[UapiStruct]
 vfio_device_info: type[UapiStruct]
 vfio_region_info: type[UapiStruct]
 vfio_device_feature: type[UapiStruct]
+vfio_device_feature_migration: type[UapiStruct]
+vfio_device_feature_mig_state: type[UapiStruct]
+vfio_device_feature_mig_data_size: type[UapiStruct]
 vfio_irq_info: type[UapiStruct]
 vfio_irq_set: type[UapiStruct]
 vfio_device_bind_iommufd: type[UapiStruct]
@@ -243,6 +246,20 @@ VFIO_DEVICE_FEATURE_MASK: int
 VFIO_DEVICE_FEATURE_GET: int
 VFIO_DEVICE_FEATURE_SET: int
 VFIO_DEVICE_FEATURE_PROBE: int
+VFIO_DEVICE_FEATURE_MIGRATION: int
+VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: int
+VFIO_DEVICE_FEATURE_MIG_DATA_SIZE: int
+VFIO_MIGRATION_STOP_COPY: int
+VFIO_MIGRATION_P2P: int
+VFIO_MIGRATION_PRE_COPY: int
+VFIO_DEVICE_STATE_ERROR: int
+VFIO_DEVICE_STATE_STOP: int
+VFIO_DEVICE_STATE_RUNNING: int
+VFIO_DEVICE_STATE_STOP_COPY: int
+VFIO_DEVICE_STATE_RESUMING: int
+VFIO_DEVICE_STATE_RUNNING_P2P: int
+VFIO_DEVICE_STATE_PRE_COPY: int
+VFIO_DEVICE_STATE_PRE_COPY_P2P: int
 
 STRUCTS: dict[str, type[UapiStruct | UapiUnion]] = build_structs(_core.uapi_structs())
 CONSTANTS: dict[str, int] = dict(_core.uapi_constants())

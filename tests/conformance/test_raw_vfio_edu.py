@@ -121,8 +121,10 @@ def test_irq_info(rig: Rig) -> None:
 def test_unknown_ioctl_and_features(rig: Rig) -> None:
     # An ioctl vfio-pci does not know (0x3B00 | 0x7F).
     assert rig.dev.ioctl(0x3B7F, make("vfio_device_info")) == -errno.ENOTTY
+    # DMA_LOGGING_START (6): vfio-pci has no device DMA logging ops for edu (migration
+    # features: test_sim_vfio_migration.py).
     probe = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_PROBE"]
-                 | K["VFIO_DEVICE_FEATURE_GET"] | 1)  # migration
+                 | K["VFIO_DEVICE_FEATURE_SET"] | 6)
     assert rig.dev.ioctl("VFIO_DEVICE_FEATURE", probe) == -errno.ENOTTY
     both = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_GET"]
                 | K["VFIO_DEVICE_FEATURE_SET"] | 1)

@@ -22,6 +22,7 @@ CASES = [
     ("exec", ()),
     ("sysfs", ("--device", "edu")),
     ("fail_nth", ()),  # fault injection: fail-nth semantics and the debugfs knobs
+    ("migration", ("--device", "edu")),  # VFIO migration data fds, HWPT dirty tracking
 ]
 
 

@@ -28,11 +28,6 @@ constexpr std::uint64_t kRegionOffsetMask = (1ull << kRegionShift) - 1;
 // is the same: a BAR access is cut at the BAR's end, a config access past 256 fails).
 constexpr std::size_t kMaxRegionIo = 16u << 20;
 
-// VFIO_DEVICE_FEATURE numbers that need migration or dirty-logging ops; vfio-pci's own
-// features (low power, VF token) are not modelled either, so every feature is ENOTTY.
-constexpr std::uint32_t kFeatureFlagsKnown = VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_GET |
-                                             VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
-
 // A BAR as the MMIO trap sees it. Holds the device, as the kernel's mapping holds the file.
 class BarTarget final : public MmioTarget {
  public:
@@ -74,6 +69,7 @@ std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kern
     // enables the function.
     dev->group->container_users++;
     dev->pci->reset();
+    dev->mig.reset();
     dev->pci->enable_decoding();
   }
   f->access_granted_ = true;
@@ -90,6 +86,7 @@ VfioDeviceFile::~VfioDeviceFile() {
     if (--dev_->open_count == 0) {
       dev_->irqs.release();  // vfio_pci_core_disable turns interrupts off first
       dev_->pci->reset();    // vfio-pci disables the function: bus mastering off
+      dev_->mig.reset();
       grp.container_users--;
     }
     return;  // group_file_ drops its reference after this
@@ -99,6 +96,7 @@ VfioDeviceFile::~VfioDeviceFile() {
     if (--dev_->open_count == 0) {
       dev_->irqs.release();
       dev_->pci->reset();
+      dev_->mig.reset();
     }
     attached_ = false;
     iommufd_device_unbind(*ictx_, devid_);  // detaches first
@@ -162,6 +160,7 @@ long VfioDeviceFile::bind_iommufd(void* arg) noexcept {
     } else if ((rc = iommufd_device_bind(*ictx, dev_->pci, &devid)) == 0) {
       dev_->open_count++;
       dev_->pci->reset();  // vfio-pci's open_device enables and resets the function
+      dev_->mig.reset();
       dev_->pci->enable_decoding();
       if (copy_to_user(uptr(arg) + offsetof(vfio_device_bind_iommufd, out_devid), &devid,
                        sizeof devid)) {
@@ -304,19 +303,6 @@ long VfioDeviceFile::set_irqs(void* arg) noexcept {
   if (data_size && copy_from_user(data.data(), uptr(arg) + minsz, data.size())) return -EFAULT;
   return dev_->irqs.set(hdr.flags, hdr.index, hdr.start, hdr.count,
                         data.empty() ? nullptr : data.data());
-}
-
-long VfioDeviceFile::device_feature(void* arg) noexcept {
-  vfio_device_feature feature{};
-  if (copy_from_user(&feature, uptr(arg), sizeof feature)) return -EFAULT;
-  if (feature.argsz < sizeof feature) return -EINVAL;
-  if (feature.flags & ~kFeatureFlagsKnown) return -EINVAL;
-  if (!(feature.flags & VFIO_DEVICE_FEATURE_PROBE) && (feature.flags & VFIO_DEVICE_FEATURE_SET) &&
-      (feature.flags & VFIO_DEVICE_FEATURE_GET)) {
-    return -EINVAL;
-  }
-  // No migration, no device dirty logging, no low-power or VF-token support.
-  return -ENOTTY;
 }
 
 long VfioDeviceFile::reset() noexcept {

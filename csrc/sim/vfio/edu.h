@@ -51,6 +51,10 @@ class EduDevice final : public PciDevice {
   std::uint64_t mmio_read(std::uint64_t off, unsigned size) override;
   void mmio_write(std::uint64_t off, std::uint64_t val, unsigned size) override;
   unsigned mmio_register_size(std::uint64_t off) const override { return off < 0x80 ? 4 : 8; }
+  // Migration record (edu_migration.cc): every register and the DMA buffer.
+  bool migratable() const noexcept override { return true; }
+  void model_save(std::vector<std::uint8_t>* out) const override;
+  int model_load(const std::uint8_t* data, std::size_t len) override;
 
  private:
   void run_dma();

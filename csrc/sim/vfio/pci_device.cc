@@ -151,7 +151,7 @@ ssize_t PciDevice::bar_rw(unsigned bar, char* buf, std::size_t count, std::uint6
     if (write) {
       std::uint64_t v = 0;
       std::memcpy(&v, buf + done, size);
-      mmio_write(off, v, size);
+      if (!stopped_) mmio_write(off, v, size);
     } else {
       std::uint64_t v = mmio_read(off, size);
       std::memcpy(buf + done, &v, size);
@@ -194,7 +194,7 @@ void PciDevice::mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* 
     if (changed || stored) {
       std::uint64_t v = 0;
       std::memcpy(&v, after + done, size);
-      mmio_write(off, v, size);
+      if (!stopped_) mmio_write(off, v, size);
     }
     done += size;
   }
@@ -216,6 +216,23 @@ void PciDevice::enable_decoding() noexcept {
   std::lock_guard<std::mutex> g(mu_);
   const auto cmd = static_cast<std::uint16_t>(config_read(kCommand, 2) | kPciCommandMemory);
   put16(&cfg_[kCommand], cmd);
+}
+
+void PciDevice::set_stopped(bool stopped) noexcept {
+  std::lock_guard<std::mutex> g(mu_);  // waits for a register access or DMA in flight
+  stopped_ = stopped;
+}
+
+std::vector<std::uint8_t> PciDevice::save_state() const {
+  std::vector<std::uint8_t> out;
+  std::lock_guard<std::mutex> g(mu_);
+  model_save(&out);
+  return out;
+}
+
+int PciDevice::load_state(const std::uint8_t* data, std::size_t len) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  return model_load(data, len);
 }
 
 std::uint16_t PciDevice::command() const noexcept {
@@ -254,6 +271,7 @@ int PciDevice::bus_read(std::uint64_t addr, void* dst, std::size_t len) {
 
 int PciDevice::master_write(std::uint64_t addr, const void* src, std::size_t len) {
   std::lock_guard<std::mutex> g(mu_);
+  if (stopped_) return -EBUSY;  // a stopped device starts no DMA (nothing reaches the bus)
   return bus_write(addr, src, len);
 }
 

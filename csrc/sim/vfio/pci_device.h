@@ -6,6 +6,8 @@
 
 #include <sys/types.h>
 
+#include <cerrno>
+
 #include <array>
 #include <atomic>
 #include <cstddef>
@@ -104,6 +106,16 @@ class PciDevice : public Device {
   // Bus-master DMA started by something other than the register interface (the background
   // DMA writer): as a device model's own bus_write, under the device lock.
   int master_write(std::uint64_t addr, const void* src, std::size_t len);
+  // VFIO migration (sim/vfio/migration.h). A model that can migrate overrides model_save and
+  // model_load. Stopped (the STOP, STOP_COPY and RESUMING states): register writes are
+  // dropped and the device starts no DMA, so its state cannot change.
+  virtual bool migratable() const noexcept { return false; }
+  void set_stopped(bool stopped) noexcept;
+  bool stopped() const noexcept { return stopped_; }
+  // The model's state as one record, and its restore from one: 0 or -EINVAL (a record the
+  // model does not accept; the device is unchanged then).
+  std::vector<std::uint8_t> save_state() const;
+  int load_state(const std::uint8_t* data, std::size_t len) noexcept;
   // The device's DMA fault log, oldest first; take_ empties it.
   std::vector<DeviceDmaFault> faults() const;
   std::vector<DeviceDmaFault> take_faults();
@@ -118,6 +130,9 @@ class PciDevice : public Device {
   virtual unsigned mmio_register_size(std::uint64_t /*off*/) const { return 4; }
   // What the model itself does on a function reset (may be nothing), with mu_ held.
   virtual void model_reset() {}
+  // Migration record of the model's state, with mu_ held (see save_state / load_state).
+  virtual void model_save(std::vector<std::uint8_t>* /*out*/) const {}
+  virtual int model_load(const std::uint8_t* /*data*/, std::size_t /*len*/) { return -EINVAL; }
 
   // Bus-master DMA for device models (called with mu_ held): 0 or -errno, failures logged.
   int bus_read(std::uint64_t addr, void* dst, std::size_t len);
@@ -143,6 +158,7 @@ class PciDevice : public Device {
   std::deque<DeviceDmaFault> faults_;
   IrqSink* irq_sink_ = nullptr;  // guarded by mu_
   std::atomic<bool> msi_enabled_{false};
+  std::atomic<bool> stopped_{false};
 };
 
 }  // namespace fastmap::sim::vfio

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sim/vfio/irqs.h"
+#include "sim/vfio/migration.h"
 #include "sim/vfio/pci_device.h"
 
 namespace fastmap::sim::vfio {
@@ -24,7 +25,7 @@ inline constexpr unsigned kVfioDevMajor = 511;
 inline constexpr unsigned kVfioGroupMajor = 510;
 
 struct VfioDevice {
-  explicit VfioDevice(std::shared_ptr<PciDevice> p) : pci(std::move(p)), irqs(*pci) {
+  explicit VfioDevice(std::shared_ptr<PciDevice> p) : pci(std::move(p)), irqs(*pci), mig(*pci) {
     pci->set_irq_sink(&irqs);
   }
   ~VfioDevice() { pci->set_irq_sink(nullptr); }
@@ -33,6 +34,7 @@ struct VfioDevice {
 
   std::shared_ptr<PciDevice> pci;
   VfioIrqs irqs;  // vfio-pci's interrupt state; the device's IrqSink
+  Migration mig;  // the migration driver's state (for models that migrate)
   unsigned index = 0;         // N of /dev/vfio/devices/vfioN
   VfioGroup* group = nullptr;  // owned by the Machine, which outlives every file
   std::mutex mu;              // the kernel's dev_set->lock
