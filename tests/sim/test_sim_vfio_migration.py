@@ -15,8 +15,7 @@ import struct
 import time
 
 import pytest
-from _raw import PAGE, Iommufd, K
-from _vfio_raw import (
+from tests.conformance.raw import (
     EDU_ALIVE,
     EDU_DMA_BUF,
     EDU_DMA_CMD,
@@ -27,12 +26,15 @@ from _vfio_raw import (
     EDU_IRQ_RAISE,
     EDU_IRQ_STATUS,
     EDU_STATUS,
+    PAGE,
     Buf,
     Dev,
+    Iommufd,
+    K,
     attach,
     bind,
-    kernel,
 )
+from tests.conformance.raw import sim_kernel as kernel
 
 GET, SET, PROBE = (K["VFIO_DEVICE_FEATURE_GET"], K["VFIO_DEVICE_FEATURE_SET"],
                    K["VFIO_DEVICE_FEATURE_PROBE"])
