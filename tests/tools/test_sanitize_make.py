@@ -23,6 +23,6 @@ def test_tsan_target_parses_and_selects_the_threaded_tests() -> None:
     )
     assert r.returncode == 0, r.stderr
     run = next(line for line in r.stdout.splitlines() if "build/tsan/pkg" in line)
-    for test in ("tests/conformance/test_fork.py", "tests/sim/test_sim_iommufd_threads.py"):
+    for test in ("tests/conformance/test_fork.py", "tests/conformance/test_raw_threads.py"):
         assert test in run
     assert "tests/vm/" not in run
