@@ -2,6 +2,7 @@
 // container or group). Methods mirror file_operations and return -errno on failure.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/types.h>
 
 #include <cerrno>
@@ -13,6 +14,14 @@ namespace fastmap::sim {
 class File {
  public:
   virtual ~File() = default;  // the last reference going away is release()
+  // The open file's access mode (f_mode's FMODE_READ/FMODE_WRITE), from open(2)'s O_ACCMODE;
+  // files that ioctls hand out are read-write. The VFS checks it before any handler runs.
+  void set_access_mode(int accmode) noexcept {
+    readable_ = accmode == O_RDONLY || accmode == O_RDWR;
+    writable_ = accmode == O_WRONLY || accmode == O_RDWR;
+  }
+  bool readable() const noexcept { return readable_; }
+  bool writable() const noexcept { return writable_; }
   virtual long ioctl(unsigned long request, void* arg) noexcept = 0;
   virtual ssize_t pread(void* /*buf*/, std::size_t /*count*/, std::uint64_t /*off*/) noexcept {
     return -EINVAL;
@@ -34,6 +43,10 @@ class File {
   virtual bool chardev(unsigned* /*major*/, unsigned* /*minor*/) const noexcept {
     return false;
   }
+
+ private:
+  bool readable_ = true;
+  bool writable_ = true;
 };
 
 }  // namespace fastmap::sim

@@ -1,6 +1,7 @@
 #include "sim/core/kernel_core.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 
 #include <cerrno>
 
@@ -132,7 +133,8 @@ int KernelCore::open(const char* path, int flags) noexcept {
     if (it == nodes_.end()) return -ENOENT;
     opener = it->second;
   }
-  if ((flags & O_ACCMODE) != O_RDWR) return -EACCES;  // every node here wants O_RDWR
+  // Any access mode opens (the process is root, and neither iommufd nor vfio checks
+  // f_mode at open); read, write and mmap check it as the VFS does.
   int err = 0;
   std::shared_ptr<File> file;
   try {
@@ -141,6 +143,7 @@ int KernelCore::open(const char* path, int flags) noexcept {
     return -ENOMEM;
   }
   if (!file) return err ? err : -ENODEV;
+  file->set_access_mode(flags & O_ACCMODE);
   return install(std::move(file));
 }
 
@@ -223,7 +226,7 @@ long KernelCore::ioctl(int fd, unsigned long request, void* arg) noexcept {
 ssize_t KernelCore::pread(int fd, void* buf, std::size_t count, std::uint64_t offset) noexcept {
   SimEntry entry;
   auto file = fget(fd);
-  if (!file) return -EBADF;
+  if (!file || !file->readable()) return -EBADF;
   return file->pread(buf, count, offset);
 }
 
@@ -231,21 +234,21 @@ ssize_t KernelCore::pwrite(int fd, const void* buf, std::size_t count,
                           std::uint64_t offset) noexcept {
   SimEntry entry;
   auto file = fget(fd);
-  if (!file) return -EBADF;
+  if (!file || !file->writable()) return -EBADF;
   return file->pwrite(buf, count, offset);
 }
 
 ssize_t KernelCore::read(int fd, void* buf, std::size_t count) noexcept {
   SimEntry entry;
   auto file = fget(fd);
-  if (!file) return -EBADF;
+  if (!file || !file->readable()) return -EBADF;
   return file->read(buf, count);
 }
 
 ssize_t KernelCore::write(int fd, const void* buf, std::size_t count) noexcept {
   SimEntry entry;
   auto file = fget(fd);
-  if (!file) return -EBADF;
+  if (!file || !file->writable()) return -EBADF;
   return file->write(buf, count);
 }
 
@@ -261,6 +264,11 @@ int KernelCore::mmap(int fd, void* addr, std::size_t length, int prot, int flags
   SimEntry entry;
   auto file = fget(fd);
   if (!file) return -EBADF;
+  // do_mmap: any mapping needs a readable file, a shared writable one a writable file.
+  if (!file->readable()) return -EACCES;
+  if ((flags & MAP_TYPE) != MAP_PRIVATE && (prot & PROT_WRITE) && !file->writable()) {
+    return -EACCES;
+  }
   return file->mmap(addr, length, prot, flags, offset, out);
 }
 
