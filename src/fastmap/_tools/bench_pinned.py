@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastmap import _core, uapi
+from fastmap._tools.bench_map import _naive as map_one_by_one
 from fastmap._tools.bench_progress import quiet
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
@@ -160,17 +161,7 @@ def attached_ioas(kernel: Kernel) -> Iterator[Ioas]:
 
 
 def _naive(ioas: Ioas, vas: np.ndarray, lengths: np.ndarray, iovas: np.ndarray) -> None:
-    kernel, fd = ioas.kernel, ioas.iommufd
-    for va, length, iova in zip(vas.tolist(), lengths.tolist(), iovas.tolist(), strict=True):
-        cmd = uapi.iommu_ioas_map(
-            size=40,
-            flags=_PROT | uapi.IOMMU_IOAS_MAP_FIXED_IOVA,
-            ioas_id=ioas.id,
-            user_va=va,
-            length=length,
-            iova=iova,
-        )
-        kernel.ioctl(fd, uapi.IOMMU_IOAS_MAP, cmd)
+    map_one_by_one(ioas.kernel, ioas.iommufd, ioas, vas, lengths, iovas)
 
 
 def _iova_base(ioas: Ioas, span: int, page: int) -> int:
