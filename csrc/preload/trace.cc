@@ -136,6 +136,17 @@ const char* ioctl_name(unsigned long req, Kind k) {
   return nullptr;
 }
 
+// Set bits in the bitmap GET_DIRTY_BITMAP filled in (the caller's memory: same process).
+std::uint64_t dirty_bits(const iommu_hwpt_get_dirty_bitmap& v) {
+  if (v.page_size == 0 || v.data == 0) return 0;
+  const std::uint64_t bits = v.length / v.page_size;
+  const auto* words = reinterpret_cast<const std::uint64_t*>(static_cast<std::uintptr_t>(v.data));
+  std::uint64_t count = 0;
+  for (std::uint64_t i = 0; i < bits / 64; ++i) count += __builtin_popcountll(words[i]);
+  if (bits % 64) count += __builtin_popcountll(words[bits / 64] & ((1ull << (bits % 64)) - 1));
+  return count;
+}
+
 // The fields that tell what the call did; `ok` says whether out fields are meaningful.
 int ioctl_fields(const Call& c, bool ok, char* s, std::size_t n) {
   const unsigned long req = c.a;
@@ -185,6 +196,17 @@ int ioctl_fields(const Call& c, bool ok, char* s, std::size_t n) {
       auto v = in<vfio_iommu_type1_dma_unmap>(c);
       return std::snprintf(s, n, " flags=0x%x iova=0x%" PRIx64 " size=0x%" PRIx64, v.flags,
                            v.iova, v.size);
+    }
+    case IOMMU_HWPT_SET_DIRTY_TRACKING: {
+      auto v = in<iommu_hwpt_set_dirty_tracking>(c);
+      return std::snprintf(s, n, " hwpt=%u flags=0x%x", v.hwpt_id, v.flags);
+    }
+    case IOMMU_HWPT_GET_DIRTY_BITMAP: {
+      // The dirty count is what the migration figures compare with the device's writes.
+      auto v = in<iommu_hwpt_get_dirty_bitmap>(c);
+      return std::snprintf(s, n, " hwpt=%u flags=0x%x iova=0x%" PRIx64 " len=0x%" PRIx64
+                           " -> dirty=%" PRIu64, v.hwpt_id, v.flags, v.iova, v.length,
+                           ok ? dirty_bits(v) : 0);
     }
     case VFIO_DEVICE_GET_REGION_INFO: {
       auto v = in<vfio_region_info>(c);
