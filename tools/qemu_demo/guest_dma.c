@@ -227,9 +227,20 @@ static void migrate_loop(void) {
   memset(pages, 0, MIG_PAGES * PAGE);
   static uint64_t pa[MIG_PAGES];
   static uint32_t last[MIG_PAGES];
-  for (unsigned p = 0; p < MIG_PAGES; ++p) pa[p] = phys_of(pages + p * PAGE);
+  /* The iteration count, in its own page, so the host can read it from a paused QEMU. */
+  volatile uint32_t *count = locked_page();
+  unsigned frames = 0;
+  for (unsigned p = 0; p < MIG_PAGES; ++p) {
+    pa[p] = phys_of(pages + p * PAGE);
+    unsigned q = 0;
+    while (q < p && pa[q] >> 21 != pa[p] >> 21) ++q;
+    frames += q == p;
+  }
+  /* The host parses this line: the count's address and how many 2 MiB frames the device
+   * writes (the IOMMU tracks dirtiness per IOPTE, up to 2 MiB with superpages). */
   printf("guest: migration loop: the device writes %d pages of guest RAM in turn until a line "
-         "\"c\" arrives\n", MIG_PAGES);
+         "\"c\" arrives; count at GPA 0x%llx, pages in %u 2MiB frames\n", MIG_PAGES,
+         (unsigned long long)phys_of((void *)count), frames);
   uint32_t iter = 0;
   unsigned checked = 0;
   const double t0 = now();
@@ -245,6 +256,7 @@ static void migrate_loop(void) {
     dma(src_pa, EDU_BUF, PAGE, 0);
     dma(EDU_BUF, pa[p], PAGE, EDU_DMA_TO_RAM);
     last[p] = iter;
+    *count = iter;
   }
   const double dt = now() - t0;
   for (unsigned p = 0; p < MIG_PAGES; ++p) {

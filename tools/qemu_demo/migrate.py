@@ -88,6 +88,9 @@ class MigResult:
     ok: bool
     seconds: float
     info: dict[str, Any]
+    rounds: dict[int, int]  # dirty-sync-count -> normal pages sent by then (sampled)
+    count_at: list[int]  # the guest's device page writes at `migrate` and at completion
+    frames: int  # 2 MiB frames holding the pages the device writes
     verified: str
     dma_verified: str
     src_console: str
@@ -110,6 +113,12 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: flo
     return ""
 
 
+def _guest_u32(qmp: Qmp, gpa: int, out: Path) -> int:
+    dump = out / "count.bin"
+    qmp.cmd("pmemsave", val=gpa, size=4, filename=str(dump))
+    return int.from_bytes(dump.read_bytes(), "little")
+
+
 def _copy(proc: subprocess.Popen[bytes], path: Path) -> None:
     assert proc.stderr is not None
     with open(path, "wb") as f:
@@ -117,9 +126,11 @@ def _copy(proc: subprocess.Popen[bytes], path: Path) -> None:
 
 
 def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
-        downtime_ms: int, bandwidth: int) -> MigResult:
+        params: dict[str, int], steps: list[tuple[int, dict[str, int]]]) -> MigResult:
     """sim_argv: `fastmap sim-run --device ...` up to `--`; qemu_argv: the guest's QEMU
-    command line, without -incoming/-qmp, and its -append text last-but-one."""
+    command line (its kernel command line set for the migration loop), without -incoming
+    and -qmp. `params` go to migrate-set-parameters before `migrate`; each (round, params)
+    of `steps` is applied once query-migrate's dirty-sync-count reaches round."""
     sock = out / "mig.sock"
     for p in (sock, out / "src.qmp", out / "dst.qmp"):
         p.unlink(missing_ok=True)
@@ -146,28 +157,40 @@ def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
     dst = start("dst", ["-incoming", f"unix:{sock}"])
     src = start("src", [])
     info: dict[str, Any] = {}
+    rounds: dict[int, int] = {}
     verified = dma_verified = ""
     notes: list[str] = []
+    count_at: list[int] = []
+    frames = 0
     try:
-        if not _wait_for(out / "mig-src.console", LOOP_STARTED, src, timeout):
+        loop = _wait_for(out / "mig-src.console", LOOP_STARTED, src, timeout)
+        m = re.search(r"count at GPA 0x([0-9a-f]+), pages in (\d+) 2MiB frames", loop)
+        if not m:
             notes.append("the source guest's migration loop did not start")
             raise TimeoutError
+        count_gpa, frames = int(m.group(1), 16), int(m.group(2))
         time.sleep(1.0)  # the device has been writing pages for a while
         qs, qd = Qmp(out / "src.qmp", timeout), Qmp(out / "dst.qmp", timeout)
-        qs.cmd("migrate-set-parameters", **{"downtime-limit": downtime_ms,
-                                            "max-bandwidth": bandwidth})
+        qs.cmd("migrate-set-parameters", **params)
+        pending = sorted(steps)
+        count_at.append(_guest_u32(qs, count_gpa, out))
         qs.cmd("migrate", uri=f"unix:{sock}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = qs.cmd("query-migrate")
+            ram = info.get("ram", {})
+            # Pages sent by the end of each round (sampled: the last poll within the round).
+            rounds[ram.get("dirty-sync-count", 0)] = ram.get("normal", 0)
+            while pending and ram.get("dirty-sync-count", 0) >= pending[0][0]:
+                qs.cmd("migrate-set-parameters", **pending.pop(0)[1])
             if info.get("status") in ("completed", "failed", "cancelled"):
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         if info.get("status") != "completed":
             notes.append(f"migration ended as {info.get('status')}: {info.get('error-desc', '')}")
             raise TimeoutError
-        dst_status = qd.cmd("query-status")
-        notes.append(f"destination after migration: {dst_status.get('status')}")
+        count_at.append(_guest_u32(qs, count_gpa, out))  # the source is paused now
+        notes.append(f"destination after migration: {qd.cmd('query-status').get('status')}")
         time.sleep(1.0)  # the destination guest checks the pages as it rewrites them
         assert dst.stdin is not None
         dst.stdin.write(b"c\n")
@@ -191,18 +214,70 @@ def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
     seconds = time.monotonic() - t0
     src_log = (out / "mig-src.log").read_text(errors="replace").splitlines()
     dst_log = (out / "mig-dst.log").read_text(errors="replace").splitlines()
-    return MigResult(bool(verified and dma_verified), seconds, info, verified, dma_verified,
+    return MigResult(bool(verified and dma_verified), seconds, info, rounds, count_at, frames,
+                     verified, dma_verified,
                      (out / "mig-src.console").read_text(errors="replace"),
                      (out / "mig-dst.console").read_text(errors="replace"),
                      src_log, dst_log, notes)
 
 
-def dirty_reported(log: list[str]) -> tuple[int, int]:
-    """(GET_DIRTY_BITMAP calls, dirty pages they reported) from a sim-run trace."""
-    calls = pages = 0
+def dirty_syncs(log: list[str]) -> list[int]:
+    """Dirty pages the IOMMU reported per dirty sync, from a sim-run trace: QEMU reads the
+    bitmap of each RAM section in ascending IOVA order, so a sync starts where IOVA drops."""
+    syncs: list[int] = []
+    last = -1
     for ln in log:
-        if "IOMMU_HWPT_GET_DIRTY_BITMAP" in ln:
-            calls += 1
-            m = re.search(r"-> dirty=(\d+)", ln)
-            pages += int(m.group(1)) if m else 0
-    return calls, pages
+        m = re.search(r"IOMMU_HWPT_GET_DIRTY_BITMAP .*iova=0x([0-9a-f]+) .*-> dirty=(\d+)", ln)
+        if not m:
+            continue
+        iova = int(m.group(1), 16)
+        if iova <= last or not syncs:
+            syncs.append(0)
+        syncs[-1] += int(m.group(2))
+        last = iova
+    return syncs
+
+
+# The IOMMU sets one dirty bit per IOPTE; QEMU's RAM is mapped with 2 MiB IOPTEs where it can,
+# so one device write dirties (and QEMU resends) the 512 pages of its 2 MiB frame.
+PAGES_PER_FRAME = 512
+
+
+def report(r: MigResult, label: str) -> tuple[bool, list[str]]:
+    """Whether the run verified, and its figures."""
+    ram = r.info.get("ram", {})
+    syncs = dirty_syncs(r.src_log)
+    tracking = any("IOMMU_HWPT_SET_DIRTY_TRACKING" in ln and "flags=0x1 = 0" in ln
+                   for ln in r.src_log)
+    writes = r.count_at[1] - r.count_at[0] if len(r.count_at) == 2 else 0
+    bound = r.frames * PAGES_PER_FRAME
+    over = [n for n in syncs if n > bound]
+    rounds = ram.get("dirty-sync-count", 0)
+    sent = sorted(r.rounds.items())
+    per_round = [f"{b - a}" for (_, a), (_, b) in zip(sent, sent[1:])]
+    lines = [
+        f"  {r.verified}" if r.verified else "  destination guest: no migration verdict",
+        f"  {r.dma_verified} (destination)" if r.dma_verified else "  no DMA verdict",
+        f"  migration: {rounds} rounds (dirty syncs), {ram.get('normal', 0)} pages sent "
+        f"(+{ram.get('duplicate', 0)} zero pages), {ram.get('transferred', 0) / 1e6:.1f} MB, "
+        f"downtime {r.info.get('downtime', '?')} ms, total {r.info.get('total-time', '?')} ms, "
+        f"device state {r.info.get('vfio', {}).get('transferred', 0)} bytes; wall "
+        f"{r.seconds:.1f} s",
+        f"  pages sent by the end of each round (sampled): "
+        f"{', '.join(f'{k}: {v}' for k, v in sent)}; per round after the first: "
+        f"{', '.join(per_round[1:]) or '-'}",
+        f"  device: {writes} page writes by DMA during migration (guest count "
+        f"{'->'.join(map(str, r.count_at))}), into 64 pages in {r.frames} 2 MiB frame(s)",
+        f"  IOMMU dirty pages per sync (GET_DIRTY_BITMAP): {', '.join(map(str, syncs))}; "
+        f"bound {bound} = the device's frames x {PAGES_PER_FRAME} (IOPTE granularity): "
+        + ("over-reported!" if over else "none over-reported")
+        + "; none lost: the destination checked every page the device wrote",
+    ]
+    lines += [f"  note: {n}" for n in r.notes]
+    ok = r.ok and tracking and bool(syncs) and sum(syncs) > 0 and not over and writes > 0
+    if not tracking:
+        lines.append("  QEMU did not enable IOMMUFD dirty tracking")
+    summary = (f"migration verified ({label}): {rounds} rounds, {ram.get('normal', 0)} pages "
+               f"sent, downtime {r.info.get('downtime', '?')} ms, {writes} device page writes "
+               f"during migration, IOMMU reported {sum(syncs)} dirty pages")
+    return ok, [*lines, summary if ok else f"migration FAILED ({label})"]

@@ -4,13 +4,17 @@ the simulated edu device passed through with vfio-pci, once over IOMMUFD (`-obje
 and once over the legacy container + group, booting the VM tier's kernel with a one-program
 initramfs (guest_dma.c) that has the device DMA to and from guest memory and checks it.
 
-    tools/qemu_demo/run.py [--backend iommufd|legacy|both] [--qemu PATH] [--out DIR]
+    tools/qemu_demo/run.py [--backend iommufd|legacy|both] [--migration ...] [--qemu PATH]
+                           [--out DIR]
 
 For each run it prints the guest's result line, the figures, and the start of the call log:
 QEMU's own trace events (its hw/vfio and backends/iommufd functions) interleaved, in order,
 with the uAPI calls the simulator answered (`fastmap sim-run --trace`). The full logs are
-kept in --out. FASTMAP_VMTEST_LOCK=FILE: hold an flock on FILE while QEMU runs (a machine
-shared by several users of TCG guests). Exit status 0 when every run verified its DMA.
+kept in --out. Then live migration (migrate.py), once at QEMU's own pace and once over a link
+slower than the device writes: the guest keeps the device writing its pages by DMA, and the
+destination guest checks them; it prints `migration verified` with rounds, pages sent and
+downtime. FASTMAP_VMTEST_LOCK=FILE: hold an flock on FILE while QEMU runs (a machine
+shared by several users of TCG guests). Exit status 0 when every run verified.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import initramfs
+import migrate
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -67,7 +72,8 @@ class RunResult:
     console: str
 
 
-def qemu_argv(qemu: str, kernel: Path, initrd: Path, backend: str) -> list[str]:
+def qemu_argv(qemu: str, kernel: Path, initrd: Path, backend: str,
+              cmdline: str = "") -> list[str]:
     device = f"vfio-pci,host={BDF}"
     extra: list[str] = []
     if backend == "iommufd":
@@ -80,7 +86,7 @@ def qemu_argv(qemu: str, kernel: Path, initrd: Path, backend: str) -> list[str]:
         qemu, "-machine", "q35", "-accel", "tcg", "-smp", "1", "-m", "256M",
         "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
         "-monitor", "none", "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", "console=ttyS0 quiet rdinit=/init panic=-1 mitigations=off",
+        "-append", f"console=ttyS0 quiet rdinit=/init panic=-1 mitigations=off{cmdline}",
         *extra, "-device", device, *trace,
     ]  # fmt: skip
 
@@ -139,6 +145,40 @@ def excerpt(log: list[str], limit: int) -> list[str]:
     return lines
 
 
+# Live migration runs: (label, parameters before `migrate`, (round, parameters) steps).
+# "fast link": QEMU's own pace, unlimited bandwidth. "slow link": after the first round the
+# link drops to 1 MiB/s, below the rate the device writes (about 5 MB/s of page data), and
+# the 20 ms downtime limit cannot fit the 2 MiB frame the device dirties every round, so
+# QEMU keeps resending it round after round until, at round 5, the link is opened again.
+MIGRATIONS: dict[str, tuple[dict[str, int], list[tuple[int, dict[str, int]]]]] = {
+    "fast link": ({"downtime-limit": 300, "max-bandwidth": 0}, []),
+    "slow link": ({"downtime-limit": 20, "max-bandwidth": 32 << 20},
+                  [(2, {"max-bandwidth": 1 << 20}),
+                   (5, {"max-bandwidth": 0, "downtime-limit": 300})]),
+}
+
+
+def run_migration(label: str, qemu: str, kernel: Path, initrd: Path, out: Path,
+                  timeout: float) -> bool:
+    sim = [*fastmap_cmd(), "sim-run", "--device", f"edu,bdf={BDF},dirty=1"]
+    argv = qemu_argv(qemu, kernel, initrd, "iommufd", " fastmap_demo=migrate")
+    params, steps = MIGRATIONS[label]
+    mig_out = out / label.replace(" ", "-")
+    mig_out.mkdir(exist_ok=True)
+    with vm_lock():
+        r = migrate.run(sim, argv, mig_out, timeout, params, steps)
+    ok, lines = migrate.report(r, label)
+    print(f"== live migration ({label}): QEMU to QEMU, each under its own sim-run, edu over "
+          f"IOMMUFD doing DMA throughout ({'ok' if ok else 'FAILED'}; logs in {mig_out})")
+    if not ok:
+        print("  source console:\n" + "\n".join("    " + ln for ln in
+                                                 r.src_console.splitlines()[-8:]))
+        print("  destination console:\n" + "\n".join("    " + ln for ln in
+                                                      r.dst_console.splitlines()[-8:]))
+    print("\n".join(lines))
+    return ok
+
+
 def figures(r: RunResult) -> list[str]:
     ioctls = [ln for ln in r.log if UAPI_LINE.match(ln) and " ioctl " in ln]
     maps = sum(1 for ln in ioctls if "IOAS_MAP " in ln or "MAP_DMA " in ln)
@@ -186,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", type=Path, help="guest bzImage (default: the VM tier's)")
     p.add_argument("--out", type=Path, help="keep the logs here (default: a temporary dir)")
     p.add_argument("--timeout", type=float, default=240, help="seconds per QEMU run")
+    p.add_argument("--migration", choices=(*MIGRATIONS, "both", "none"), default="both",
+                   help="live migration runs after the DMA runs")
     p.add_argument("--log-lines", type=int, default=60, help="call-log lines to print")
     args = p.parse_args(argv)
     if shutil.which(args.qemu) is None:
@@ -209,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  call log, QEMU's trace events and the uAPI calls in order ({out}/{backend}.log):")
         print("\n".join(excerpt(r.log, args.log_lines)))
         ok &= r.ok
+    migrations = (list(MIGRATIONS) if args.migration == "both" else
+                  [] if args.migration == "none" else [args.migration])
+    for label in migrations:
+        ok &= run_migration(label, args.qemu, kernel, initrd, out, args.timeout)
     return 0 if ok else 1
 
 
