@@ -3,8 +3,12 @@ vfio-pci passes the simulated edu device through to a TCG guest over IOMMUFD and
 legacy container + group; the guest has it DMA to and from its memory and checks every byte.
 The uAPI log must show QEMU's own IOMMUFD sequence (bind, GET_HW_INFO, IOAS, HWPT_ALLOC
 with dirty tracking for a device whose IOMMU can track, attach) and the legacy one.
+Then live migration from one QEMU to another, each under its own sim-run, while the device
+keeps writing guest pages by DMA: the destination guest checks every page the device wrote
+and the device's own state, and the source's log must show QEMU's IOMMUFD dirty tracking
+(SET_DIRTY_TRACKING, GET_DIRTY_BITMAP) and the VFIO migration arcs it took.
 
-About 10-30 s per backend of TCG; skipped without QEMU >= 10, the VM tier's kernel or a
+About 10-30 s per backend and per migration of TCG; skipped without QEMU >= 10, the VM tier's kernel or a
 static libc (the guest's init is a static program)."""
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert result.stdout.count("guest DMA verified: 16 rounds, 64 DMAs") == 2, result.stdout
+    assert "migration verified (fast link)" in result.stdout, result.stdout
+    assert "migration verified (slow link)" in result.stdout, result.stdout
+    # Over the slow link the device's frame is resent round after round: more than 2 rounds.
+    slow = re.search(r"migration verified \(slow link\): (\d+) rounds", result.stdout)
+    assert slow and int(slow.group(1)) > 2, result.stdout
 
     iommufd = (out / "iommufd.log").read_text()
     _in_order(iommufd, [
@@ -96,6 +105,21 @@ def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
         r"VFIO_GROUP_GET_DEVICE_FD \"0000:00:03.0\" = \d+",
         r"VFIO_DEVICE_SET_IRQS flags=0x24 index=0 .* = 0",
     ])  # fmt: skip
+    # MIG_DEVICE_STATE sets are flags=0x20002 (SET | feature 2); MIG_DATA_SIZE GET 0x10009.
+    for side in ("fast-link", "slow-link"):
+        src = (out / side / "mig-src.log").read_text()
+        _in_order(src, [
+            r"VFIO_DEVICE_FEATURE flags=0x10001 = 0",  # GET MIGRATION: STOP_COPY
+            r"IOMMU_HWPT_SET_DIRTY_TRACKING hwpt=\d+ flags=0x1 = 0",
+            r"IOMMU_HWPT_GET_DIRTY_BITMAP .* = 0",
+            r"VFIO_DEVICE_FEATURE flags=0x10009 = 0",
+            r"VFIO_DEVICE_FEATURE flags=0x20002 = 0",  # RUNNING -> STOP
+            r"VFIO_DEVICE_FEATURE flags=0x20002 = 0",  # STOP -> STOP_COPY: the data fd
+            r"VFIO_DEVICE_FEATURE flags=0x20002 = 0",  # STOP_COPY -> STOP
+        ])  # fmt: skip
+        assert "vfio_save_block  (0000:00:03.0) data_size 4168" in src, src
+        dst = (out / side / "mig-dst.log").read_text()
+        assert "vfio_load_state_device_data  (0000:00:03.0) size 4168 ret 0" in dst, dst
     for log in (iommufd, legacy):
         # The guest's config accesses went through the simulator's device file, and its BAR0
         # accesses too: by pread/pwrite, or through QEMU's mmap of the region when the
