@@ -1,6 +1,6 @@
 # fastmap developer entry points. On a fresh machine:
 #   make demo   # builds fastmap into .venv and runs the demo on the simulated kernel
-#   make demo-qemu  # QEMU 10 with the simulated edu device passed through, guest DMA checked
+#   make demo-qemu  # QEMU 10 with the simulated edu passed through: guest DMA, live migration
 #   make test   # builds, lints, runs the test suites (simulator, then a real kernel in a VM)
 #   make test-sanitize / test-tsan / test-cpp / fuzz / fuzz-short: tools/sanitize/README.md
 PYTHON ?= python3
@@ -25,7 +25,8 @@ demo: $(STAMP)
 	$(VENV)/bin/fastmap demo
 
 # Unmodified QEMU (TCG) on the simulated kernel: vfio-pci passthrough of the simulated edu
-# device over IOMMUFD and over the legacy container, guest DMA checked (tools/qemu_demo).
+# device over IOMMUFD and over the legacy container, guest DMA checked, then live migration
+# to a second QEMU while the device keeps writing guest memory (tools/qemu_demo).
 demo-qemu: $(STAMP)
 	tools/vmtest/install-qemu.sh
 	tools/vmtest/kernel.sh >/dev/null
