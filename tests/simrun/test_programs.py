@@ -4,6 +4,7 @@ exits non-zero at the first wrong answer (tests/simrun/progs)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,3 +46,15 @@ def test_no_program() -> None:
     result = sim_run([])
     assert result.returncode != 0
     assert "no program given" in result.stderr
+
+
+def test_trace_shows_dirty_tracking(cc: Callable[..., Path], tmp_path: Path) -> None:
+    """`sim-run --trace` names the HWPT dirty-tracking calls and counts the dirty bits the
+    bitmap came back with: migration.c checked that its bitmap has exactly page 3 set."""
+    exe = cc(PROGS / "migration.c")
+    log = tmp_path / "calls.log"
+    expect_ok(sim_run([str(exe)], "--device", "edu", "--trace", str(log)))
+    text = log.read_text()
+    assert re.search(r"IOMMU_HWPT_SET_DIRTY_TRACKING hwpt=\d+ flags=0x1 = 0", text), text
+    assert re.search(r"IOMMU_HWPT_GET_DIRTY_BITMAP hwpt=\d+ flags=0x0 iova=0x\w+ len=0x8000 "
+                     r"-> dirty=1 = 0", text), text

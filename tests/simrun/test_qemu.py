@@ -8,8 +8,8 @@ keeps writing guest pages by DMA: the destination guest checks every page the de
 and the device's own state, and the source's log must show QEMU's IOMMUFD dirty tracking
 (SET_DIRTY_TRACKING, GET_DIRTY_BITMAP) and the VFIO migration arcs it took.
 
-About 10-30 s per backend and per migration of TCG; skipped without QEMU >= 10, the VM tier's kernel or a
-static libc (the guest's init is a static program)."""
+About 10-30 s per backend and per migration of TCG; skipped without QEMU >= 10, the VM
+tier's kernel or a static libc (the guest's init is a static program)."""
 
 from __future__ import annotations
 
