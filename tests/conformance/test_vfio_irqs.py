@@ -44,6 +44,10 @@ def dev(kernel: Kernel, vfio_device: str, iommufd: Fd) -> Iterator[Fd]:
     with kernel.open_fd(vfio_device) as fd:
         bind_iommufd(fd, iommufd.number)
         _set_command(fd, MEMORY | MASTER)
+        # QEMU's edu has no reset method, so vfio-pci's open leaves its state alone: an
+        # interrupt an earlier user raised (a DMA's 0x100) is still pending. Start clean.
+        _w32(fd, IRQ_ACK, 0xFFFFFFFF)
+        assert _r32(fd, IRQ_STATUS) == 0
         yield fd
 
 

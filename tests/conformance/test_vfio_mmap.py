@@ -51,6 +51,11 @@ def dev(kernel: Kernel, vfio_device: str, iommufd: Fd) -> Iterator[Fd]:
         cfg = _region(fd, CONFIG).offset
         command = int.from_bytes(fd.pread(2, cfg + 4), "little")
         fd.pwrite((command | 0x6).to_bytes(2, "little"), cfg + 4)
+        # edu keeps its state across opens (no reset method): acknowledge whatever an
+        # earlier user left pending (interrupt status 0x24, acknowledge 0x64).
+        bar0 = _region(fd, BAR0).offset
+        fd.pwrite((0xFFFFFFFF).to_bytes(4, "little"), bar0 + 0x64)
+        assert int.from_bytes(fd.pread(4, bar0 + 0x24), "little") == 0
         yield fd
 
 
