@@ -33,7 +33,7 @@ namespace {
 constexpr int kNotOurs = 1;
 constexpr const char* kDebugfs = "/sys/kernel/debug";
 
-// Per placeholder fd: is it a fail-nth file, and its read position.
+// Per reserved fd: is it a fail-nth file, and its read position.
 struct NthFd {
   bool open = false;
   off_t pos = 0;

@@ -11,7 +11,7 @@
 
 namespace fastmap::preload {
 
-// open(2) of a fail-nth path: a placeholder fd, -errno, or 1 (not such a path).
+// open(2) of a fail-nth path: a reserved fd, -errno, or 1 (not such a path).
 int failnth_open(const char* path, int flags) noexcept;
 bool is_failnth_fd(int fd) noexcept;
 // read/write on a fail-nth fd; off < 0 uses (and moves) the fd's own position.

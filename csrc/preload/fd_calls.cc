@@ -1,5 +1,5 @@
 // The fd calls, for fds that are simulated files. Each answers from the simulator (or, for
-// fd-table calls, moves the placeholder and the simulator's table together); other fds go
+// fd-table calls, moves the reserved fd and the simulator's table together); other fds go
 // to the host untouched. Calls the simulator does not model get the kernel's errno for a
 // char device without that file operation, never the host's /dev/null behaviour.
 #include <fcntl.h>
@@ -127,7 +127,7 @@ static int fcntl_impl(const char* name, int fd, int cmd, long arg) {
       set_simfd_cloexec(fd, arg & FD_CLOEXEC);
       return 0;
     default:
-      return real(fd, cmd, arg);  // status flags and locks: the placeholder's open file
+      return real(fd, cmd, arg);  // status flags and locks: the reserved fd's open file
   }
 }
 
@@ -162,7 +162,7 @@ int ioctl(int fd, unsigned long request, ...) noexcept {
       return 0;
     case FIONBIO:
     case FIOASYNC:
-      return real(fd, request, arg);  // file status flags: the placeholder's open file
+      return real(fd, request, arg);  // file status flags: the reserved fd's open file
     default:
       break;
   }

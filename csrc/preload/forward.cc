@@ -8,7 +8,7 @@
 // parent's wait calls (wait_calls.cc) block until that is done for the child they reaped,
 // as a real kernel closes a child's files before its parent's wait returns.
 //
-// A forwarded call that may install an fd (open, ioctl) carries a placeholder fd the
+// A forwarded call that may install an fd (open, ioctl) carries a reserved fd the
 // child reserved; the owner hands that number to the simulator as the new fd.
 #include <fcntl.h>
 #include <pthread.h>
@@ -38,7 +38,7 @@ constexpr std::size_t kData = 8192;
 struct Request {
   Op op;
   std::int32_t fd;
-  std::int32_t spare;  // placeholder fd for a new simulated fd, or -1
+  std::int32_t spare;  // reserved fd for a new simulated fd, or -1
   std::uint32_t path_len;
   std::uint64_t a, b, c, d;
   std::uint64_t size;  // bytes of data wanted back
@@ -68,7 +68,7 @@ std::condition_variable g_served_cv;
 int g_pending[2] = {-1, -1};  // the socketpair made in prepare
 int g_pending_table = -1;
 
-// Owner side, per serving thread: the spare placeholder of the call being run.
+// Owner side, per serving thread: the spare reserved fd of the call being run.
 thread_local bool t_serving = false;
 thread_local int t_spare = -1;
 thread_local bool t_spare_used = false;
@@ -331,7 +331,7 @@ void child_reaped(pid_t pid) noexcept {
   await_reaped(pid);
 }
 
-// The owner's fd allocator for a call served for a child: the child's placeholder.
+// The owner's fd allocator for a call served for a child: the child's reserved fd.
 int serving_alloc(bool* handled) noexcept {
   *handled = t_serving;
   if (!t_serving) return 0;

@@ -3,7 +3,7 @@
 // The process that first touches a simulated path hosts the simulator (the owner); a child
 // it forks forwards every simulated call to it over a unix socket (forward.cc), so parent
 // and child share the open files as they would on a real kernel. Every simulated file has
-// a real fd number (a placeholder open of /dev/null, always close-on-exec), so the
+// a real fd number (a reserved fd open of /dev/null, always close-on-exec), so the
 // program's fd calls keep working; the calls in fd_calls.cc/path_calls.cc are answered by
 // the simulator for those fds and paths and never reach the host.
 #pragma once
@@ -17,8 +17,8 @@ struct fastmap_sim;
 
 namespace fastmap::preload {
 
-// Simulated fds this process knows (placeholder numbers), and the FD_CLOEXEC flag the
-// program set on each (the placeholder itself is always close-on-exec).
+// Simulated fds this process knows (reserved fd numbers), and the FD_CLOEXEC flag the
+// program set on each (the reserved fd itself is always close-on-exec).
 inline constexpr int kMaxFd = 1 << 16;
 bool is_simfd(int fd) noexcept;
 void mark_simfd(int fd, bool cloexec) noexcept;
@@ -26,7 +26,7 @@ void unmark_simfd(int fd) noexcept;
 bool simfd_cloexec(int fd) noexcept;
 void set_simfd_cloexec(int fd, bool on) noexcept;
 
-// A placeholder fd: the host's /dev/null, close-on-exec. fd or -errno.
+// A reserved fd: the host's /dev/null, close-on-exec. fd or -errno.
 int reserve_fd() noexcept;
 
 // Does the simulator own this path (/dev/iommu, /dev/vfio[/...], the VFIO sysfs)?
@@ -70,7 +70,7 @@ void child_reaped(pid_t pid) noexcept;
 struct ::fastmap_sim* owner_sim() noexcept;
 bool owner_sim_started() noexcept;
 // The owner's fd allocation while serving a child (forward.cc): *handled says whether the
-// calling thread serves one; then the child's placeholder or -EMFILE.
+// calling thread serves one; then the child's reserved fd or -EMFILE.
 int serving_alloc(bool* handled) noexcept;
 bool serving_release(int fd) noexcept;
 
