@@ -16,6 +16,7 @@
 #include <new>
 #include <shared_mutex>
 
+#include "sim/core/shadow_arena.h"
 #include "sim/core/user_memory.h"
 
 namespace fastmap::sim {
@@ -202,6 +203,14 @@ Ring* own_ring() {
   return ok ? r : nullptr;
 }
 
+// A shadow is congruent with the VA modulo the largest IOPTE that could fit (a power of
+// two up to len, at most 1 GiB), so IOPTE sizes follow the VA's; a one-page pin needs none.
+std::uint64_t shadow_align(std::uint64_t len) {
+  std::uint64_t align = kSlotBytes;
+  while (align > len) align >>= 1;
+  return align <= host_page_size() ? 0 : align;
+}
+
 std::atomic<long> g_alive{0};
 std::shared_mutex pins_mu;
 std::map<std::uint64_t, const KernelPin*>& pins() {  // by shadow start
@@ -267,21 +276,8 @@ std::shared_ptr<const KernelPin> KernelPin::pin(std::uint64_t va, std::uint64_t 
       p->slots_.push_back(s);  // reserved above: no allocation
     }
   }
-  // The shadow: congruent with the VA modulo the largest IOPTE that could fit (a power of
-  // two up to len, at most 1 GiB), so IOPTE sizes follow the VA's. Small pins need no
-  // alignment beyond the page: one mmap.
-  std::uint64_t align = kSlotBytes;
-  while (align > len) align >>= 1;
-  if (align <= host_page_size()) align = 0;
-  void* m = ::mmap(nullptr, len + align, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) return nullptr;
-  const auto base = reinterpret_cast<std::uint64_t>(m);
-  const std::uint64_t start = align ? base + ((va - base) & (align - 1)) : base;
-  if (start > base) ::munmap(m, start - base);
-  if (base + len + align > start + len) {
-    ::munmap(reinterpret_cast<void*>(start + len), base + len + align - (start + len));
-  }
+  const std::uint64_t start = shadow_alloc(va, len, shadow_align(len));
+  if (!start) return nullptr;
   p->shadow_ = start;
   try {
     std::unique_lock<std::shared_mutex> g(pins_mu);
@@ -299,7 +295,7 @@ KernelPin::~KernelPin() {
       std::unique_lock<std::shared_mutex> g(pins_mu);
       if (pins().erase(shadow_)) g_alive.fetch_sub(1, std::memory_order_relaxed);
     }
-    ::munmap(reinterpret_cast<void*>(shadow_), len_);
+    shadow_free(shadow_, len_, shadow_align(len_));
   }
   // A pin inherited from the parent is the parent's to release.
   if (slots_.empty() || owner_ != ::getpid()) return;

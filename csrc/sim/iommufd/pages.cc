@@ -18,10 +18,17 @@ namespace fastmap::sim {
 
 namespace {
 
-// Every simulated kernel's pinned pages: (kernel, page VA) -> pins, never 0.
+// Every simulated kernel's pinned pages, as runs of VAs with the same pin count:
+// (kernel, run start) -> (run end, pins), pins never 0. Runs, not pages: pinning a 1 GiB
+// area is one entry, not 262144.
+struct PinRun {
+  std::uint64_t end;  // exclusive
+  unsigned pins;
+};
+using RunKey = std::pair<const KernelCore*, std::uint64_t>;
 struct PinRegistry {
   std::mutex mu;
-  std::map<std::pair<const KernelCore*, std::uint64_t>, unsigned> pins;
+  std::map<RunKey, PinRun> runs;
 };
 
 PinRegistry& registry() {
@@ -29,15 +36,41 @@ PinRegistry& registry() {
   return *r;
 }
 
-void add_page_pins(const KernelCore& kernel, std::uint64_t va, std::uint64_t npages,
-                   int delta) {
-  const std::uint64_t ps = host_page_size();
+// Splits the run holding `va` (if any) so that a run starts at `va`. r.mu held.
+void split_at(PinRegistry& r, const KernelCore* k, std::uint64_t va) {
+  auto it = r.runs.upper_bound({k, va});
+  if (it == r.runs.begin()) return;
+  --it;
+  if (it->first.first != k || it->first.second == va || it->second.end <= va) return;
+  const PinRun tail{it->second.end, it->second.pins};
+  it->second.end = va;
+  r.runs.emplace_hint(std::next(it), RunKey{k, va}, tail);
+}
+
+// Adds `delta` pins to every page of [va, va + len), dropping runs that reach 0.
+void add_page_pins(const KernelCore& kernel, std::uint64_t va, std::uint64_t len, int delta) {
   PinRegistry& r = registry();
+  const KernelCore* k = &kernel;
+  const std::uint64_t end = va + len;
   std::lock_guard<std::mutex> g(r.mu);
-  for (std::uint64_t i = 0; i < npages; ++i, va += ps) {
-    unsigned& n = r.pins[{&kernel, va}];
-    n += static_cast<unsigned>(delta);
-    if (n == 0) r.pins.erase({&kernel, va});
+  split_at(r, k, va);
+  split_at(r, k, end);
+  std::uint64_t cur = va;
+  auto it = r.runs.lower_bound({k, va});
+  while (cur < end) {
+    if (it == r.runs.end() || it->first.first != k || it->first.second > cur) {
+      // A gap: pages nobody pins (only reachable when pinning).
+      const std::uint64_t gap_end =
+          (it == r.runs.end() || it->first.first != k) ? end : std::min(end, it->first.second);
+      if (delta > 0) {
+        r.runs.emplace_hint(it, RunKey{k, cur}, PinRun{gap_end, static_cast<unsigned>(delta)});
+      }
+      cur = gap_end;
+      continue;
+    }
+    it->second.pins += static_cast<unsigned>(delta);
+    cur = it->second.end;
+    it = it->second.pins == 0 ? r.runs.erase(it) : std::next(it);
   }
 }
 
@@ -46,8 +79,10 @@ void add_page_pins(const KernelCore& kernel, std::uint64_t va, std::uint64_t npa
 unsigned page_pins(const KernelCore& kernel, std::uint64_t va) {
   PinRegistry& r = registry();
   std::lock_guard<std::mutex> g(r.mu);
-  auto it = r.pins.find({&kernel, va});
-  return it == r.pins.end() ? 0 : it->second;
+  auto it = r.runs.upper_bound({&kernel, va});
+  if (it == r.runs.begin()) return 0;
+  --it;
+  return it->first.first == &kernel && va < it->second.end ? it->second.pins : 0;
 }
 
 std::shared_ptr<IoptPages> IoptPages::user(std::uint64_t uptr, std::uint64_t length,
@@ -162,38 +197,33 @@ int IoptPages::pin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) 
   const std::uint64_t before = pinned_pages_with({1, 0});
   const std::uint64_t after = pinned_pages_with({first, last});
   if (int rc = charge(kernel, after - before)) return rc;
+  count_pins(kernel, first, last, 1);
   pins_.emplace_back(first, last);
   if (!is_file_ && pins_.size() == 1) {
     // The first pin takes hold of the pages now at the VA; later pins share them.
     hold_ = PageHold(base_, npages_ * host_page_size());
     va_base_ = hold_.addr();
   }
-  count_pins(kernel, first, last, 1);
   return 0;
 }
 
 void IoptPages::count_pins(KernelCore& kernel, std::uint64_t first, std::uint64_t last,
                            int delta) {
   if (is_file_) return;  // MD_CHECK_REFS looks at user VAs only
-  if (page_pins_.empty()) page_pins_.assign(npages_, 0);
+  // The pages whose pinned state flips are those of [first, last] that no other pin (pins_,
+  // which excludes this one here) covers: report each uncovered run in one call.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> others(pins_);
+  std::sort(others.begin(), others.end());
   const std::uint64_t ps = host_page_size();
-  // Report runs of pages whose pinned state flips, in one call each.
-  std::uint64_t run = 0, run_first = 0;
-  auto flush = [&] {
-    if (run) add_page_pins(kernel, base_ + run_first * ps, run, delta);
-    run = 0;
-  };
-  for (std::uint64_t i = first; i <= last; ++i) {
-    std::uint32_t& n = page_pins_[i];
-    const bool flips = delta > 0 ? n++ == 0 : --n == 0;
-    if (flips) {
-      if (!run) run_first = i;
-      ++run;
-    } else {
-      flush();
-    }
+  std::uint64_t cur = first;  // the first page not yet looked at
+  for (const auto& [f, l] : others) {
+    if (cur > last) break;
+    if (l < cur) continue;
+    if (f > last) break;
+    if (f > cur) add_page_pins(kernel, base_ + cur * ps, (f - cur) * ps, delta);
+    cur = std::max(cur, l + 1);
   }
-  flush();
+  if (cur <= last) add_page_pins(kernel, base_ + cur * ps, (last - cur + 1) * ps, delta);
 }
 
 void IoptPages::unpin(KernelCore& kernel, std::uint64_t first, std::uint64_t last) {

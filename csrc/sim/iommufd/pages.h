@@ -81,9 +81,9 @@ class IoptPages {
   void* map_ = nullptr;           // file: MAP_SHARED mapping of all npages_ pages
   std::vector<std::pair<std::uint64_t, std::uint64_t>> pins_;  // one [first,last] per pin
   std::uint64_t charged_ = 0;     // pages charged to account_mode
-  // Pins on each page (one per pin() covering it), sized on the first pin: a page's first
-  // pin and its last unpin are what the kernel's page refcount sees.
-  std::vector<std::uint32_t> page_pins_;
+  // Tell the registry page_pins() reads about pages of [first, last] that no pin in pins_
+  // covers (pins_ without this pin): a page's first pin and its last unpin are what the
+  // kernel's page refcount sees.
   void count_pins(KernelCore& kernel, std::uint64_t first, std::uint64_t last, int delta);
 };
 
