@@ -165,17 +165,30 @@ Ring* g_own = nullptr;
 // Set by fork() (prepare handler): slots freed afterwards may still be reached by a child
 // through its copy of the simulator, so they are cleared but never handed out again.
 std::atomic<bool> g_forked{false};
+// This process's id, cached (getpid() is a system call, and every pin and unpin asks):
+// 0 until the first pin, refreshed in a forked child by the atfork handler set up with it.
+std::atomic<pid_t> g_pid{0};
+
+pid_t my_pid() {
+  pid_t p = g_pid.load(std::memory_order_relaxed);
+  if (p == 0) {
+    p = ::getpid();
+    g_pid.store(p, std::memory_order_relaxed);
+  }
+  return p;
+}
 
 // This process's own ring, set up on first use (a forked child sets up its own: the
 // parent's stays the parent's, reached only for pins made before the fork). ring_mu held.
 // Null if the host has no usable io_uring.
 Ring* own_ring() {
-  const pid_t me = ::getpid();
-  if (g_own && g_own->owner == me) return g_own->fd >= 0 ? g_own : nullptr;
   static std::once_flag atfork;
   std::call_once(atfork, [] {
-    ::pthread_atfork([] { g_forked.store(true, std::memory_order_relaxed); }, nullptr, nullptr);
+    ::pthread_atfork([] { g_forked.store(true, std::memory_order_relaxed); }, nullptr,
+                     [] { g_pid.store(::getpid(), std::memory_order_relaxed); });
   });
+  const pid_t me = my_pid();
+  if (g_own && g_own->owner == me) return g_own->fd >= 0 ? g_own : nullptr;
   // The parent's Ring stays allocated: this process's pins made before the fork use it.
   Ring* r = new (std::nothrow) Ring();
   if (!r) return nullptr;
@@ -298,7 +311,7 @@ KernelPin::~KernelPin() {
     shadow_free(shadow_, len_, shadow_align(len_));
   }
   // A pin inherited from the parent is the parent's to release.
-  if (slots_.empty() || owner_ != ::getpid()) return;
+  if (slots_.empty() || owner_ != my_pid()) return;
   std::lock_guard<std::mutex> g(ring_mu);
   Ring& r = *static_cast<Ring*>(ring_);
   const bool reuse = !g_forked.load(std::memory_order_relaxed);
