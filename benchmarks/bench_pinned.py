@@ -66,9 +66,7 @@ def test_pinning_cost(
         idx = np.arange(n, dtype=np.uint64)
         vas = np.uint64(buf.va) + (idx % np.uint64(buf.pages)) * np.uint64(size)
         lengths = np.full(n, size, dtype=np.uint64)
-        iovas = np.uint64(bench_pinned._iova_base(attached, n * size, size)) + idx * np.uint64(
-            size
-        )
+        iovas = np.uint64(bench_pinned._iova_base(attached, n * size, size)) + idx * np.uint64(size)
         benchmark.group = f"pinning {n:,} x {page} ({buf.backing}) on {attached.kernel.name}"
         seen: list[tuple[float, float]] = []
 
