@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -10,7 +11,7 @@ namespace fastmap::sim {
 
 namespace {
 
-constexpr std::uint64_t kChunk = 1ull << 32;  // one PROT_NONE reservation: 4 GiB of names
+constexpr std::uint64_t kChunk = 1ull << 36;  // one PROT_NONE reservation: 64 GiB of names
 constexpr int kClasses = 64;
 
 struct Arena {
@@ -45,17 +46,6 @@ std::uint64_t place(std::uint64_t b, std::uint64_t va, std::uint64_t align) {
 }  // namespace
 
 std::uint64_t shadow_alloc(std::uint64_t va, std::uint64_t len, std::uint64_t align) noexcept {
-  if (len + align > kArenaMax) {
-    // Its own reservation, trimmed to [start, start + len).
-    const std::uint64_t base = reserve(len + align);
-    if (!base) return 0;
-    const std::uint64_t start = place(base, va, align);
-    if (start > base) ::munmap(reinterpret_cast<void*>(base), start - base);
-    if (base + align > start) {
-      ::munmap(reinterpret_cast<void*>(start + len), base + align - start);
-    }
-    return start;
-  }
   const int c = block_class(len, align);
   const std::uint64_t size = 1ull << c;
   Arena& a = arena();
@@ -68,10 +58,12 @@ std::uint64_t shadow_alloc(std::uint64_t va, std::uint64_t len, std::uint64_t al
   // Blocks are aligned to their size, so a block's start is recovered from the shadow's.
   std::uint64_t b = (a.next + size - 1) & ~(size - 1);
   if (!a.end || b + size > a.end) {
-    const std::uint64_t base = reserve(kChunk);
+    // A new chunk, large enough for an aligned block; the rest of the old one is left.
+    const std::uint64_t chunk = std::max(kChunk, 2 * size);
+    const std::uint64_t base = reserve(chunk);
     if (!base) return 0;
     a.next = base;
-    a.end = base + kChunk;
+    a.end = base + chunk;
     b = (a.next + size - 1) & ~(size - 1);
   }
   a.next = b + size;
@@ -79,10 +71,6 @@ std::uint64_t shadow_alloc(std::uint64_t va, std::uint64_t len, std::uint64_t al
 }
 
 void shadow_free(std::uint64_t start, std::uint64_t len, std::uint64_t align) noexcept {
-  if (len + align > kArenaMax) {
-    ::munmap(reinterpret_cast<void*>(start), len);
-    return;
-  }
   const int c = block_class(len, align);
   const std::uint64_t b = start & ~((1ull << c) - 1);
   Arena& a = arena();

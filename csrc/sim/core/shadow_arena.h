@@ -1,18 +1,16 @@
-// Address ranges for kernel pins' shadows (kernel_pin.h), carved from large PROT_NONE
-// reservations so that a small pin costs no mmap/munmap of its own.
+// Address ranges for kernel pins' shadows (kernel_pin.h), carved from a few large PROT_NONE
+// reservations: a pin costs no mmap/munmap of its own, and the process does not gain a
+// mapping per pin (each would be walked by every /proc/self/smaps read, backing.h).
 //
 // A shadow only names pinned pages inside the simulator: nothing is ever mapped there, so
 // any direct access faults (as an unmapped address would) and the user-memory accessors
-// route it to the pin. Small shadows come from the arena in power-of-two blocks, reused
-// per size; shadows larger than kArenaMax get a reservation of their own.
+// route it to the pin. Shadows come in power-of-two blocks aligned to their size, reused
+// per size.
 #pragma once
 
 #include <cstdint>
 
 namespace fastmap::sim {
-
-// The largest shadow the arena serves (larger pins are dominated by pinning itself).
-constexpr std::uint64_t kArenaMax = 1ull << 20;
 
 // A shadow of `len` bytes (page-aligned) whose start is congruent with `va` modulo `align`
 // (a power of two, or 0 for none). 0 if there is no address space left.

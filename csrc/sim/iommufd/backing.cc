@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "sim/core/kernel_pin.h"
 #include "sim/core/user_memory.h"
@@ -23,9 +25,14 @@ std::uint64_t backing_page_size(std::uint64_t va, std::uint64_t len, bool thp) n
   bool done = false;
   // A VMA's fields follow its header line; THPeligible comes after KernelPageSize.
   while (!done && std::fgets(line, sizeof line, f)) {
-    unsigned long lo = 0, hi = 0;
-    // Header lines start "lo-hi "; no field line parses as two hex numbers joined by '-'.
-    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+    // Header lines start "lo-hi " in lowercase hex; field lines start with a capital.
+    // Parsed by hand: sscanf on every line of every mapping dominated the user time.
+    const char c0 = line[0];
+    if ((c0 >= '0' && c0 <= '9') || (c0 >= 'a' && c0 <= 'f')) {
+      char* rest = nullptr;
+      const std::uint64_t lo = std::strtoull(line, &rest, 16);
+      if (*rest != '-') continue;
+      const std::uint64_t hi = std::strtoull(rest + 1, nullptr, 16);
       in_range = hi > covered && lo < end;
       if (in_range && lo > covered) {
         result = ps;  // a hole: not all of it is mapped
@@ -36,11 +43,12 @@ std::uint64_t backing_page_size(std::uint64_t va, std::uint64_t len, bool thp) n
       continue;
     }
     if (!in_range) continue;
-    unsigned long kb = 0;
-    int eligible = 0;
-    if (std::sscanf(line, "KernelPageSize: %lu kB", &kb) == 1) {
-      kernel_page = kb * 1024;
-    } else if (std::sscanf(line, "THPeligible: %d", &eligible) == 1) {
+    static constexpr char kKps[] = "KernelPageSize:";
+    static constexpr char kThp[] = "THPeligible:";
+    if (std::strncmp(line, kKps, sizeof kKps - 1) == 0) {
+      kernel_page = std::strtoull(line + sizeof kKps - 1, nullptr, 10) * 1024;
+    } else if (std::strncmp(line, kThp, sizeof kThp - 1) == 0) {
+      const bool eligible = std::strtoul(line + sizeof kThp - 1, nullptr, 10) != 0;
       std::uint64_t page = ps;
       if (kernel_page > ps) {
         page = kernel_page;  // hugetlbfs
