@@ -11,7 +11,7 @@ namespace fastmap::sim {
 
 namespace {
 
-constexpr std::uint64_t kChunk = 1ull << 36;  // one PROT_NONE reservation: 64 GiB of names
+constexpr std::uint64_t kChunk = 1ull << 34;  // one PROT_NONE reservation: 16 GiB of names
 constexpr int kClasses = 64;
 
 struct Arena {
