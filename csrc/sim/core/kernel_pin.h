@@ -8,9 +8,9 @@
 // the pinned page. The simulator reaches the pinned pages through io_uring's READ_FIXED and
 // WRITE_FIXED against a staging memfd, never through the VA.
 //
-// Each pin gets a "shadow" address range: a PROT_NONE reservation, congruent with the
-// original VA modulo the largest IOPTE that fits (so IOPTE sizes come out as for the VA),
-// that names the pinned pages inside the simulator. The user-memory accessors
+// Each pin gets a "shadow" address range (from the PROT_NONE arena, shadow_arena.h),
+// congruent with the original VA modulo the largest IOPTE that fits (so IOPTE sizes come
+// out as for the VA), that names the pinned pages inside the simulator. The user-memory accessors
 // (user_memory.h) route any access to a shadow range here. When the host cannot pin (no
 // io_uring, the memlock limit for an unprivileged process, a read-only mapping, 16384
 // slots in use), pin() returns null and the caller reaches the pages through the VA.

@@ -5,7 +5,7 @@
 // "Pinning" in the simulator means: the pages are checked to really exist (and be writable
 // for a writable mapping) the way GUP would, are charged, and are held (PageHold) while any
 // pin lasts: shared memory through the simulator's own mapping of it, private memory
-// through the process VA (see sim/core/page_hold.h for that limit). A file range is
+// through a host kernel pin (see sim/core/page_hold.h, and its fallback). A file range is
 // mmap()ed MAP_SHARED once and that mapping lives as long as this object.
 //
 // Locking: only touched under the owning context's mutex.
