@@ -26,6 +26,7 @@ namespace {
 constexpr std::uint32_t kSlots = 1u << 14;     // IORING_MAX_REG_BUFFERS
 constexpr std::uint64_t kSlotBytes = 1ull << 30;  // the largest fixed buffer (SZ_1G)
 constexpr std::size_t kStage = 1u << 20;       // bytes moved per ring operation
+constexpr std::size_t kClearRun = 64;          // slots unregistered per call in a batch
 
 long uring_setup(unsigned entries, io_uring_params* p) {
   return ::syscall(__NR_io_uring_setup, entries, p);
@@ -150,6 +151,17 @@ struct Ring {
     }
   }
 
+  // Unregister slots [first, first + n) (n <= kClearRun) in one call: 0 or -1.
+  int clear(std::uint32_t first, unsigned n) {
+    struct iovec iov[kClearRun] = {};
+    io_uring_rsrc_update2 up{};
+    up.offset = first;
+    up.data = reinterpret_cast<std::uint64_t>(iov);
+    up.nr = n;
+    const long rc = uring_register(fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof up);
+    return rc == static_cast<long>(n) ? 0 : -1;
+  }
+
   int update(std::uint32_t slot, std::uint64_t va, std::uint64_t len) {
     struct iovec iov{reinterpret_cast<void*>(va), len};
     io_uring_rsrc_update2 up{};
@@ -223,6 +235,11 @@ std::uint64_t shadow_align(std::uint64_t len) {
   while (align > len) align >>= 1;
   return align <= host_page_size() ? 0 : align;
 }
+
+// The slots released inside this thread's outermost KernelPinBatch, and the ring they are
+// in (this process's own).
+thread_local std::vector<std::uint32_t>* t_batch = nullptr;
+thread_local const void* t_batch_ring = nullptr;
 
 std::atomic<long> g_alive{0};
 std::shared_mutex pins_mu;
@@ -312,12 +329,52 @@ KernelPin::~KernelPin() {
   }
   // A pin inherited from the parent is the parent's to release.
   if (slots_.empty() || owner_ != my_pid()) return;
+  if (t_batch && t_batch_ring == ring_) {
+    try {
+      t_batch->insert(t_batch->end(), slots_.begin(), slots_.end());
+      return;  // released when the batch ends
+    } catch (const std::bad_alloc&) {
+      // No room to defer: released now, below.
+    }
+  }
   std::lock_guard<std::mutex> g(ring_mu);
   Ring& r = *static_cast<Ring*>(ring_);
   const bool reuse = !g_forked.load(std::memory_order_relaxed);
   for (std::uint32_t s : slots_) {
     r.update(s, 0, 0);  // the host drops its pin once no request uses the buffer
     if (reuse) r.free_slots.push_back(s);  // capacity kSlots, reserved: no allocation
+  }
+}
+
+KernelPinBatch::KernelPinBatch() noexcept {
+  if (t_batch) return;  // nested: the outermost batch releases
+  std::lock_guard<std::mutex> g(ring_mu);
+  if (!g_own || g_own->owner != my_pid() || g_own->fd < 0) return;  // no pins of ours
+  t_batch = &slots_;
+  t_batch_ring = ring_ = g_own;
+  outer_ = true;
+}
+
+KernelPinBatch::~KernelPinBatch() {
+  if (!outer_) return;
+  t_batch = nullptr;
+  t_batch_ring = nullptr;
+  if (slots_.empty()) return;
+  std::sort(slots_.begin(), slots_.end());
+  std::lock_guard<std::mutex> g(ring_mu);
+  Ring& r = *static_cast<Ring*>(ring_);
+  const bool reuse = !g_forked.load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < slots_.size();) {
+    // One update for each run of consecutive slots (at most kClearRun at a time).
+    std::size_t n = 1;
+    while (i + n < slots_.size() && n < kClearRun && slots_[i + n] == slots_[i] + n) ++n;
+    if (r.clear(slots_[i], static_cast<unsigned>(n)) != 0) {
+      for (std::size_t j = i; j < i + n; ++j) r.update(slots_[j], 0, 0);
+    }
+    if (reuse) {
+      for (std::size_t j = i; j < i + n; ++j) r.free_slots.push_back(slots_[j]);
+    }
+    i += n;
   }
 }
 

@@ -57,6 +57,23 @@ class KernelPin {
   friend struct Impl;
 };
 
+// Within the outermost batch on a thread, pins this process released give their slots
+// back to the host together when the batch ends (one io_uring update per run of slots)
+// rather than one system call each. For one ioctl that unmaps many areas: the host pins
+// are all gone by the time it returns, as on Linux.
+class KernelPinBatch {
+ public:
+  KernelPinBatch() noexcept;
+  ~KernelPinBatch();
+  KernelPinBatch(const KernelPinBatch&) = delete;
+  KernelPinBatch& operator=(const KernelPinBatch&) = delete;
+
+ private:
+  bool outer_ = false;
+  void* ring_ = nullptr;  // this process's own ring (kernel_pin.cc)
+  std::vector<std::uint32_t> slots_;
+};
+
 // Whether any kernel pin is alive (one relaxed load: the accessors' fast path).
 bool kernel_pins_alive() noexcept;
 

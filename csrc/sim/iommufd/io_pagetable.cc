@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "sim/core/fail_nth.h"
+#include "sim/core/kernel_pin.h"
 #include "sim/iommufd/backing.h"
 #include "sim/iommufd/ctx.h"
 #include "sim/core/user_memory.h"
@@ -221,6 +222,7 @@ int IoPagetable::map_pages(const std::vector<PagesSlice>& slices, std::uint64_t 
 }
 
 int IoPagetable::unmap(std::uint64_t start, std::uint64_t last, std::uint64_t* unmapped) {
+  KernelPinBatch batch;  // the host pins of every area go together, at the end
   std::uint64_t bytes = 0;
   int rc = 0;
   int tries = 0;
