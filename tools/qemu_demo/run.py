@@ -214,6 +214,20 @@ def figures(r: RunResult) -> list[str]:
     return out
 
 
+def run_irq(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path,
+            timeout: float) -> bool:
+    """The interrupt guest's run on `backend`, reported; True when it verified."""
+    r = run_one(backend, qemu, kernel, initrd, out, timeout, irq=True)
+    print(f"== guest interrupts over {backend}: the guest's own vfio-pci (behind QEMU's "
+          f"intel-iommu) takes edu's INTx and MSI ({'ok' if r.ok else 'FAILED'})")
+    if r.ok:
+        print(f"  {r.verified}")
+    else:
+        print("  console:\n" + "\n".join("    " + ln for ln in r.console.splitlines()[-15:]))
+    print("\n".join(irq_figures(r, out)))
+    return r.ok
+
+
 def irq_figures(r: RunResult, out: Path) -> list[str]:
     """What QEMU asked of the simulator while the guest took interrupts."""
     ioctls = [ln for ln in r.log if UAPI_LINE.match(ln) and " ioctl " in ln]
@@ -299,16 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  call log, QEMU's trace events and the uAPI calls in order ({out}/{backend}.log):")
         print("\n".join(excerpt(r.log, args.log_lines)))
         ok &= r.ok
-    for backend in backends if irq_initrd else ():
-        r = run_one(backend, args.qemu, kernel, irq_initrd, out, args.timeout, irq=True)
-        print(f"== guest interrupts over {backend}: the guest's own vfio-pci (behind QEMU's "
-              f"intel-iommu) takes edu's INTx and MSI ({'ok' if r.ok else 'FAILED'})")
-        if r.ok:
-            print(f"  {r.verified}")
-        else:
-            print("  console:\n" + "\n".join("    " + ln for ln in r.console.splitlines()[-15:]))
-        print("\n".join(irq_figures(r, out)))
-        ok &= r.ok
+    for backend in backends:
+        if irq_initrd is not None:
+            ok &= run_irq(backend, args.qemu, kernel, irq_initrd, out, args.timeout)
     migrations = (list(MIGRATIONS) if args.migration == "both" else
                   [] if args.migration == "none" else [args.migration])
     for label in migrations:
