@@ -3,11 +3,8 @@ byte, and the check fails when dirty pages are lost (so it can fail)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -26,6 +23,7 @@ from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
 from tests.facilities import only_on_sim
 from tests.migration.conftest import GPA, PAGE, add_sim_device, sim_only
+from tests.script_module import ROOT, load_script
 
 SIZES = (2 << 20, 1 << 20)
 HOT = 48  # pages the device writes: at most this many can be dirty in a round
@@ -200,13 +198,7 @@ def test_migrate_demo(device: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def load_example() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "examples" / "precopy.py"
-    spec = importlib.util.spec_from_file_location("fastmap_example_precopy", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "precopy.py", "fastmap_example_precopy")
 
 
 def test_precopy_example(capsys: pytest.CaptureFixture[str]) -> None:
