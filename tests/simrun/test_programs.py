@@ -56,8 +56,11 @@ def test_trace_shows_dirty_tracking(cc: Callable[..., Path], tmp_path: Path) -> 
     expect_ok(sim_run([str(exe)], "--device", "edu", "--trace", str(log)))
     text = log.read_text()
     assert re.search(r"IOMMU_HWPT_SET_DIRTY_TRACKING hwpt=\d+ flags=0x1 = 0", text), text
-    assert re.search(r"IOMMU_HWPT_GET_DIRTY_BITMAP hwpt=\d+ flags=0x0 iova=0x\w+ len=0x8000 "
-                     r"-> dirty=1 = 0", text), text
+    assert re.search(
+        r"IOMMU_HWPT_GET_DIRTY_BITMAP hwpt=\d+ flags=0x0 iova=0x\w+ len=0x8000 "
+        r"-> dirty=1 = 0",
+        text,
+    ), text
 
 
 #: What the trace shows of each ioctl trace_ioctls.c makes (fd and result left out): input
