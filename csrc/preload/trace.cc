@@ -1,6 +1,7 @@
 #include "preload/trace.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,14 +28,14 @@ enum class Kind : unsigned char { kUnknown, kIommufd, kContainer, kGroup, kDevic
 std::atomic<Kind> g_kind[kMaxFd];
 
 std::once_flag g_once;
-int g_fd = -1;
+std::atomic<int> g_fd{-1};  // read by close/close_range on any thread
 std::atomic<unsigned long> g_seq{0};
 // Region accesses by region index (config is 7), reads and writes.
 constexpr unsigned kRegions = 9;
 std::atomic<unsigned long> g_rw[kRegions][2];
 
 void write_line(const char* s, std::size_t n) {
-  (void)!FASTMAP_REAL("write", ssize_t (*)(int, const void*, size_t))(g_fd, s, n);
+  (void)!FASTMAP_REAL("write", ssize_t (*)(int, const void*, size_t))(g_fd.load(), s, n);
 }
 
 void summary() {
@@ -57,9 +58,19 @@ void open_trace() {
   const char* path = std::getenv("FASTMAP_SIM_TRACE");
   if (!path || !*path) return;
   // O_APPEND: a forked child (and an exec'd image) add to the same file.
-  g_fd = FASTMAP_REAL("open", int (*)(const char*, int, ...))(
+  const int fd = FASTMAP_REAL("open", int (*)(const char*, int, ...))(
       path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (g_fd >= 0) std::atexit(summary);
+  if (fd < 0) return;
+  // Programs count on the lowest free number for their next fd: move out of their way.
+  rlimit lim{};
+  const rlim_t top = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 ? std::min<rlim_t>(lim.rlim_cur, 1024)
+                                                            : 1024;
+  const int hi = top > 64 ? FASTMAP_REAL("fcntl", int (*)(int, int, ...))(
+                                fd, F_DUPFD_CLOEXEC, static_cast<int>(top - 64))
+                          : -1;
+  if (hi >= 0) FASTMAP_REAL("close", int (*)(int))(fd);
+  g_fd = hi >= 0 ? hi : fd;
+  std::atexit(summary);
 }
 
 Kind kind_of(int fd) { return fd >= 0 && fd < kMaxFd ? g_kind[fd].load() : Kind::kUnknown; }
@@ -81,6 +92,8 @@ bool trace_enabled() noexcept {
   std::call_once(g_once, open_trace);
   return g_fd >= 0;
 }
+
+int trace_fd() noexcept { return g_fd; }
 
 void trace_call(const Call& c, const Result& r, const char* buf) noexcept {
   if ((c.op == Op::kPread || c.op == Op::kPwrite || c.op == Op::kRead || c.op == Op::kWrite)) {

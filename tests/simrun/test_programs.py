@@ -35,6 +35,16 @@ def test_program_under_sim_run(
     assert expect_ok(sim_run([str(exe)], *options)).strip() == f"{name} ok"
 
 
+@pytest.mark.parametrize("name", ["fds", "fork", "exec"])
+def test_program_under_trace(cc: Callable[..., Path], tmp_path: Path, name: str) -> None:
+    """Tracing takes no fd the program expects: the lowest free number is still the next
+    one, and close/close_range over every fd leave the trace file open and writing."""
+    exe = cc(PROGS / f"{name}.c")
+    log = tmp_path / "trace.log"
+    assert expect_ok(sim_run([str(exe)], "--trace", str(log))).strip() == f"{name} ok"
+    assert "open /dev/iommu" in log.read_text()
+
+
 def test_bad_config_is_reported(cc: Callable[..., Path]) -> None:
     exe = cc(PROGS / "fds.c")
     result = sim_run([str(exe)], "--device", "edu,colour=blue")
