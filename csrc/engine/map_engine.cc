@@ -652,9 +652,14 @@ std::size_t IoasMapper::segment_count() const {
   return table_.size();
 }
 
-std::vector<Segment> IoasMapper::segments() const {
+std::vector<SegmentInfo> IoasMapper::segments() const {
   std::lock_guard<std::mutex> g(mu_);
-  return table_.segments();
+  std::vector<SegmentInfo> out;
+  out.reserve(table_.size());
+  for (const Segment& s : table_.segments()) {
+    out.push_back({s.iova, s.va, s.length, s.prot, s.run_iova, s.pin != nullptr});
+  }
+  return out;
 }
 
 }  // namespace fastmap::engine
