@@ -14,6 +14,7 @@
 #include "preload/real.h"
 #include "uapi/iommufd.h"
 #include "uapi/vfio.h"
+#include "uapi/vfio_migration.h"
 
 namespace fastmap::preload {
 
@@ -126,6 +127,7 @@ const char* ioctl_name(unsigned long req, Kind k) {
       {VFIO_DEVICE_BIND_IOMMUFD, "VFIO_DEVICE_BIND_IOMMUFD"},
       {VFIO_DEVICE_ATTACH_IOMMUFD_PT, "VFIO_DEVICE_ATTACH_IOMMUFD_PT"},
       {VFIO_DEVICE_DETACH_IOMMUFD_PT, "VFIO_DEVICE_DETACH_IOMMUFD_PT"},
+      {VFIO_MIG_GET_PRECOPY_INFO, "VFIO_MIG_GET_PRECOPY_INFO"},
   };
   if (req == VFIO_DEVICE_FEATURE) {
     return k == Kind::kDevice ? "VFIO_DEVICE_FEATURE" : "VFIO_IOMMU_DIRTY_PAGES";
@@ -145,6 +147,12 @@ std::uint64_t dirty_bits(const iommu_hwpt_get_dirty_bitmap& v) {
   for (std::uint64_t i = 0; i < bits / 64; ++i) count += __builtin_popcountll(words[i]);
   if (bits % 64) count += __builtin_popcountll(words[bits / 64] & ((1ull << (bits % 64)) - 1));
   return count;
+}
+
+const char* mig_state_name(std::uint32_t s) {
+  static const char* const kNames[] = {"ERROR",    "STOP",        "RUNNING",  "STOP_COPY",
+                                       "RESUMING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"};
+  return s < sizeof kNames / sizeof kNames[0] ? kNames[s] : "?";
 }
 
 // The fields that tell what the call did; `ok` says whether out fields are meaningful.
@@ -225,8 +233,31 @@ int ioctl_fields(const Call& c, bool ok, char* s, std::size_t n) {
       return std::snprintf(s, n, " flags=0x%x index=%u start=%u count=%u", v[1], v[2], v[3],
                            v[4]);
     }
-    case VFIO_DEVICE_FEATURE:
-      return std::snprintf(s, n, " flags=0x%x", in<vfio_device_feature>(c).flags);
+    case VFIO_DEVICE_FEATURE: {
+      const auto f = in<vfio_device_feature>(c);
+      const std::uint32_t flags = f.flags;
+      const bool set = flags & VFIO_DEVICE_FEATURE_SET, get = flags & VFIO_DEVICE_FEATURE_GET;
+      if ((flags & VFIO_DEVICE_FEATURE_MASK) != VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE ||
+          (flags & VFIO_DEVICE_FEATURE_PROBE) || !(set || get) ||
+          f.argsz < sizeof f + sizeof(vfio_device_feature_mig_state)) {
+        return std::snprintf(s, n, " flags=0x%x", flags);
+      }
+      // The migration arc asked for (SET) or the state read (GET), by name.
+      vfio_device_feature_mig_state st{};
+      std::memcpy(&st, reinterpret_cast<const void*>(c.b + sizeof(vfio_device_feature)),
+                  sizeof st);
+      if (get) {
+        return std::snprintf(s, n, " flags=0x%x -> state=%s", flags,
+                             ok ? mig_state_name(st.device_state) : "?");
+      }
+      return std::snprintf(s, n, " flags=0x%x state=%s -> data_fd=%d", flags,
+                           mig_state_name(st.device_state), ok ? st.data_fd : -1);
+    }
+    case VFIO_MIG_GET_PRECOPY_INFO: {
+      auto v = in<vfio_precopy_info>(c);
+      return std::snprintf(s, n, " -> initial_bytes=%" PRIu64 " dirty_bytes=%" PRIu64,
+                           ok ? v.initial_bytes : 0, ok ? v.dirty_bytes : 0);
+    }
     case VFIO_SET_IOMMU:
     case VFIO_CHECK_EXTENSION:
       return std::snprintf(s, n, " arg=%" PRIu64, c.b);

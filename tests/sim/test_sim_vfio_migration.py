@@ -38,7 +38,6 @@ from tests.conformance.raw import (
     attach,
     bind,
     ioctl,
-    make,
 )
 from tests.conformance.raw import sim_kernel as kernel
 
@@ -351,7 +350,7 @@ def model_paths(cur: int, target: int) -> list[list[int]]:
             continue  # a saving state can only end a path
         for a, b in BASE_ARCS:
             if a == path[-1] and b not in path:
-                queue.append(path + [b])
+                queue.append([*path, b])
     return best
 
 
