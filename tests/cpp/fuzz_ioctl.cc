@@ -76,11 +76,17 @@ struct Arena {
   // through it would corrupt that.)
   std::uint64_t hole = 0x10000000;
 
+  // Each region sits between PROT_NONE guard pages: a pointer drawn from it plus a length
+  // that runs past its end faults there (EFAULT), instead of reaching the next mapping, which
+  // may be a thread's stack or the allocator's heap.
   Arena() {
     auto map = [](std::size_t pages, int prot) {
-      void* p = ::mmap(nullptr, pages * kPage, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      void* p = ::mmap(nullptr, (pages + 2) * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
       if (p == MAP_FAILED) std::abort();
-      return static_cast<unsigned char*>(p);
+      auto* inner = static_cast<unsigned char*>(p) + kPage;
+      if (prot != PROT_NONE && ::mprotect(inner, pages * kPage, prot) != 0) std::abort();
+      return inner;
     };
     rw = map(kRwPages, PROT_READ | PROT_WRITE);
     args = map(2 * kMaxThreads, PROT_READ | PROT_WRITE);
@@ -91,10 +97,13 @@ struct Arena {
     none = map(1, PROT_NONE);
   }
   ~Arena() {
-    ::munmap(rw, kRwPages * kPage);
-    ::munmap(args, 2 * kMaxThreads * kPage);
-    ::munmap(ro, kPage);
-    ::munmap(none, kPage);
+    auto unmap = [](unsigned char* inner, std::size_t pages) {
+      ::munmap(inner - kPage, (pages + 2) * kPage);
+    };
+    unmap(rw, kRwPages);
+    unmap(args, 2 * kMaxThreads);
+    unmap(ro, 1);
+    unmap(none, 1);
   }
 };
 

@@ -5,6 +5,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -161,14 +162,28 @@ FM_USER_ACCESS unsigned char asan_shadow_byte(std::uint64_t a) {
 // poisoned (a freed buffer, a redzone past a heap block) means the caller handed the
 // "kernel" a buffer shorter or older than it claimed: make ASan report it, with the stack,
 // by touching that byte through instrumented code. Mapped, so this does not fault.
+// Only the bytes the copy will reach are checked: it stops at the first page it cannot
+// access, and what lies past that page is other memory of this process, which another
+// thread may be poisoning and unpoisoning right now (a stack frame, a heap block).
 void asan_check_user(std::uint64_t addr, std::size_t len) {
-  if (!asan_app_address(addr) || !asan_app_address(addr + len - 1)) return;
-  void* bad = __asan_region_is_poisoned(reinterpret_cast<void*>(addr), len);
-  const auto b = reinterpret_cast<std::uint64_t>(bad);
-  if (!bad || !asan_app_address(b)) return;
-  // 0xfe marks ASan's own memory: a wild pointer that happens to land there is the caller's
-  // bug but not one ASan can describe, so leave it to the copy (as the kernel would).
-  if (asan_shadow_byte(b) != 0xfe) (void)*static_cast<volatile unsigned char*>(bad);
+  const std::uint64_t ps = host_page_size();
+  while (len) {
+    const std::size_t n = static_cast<std::size_t>(
+        std::min<std::uint64_t>(len, (addr | (ps - 1)) - addr + 1));
+    if (!asan_app_address(addr) || !asan_app_address(addr + n - 1)) return;
+    auto* page = reinterpret_cast<unsigned char*>(addr);
+    if (with_fixup([&] { touch_read(page); }) != 0) return;
+    void* bad = __asan_region_is_poisoned(page, n);
+    const auto b = reinterpret_cast<std::uint64_t>(bad);
+    // 0xfe marks ASan's own memory: a wild pointer that happens to land there is the
+    // caller's bug but not one ASan can describe, so leave it to the copy (as the kernel
+    // would).
+    if (bad && asan_app_address(b) && asan_shadow_byte(b) != 0xfe) {
+      (void)*static_cast<volatile unsigned char*>(bad);
+    }
+    addr += n;
+    len -= n;
+  }
 }
 #else
 void asan_check_user(std::uint64_t, std::size_t) {}
