@@ -119,17 +119,21 @@ def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
             r"IOMMU_HWPT_GET_DIRTY_BITMAP .* = 0",
             r"VFIO_DEVICE_FEATURE flags=0x10009 = 0",
             r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=\d+ = 0",
-            r"VFIO_MIG_GET_PRECOPY_INFO -> initial_bytes=4168 dirty_bytes=0 = 0",
+            r"VFIO_MIG_GET_PRECOPY_INFO -> initial_bytes=4168 dirty_bytes=\d+ = 0",
             r"VFIO_DEVICE_FEATURE flags=0x20002 state=STOP_COPY -> data_fd=-1 = 0",
             r"VFIO_DEVICE_FEATURE flags=0x20002 state=STOP -> data_fd=-1 = 0",
         ])  # fmt: skip
         data_fd = re.search(r"data_fd=(\d+)", found[4])
         assert data_fd and f"ioctl fd={data_fd.group(1)} VFIO_MIG_GET_PRECOPY_INFO" in found[5]
         assert "new state PRE_COPY, recover state RUNNING" in src, src  # QEMU's own event
-        # The whole record (4168 bytes) went while the guest ran.
+        # The whole record (4168 bytes) went while the guest ran, and with switchover-ack the
+        # destination acknowledged it before the source stopped the guest.
         assert "vfio_save_block  (0000:00:03.0) data_size 4168" in src, src
         dst = (out / side / "mig-dst.log").read_text()
         assert "vfio_load_state_device_data  (0000:00:03.0) size 4168 ret 0" in dst, dst
+        # QEMU's VFIO_MIG_FLAG_DEV_INIT_DATA_SENT: the source's precopy initial_bytes reached
+        # 0, the destination's cue to acknowledge the switchover.
+        assert "vfio_load_state  (0000:00:03.0) data 0xffffffffef100005" in dst, dst
     for label in ("fast link", "slow link"):
         m = re.search(rf"migration verified \({label}\): .* device state (\d+) bytes pre-copy "
                       rf"\+ (\d+) bytes stop-copy", result.stdout)
