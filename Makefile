@@ -1,6 +1,6 @@
 # fastmap developer entry points. On a fresh machine:
 #   make demo   # builds fastmap into .venv and runs the demo on the simulated kernel
-#   make demo-qemu  # QEMU 10 with the simulated edu passed through: guest DMA, live migration
+#   make demo-qemu  # QEMU 10 with the simulated edu passed through: guest DMA, interrupts, live migration
 #   make test   # builds, lints, runs the test suites (simulator, then a real kernel in a VM)
 #   make test-sanitize / test-tsan / test-cpp / fuzz / fuzz-short: tools/sanitize/README.md
 PYTHON ?= python3

@@ -6,12 +6,16 @@ nr_hugepages so that COUNT pages are free, when it is writable (root, as in CI);
 cannot, `HugePages.why` says why, for a skip. Test sessions on one machine share the pages:
 each holds LOCK shared while it runs, and the last one to `release` writes back the value
 found before the first raise (kept in LOCK), so one session cannot take another's pages.
+Raising and releasing take RAISE_LOCK, briefly and exclusively; a session never waits for
+another to end (taking LOCK exclusively to raise would wait for every running session).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from fastmap.ram import default_hugepage_size, free_hugepages
 
 COUNT = 256  # as the VM's hugepages=256
 LOCK = Path("/tmp/fastmap-hugepages.lock")
+RAISE_LOCK = Path("/tmp/fastmap-hugepages-raise.lock")
 
 
 @dataclass(frozen=True)
@@ -67,30 +72,41 @@ def reserve() -> HugePages:
                                         f"{free} free, and no reserving them here ({e}); "
                                         "run as root or set vm.nr_hugepages")
         return HugePages(size, free, why, None)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
-    try:
+    with _raising():
+        fcntl.flock(lock_fd, fcntl.LOCK_SH)
         free = free_hugepages(size)
         why = _raise(size, free, lock_fd) if free < COUNT else ""
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_SH)
     return HugePages(size, free_hugepages(size), why, lock_fd)
+
+
+@contextmanager
+def _raising() -> Iterator[None]:
+    """RAISE_LOCK held exclusively: one session at a time raises or writes back."""
+    fd = os.open(RAISE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def release(pages: HugePages) -> None:
     """Drop this session's hold; the last session out writes back the original value."""
     if pages.lock_fd is None:
         return
-    try:
-        fcntl.flock(pages.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(pages.lock_fd)  # another session still maps them
-        return
-    try:
-        recorded = os.pread(pages.lock_fd, 64, 0)
-        if recorded:
-            _nr_path(pages.size).write_text(recorded.decode())
-            os.ftruncate(pages.lock_fd, 0)
-    except OSError:
-        pass
-    finally:
-        os.close(pages.lock_fd)
+    with _raising():
+        try:
+            # Converting to exclusive succeeds only if no other session holds LOCK.
+            fcntl.flock(pages.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(pages.lock_fd)  # another session still maps them
+            return
+        try:
+            recorded = os.pread(pages.lock_fd, 64, 0)
+            if recorded:
+                _nr_path(pages.size).write_text(recorded.decode())
+                os.ftruncate(pages.lock_fd, 0)
+        except OSError:
+            pass
+        finally:
+            os.close(pages.lock_fd)

@@ -3,25 +3,16 @@ errno census (tools/gen_error_guide.py), and the user guide's code runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 from types import ModuleType
 
 from fastmap.errors import KernelError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.script_module import ROOT, load_script
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gen_error_guide", ROOT / "tools" / "gen_error_guide.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "gen_error_guide.py", "gen_error_guide")
 
 
 def _rows(text: str) -> set[tuple[str, str, str]]:

@@ -56,13 +56,18 @@ std::uint64_t* out_ptr(U64Array& a) { return a.mutable_data(); }
 }  // namespace
 
 void bind_mapper(py::module_& m) {
-  py::class_<engine::Segment>(m, "Segment")
-      .def_readonly("iova", &engine::Segment::iova)
-      .def_readonly("va", &engine::Segment::va)
-      .def_readonly("length", &engine::Segment::length)
-      .def_readonly("prot", &engine::Segment::prot)
-      .def_readonly("run_iova", &engine::Segment::run_iova)
-      .def_property_readonly("pinned", [](const engine::Segment& s) { return bool(s.pin); });
+  // A snapshot: it holds no pin (the mapping does), so keeping one keeps nothing alive.
+  py::class_<engine::SegmentInfo>(m, "Segment")
+      .def_readonly("iova", &engine::SegmentInfo::iova)
+      .def_readonly("va", &engine::SegmentInfo::va)
+      .def_readonly("length", &engine::SegmentInfo::length)
+      .def_readonly("prot", &engine::SegmentInfo::prot)
+      .def_readonly("run_iova", &engine::SegmentInfo::run_iova)
+      .def_readonly("pinned", &engine::SegmentInfo::pinned)
+      .def("__repr__", [](const engine::SegmentInfo& s) {
+        return py::str("Segment(iova={:#x}, va={:#x}, length={:#x}, prot={}, pinned={})")
+            .format(s.iova, s.va, s.length, s.prot, s.pinned);
+      });
 
   py::class_<PyMapper>(m, "IoasMapper")
       .def(py::init<std::shared_ptr<Kernel>, int, std::uint32_t>(), py::arg("kernel"),
@@ -185,7 +190,7 @@ void bind_mapper(py::module_& m) {
         return p.mapper.pin_count();
       })
       .def("segments", [](const PyMapper& p) {
-        std::vector<engine::Segment> segs;
+        std::vector<engine::SegmentInfo> segs;
         {
           py::gil_scoped_release nogil;
           segs = p.mapper.segments();

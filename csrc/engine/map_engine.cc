@@ -29,6 +29,21 @@ bool wraps(std::uint64_t start, std::uint64_t length) {
   return length != 0 && start + (length - 1) < start;
 }
 
+// out[i] and found[i] for each key (out 0 where it is not found); how many were found.
+template <class Lookup>
+std::size_t lookup_each(std::span<const std::uint64_t> keys, std::span<std::uint64_t> out,
+                        std::span<std::uint8_t> found, Lookup lookup) {
+  std::size_t hits = 0;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    std::uint64_t v = 0;
+    const bool ok = lookup(keys[i], &v);
+    out[i] = v;
+    found[i] = ok;
+    hits += ok;
+  }
+  return hits;
+}
+
 }  // namespace
 
 int IoasMapper::map_one(std::uint64_t va, std::uint64_t length, std::uint64_t* iova, bool fixed,
@@ -331,30 +346,18 @@ std::size_t IoasMapper::translate_va_bulk(std::span<const std::uint64_t> vas,
                                           std::span<std::uint64_t> out,
                                           std::span<std::uint8_t> found) const {
   std::lock_guard<std::mutex> g(mu_);
-  std::size_t hits = 0;
-  for (std::size_t i = 0; i < vas.size(); ++i) {
-    std::uint64_t v = 0;
-    const bool ok = table_.lookup_va(vas[i], &v);
-    out[i] = v;
-    found[i] = ok;
-    hits += ok;
-  }
-  return hits;
+  return lookup_each(vas, out, found, [this](std::uint64_t k, std::uint64_t* v) {
+    return table_.lookup_va(k, v);
+  });
 }
 
 std::size_t IoasMapper::translate_iova_bulk(std::span<const std::uint64_t> iovas,
                                             std::span<std::uint64_t> out,
                                             std::span<std::uint8_t> found) const {
   std::lock_guard<std::mutex> g(mu_);
-  std::size_t hits = 0;
-  for (std::size_t i = 0; i < iovas.size(); ++i) {
-    std::uint64_t v = 0;
-    const bool ok = table_.lookup_iova(iovas[i], &v);
-    out[i] = v;
-    found[i] = ok;
-    hits += ok;
-  }
-  return hits;
+  return lookup_each(iovas, out, found, [this](std::uint64_t k, std::uint64_t* v) {
+    return table_.lookup_iova(k, v);
+  });
 }
 
 bool IoasMapper::group_hits(std::size_t* bad_entry) {
@@ -649,9 +652,14 @@ std::size_t IoasMapper::segment_count() const {
   return table_.size();
 }
 
-std::vector<Segment> IoasMapper::segments() const {
+std::vector<SegmentInfo> IoasMapper::segments() const {
   std::lock_guard<std::mutex> g(mu_);
-  return table_.segments();
+  std::vector<SegmentInfo> out;
+  out.reserve(table_.size());
+  for (const Segment& s : table_.segments()) {
+    out.push_back({s.iova, s.va, s.length, s.prot, s.run_iova, s.pin != nullptr});
+  }
+  return out;
 }
 
 }  // namespace fastmap::engine

@@ -132,7 +132,7 @@ class IoasMapper {
 
   std::size_t segment_count() const;
   std::size_t pin_count() const;
-  std::vector<Segment> segments() const;
+  std::vector<SegmentInfo> segments() const;  // snapshots, by IOVA
   std::uint32_t ioas_id() const noexcept { return ioas_id_; }
 
  private:

@@ -35,6 +35,18 @@ struct Segment {
   Pin pin;                 // what keeps the mapped memory alive, if anything
 };
 
+// A Segment as seen from outside the engine: the same fields, and whether it holds a pin,
+// but not the pin itself. Pins stay with the mapping and go only with the unmap that
+// removes it, so a snapshot kept by a caller cannot keep mapped memory alive.
+struct SegmentInfo {
+  std::uint64_t iova;
+  std::uint64_t va;
+  std::uint64_t length;
+  std::uint32_t prot;
+  std::uint64_t run_iova;
+  bool pinned;
+};
+
 class SegmentTable {
  public:
   static constexpr std::size_t npos = ~std::size_t{0};

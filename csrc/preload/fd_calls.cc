@@ -21,6 +21,7 @@
 #include "preload/preload.h"
 #include "preload/real.h"
 #include "preload/stat_fill.h"
+#include "preload/trace.h"
 
 using namespace fastmap::preload;
 
@@ -84,6 +85,7 @@ int dup_to(int oldfd, int newfd, int flags, bool is_dup2) {
 extern "C" {
 
 int close(int fd) {
+  if (fd >= 0 && fd == trace_fd()) return errno = EBADF, -1;  // not the program's fd
   failnth_forget(fd);
   if (is_simfd(fd)) drop_sim(fd);
   return FASTMAP_REAL("close", int (*)(int))(fd);
@@ -99,7 +101,16 @@ int close_range(unsigned first, unsigned last, int flags) noexcept {
       drop_sim(static_cast<int>(fd));
     }
   }
-  return FASTMAP_REAL("close_range", int (*)(unsigned, unsigned, int))(first, last, flags);
+  const auto real = FASTMAP_REAL("close_range", int (*)(unsigned, unsigned, int));
+  const int t = trace_fd();
+  if (t < 0 || first > last || static_cast<unsigned>(t) < first ||
+      static_cast<unsigned>(t) > last) {
+    return real(first, last, flags);
+  }
+  // Around the trace file, which is not the program's.
+  const unsigned tu = static_cast<unsigned>(t);
+  if (tu > first && real(first, tu - 1, flags) != 0) return -1;
+  return tu < last ? real(tu + 1, last, flags) : 0;
 }
 
 int dup(int fd) noexcept {

@@ -10,6 +10,9 @@
 namespace fastmap::preload {
 
 bool trace_enabled() noexcept;
+// The trace file's fd, or -1. It sits high (below 1024) so that it takes no number the
+// program expects to get next, and the program's close and close_range leave it alone.
+int trace_fd() noexcept;
 // After `call` returned `result` in this process (the caller's memory is readable).
 void trace_call(const Call& call, const Result& result, const char* buf) noexcept;
 

@@ -178,6 +178,8 @@ class SimKernel(Kernel):
 
 # --- bind_mapper.cc -----------------------------------------------------------------------
 class Segment:
+    """A snapshot of one mapping; it holds no pin."""
+
     @property
     def iova(self) -> int: ...
     @property

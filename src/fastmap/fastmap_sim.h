@@ -45,7 +45,8 @@ void fastmap_sim_destroy(fastmap_sim *sim);
 
 /* A PCI device to plug in, bound to vfio-pci. */
 struct fastmap_sim_pci_spec {
-  const char *bdf;     /* "0000:00:03.0"; NULL or "": the next free slot from 00:03.0 */
+  const char *bdf;     /* "0000:00:03.0", or lspci's "00:03.0" (domain 0000);
+                          NULL or "": the next free slot from 00:03.0 */
   uint16_t vendor;     /* 0: 0x1234 (QEMU) */
   uint16_t device;     /* 0: 0x11e8 (edu) */
   int group;           /* IOMMU group number; -1: a new group of its own */

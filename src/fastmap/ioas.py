@@ -589,7 +589,8 @@ class Ioas(Closing):
 
     # --- introspection -----------------------------------------------------------------------
     def segments(self) -> list[_core.Segment]:
-        """What this IOAS has mapped through fastmap, by IOVA."""
+        """What this IOAS has mapped through fastmap, by IOVA: snapshots that hold no pin
+        (the mapping holds it, and only the unmap that removes the mapping releases it)."""
         return self._mapper.segments()
 
     def __len__(self) -> int:

@@ -24,10 +24,12 @@ import errno
 import mmap as mmap_module
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from fastmap import _checks, _core
 from fastmap.kernel import Kernel, _check
+from fastmap.pci_address import normalize_bdf
 
 _DEFAULTS = _core.SimConfig()
 
@@ -78,6 +80,66 @@ class DmaFault:
         )
 
 
+class SimMachine:
+    """The simulated machine of a SimKernel (the C++ `_core.SimMachine`), with its PCI
+    addresses taken through `fastmap.pci_address.normalize_bdf`: "00:03.0" means
+    "0000:00:03.0", and a malformed one is a ValueError naming the argument."""
+
+    def __init__(self, core: _core.SimMachine) -> None:
+        self.core = core
+
+    def add_pci_device(
+        self,
+        bdf: str = "",
+        vendor: int = 0x1234,
+        device: int = 0x11E8,
+        group: int | None = None,
+        iommu: str = "vtd",
+        dirty: bool = False,
+        kind: str = "edu",
+    ) -> dict[str, Any]:
+        """Plug in a device bound to vfio-pci (at the next free slot of bus 0 without
+        `bdf`): {bdf, index, cdev, group, group_path, sysfs}."""
+        bdf = normalize_bdf(bdf) if bdf != "" else ""
+        return self.core.add_pci_device(bdf, vendor, device, group, iommu, dirty, kind)
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.core.devices()
+
+    def list_dir(self, path: str) -> list[str]:
+        return self.core.list_dir(path)
+
+    def read_file(self, path: str) -> str:
+        return self.core.read_file(path)
+
+    def read_link(self, path: str) -> str:
+        return self.core.read_link(path)
+
+    def dma_faults(self, bdf: str, clear: bool = False) -> list[dict[str, Any]]:
+        """The device's failed DMAs, oldest first: [{addr, len, write, error (-errno)}]."""
+        return self.core.dma_faults(normalize_bdf(bdf), clear)
+
+    def pci_command(self, bdf: str) -> int:
+        """The device's own PCI command register."""
+        return self.core.pci_command(normalize_bdf(bdf))
+
+    def edu_buffer(self, bdf: str) -> bytes:
+        """The edu device's 4 KiB DMA buffer."""
+        return self.core.edu_buffer(normalize_bdf(bdf))
+
+    def dma_writer(
+        self,
+        bdf: str,
+        ranges: Sequence[tuple[int, int]],
+        page_size: int = 4096,
+        write_size: int | None = None,
+        seed: int = 0,
+    ) -> _core.SimDmaWriter:
+        """A stopped background writer: the device DMA-writes random pages of
+        [(iova, length)]."""
+        return self.core.dma_writer(normalize_bdf(bdf), ranges, page_size, write_size, seed)
+
+
 class SimKernel(Kernel):
     """A simulated Linux kernel running in this process."""
 
@@ -126,16 +188,16 @@ class SimKernel(Kernel):
         return self._sim
 
     @property
-    def machine(self) -> _core.SimMachine:
+    def machine(self) -> SimMachine:
         """The simulated machine: plug in PCI devices (`add_pci_device`), read its sysfs."""
-        return self._sim.machine
+        return SimMachine(self._sim.machine)
 
     def dma_faults(self, bdf: str, *, clear: bool = False) -> list[DmaFault]:
         """The DMAs of device `bdf` that the IOMMU refused, oldest first (`clear` empties
         the log)."""
         return [
             DmaFault(int(f["addr"]), int(f["len"]), bool(f["write"]), -int(f["error"]))
-            for f in self._sim.machine.dma_faults(bdf, clear)
+            for f in self.machine.dma_faults(bdf, clear)
         ]
 
     def pci_devices(self) -> list[str]:

@@ -14,9 +14,9 @@ from fastmap.host.devbind import (
     BindError,
     DeviceInUseError,
     bind_device,
-    normalize_bdf,
     unbind_device,
 )
+from fastmap.pci_address import normalize_bdf
 from tests.cli.fakehost import FakeHost
 
 BDF = "0000:03:00.0"

@@ -42,6 +42,7 @@ EDU_IRQ_RAISE, EDU_IRQ_ACK = 0x60, 0x64
 EDU_DMA_SRC, EDU_DMA_DST, EDU_DMA_CNT, EDU_DMA_CMD = 0x80, 0x88, 0x90, 0x98
 EDU_DMA_BUF = 0x40000
 EDU_CMD_RUN, EDU_CMD_TO_RAM, EDU_CMD_IRQ = 1, 2, 4
+EDU_STATUS_COMPUTING = 0x01
 _DMA_POLLS = 20_000  # ~20 s or more: far beyond edu's 100 ms timer, even under TCG
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -346,6 +347,15 @@ class Dev:
                 return cmd
             time.sleep(0.001)
         raise AssertionError(f"edu DMA still running after {_DMA_POLLS} polls")
+
+    def factorial(self) -> int:
+        """The factorial register once edu's computation is done: QEMU computes in a thread
+        (the status register's COMPUTING bit), the simulator inside the write."""
+        for _ in range(_DMA_POLLS):
+            if not self.r32(EDU_STATUS) & EDU_STATUS_COMPUTING:
+                return self.r32(EDU_FACT)
+            time.sleep(0.001)
+        raise AssertionError(f"edu still computing after {_DMA_POLLS} polls")
 
     def close(self) -> int:
         return close(self.k, self.fd)

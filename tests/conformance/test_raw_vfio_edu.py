@@ -40,11 +40,13 @@ from .raw import (
     Type1,
     attach,
     bind,
+    close,
     make,
     sim_kernel,
 )
 
 SRC_IOVA, DST_IOVA, BAD_IOVA = 0x100000, 0x200000, 0x300000
+PCI_STATUS_INTERRUPT = 0x08  # INTx asserted
 
 
 class Rig:
@@ -194,7 +196,7 @@ def test_access_sizes(rig: Rig) -> None:
     assert rig.dev.r32(EDU_ALIVE) == 0xFFFFFFFF
     # vfio-pci splits an unaligned 8-byte pwrite into two 4-byte accesses.
     assert k.pwrite(fd, struct.pack("<II", 5, 3), BAR0_OFF + EDU_ALIVE) == 8
-    assert rig.dev.r32(EDU_ALIVE) == ~5 & 0xFFFFFFFF and rig.dev.r32(EDU_FACT) == 6
+    assert rig.dev.r32(EDU_ALIVE) == ~5 & 0xFFFFFFFF and rig.dev.factorial() == 6
     # The DMA block takes 32- and 64-bit accesses; a 32-bit write sets the whole register.
     rig.dev.w64(EDU_DMA_SRC, 0x1122334455667788)
     assert rig.dev.r64(EDU_DMA_SRC) == 0x1122334455667788
@@ -352,13 +354,51 @@ def test_dma_read_from_unmapped_iova_zero_fills(rig: Rig, bufs: tuple[Buf, Buf])
                              "error": -errno.EFAULT}]
 
 
+def test_edu_state_survives_close_and_reopen(
+    core: Any, pci: dict[str, Any], bufs: tuple[Buf, Buf]
+) -> None:
+    """edu has no reset method, so vfio-pci resets it neither at the first open nor at the
+    last close: the next user finds its registers, its DMA buffer and a pending INTx (the
+    status register's interrupt bit) as the last one left them. The device is left as a
+    fresh one reads: nothing pending, liveness 0, DMA registers 0."""
+    src, dst = bufs
+    pattern = os.urandom(PAGE)
+    src.write(pattern)
+    dst.write(bytes(PAGE))
+    first = Rig(core, pci)
+    first.dev.w32(EDU_IRQ_ACK, 0xFFFFFFFF)  # whatever an earlier test left pending
+    assert first.t1.map(src.addr, SRC_IOVA, PAGE) == 0
+    first.dev.dma(SRC_IOVA, EDU_DMA_BUF, PAGE, to_ram=False)
+    first.dev.w32(EDU_ALIVE, 0x1234)
+    first.dev.w32(EDU_IRQ_RAISE, 0x40)  # MSI is off: edu asserts INTx
+    assert first.dev.cfg_read(6, 2) & PCI_STATUS_INTERRUPT
+    for fd in (first.dev.fd, first.t1.gfd, first.t1.cfd):  # the last close of everything
+        assert close(core, fd) == 0
+    again = Rig(core, pci)
+    try:
+        assert again.dev.r32(EDU_ALIVE) == ~0x1234 & 0xFFFFFFFF
+        assert again.dev.r32(EDU_IRQ_STATUS) == 0x40
+        assert again.dev.cfg_read(6, 2) & PCI_STATUS_INTERRUPT
+        assert (again.dev.r64(EDU_DMA_SRC), again.dev.r64(EDU_DMA_DST)) == (SRC_IOVA, EDU_DMA_BUF)
+        assert again.dev.r64(EDU_DMA_CNT) == PAGE
+        assert again.t1.map(dst.addr, DST_IOVA, PAGE) == 0
+        again.dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
+        assert dst.read(PAGE) == pattern
+    finally:
+        again.dev.w32(EDU_IRQ_ACK, 0xFFFFFFFF)
+        again.dev.w32(EDU_ALIVE, 0xFFFFFFFF)
+        for reg in (EDU_DMA_SRC, EDU_DMA_DST, EDU_DMA_CNT):
+            again.dev.w64(reg, 0)
+    assert not again.dev.cfg_read(6, 2) & PCI_STATUS_INTERRUPT
+
+
 @only_on_sim  # reads the command register through the simulated machine
 def test_reset_keeps_config(rig: Rig) -> None:
     before = rig.dev.cfg_read(4, 2)
     assert rig.dev.ioctl("VFIO_DEVICE_RESET", None) == -errno.EINVAL  # no reset method
     assert rig.dev.cfg_read(4, 2) == before
-    # Closing the device (last close) disables the function; a new open starts clean, with
-    # memory decoding on (pci_enable_device) and bus mastering off.
+    # Closing the device (last close) disables the function; a new open enables it again,
+    # with memory decoding on (pci_enable_device) and bus mastering off.
     bdf = rig.info["bdf"]
     assert rig.dev.close() == 0
     assert rig.k.machine.pci_command(bdf) == 0

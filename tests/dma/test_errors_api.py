@@ -28,9 +28,10 @@ from fastmap.errors import (
 from fastmap.kernel import Fd
 from fastmap.lifecycle import vfio_iommufd
 from fastmap.lifecycle.backend import DeviceHwInfo
-from fastmap.lifecycle.device import DeviceInfo, normalize_bdf
+from fastmap.lifecycle.device import DeviceInfo
 from fastmap.lifecycle.host_iommu_device import HostIOMMUDevice
 from fastmap.lifecycle.sysfs import PCI_DEVICES, sysfs_for
+from fastmap.pci_address import normalize_bdf
 from fastmap.sim import DmaFault, SimKernel
 
 PAGE = 4096

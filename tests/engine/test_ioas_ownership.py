@@ -19,6 +19,7 @@ from functools import partial
 import numpy as np
 import pytest
 
+from fastmap.dma_memory import DmaMemory
 from fastmap.errors import KernelError
 from fastmap.ioas import Ioas
 from fastmap.kernel import Kernel
@@ -85,6 +86,32 @@ def test_copy_failure_takes_no_pin(kernel: Kernel, iommufd: int) -> None:
         assert dst.pin_count == 0 and len(dst) == 0
         src.unmap(iova, PAGE)
         assert not _pinned(buf)
+
+
+# --- segments() gives snapshots: they hold no pin ----------------------------------------------
+def test_a_kept_segment_does_not_keep_the_pin(kernel: Kernel, iommufd: int) -> None:
+    buf = bytearray(PAGE)
+    va = _mapped_va(buf)  # before the probe below moves the bytearray
+    with Ioas.allocate(kernel, iommufd) as io:
+        iova = io.map(buf)
+        [segment] = io.segments()
+        assert segment.pinned and io.pin_count == 1
+        io.unmap(iova, PAGE)
+        # The unmap that removed the mapping released its pin, the snapshot alive or not.
+        assert io.pin_count == 0 and not _pinned(buf)
+        assert segment.pinned and segment.va == va  # what it was when taken
+    del segment
+
+
+def test_a_kept_segment_does_not_keep_dma_memory_mapped(kernel: Kernel, iommufd: int) -> None:
+    with DmaMemory(2 * PAGE) as mem, Ioas.allocate(kernel, iommufd) as io:
+        iova = io.map(mem)
+        segments = io.segments()
+        assert mem.mapped
+        io.unmap(iova, 2 * PAGE)
+        assert not mem.mapped
+        mem.close()  # refused (RamInUseError) while anything still counts it as mapped
+        assert [s.iova for s in segments] == [iova]
 
 
 # --- defect 3: an Ioas collected without close() ----------------------------------------------

@@ -8,8 +8,6 @@ wrapped in a FaultyKernel (records calls, injects failures).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +21,7 @@ from fastmap.lifecycle.sysfs import HostSysfs
 from fastmap.lifecycle.vfio_iommufd import bind, open_cdev, query_iova_ranges
 from tests.facilities import missing
 from tests.lifecycle.faulty import FaultyKernel
+from tests.script_module import load_script
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
 RAM_GPA = 0x100000  # below edu's 28-bit DMA mask, inside every IOMMU's aperture
@@ -32,15 +31,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "edu_dma.py"
 
 def load_example() -> ModuleType:
     """examples/edu_dma.py as a module (its Edu class drives the device in tests)."""
-    name = "fastmap_example_edu_dma"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "fastmap_example_edu_dma")
 
 
 def add_sim_device(kernel: Kernel, **kw: object) -> str:

@@ -4,14 +4,13 @@ the real kernel with QEMU's edu."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from fastmap.kernel import Kernel
+from tests.script_module import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "edu_irq_driver.py"
 pytestmark = pytest.mark.not_under_sanitizer(
@@ -20,14 +19,7 @@ pytestmark = pytest.mark.not_under_sanitizer(
 
 
 def _example() -> ModuleType:
-    name = "fastmap_example_edu_irq_driver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(EXAMPLE, "fastmap_example_edu_irq_driver")
 
 
 @pytest.mark.parametrize("argv", [[], ["--intx"]], ids=["msi", "intx"])

@@ -9,7 +9,8 @@ with dirty tracking, or the mock IOMMU), whose DMA engine really writes through 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from numpy.typing import NDArray
 from fastmap import uapi
 from fastmap.errors import KernelError
 from fastmap.kernel import Kernel
+from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
+from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.ram import PAGE_SIZE
 from tests.facilities import missing
 from tests.lifecycle.conftest import (  # noqa: F401  (fixtures)
@@ -56,6 +59,20 @@ def dma_write_pages(dev: VFIODevice, base: int, pages: Iterable[int]) -> None:
 def sim_only(kernel: Kernel) -> None:
     if getattr(kernel, "machine", None) is None:
         pytest.skip("needs simulated devices with dirty tracking (the VM's IOMMUs have none)")
+
+
+@contextmanager
+def dirty_edu(kernel: Kernel) -> Iterator[tuple[AddressSpace, VFIODevice]]:
+    """A simulated edu behind VT-d with dirty tracking, attached to a new AddressSpace
+    through iommufd, its IOAS mapping with 4 KiB IOPTEs (a write dirties one page, not a
+    huge IOPTE's worth). The caller adds RAM and enables DMA (skips off the simulator)."""
+    sim_only(kernel)
+    with AddressSpace() as space, IOMMUFDBackend(kernel=kernel) as be:
+        dev = VFIODevice(add_sim_device(kernel, iommu="vtd", dirty=True), kernel=kernel)
+        with dev.attach(space, be):
+            assert isinstance(dev.container, IommufdContainer)
+            dev.container.ioas.huge_pages = False
+            yield space, dev
 
 
 def mock_domains_work(kernel: Kernel) -> bool:

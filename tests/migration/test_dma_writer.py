@@ -19,11 +19,10 @@ from fastmap.kernel import Kernel
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
-from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import DirtyTracker
 from fastmap.ram import RamBlock
 from tests.facilities import only_on_sim
-from tests.migration.conftest import GPA, PAGE, add_sim_device, set_bits, sim_only
+from tests.migration.conftest import GPA, PAGE, add_sim_device, dirty_edu, set_bits, sim_only
 
 SIZE = 1 << 20
 PAGES = SIZE // PAGE
@@ -47,15 +46,10 @@ def wait_for(writer: DeviceWriter, pages: int, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def edu_guest(kernel: Kernel) -> Iterator[tuple[AddressSpace, VFIODevice]]:
-    sim_only(kernel)
-    with AddressSpace() as space, IOMMUFDBackend(kernel=kernel) as be:
-        dev = VFIODevice(add_sim_device(kernel, iommu="vtd", dirty=True), kernel=kernel)
-        with dev.attach(space, be):
-            assert isinstance(dev.container, IommufdContainer)
-            dev.container.ioas.huge_pages = False
-            space.add_ram(SIZE, GPA)
-            dev.enable_dma()
-            yield space, dev
+    with dirty_edu(kernel) as (space, dev):
+        space.add_ram(SIZE, GPA)
+        dev.enable_dma()
+        yield space, dev
 
 
 @only_on_sim

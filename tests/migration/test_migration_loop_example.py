@@ -3,23 +3,20 @@ copy must be exact; a loop that skips a send must be caught by its final check."
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.script_module import load_script
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "migration_loop.py"
 ARGS = ["--ram-mib", "4", "--rate", "20000", "--bandwidth", "64", "--max-rounds", "4"]
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fastmap_example_migration_loop", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "fastmap_example_migration_loop")
 
 
 def test_the_loop_copies_guest_ram_exactly(capsys: pytest.CaptureFixture[str]) -> None:

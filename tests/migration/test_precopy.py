@@ -3,11 +3,8 @@ byte, and the check fails when dirty pages are lost (so it can fail)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -22,10 +19,10 @@ from fastmap.kernel import Kernel
 from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.device import VFIODevice
-from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.migration import BlockDirty, DirtyTracker, SyncResult, UntrackedDevicesWarning
 from tests.facilities import only_on_sim
-from tests.migration.conftest import GPA, PAGE, add_sim_device, sim_only
+from tests.migration.conftest import GPA, PAGE, add_sim_device, dirty_edu
+from tests.script_module import ROOT, load_script
 
 SIZES = (2 << 20, 1 << 20)
 HOT = 48  # pages the device writes: at most this many can be dirty in a round
@@ -40,19 +37,14 @@ def fill(space: AddressSpace, seed: int) -> None:
 @pytest.fixture
 def guest(kernel: Kernel) -> Iterator[tuple[AddressSpace, VFIODevice]]:
     """Two blocks of random bytes; an edu behind VT-d with dirty tracking (simulator)."""
-    sim_only(kernel)
-    with AddressSpace() as space, IOMMUFDBackend(kernel=kernel) as be:
-        dev = VFIODevice(add_sim_device(kernel, iommu="vtd", dirty=True), kernel=kernel)
-        with dev.attach(space, be):
-            assert isinstance(dev.container, IommufdContainer)
-            dev.container.ioas.huge_pages = False
-            gpa = GPA
-            for n in SIZES:
-                space.add_ram(n, gpa)
-                gpa += n
-            fill(space, 11)
-            dev.enable_dma()
-            yield space, dev
+    with dirty_edu(kernel) as (space, dev):
+        gpa = GPA
+        for n in SIZES:
+            space.add_ram(n, gpa)
+            gpa += n
+        fill(space, 11)
+        dev.enable_dma()
+        yield space, dev
 
 
 def after_round_0(writer: DeviceWriter, then_stop: bool = False) -> Callable[[Round], None]:
@@ -200,13 +192,7 @@ def test_migrate_demo(device: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def load_example() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "examples" / "precopy.py"
-    spec = importlib.util.spec_from_file_location("fastmap_example_precopy", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "precopy.py", "fastmap_example_precopy")
 
 
 def test_precopy_example(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,12 +13,19 @@ from fastmap.lifecycle.address_space import AddressSpace
 from fastmap.lifecycle.backend import IOMMUFDBackend
 from fastmap.lifecycle.container import Container
 from fastmap.lifecycle.device import VFIODevice
-from fastmap.lifecycle.vfio_iommufd import IommufdContainer
 from fastmap.lifecycle.vfio_legacy import LegacyContainer
 from fastmap.migration import DirtyTracker, UntrackedDevicesWarning
 from tests.facilities import only_on_sim
 from tests.lifecycle.faulty import FaultyKernel
-from tests.migration.conftest import GPA, PAGE, add_sim_device, dma_write_pages, set_bits, sim_only
+from tests.migration.conftest import (
+    GPA,
+    PAGE,
+    add_sim_device,
+    dirty_edu,
+    dma_write_pages,
+    set_bits,
+    sim_only,
+)
 
 SIZE = 1 << 20
 PAGES = SIZE // PAGE
@@ -36,16 +43,11 @@ def split(c: Container, gpa: int, va: int) -> None:
 @pytest.fixture
 def tracked(kernel: Kernel) -> Iterator[tuple[AddressSpace, VFIODevice]]:
     """A simulated VT-d edu with dirty tracking, two RAM blocks, 4 KiB IOPTEs."""
-    sim_only(kernel)
-    with AddressSpace() as space, IOMMUFDBackend(kernel=kernel) as be:
-        dev = VFIODevice(add_sim_device(kernel, iommu="vtd", dirty=True), kernel=kernel)
-        with dev.attach(space, be):
-            assert isinstance(dev.container, IommufdContainer)
-            dev.container.ioas.huge_pages = False
-            space.add_ram(SIZE, GPA, name="a")
-            space.add_ram(SIZE, GPA + SIZE, name="b")
-            dev.enable_dma()
-            yield space, dev
+    with dirty_edu(kernel) as (space, dev):
+        space.add_ram(SIZE, GPA, name="a")
+        space.add_ram(SIZE, GPA + SIZE, name="b")
+        dev.enable_dma()
+        yield space, dev
 
 
 @only_on_sim

@@ -38,8 +38,8 @@ def test_add_devices_auto_and_explicit() -> None:
     assert m.add_pci_device()["group"] == 41
 
 
-@pytest.mark.parametrize("bdf", ["0000:00:03", "00:03.0", "0000:00:20.0", "0000:00:03.8",
-                                 "000g:00:03.0", "0000-00:03.0"])
+@pytest.mark.parametrize("bdf", ["0000:00:03", "0:03.0", "0000:00:20.0", "0000:00:03.8",
+                                 "000g:00:03.0", "0000-00:03.0", "00:03.8", "0:003.0"])
 def test_malformed_bdf(bdf: str) -> None:
     with pytest.raises(OSError) as e:
         kernel().machine.add_pci_device(bdf=bdf)

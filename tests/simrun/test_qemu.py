@@ -15,6 +15,7 @@ tier's kernel or a static libc (the guest's init is a static program)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.simrun.conftest import ROOT
+from tests.simrun.conftest import ROOT, kernel_headers
 
 pytestmark = pytest.mark.not_under_sanitizer(
     reason="sim-run's interposer and libfastmap_sim.so are not rebuilt with the sanitizer"
@@ -40,7 +41,8 @@ def _qemu_major() -> int:
     return int(m.group(1)) if m else 0
 
 
-def _require_tools(tmp_path: Path) -> None:
+def _require_tools(tmp_path: Path) -> str:
+    """Skips without what the demo needs; returns the uAPI headers' include directory."""
     if _qemu_major() < 10:
         pytest.skip("needs qemu-system-x86_64 >= 10 (tools/vmtest/install-qemu.sh)")
     kernel = subprocess.run([str(ROOT / "tools" / "vmtest" / "kernel.sh"), "--no-build"],
@@ -53,6 +55,10 @@ def _require_tools(tmp_path: Path) -> None:
                            capture_output=True)  # fmt: skip
     if built.returncode != 0:
         pytest.skip("needs a static libc (libc6-dev) for the guest's init")
+    headers = kernel_headers()
+    if headers is None:
+        pytest.skip("needs Linux 6.12 uAPI headers (tools/kernel-headers.sh)")
+    return headers
 
 
 def _in_order(log: str, steps: list[str]) -> list[str]:
@@ -70,13 +76,16 @@ def _in_order(log: str, steps: list[str]) -> list[str]:
 
 
 def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
-    _require_tools(tmp_path)
+    headers = _require_tools(tmp_path)
     out = tmp_path / "logs"
     # run.py bounds each QEMU run (--timeout); a FASTMAP_VMTEST_LOCK wait comes on top.
     result = subprocess.run([sys.executable, str(RUN), "--out", str(out), "--timeout", "150"],
-                            capture_output=True, text=True)  # fmt: skip
+                            capture_output=True, text=True,
+                            env={**os.environ, "FASTMAP_KERNEL_HEADERS": headers})  # fmt: skip
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert result.stdout.count("guest DMA verified: 16 rounds, 64 DMAs") == 2, result.stdout
+    irqs = "guest interrupts verified: 16 DMA-complete interrupts (8 INTx, 8 MSI)"
+    assert result.stdout.count(irqs) == 2, result.stdout
     assert "migration verified (fast link)" in result.stdout, result.stdout
     assert "migration verified (slow link)" in result.stdout, result.stdout
     # Over the slow link the device's frame is resent round after round: more than 2 rounds.
@@ -138,6 +147,30 @@ def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
         m = re.search(rf"migration verified \({label}\): .* device state (\d+) bytes pre-copy "
                       rf"\+ (\d+) bytes stop-copy", result.stdout)
         assert m and int(m.group(1)) >= 4168, result.stdout
+    # The guest's own IOAS_MAP at IOVA 0x200000 (its vIOMMU's page table) reaches the simulator
+    # as QEMU's shadow map; the guest's INTx unmasks after each interrupt become QEMU's, then
+    # the guest switches to MSI, and QEMU with it.
+    irq_steps = [
+        r"VFIO_DEVICE_SET_IRQS flags=0x11 index=0 start=0 count=1 = 0",  # INTx UNMASK
+        r"VFIO_DEVICE_SET_IRQS flags=0x21 index=0 start=0 count=0 = 0",  # INTx off
+        r"VFIO_DEVICE_SET_IRQS flags=0x24 index=1 start=0 count=1 = 0",  # MSI eventfd
+        r"VFIO_DEVICE_SET_IRQS flags=0x21 index=1 start=0 count=0 = 0",  # MSI off
+    ]
+    iommufd_irq = (out / "iommufd-irq.log").read_text()
+    _in_order(iommufd_irq, [
+        r"IOMMU_IOAS_MAP ioas=\d+ flags=0x7 .* len=0x1000 -> iova=0x200000 = 0",
+        r"IOMMU_IOAS_MAP ioas=\d+ flags=0x7 .* len=0x1000 -> iova=0x201000 = 0",
+        *irq_steps,
+    ])  # fmt: skip
+    legacy_irq = (out / "legacy-irq.log").read_text()
+    _in_order(legacy_irq, [
+        r"VFIO_IOMMU_MAP_DMA flags=0x3 .* iova=0x200000 size=0x1000 = 0",
+        r"VFIO_IOMMU_MAP_DMA flags=0x3 .* iova=0x201000 size=0x1000 = 0",
+        *irq_steps,
+    ])  # fmt: skip
+    for log in (iommufd_irq, legacy_irq):
+        unmasks = re.findall(r"VFIO_DEVICE_SET_IRQS flags=0x11 index=0 .* = 0", log)
+        assert len(unmasks) == 8, log  # one per INTx the guest took
     for log in (iommufd, legacy):
         # The guest's config accesses went through the simulator's device file, and its BAR0
         # accesses too: by pread/pwrite, or through QEMU's mmap of the region when the

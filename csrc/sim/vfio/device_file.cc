@@ -65,10 +65,10 @@ std::shared_ptr<VfioDeviceFile> VfioDeviceFile::open_from_group(KernelCore& kern
   f->group_file_ = std::move(group_file);
   std::lock_guard<std::mutex> g(dev->mu);
   if (dev->open_count++ == 0) {
-    // First open: the device starts using the group's container, and vfio-pci resets and
-    // enables the function.
+    // First open: the device starts using the group's container, and vfio-pci enables the
+    // function (it cannot reset edu: no reset method).
     dev->group->container_users++;
-    dev->pci->reset();
+    dev->pci->reinit_config();
     dev->mig.reset();
     dev->pci->enable_decoding();
   }
@@ -85,7 +85,7 @@ VfioDeviceFile::~VfioDeviceFile() {
     std::lock_guard<std::mutex> g(dev_->mu);
     if (--dev_->open_count == 0) {
       dev_->irqs.release();  // vfio_pci_core_disable turns interrupts off first
-      dev_->pci->reset();    // vfio-pci disables the function: bus mastering off
+      dev_->pci->reinit_config();  // vfio-pci disables the function: bus mastering off
       dev_->mig.reset();
       grp.container_users--;
     }
@@ -95,7 +95,7 @@ VfioDeviceFile::~VfioDeviceFile() {
     std::lock_guard<std::mutex> g(dev_->mu);
     if (--dev_->open_count == 0) {
       dev_->irqs.release();
-      dev_->pci->reset();
+      dev_->pci->reinit_config();
       dev_->mig.reset();
     }
     attached_ = false;
@@ -159,13 +159,13 @@ long VfioDeviceFile::bind_iommufd(void* arg) noexcept {
       rc = -EINVAL;  // only the group path may open a device more than once
     } else if ((rc = iommufd_device_bind(*ictx, dev_->pci, &devid)) == 0) {
       dev_->open_count++;
-      dev_->pci->reset();  // vfio-pci's open_device enables and resets the function
+      dev_->pci->reinit_config();  // vfio-pci's open_device enables the function
       dev_->mig.reset();
       dev_->pci->enable_decoding();
       if (copy_to_user(uptr(arg) + offsetof(vfio_device_bind_iommufd, out_devid), &devid,
                        sizeof devid)) {
         dev_->open_count--;
-        dev_->pci->reset();
+        dev_->pci->reinit_config();
         iommufd_device_unbind(*ictx, devid);
         rc = -EFAULT;
       } else {

@@ -38,8 +38,10 @@ Machine::Machine(KernelCore& kernel) : kernel_(kernel) {
 
 Machine::~Machine() = default;
 
-bool Machine::parse_bdf(const std::string& in, std::string* canonical) {
-  // DDDD:BB:SS.F, hexadecimal; slot <= 0x1f, function <= 7.
+bool Machine::parse_bdf(const std::string& given, std::string* canonical) {
+  // DDDD:BB:SS.F, hexadecimal; slot <= 0x1f, function <= 7. lspci's (and QEMU's host=)
+  // BB:SS.F means domain 0000, as fastmap.pci_address reads it.
+  const std::string in = given.size() == 7 ? "0000:" + given : given;
   unsigned dom = 0, bus = 0, slot = 0, fn = 0;
   if (in.size() != 12 || in[4] != ':' || in[7] != ':' || in[10] != '.') return false;
   for (std::size_t i : {0u, 1u, 2u, 3u, 5u, 6u, 8u, 9u, 11u}) {

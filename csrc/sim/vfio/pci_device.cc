@@ -200,16 +200,16 @@ void PciDevice::mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* 
   }
 }
 
-void PciDevice::reset() noexcept {
+void PciDevice::reinit_config() noexcept {
   std::lock_guard<std::mutex> g(mu_);
-  // As QEMU's PCI reset: config space to power-on values (INTx-disable clear) and the INTx
-  // line deasserted, whatever the model's own interrupt state.
+  // No reset reaches the device, so an asserted INTx line stays asserted (6.12 under QEMU:
+  // edu's pending interrupt still shows in the status register after close and reopen).
+  const bool asserted = config_read(kStatus, 2) & kStatusInterrupt;
   config_init();
-  if (irq_sink_) {
-    irq_sink_->intx_disable_bit(false);
-    irq_sink_->intx_level(false);
+  if (asserted) {
+    put16(&cfg_[kStatus], static_cast<std::uint16_t>(config_read(kStatus, 2) | kStatusInterrupt));
   }
-  model_reset();
+  if (irq_sink_) irq_sink_->intx_disable_bit(false);
 }
 
 void PciDevice::enable_decoding() noexcept {

@@ -85,9 +85,12 @@ class PciDevice : public Device {
   void mmio_store(unsigned bar, std::uint64_t pos, const std::uint8_t* before,
                   const std::uint8_t* after, std::size_t len, std::uint64_t fault_pos) noexcept;
 
-  // Function reset (open and last close of the vfio device): config
-  // space back to power-on values (memory decoding and bus mastering off).
-  void reset() noexcept;
+  // vfio-pci's first open and last close of a function with no reset method (edu has
+  // neither FLR nor PM reset, so vfio-pci never resets it): the config space vfio-pci
+  // presents is built afresh (memory decoding and bus mastering off, INTx-disable clear),
+  // while the device itself keeps its state: its registers, its buffer, and its INTx line,
+  // which the status register's interrupt bit keeps showing.
+  void reinit_config() noexcept;
   // pci_enable_device at vfio-pci's open: memory decoding on for the memory BAR (bus
   // mastering stays off: vfio-pci clears it before enabling).
   void enable_decoding() noexcept;
@@ -128,8 +131,6 @@ class PciDevice : public Device {
   // The width of the register at `off` (4 or 8), for accesses through a mapping; reads
   // through a mapping must have no side effects (fill reads every register of a page).
   virtual unsigned mmio_register_size(std::uint64_t /*off*/) const { return 4; }
-  // What the model itself does on a function reset (may be nothing), with mu_ held.
-  virtual void model_reset() {}
   // Migration record of the model's state, with mu_ held (see save_state / load_state).
   virtual void model_save(std::vector<std::uint8_t>* /*out*/) const {}
   virtual int model_load(const std::uint8_t* /*data*/, std::size_t /*len*/) { return -EINVAL; }

@@ -39,7 +39,7 @@ struct VfioDevice {
   VfioGroup* group = nullptr;  // owned by the Machine, which outlives every file
   std::mutex mu;              // the kernel's dev_set->lock
   // Opens across both paths (a cdev bound to an iommufd, or fds from the group). vfio-pci
-  // enables and resets the function on the first, disables and resets it on the last.
+  // enables the function on the first and disables it on the last (it cannot reset edu).
   int open_count = 0;
 };
 

@@ -100,6 +100,24 @@ def _ratio(x: float) -> str:
     return f"{x:.2f}x"
 
 
+def _count(x: int) -> str:
+    return f"{x:,}"
+
+
+#: The throughput columns of every map table (map, pinned, batch, threads), and their values.
+_MAP_RATE_COLUMNS = (
+    Column("entries", "count", fmt=_count),
+    Column("seconds", "s", "ms", _ms),
+    Column("maps_per_s", "maps/s", "maps/s", _rate),
+)
+
+
+def _map_rate(r: Any) -> dict[str, Any]:
+    """A map benchmark row's _MAP_RATE_COLUMNS values (any row with entries, seconds and
+    maps_per_second)."""
+    return {"entries": r.entries, "seconds": r.seconds, "maps_per_s": r.maps_per_second}
+
+
 def bench_map(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Table]:
     from fastmap._tools.bench_map import ratios, run_lifecycle_benchmark, run_map_benchmark
 
@@ -114,18 +132,14 @@ def bench_map(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Tabl
         [
             Column("size", "", "size"),
             Column("method"),
-            Column("entries", "count", fmt=lambda v: f"{v:,}"),
-            Column("seconds", "s", "ms", _ms),
-            Column("maps_per_s", "maps/s", "maps/s", _rate),
+            *_MAP_RATE_COLUMNS,
             Column("over_floor", "ratio", "vs floor", _ratio),
         ],
         [
             {
                 "size": r.size.split(" x ")[-1],  # the count is in "entries"
                 "method": r.method,
-                "entries": r.entries,
-                "seconds": r.seconds,
-                "maps_per_s": r.maps_per_second,
+                **_map_rate(r),
                 "over_floor": r.seconds / floor[r.size] if floor.get(r.size) else None,
             }
             for r in rows
@@ -200,9 +214,7 @@ def bench_pinned(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
             [
                 Column("page", "", "page"),
                 Column("method"),
-                Column("entries", "count", fmt=lambda v: f"{v:,}"),
-                Column("seconds", "s", "ms", _ms),
-                Column("maps_per_s", "maps/s", "maps/s", _rate),
+                *_MAP_RATE_COLUMNS,
                 Column("gib_per_s", "GiB/s", "GiB/s", lambda v: f"{v:,.1f}"),
                 Column("over_floor", "ratio", "vs floor", _ratio),
                 Column("vs_naive", "ratio", "vs naive", _ratio),
@@ -215,9 +227,7 @@ def bench_pinned(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
                 {
                     "page": r.page,
                     "method": r.method,
-                    "entries": r.entries,
-                    "seconds": r.seconds,
-                    "maps_per_s": r.maps_per_second,
+                    **_map_rate(r),
                     "gib_per_s": r.gib_per_second,
                     "over_floor": r.seconds / floor[r.page],
                     "vs_naive": naive[r.page] / r.seconds,
@@ -246,19 +256,15 @@ def bench_batch(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Ta
             f"map throughput against batch size, {rows[0].entries:,} x 4 KiB, no device, "
             f"{kernel.name} kernel (naive: one ioctl per entry, whatever the batch)",
             [
-                Column("batch", "count", "entries/call", lambda v: f"{v:,}"),
+                Column("batch", "count", "entries/call", _count),
                 Column("method"),
-                Column("entries", "count", fmt=lambda v: f"{v:,}"),
-                Column("seconds", "s", "ms", _ms),
-                Column("maps_per_s", "maps/s", "maps/s", _rate),
+                *_MAP_RATE_COLUMNS,
             ],
             [
                 {
                     "batch": r.batch,
                     "method": r.method,
-                    "entries": r.entries,
-                    "seconds": r.seconds,
-                    "maps_per_s": r.maps_per_second,
+                    **_map_rate(r),
                 }
                 for r in rows
             ],
@@ -282,18 +288,14 @@ def bench_threads(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[
             [
                 Column("target", "", "where"),
                 Column("threads", "count", "N"),
-                Column("entries", "count", fmt=lambda v: f"{v:,}"),
-                Column("seconds", "s", "ms", _ms),
-                Column("maps_per_s", "maps/s", "maps/s", _rate),
+                *_MAP_RATE_COLUMNS,
                 Column("speedup", "ratio", "vs N=1", _ratio),
             ],
             [
                 {
                     "target": r.target,
                     "threads": r.threads,
-                    "entries": r.entries,
-                    "seconds": r.seconds,
-                    "maps_per_s": r.maps_per_second,
+                    **_map_rate(r),
                     "speedup": serial[r.target] / r.seconds,
                 }
                 for r in rows
@@ -367,9 +369,9 @@ def bench_alloc(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[Ta
             "IOVA allocator: alloc+free pairs per second (first fit, 1-8 page ranges, 1 TiB "
             "window); entries = live ranges",
             [
-                Column("live", "count", "live ranges", lambda v: f"{v:,}"),
+                Column("live", "count", "live ranges", _count),
                 Column("impl", "", "implementation"),
-                Column("pairs", "count", fmt=lambda v: f"{v:,}"),
+                Column("pairs", "count", fmt=_count),
                 Column("pairs_per_s", "pairs/s", "pairs/s", _rate),
                 Column("pairs_per_cpu_s", "pairs/CPU-s", "pairs/CPU-s", _rate),
                 Column("vs_reference", "ratio", "vs reference", lambda v: f"{v:,.3g}x"),
@@ -409,7 +411,7 @@ def bench_simrun(kernel: Kernel, args: argparse.Namespace, step: Step) -> list[T
             "entries = calls",
             [
                 Column("mode", "", "path"),
-                Column("calls", "count", fmt=lambda v: f"{v:,}"),
+                Column("calls", "count", fmt=_count),
                 Column("ns_per_call", "ns", "ns/call", lambda v: f"{v:,.0f}"),
                 Column("over_direct_ns", "ns", "over direct", lambda v: f"{v / 1e3:+.2f} us"),
             ],

@@ -43,42 +43,43 @@ def _by(rows: Sequence[dict[str, Any]], key: str) -> dict[Any, list[dict[str, An
     return out
 
 
+def _lines(
+    ax: Any, rows: Sequence[dict[str, Any]], series: str, x: str, y: str, at: Sequence[Any] = ()
+) -> None:
+    """One line of `y` against `x` for each value of `series`. With `at`, every line is drawn
+    over those x values (a category axis, in that order), with a gap where it has none."""
+    for label, rs in _by(rows, series).items():
+        if at:
+            value = {r[x]: r[y] for r in rs}
+            ax.plot(at, [value.get(v) for v in at], marker="o", label=label)
+        else:
+            ax.plot([r[x] for r in rs], [r[y] for r in rs], marker="o", label=label)
+
+
+def _log_log(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xscale="log", yscale="log")
+
+
 def _map_sizes(ax: Any, t: Table) -> None:
     sizes = list(dict.fromkeys(r["size"] for r in t.rows))
-    for method, rows in _by(t.rows, "method").items():
-        rate = {r["size"]: r["maps_per_s"] for r in rows}
-        ax.plot(sizes, [rate.get(s) for s in sizes], marker="o", label=method)
+    _lines(ax, t.rows, "method", "size", "maps_per_s", at=sizes)
     ax.set(title="map, no domain: maps/s vs mapping size", ylabel="maps/s", yscale="log")
 
 
 def _pinned(ax: Any, t: Table) -> None:
     order = {"4KiB": 0, "2MiB": 1, "1GiB": 2}
     pages = sorted(dict.fromkeys(r["page"] for r in t.rows), key=lambda p: order.get(p, 3))
-    for method, rows in _by(t.rows, "method").items():
-        rate = {r["page"]: r["maps_per_s"] for r in rows}
-        ax.plot(pages, [rate.get(p) for p in pages], marker="o", label=method)
+    _lines(ax, t.rows, "method", "page", "maps_per_s", at=pages)
     ax.set(title="map with a domain (pinning): maps/s vs page size", ylabel="maps/s", yscale="log")
 
 
 def _batch(ax: Any, t: Table) -> None:
-    for method, rows in _by(t.rows, "method").items():
-        ax.plot(
-            [r["batch"] for r in rows], [r["maps_per_s"] for r in rows], marker="o", label=method
-        )
-    ax.set(
-        title="maps/s vs batch size (4 KiB, no domain)",
-        xlabel="entries per call",
-        ylabel="maps/s",
-        xscale="log",
-        yscale="log",
-    )
+    _lines(ax, t.rows, "method", "batch", "maps_per_s")
+    _log_log(ax, "maps/s vs batch size (4 KiB, no domain)", "entries per call", "maps/s")
 
 
 def _threads(ax: Any, t: Table) -> None:
-    for target, rows in _by(t.rows, "target").items():
-        ax.plot(
-            [r["threads"] for r in rows], [r["speedup"] for r in rows], marker="o", label=target
-        )
+    _lines(ax, t.rows, "target", "threads", "speedup")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set(title="threads=N: speed vs one thread", xlabel="threads", ylabel="x one thread")
 
@@ -90,13 +91,7 @@ def _harvest_density(ax: Any, t: Table) -> None:
     pct = [float(r["name"].split("%")[0]) for r in dirty]
     ax.plot(pct, [r["gib_per_s"] for r in dirty], marker="o", label="DirtyHarvester")
     ax.plot(pct, [r["gib_per_s"] for r in clean], marker="o", label="nothing dirty (walk)")
-    ax.set(
-        title="harvest rate vs dirty fraction",
-        xlabel="% of pages dirty",
-        ylabel="GiB of guest memory/s",
-        xscale="log",
-        yscale="log",
-    )
+    _log_log(ax, "harvest rate vs dirty fraction", "% of pages dirty", "GiB of guest memory/s")
 
 
 def _harvest_size(ax: Any, t: Table) -> None:
@@ -117,13 +112,7 @@ def _harvest_size(ax: Any, t: Table) -> None:
                 ls="",
                 label="nothing dirty (walk)",
             )
-    ax.set(
-        title="harvest rate vs tracked size",
-        xlabel="GiB tracked",
-        ylabel="GiB of guest memory/s",
-        xscale="log",
-        yscale="log",
-    )
+    _log_log(ax, "harvest rate vs tracked size", "GiB tracked", "GiB of guest memory/s")
 
 
 def _to_ranges(ax: Any, t: Table) -> None:

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 from fastmap.errors import DeviceNotFoundError, VFIOError
 from fastmap.host.files import HostFiles
+from fastmap.pci_address import normalize_bdf
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 PCI_DRIVERS = "/sys/bus/pci/drivers"
 VFIO_PCI = "vfio-pci"
 STATE_DIR = "/run/fastmap/devbind"
-_FULL = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
-_SHORT = re.compile(r"^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _IFF_UP = 0x1
 _CLASS_BRIDGE_PCI = 0x0604
 _CLASS_DISPLAY = 0x03
@@ -63,19 +62,6 @@ class BindResult:
         if not self.changed:
             return f"{self.bdf}: already bound to {self.after or 'no driver'}"
         return f"{self.bdf}: {self.before or 'no driver'} -> {self.after or 'no driver'}"
-
-
-def normalize_bdf(text: str) -> str:
-    """'0000:03:00.0' as given, '03:00.0' with domain 0000 (as lspci prints it); else
-    ValueError."""
-    bdf = text.strip().lower()
-    if _SHORT.match(bdf):
-        bdf = f"0000:{bdf}"
-    if not _FULL.match(bdf):
-        raise ValueError(
-            f"{text!r} is not a PCI address (DOMAIN:BUS:DEVICE.FUNCTION, e.g. 0000:03:00.0)"
-        )
-    return bdf
 
 
 def _device(files: HostFiles, bdf: str) -> str:

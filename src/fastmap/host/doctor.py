@@ -18,11 +18,11 @@ from fastmap.host.devbind import vfio_users
 from fastmap.host.files import HostFiles
 from fastmap.host.report import Report
 from fastmap.kernel import Kernel
+from fastmap.pci_address import is_canonical_bdf
 
 IOMMU_DEV = "/dev/iommu"
 VFIO_DRIVER = "/sys/bus/pci/drivers/vfio-pci"
 PCI_DEVICES = "/sys/bus/pci/devices"
-BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 #: Below this much lockable memory (and without CAP_IPC_LOCK) pinning real buffers fails.
 MEMLOCK_ENOUGH = 1 << 30
 
@@ -143,7 +143,7 @@ def _check_iommus(files: HostFiles, report: Report) -> list[iommu.IommuUnit]:
 
 
 def _bound_devices(files: HostFiles) -> list[str]:
-    return [n for n in files.listdir(VFIO_DRIVER) if BDF.match(n)]
+    return [n for n in files.listdir(VFIO_DRIVER) if is_canonical_bdf(n)]
 
 
 def _check_vfio(

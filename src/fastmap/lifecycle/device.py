@@ -20,7 +20,6 @@ The same code runs on the real kernel and on the simulated one: sysfs goes throu
 from __future__ import annotations
 
 import posixpath
-import re
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -33,6 +32,7 @@ from fastmap.lifecycle.pci_caps import PciCapability, parse_capabilities
 from fastmap.lifecycle.region_map import RegionMapping
 from fastmap.lifecycle.sysfs import PCI_DEVICES, Sysfs, sysfs_for
 from fastmap.object_id import DeviceId
+from fastmap.pci_address import normalize_bdf
 from fastmap.seam import open_kernel
 
 if TYPE_CHECKING:
@@ -68,26 +68,6 @@ class RegionInfo:
     @property
     def mmap(self) -> bool:
         return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP)
-
-
-_BDF = re.compile(
-    r"(?:(?P<domain>[0-9a-f]{4}):)?(?P<bus>[0-9a-f]{2}):(?P<dev>[01][0-9a-f])\.(?P<fn>[0-7])"
-)
-
-
-def normalize_bdf(bdf: str) -> str:
-    """A PCI address as sysfs names it, "DDDD:BB:DD.F" in lower case. lspci's short form
-    "BB:DD.F" means domain 0000 and is completed; anything else is a ValueError at once
-    (rather than a device that is not found later)."""
-    if not isinstance(bdf, str):
-        raise TypeError(f"a PCI address is a str like '0000:00:03.0', not {type(bdf).__name__}")
-    m = _BDF.fullmatch(bdf.strip().lower())
-    if m is None:
-        raise ValueError(
-            f"{bdf!r} is not a PCI address: use DDDD:BB:DD.F as in /sys/bus/pci/devices "
-            "(e.g. '0000:00:03.0'; lspci's '00:03.0' means domain 0000)"
-        )
-    return f"{m['domain'] or '0000'}:{m['bus']}:{m['dev']}.{m['fn']}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +121,7 @@ class VFIODevice(Closing):
         if host is None and sysfsdev is None and fd is None:
             raise ValueError("name the device by host=, sysfsdev= or fd=")
         if sysfsdev is None and host is not None:
-            host = normalize_bdf(host)
+            host = normalize_bdf(host, "host")
             sysfsdev = f"{PCI_DEVICES}/{host}"
         self.sysfsdev = sysfsdev or ""
         self.name = name or (
