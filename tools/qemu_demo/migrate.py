@@ -106,7 +106,10 @@ class MigResult:
 def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        # Complete lines only: the guest's serial console arrives a few bytes at a time, so
+        # the last line may still be partial (a loop line without its GPA).
+        content = path.read_text(errors="replace") if path.exists() else ""
+        lines = [ln.rstrip("\r") for ln in content.split("\n")[:-1]]
         hit = next((ln for ln in lines if ln.startswith(text)), "")
         if hit:
             return hit
