@@ -9,6 +9,7 @@
 
 #include "uapi/iommufd.h"
 #include "uapi/vfio.h"
+#include "uapi/vfio_migration.h"
 
 namespace fastmap::preload {
 
@@ -96,6 +97,7 @@ constexpr auto& bitmap = iommu_hwpt_get_dirty_bitmap_info;
 constexpr auto& region = vfio_region_info_info;
 constexpr auto& irq = vfio_irq_info_info;
 constexpr auto& irq_set = vfio_irq_set_info;
+constexpr auto& precopy = vfio_precopy_info_info;
 
 constexpr Decoder kDecoders[] = {
     {IOMMU_DESTROY, "IOMMU_DESTROY", Arg::kStruct, {in(iommu_destroy_info, "id", "id")}},
@@ -164,6 +166,8 @@ constexpr Decoder kDecoders[] = {
     {VFIO_DEVICE_ATTACH_IOMMUFD_PT, "VFIO_DEVICE_ATTACH_IOMMUFD_PT", Arg::kStruct,
      {inout(attach, "pt_id", "pt_id")}},
     {VFIO_DEVICE_DETACH_IOMMUFD_PT, "VFIO_DEVICE_DETACH_IOMMUFD_PT"},
+    {VFIO_MIG_GET_PRECOPY_INFO, "VFIO_MIG_GET_PRECOPY_INFO", Arg::kStruct,
+     {out(precopy, "initial_bytes", "initial_bytes"), out(precopy, "dirty_bytes", "dirty_bytes")}},
 };
 
 const Decoder* find(unsigned long request) {
@@ -216,6 +220,32 @@ void add_struct(Line& line, const Decoder& d, std::uint64_t arg, bool ok) {
   }
 }
 
+const char* mig_state_name(std::uint32_t s) {
+  static const char* const kNames[] = {"ERROR",    "STOP",        "RUNNING",  "STOP_COPY",
+                                       "RESUMING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"};
+  return s < sizeof kNames / sizeof kNames[0] ? kNames[s] : "?";
+}
+
+// MIG_DEVICE_STATE: the state asked for and the data fd that came back (SET), or the state
+// read (GET), by name.
+void add_mig_state(Line& line, std::uint64_t arg, bool ok) {
+  vfio_device_feature f;
+  std::memcpy(&f, reinterpret_cast<const void*>(arg), sizeof f);
+  const bool set = f.flags & VFIO_DEVICE_FEATURE_SET, get = f.flags & VFIO_DEVICE_FEATURE_GET;
+  if ((f.flags & VFIO_DEVICE_FEATURE_MASK) != VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE ||
+      (f.flags & VFIO_DEVICE_FEATURE_PROBE) || set == get ||
+      f.argsz < sizeof f + sizeof(vfio_device_feature_mig_state)) {
+    return;
+  }
+  vfio_device_feature_mig_state st;
+  std::memcpy(&st, reinterpret_cast<const char*>(arg) + sizeof f, sizeof st);
+  if (get) {
+    line.add(" -> state=%s", ok ? mig_state_name(st.device_state) : "?");
+  } else {
+    line.add(" state=%s -> data_fd=%d", mig_state_name(st.device_state), ok ? st.data_fd : -1);
+  }
+}
+
 }  // namespace
 
 const char* ioctl_name(unsigned long request, bool on_device) noexcept {
@@ -234,6 +264,7 @@ int ioctl_fields(unsigned long request, std::uint64_t arg, bool ok, char* s,
   switch (d->arg) {
     case Arg::kStruct:
       add_struct(line, *d, arg, ok);
+      if (request == VFIO_DEVICE_FEATURE) add_mig_state(line, arg, ok);
       break;
     case Arg::kValue:
       line.add(" arg=%" PRIu64, arg);

@@ -46,4 +46,14 @@ struct vfio_device_feature_mig_data_size {
 };
 FM_UAPI_LAYOUT(vfio_device_feature_mig_data_size, 8, FM_F(stop_copy_length, 0))
 
+struct vfio_precopy_info {
+  static constexpr const char kUapiName[] = "vfio_precopy_info";
+  u32 argsz;
+  u32 flags;
+  u64 initial_bytes;
+  u64 dirty_bytes;
+};
+FM_UAPI_LAYOUT(vfio_precopy_info, 24, FM_F(argsz, 0), FM_F(flags, 4), FM_F(initial_bytes, 8),
+               FM_F(dirty_bytes, 16))
+
 }  // namespace fastmap::uapi

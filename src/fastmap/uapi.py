@@ -68,6 +68,7 @@ vfio_device_feature: type[UapiStruct]
 vfio_device_feature_migration: type[UapiStruct]
 vfio_device_feature_mig_state: type[UapiStruct]
 vfio_device_feature_mig_data_size: type[UapiStruct]
+vfio_precopy_info: type[UapiStruct]
 vfio_irq_info: type[UapiStruct]
 vfio_irq_set: type[UapiStruct]
 vfio_device_bind_iommufd: type[UapiStruct]
@@ -178,6 +179,7 @@ VFIO_IOMMU_MAP_DMA: int
 VFIO_IOMMU_UNMAP_DMA: int
 VFIO_IOMMU_DIRTY_PAGES: int
 VFIO_DEVICE_FEATURE: int
+VFIO_MIG_GET_PRECOPY_INFO: int
 VFIO_DEVICE_BIND_IOMMUFD: int
 VFIO_DEVICE_ATTACH_IOMMUFD_PT: int
 VFIO_DEVICE_DETACH_IOMMUFD_PT: int

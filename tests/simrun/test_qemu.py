@@ -6,7 +6,9 @@ with dirty tracking for a device whose IOMMU can track, attach) and the legacy o
 Then live migration from one QEMU to another, each under its own sim-run, while the device
 keeps writing guest pages by DMA: the destination guest checks every page the device wrote
 and the device's own state, and the source's log must show QEMU's IOMMUFD dirty tracking
-(SET_DIRTY_TRACKING, GET_DIRTY_BITMAP) and the VFIO migration arcs it took.
+(SET_DIRTY_TRACKING, GET_DIRTY_BITMAP) and the VFIO migration arcs it took: the edu offers
+PRE_COPY, so QEMU sends the device's record while the guest runs (GET_PRECOPY_INFO on the
+data fd) and the rest after STOP_COPY on the same fd.
 
 About 10-30 s per backend and per migration of TCG; skipped without QEMU >= 10, the VM
 tier's kernel or a static libc (the guest's init is a static program)."""
@@ -114,21 +116,37 @@ def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
         r"VFIO_GROUP_GET_DEVICE_FD \"0000:00:03.0\" = \d+",
         r"VFIO_DEVICE_SET_IRQS flags=0x24 index=0 .* = 0",
     ])  # fmt: skip
+    # The edu offers PRE_COPY, so QEMU streams its state while the guest runs: RUNNING ->
+    # PRE_COPY hands out the data fd and GET_PRECOPY_INFO on it says the whole record is the
+    # initial data; PRE_COPY -> STOP_COPY keeps that fd (data_fd -1); STOP ends the session.
     # MIG_DEVICE_STATE sets are flags=0x20002 (SET | feature 2); MIG_DATA_SIZE GET 0x10009.
     for side in ("fast-link", "slow-link"):
         src = (out / side / "mig-src.log").read_text()
-        _in_order(src, [
-            r"VFIO_DEVICE_FEATURE flags=0x10001 = 0",  # GET MIGRATION: STOP_COPY
+        found = _in_order(src, [
+            r"VFIO_DEVICE_FEATURE flags=0x10001 = 0",  # GET MIGRATION
             r"IOMMU_HWPT_SET_DIRTY_TRACKING hwpt=\d+ flags=0x1 = 0",
             r"IOMMU_HWPT_GET_DIRTY_BITMAP .* = 0",
             r"VFIO_DEVICE_FEATURE flags=0x10009 = 0",
-            r"VFIO_DEVICE_FEATURE flags=0x20002 = 0",  # RUNNING -> STOP
-            r"VFIO_DEVICE_FEATURE flags=0x20002 = 0",  # STOP -> STOP_COPY: the data fd
-            r"VFIO_DEVICE_FEATURE flags=0x20002 = 0",  # STOP_COPY -> STOP
+            r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=\d+ = 0",
+            r"VFIO_MIG_GET_PRECOPY_INFO -> initial_bytes=4168 dirty_bytes=\d+ = 0",
+            r"VFIO_DEVICE_FEATURE flags=0x20002 state=STOP_COPY -> data_fd=-1 = 0",
+            r"VFIO_DEVICE_FEATURE flags=0x20002 state=STOP -> data_fd=-1 = 0",
         ])  # fmt: skip
+        data_fd = re.search(r"data_fd=(\d+)", found[4])
+        assert data_fd and f"ioctl fd={data_fd.group(1)} VFIO_MIG_GET_PRECOPY_INFO" in found[5]
+        assert "new state PRE_COPY, recover state RUNNING" in src, src  # QEMU's own event
+        # The whole record (4168 bytes) went while the guest ran, and with switchover-ack the
+        # destination acknowledged it before the source stopped the guest.
         assert "vfio_save_block  (0000:00:03.0) data_size 4168" in src, src
         dst = (out / side / "mig-dst.log").read_text()
         assert "vfio_load_state_device_data  (0000:00:03.0) size 4168 ret 0" in dst, dst
+        # QEMU's VFIO_MIG_FLAG_DEV_INIT_DATA_SENT: the source's precopy initial_bytes reached
+        # 0, the destination's cue to acknowledge the switchover.
+        assert "vfio_load_state  (0000:00:03.0) data 0xffffffffef100005" in dst, dst
+    for label in ("fast link", "slow link"):
+        m = re.search(rf"migration verified \({label}\): .* device state (\d+) bytes pre-copy "
+                      rf"\+ (\d+) bytes stop-copy", result.stdout)
+        assert m and int(m.group(1)) >= 4168, result.stdout
     # The guest's own IOAS_MAP at IOVA 0x200000 (its vIOMMU's page table) reaches the simulator
     # as QEMU's shadow map; the guest's INTx unmasks after each interrupt become QEMU's, then
     # the guest switches to MSI, and QEMU with it.

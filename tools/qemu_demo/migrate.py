@@ -5,7 +5,9 @@ guest pages by DMA), QEMU migrates it over a unix socket (QMP `migrate`), and th
 guest checks every page the device wrote and that the device still works.
 
 The figures come from the source's `query-migrate` (rounds = dirty syncs, pages sent,
-downtime) and from the source's sim-run trace (the IOMMU dirty bitmaps QEMU read).
+downtime), from the source's sim-run trace (the IOMMU dirty bitmaps QEMU read) and from
+QEMU's own trace events (the device state it read in pre-copy and in stop-copy: the edu
+offers VFIO_MIGRATION_PRE_COPY, so QEMU streams its state while the guest still runs).
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ class MigResult:
 def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        # Complete lines only: the guest's serial console arrives a few bytes at a time, so
+        # the last line may still be partial (a loop line without its GPA).
+        content = path.read_text(errors="replace") if path.exists() else ""
+        lines = [ln.rstrip("\r") for ln in content.split("\n")[:-1]]
         hit = next((ln for ln in lines if ln.startswith(text)), "")
         if hit:
             return hit
@@ -172,6 +177,12 @@ def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
         count_gpa, frames = int(m.group(1), 16), int(m.group(2))
         time.sleep(1.0)  # the device has been writing pages for a while
         qs, qd = Qmp(out / "src.qmp", timeout), Qmp(out / "dst.qmp", timeout)
+        # switchover-ack (both sides, over the return path): the source does not stop the
+        # guest before the destination has loaded the device's pre-copy initial data, so
+        # the record always goes while the guest runs, however fast RAM converges.
+        caps = [{"capability": c, "state": True} for c in ("return-path", "switchover-ack")]
+        for q in (qd, qs):
+            q.cmd("migrate-set-capabilities", capabilities=caps)
         qs.cmd("migrate-set-parameters", **params)
         pending = sorted(steps)
         count_at.append(_guest_u32(qs, count_gpa, out))
@@ -242,6 +253,35 @@ def dirty_syncs(log: list[str]) -> list[int]:
     return syncs
 
 
+@dataclass
+class DeviceState:
+    pre_copy: int  # bytes QEMU read from the data fd with the device in PRE_COPY
+    stop_copy: int  # and in STOP_COPY
+    precopy_infos: int  # successful VFIO_MIG_GET_PRECOPY_INFO calls
+    entered_pre_copy: bool  # the sim-run trace shows the RUNNING -> PRE_COPY arc
+
+
+def device_state(log: list[str]) -> DeviceState:
+    """The device state QEMU saved, split by the state the device was in (its
+    vfio_migration_set_device_state events) when vfio_save_block read it."""
+    ds = DeviceState(0, 0, 0, False)
+    phase = ""
+    for ln in log:
+        if m := re.search(r"vfio_migration_set_device_state .* state (\w+)", ln):
+            phase = m.group(1)
+        elif m := re.search(r"vfio_save_block .* data_size (\d+)", ln):
+            if phase == "PRE_COPY":
+                ds.pre_copy += int(m.group(1))
+            elif phase == "STOP_COPY":
+                ds.stop_copy += int(m.group(1))
+        elif "VFIO_MIG_GET_PRECOPY_INFO" in ln and ln.endswith(" = 0"):
+            ds.precopy_infos += 1
+        elif re.search(r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=\d+ = 0$",
+                       ln):
+            ds.entered_pre_copy = True
+    return ds
+
+
 # The IOMMU sets one dirty bit per IOPTE; QEMU's RAM is mapped with 2 MiB IOPTEs where it can,
 # so one device write dirties (and QEMU resends) the 512 pages of its 2 MiB frame.
 PAGES_PER_FRAME = 512
@@ -259,6 +299,8 @@ def report(r: MigResult, label: str, expect_writes: bool) -> tuple[bool, list[st
     bound = r.frames * PAGES_PER_FRAME
     over = [n for n in syncs if n > bound]
     rounds = ram.get("dirty-sync-count", 0)
+    ds = device_state(r.src_log)
+    vfio_bytes = r.info.get("vfio", {}).get("transferred", 0)
     sent = sorted(r.rounds.items())
     per_round = [f"{b - a}" for (_, a), (_, b) in itertools.pairwise(sent)]
     lines = [
@@ -267,8 +309,9 @@ def report(r: MigResult, label: str, expect_writes: bool) -> tuple[bool, list[st
         f"  migration: {rounds} rounds (dirty syncs), {ram.get('normal', 0)} pages sent "
         f"(+{ram.get('duplicate', 0)} zero pages), {ram.get('transferred', 0) / 1e6:.1f} MB, "
         f"downtime {r.info.get('downtime', '?')} ms, total {r.info.get('total-time', '?')} ms, "
-        f"device state {r.info.get('vfio', {}).get('transferred', 0)} bytes; wall "
-        f"{r.seconds:.1f} s",
+        f"device state {vfio_bytes} bytes; wall {r.seconds:.1f} s",
+        f"  device state: {ds.pre_copy} bytes in pre-copy (guest running), {ds.stop_copy} "
+        f"bytes in stop-copy (guest stopped); {ds.precopy_infos} VFIO_MIG_GET_PRECOPY_INFO",
         f"  pages sent by the end of each round (sampled): "
         f"{', '.join(f'{k}: {v}' for k, v in sent)}; per round after the first: "
         f"{', '.join(per_round[1:]) or '-'}",
@@ -287,7 +330,17 @@ def report(r: MigResult, label: str, expect_writes: bool) -> tuple[bool, list[st
         lines.append("  expected device writes during migration and dirty pages reported")
     if not tracking:
         lines.append("  QEMU did not enable IOMMUFD dirty tracking")
+    # The edu offers PRE_COPY: QEMU must have streamed its record while the guest ran, and
+    # every byte it read must be accounted to one of the two phases.
+    if not (ds.entered_pre_copy and ds.precopy_infos and ds.pre_copy > 0):
+        ok = False
+        lines.append("  QEMU did not use the device's PRE_COPY")
+    if ds.pre_copy + ds.stop_copy != vfio_bytes:
+        ok = False
+        lines.append(f"  device state read ({ds.pre_copy + ds.stop_copy}) != QEMU's vfio "
+                     f"transferred ({vfio_bytes})")
     summary = (f"migration verified ({label}): {rounds} rounds, {ram.get('normal', 0)} pages "
                f"sent, downtime {r.info.get('downtime', '?')} ms, {writes} device page writes "
-               f"during migration, IOMMU reported {sum(syncs)} dirty pages")
+               f"during migration, IOMMU reported {sum(syncs)} dirty pages, device state "
+               f"{ds.pre_copy} bytes pre-copy + {ds.stop_copy} bytes stop-copy")
     return ok, [*lines, summary if ok else f"migration FAILED ({label})"]

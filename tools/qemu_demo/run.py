@@ -12,9 +12,10 @@ QEMU's own trace events (its hw/vfio and backends/iommufd functions) interleaved
 with the uAPI calls the simulator answered (`fastmap sim-run --trace`). The full logs are
 kept in --out. Then live migration (migrate.py), once at QEMU's own pace and once over a link
 slower than the device writes: the guest keeps the device writing its pages by DMA, and the
-destination guest checks them; it prints `migration verified` with rounds, pages sent and
-downtime. In between, for each backend, a guest with a vIOMMU (QEMU's intel-iommu) binds the
-device to its own vfio-pci and takes its DMA-complete interrupts, INTx then MSI, through
+destination guest checks them; it prints `migration verified` with rounds, pages sent,
+downtime and the device state QEMU sent in pre-copy (the edu offers VFIO_MIGRATION_PRE_COPY)
+and in stop-copy. In between, for each backend, a guest with a vIOMMU (QEMU's intel-iommu)
+binds the device to its own vfio-pci and takes its DMA-complete interrupts, INTx then MSI, through
 QEMU's vfio-pci and the simulator's SET_IRQS eventfds (guest_irq.c); it prints `guest
 interrupts verified`. FASTMAP_VMTEST_LOCK=FILE: hold an flock on FILE while QEMU runs (a machine
 shared by several users of TCG guests). Exit status 0 when every run verified.

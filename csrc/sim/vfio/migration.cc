@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 
+#include "sim/core/user_memory.h"
 #include "sim/vfio/pci_device.h"
 #include "uapi/vfio_migration.h"
 
@@ -61,41 +62,200 @@ int mig_next_state(std::uint64_t flags, std::uint32_t cur, std::uint32_t target,
   return n != E ? 0 : -EINVAL;
 }
 
-std::shared_ptr<MigDataFile> MigDataFile::saving(std::vector<std::uint8_t> data) {
-  const std::size_t n = data.size();
-  return std::shared_ptr<MigDataFile>(new MigDataFile(true, std::move(data), n));
+namespace {
+
+template <typename T>
+void put(std::vector<std::uint8_t>* out, T v) {
+  std::uint8_t b[sizeof v];
+  std::memcpy(b, &v, sizeof v);
+  out->insert(out->end(), b, b + sizeof v);
 }
 
-std::shared_ptr<MigDataFile> MigDataFile::resuming(std::size_t limit) {
-  return std::shared_ptr<MigDataFile>(new MigDataFile(false, {}, limit));
+std::uint32_t u32_at(const std::uint8_t* p) {
+  std::uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-long MigDataFile::ioctl(unsigned long /*request*/, void* /*arg*/) noexcept {
-  return -ENOTTY;  // no PRE_COPY, so no VFIO_MIG_GET_PRECOPY_INFO
+std::uint64_t uptr(const void* p) { return reinterpret_cast<std::uint64_t>(p); }
+
+}  // namespace
+
+std::size_t encode_patches(const std::vector<std::uint8_t>& from,
+                           const std::vector<std::uint8_t>& to, std::vector<std::uint8_t>* out) {
+  const std::size_t n = std::min(from.size(), to.size());
+  auto dirty = [&](std::size_t b) {
+    const std::size_t len = std::min(kPatchBlock, n - b);
+    return std::memcmp(from.data() + b, to.data() + b, len) != 0;
+  };
+  std::size_t total = 0;
+  for (std::size_t b = 0; b < n;) {
+    if (!dirty(b)) {
+      b += kPatchBlock;
+      continue;
+    }
+    // One patch per run of dirty blocks.
+    std::size_t e = b + kPatchBlock;
+    while (e < n && dirty(e)) e += kPatchBlock;
+    e = std::min(e, n);
+    total += kPatchHeader + (e - b);
+    if (out) {
+      put<std::uint32_t>(out, kPatchMagic);
+      put<std::uint32_t>(out, static_cast<std::uint32_t>(b));
+      put<std::uint32_t>(out, static_cast<std::uint32_t>(e - b));
+      out->insert(out->end(), to.begin() + static_cast<std::ptrdiff_t>(b),
+                  to.begin() + static_cast<std::ptrdiff_t>(e));
+    }
+    b = e;
+  }
+  return total;
+}
+
+MigDataFile::MigDataFile(Kind kind, Migration* mig, std::shared_ptr<PciDevice> pci,
+                         std::vector<std::uint8_t> rec)
+    : kind_(kind), mig_(mig), pci_(std::move(pci)) {
+  if (kind == Kind::kResuming) {
+    record_size_ = rec.size();
+    sent_.reserve(record_size_);
+    return;
+  }
+  out_ = rec;
+  initial_left_ = rec.size();
+  sent_ = std::move(rec);
+}
+
+std::shared_ptr<MigDataFile> MigDataFile::stop_copy(Migration* mig,
+                                                     std::vector<std::uint8_t> rec) {
+  return std::shared_ptr<MigDataFile>(new MigDataFile(Kind::kStopCopy, mig, nullptr,
+                                                      std::move(rec)));
+}
+
+std::shared_ptr<MigDataFile> MigDataFile::pre_copy(Migration* mig, std::shared_ptr<PciDevice> pci,
+                                                   std::vector<std::uint8_t> rec) {
+  return std::shared_ptr<MigDataFile>(new MigDataFile(Kind::kPreCopy, mig, std::move(pci),
+                                                      std::move(rec)));
+}
+
+std::shared_ptr<MigDataFile> MigDataFile::resuming(std::size_t record_size) {
+  return std::shared_ptr<MigDataFile>(new MigDataFile(
+      Kind::kResuming, nullptr, nullptr, std::vector<std::uint8_t>(record_size)));
+}
+
+long MigDataFile::ioctl(unsigned long request, void* arg) noexcept {
+  // Only the saving fd has an ioctl (the drivers' resuming fops have none).
+  if (request != VFIO_MIG_GET_PRECOPY_INFO || kind_ == Kind::kResuming) return -ENOTTY;
+  vfio_precopy_info info{};
+  if (copy_from_user(&info, uptr(arg), sizeof info)) return -EFAULT;
+  if (info.argsz < sizeof info) return -EINVAL;
+  // argsz and flags go back as given (no flags are defined).
+  int rc;
+  try {
+    rc = mig_->precopy_info(*this, &info.initial_bytes, &info.dirty_bytes);
+  } catch (const std::bad_alloc&) {
+    rc = -ENOMEM;
+  }
+  if (rc != 0) return rc;
+  return copy_to_user(uptr(arg), &info, sizeof info) ? -EFAULT : 0;
+}
+
+int MigDataFile::precopy_info(std::uint64_t* initial, std::uint64_t* dirty) noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  if (disabled_ || kind_ != Kind::kPreCopy) return -ENODEV;  // an earlier session's fd
+  try {
+    // Queued patches not read yet, and what the device changed since it was last read.
+    const std::size_t queued = out_.size() - pos_ - initial_left_;
+    *initial = initial_left_;
+    *dirty = queued + encode_patches(sent_, pci_->save_state(), nullptr);
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+  return 0;
+}
+
+int MigDataFile::enter_stop_copy() noexcept {
+  std::lock_guard<std::mutex> g(mu_);
+  try {
+    out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(pos_));
+    pos_ = 0;
+    std::vector<std::uint8_t> now = pci_->save_state();
+    encode_patches(sent_, now, &out_);
+    sent_ = std::move(now);
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  }
+  kind_ = Kind::kStopCopy;
+  return 0;
 }
 
 ssize_t MigDataFile::read(void* buf, std::size_t count) noexcept {
   std::lock_guard<std::mutex> g(mu_);
-  if (!saving_) return -EINVAL;  // a resuming fd is opened write-only
+  if (kind_ == Kind::kResuming) return -EINVAL;  // a resuming fd is opened write-only
   if (disabled_) return -ENODEV;
-  const std::size_t n = std::min(count, data_.size() - pos_);
-  if (n) std::memcpy(buf, data_.data() + pos_, n);
+  if (pos_ == out_.size() && kind_ == Kind::kPreCopy) {
+    // Everything queued was read: send what the running device changed since.
+    try {
+      out_.clear();
+      pos_ = 0;
+      std::vector<std::uint8_t> now = pci_->save_state();
+      encode_patches(sent_, now, &out_);
+      sent_ = std::move(now);
+    } catch (const std::bad_alloc&) {
+      return -ENOMEM;
+    }
+    // PRE_COPY's temporary end of stream: nothing changed (yet).
+    if (out_.empty()) return -ENOMSG;
+  }
+  const std::size_t n = std::min(count, out_.size() - pos_);
+  if (n) std::memcpy(buf, out_.data() + pos_, n);
   pos_ += n;
-  return static_cast<ssize_t>(n);  // 0 at the end of the stream
+  initial_left_ -= std::min(initial_left_, n);
+  return static_cast<ssize_t>(n);  // 0 at STOP_COPY's end of stream
+}
+
+ssize_t MigDataFile::consume(const std::uint8_t* p, std::size_t count) {
+  std::size_t done = 0;
+  while (done < count) {
+    const std::size_t left = count - done;
+    if (sent_.size() < record_size_) {  // the record itself
+      const std::size_t n = std::min(left, record_size_ - sent_.size());
+      sent_.insert(sent_.end(), p + done, p + done + n);
+      done += n;
+    } else if (patch_left_) {
+      const std::size_t n = std::min(left, patch_left_);
+      std::memcpy(sent_.data() + patch_off_, p + done, n);
+      patch_off_ += n;
+      patch_left_ -= n;
+      done += n;
+    } else {
+      const std::size_t n = std::min(left, kPatchHeader - hdr_len_);
+      std::memcpy(hdr_ + hdr_len_, p + done, n);
+      hdr_len_ += n;
+      done += n;
+      if (hdr_len_ < kPatchHeader) continue;
+      hdr_len_ = 0;
+      const std::uint32_t off = u32_at(hdr_ + 4), len = u32_at(hdr_ + 8);
+      if (u32_at(hdr_) != kPatchMagic || len == 0 || off > record_size_ ||
+          len > record_size_ - off) {
+        broken_ = true;  // not a stream this device's saving side writes
+        return -EINVAL;
+      }
+      patch_off_ = off;
+      patch_left_ = len;
+    }
+  }
+  return static_cast<ssize_t>(count);
 }
 
 ssize_t MigDataFile::write(const void* buf, std::size_t count) noexcept {
   std::lock_guard<std::mutex> g(mu_);
-  if (saving_) return -EINVAL;  // a saving fd is opened read-only
+  if (kind_ != Kind::kResuming) return -EINVAL;  // a saving fd is opened read-only
   if (disabled_) return -ENODEV;
-  if (count > limit_ - data_.size()) return -ENOMEM;  // more than any record holds
+  if (broken_) return -EINVAL;
   try {
-    const auto* p = static_cast<const std::uint8_t*>(buf);
-    data_.insert(data_.end(), p, p + count);
+    return consume(static_cast<const std::uint8_t*>(buf), count);
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   }
-  return static_cast<ssize_t>(count);
 }
 
 void MigDataFile::disable() noexcept {
@@ -103,13 +263,15 @@ void MigDataFile::disable() noexcept {
   disabled_ = true;
 }
 
-std::vector<std::uint8_t> MigDataFile::data() const {
+int MigDataFile::resumed_record(std::vector<std::uint8_t>* out) const {
   std::lock_guard<std::mutex> g(mu_);
-  return data_;
+  if (broken_ || sent_.size() != record_size_ || hdr_len_ || patch_left_) return -EINVAL;
+  *out = sent_;
+  return 0;
 }
 
 std::uint64_t Migration::flags() const noexcept {
-  return pci_.migratable() ? VFIO_MIGRATION_STOP_COPY : 0;
+  return pci_->migratable() ? VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_PRE_COPY : 0;
 }
 
 std::uint32_t Migration::state() const {
@@ -118,7 +280,7 @@ std::uint32_t Migration::state() const {
 }
 
 std::uint64_t Migration::stop_copy_size() const {
-  return pci_.save_state().size();
+  return pci_->save_state().size();
 }
 
 void Migration::drop_file() noexcept {
@@ -130,34 +292,57 @@ void Migration::reset() noexcept {
   std::lock_guard<std::mutex> g(mu_);
   drop_file();
   state_ = VFIO_DEVICE_STATE_RUNNING;
-  pci_.set_stopped(false);
+  pci_->set_stopped(false);
+}
+
+int Migration::precopy_info(MigDataFile& f, std::uint64_t* initial, std::uint64_t* dirty) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (state_ != PC && state_ != PP) return -EINVAL;
+  return f.precopy_info(initial, dirty);
 }
 
 int Migration::step(std::uint32_t next, std::shared_ptr<File>* file) {
   const std::uint32_t cur = state_;
   if (cur == R && next == S) {
-    pci_.set_stopped(true);
+    pci_->set_stopped(true);
   } else if (cur == S && next == R) {
-    pci_.set_stopped(false);
+    pci_->set_stopped(false);
   } else if (cur == S && next == SC) {
     try {
-      file_ = MigDataFile::saving(pci_.save_state());
+      file_ = MigDataFile::stop_copy(this, pci_->save_state());
     } catch (const std::bad_alloc&) {
       return -ENOMEM;
     }
     *file = file_;
-  } else if (cur == SC && next == S) {
+  } else if (cur == R && next == PC) {
+    try {
+      file_ = MigDataFile::pre_copy(this, pci_, pci_->save_state());
+    } catch (const std::bad_alloc&) {
+      return -ENOMEM;
+    }
+    *file = file_;
+  } else if (cur == PC && next == SC) {
+    // The same session goes on: the device stops, the rest follows on the fd the user
+    // already has (the arc returns none).
+    pci_->set_stopped(true);
+    const int rc = file_->enter_stop_copy();
+    if (rc != 0) {
+      pci_->set_stopped(false);
+      return rc;
+    }
+  } else if ((cur == SC && next == S) || (cur == PC && next == R)) {
     drop_file();
   } else if (cur == S && next == RS) {
     try {
-      file_ = MigDataFile::resuming(pci_.save_state().size());
+      file_ = MigDataFile::resuming(pci_->save_state().size());
     } catch (const std::bad_alloc&) {
       return -ENOMEM;
     }
     *file = file_;
   } else if (cur == RS && next == S) {
-    const std::vector<std::uint8_t> rec = file_->data();
-    const int rc = pci_.load_state(rec.data(), rec.size());
+    std::vector<std::uint8_t> rec;
+    int rc = file_->resumed_record(&rec);
+    if (rc == 0) rc = pci_->load_state(rec.data(), rec.size());
     if (rc != 0) return rc;
     drop_file();
   } else {

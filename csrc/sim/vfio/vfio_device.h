@@ -25,7 +25,7 @@ inline constexpr unsigned kVfioDevMajor = 511;
 inline constexpr unsigned kVfioGroupMajor = 510;
 
 struct VfioDevice {
-  explicit VfioDevice(std::shared_ptr<PciDevice> p) : pci(std::move(p)), irqs(*pci), mig(*pci) {
+  explicit VfioDevice(std::shared_ptr<PciDevice> p) : pci(std::move(p)), irqs(*pci), mig(pci) {
     pci->set_irq_sink(&irqs);
   }
   ~VfioDevice() { pci->set_irq_sink(nullptr); }

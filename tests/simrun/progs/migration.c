@@ -1,7 +1,9 @@
 /* VFIO migration of the simulated edu under sim-run, as a VMM does it with raw syscalls:
  * IOMMUFD with a dirty-tracking HWPT (GET_HW_INFO must offer it), a device DMA seen in the
  * dirty bitmap, STOP_COPY's data fd drained with read(2), then the record written back with
- * write(2) into a RESUMING session, and the device's registers and buffer restored. */
+ * write(2) into a RESUMING session, and the device's registers and buffer restored. Then a
+ * PRE_COPY session: VFIO_MIG_GET_PRECOPY_INFO, read(2) up to ENOMSG while the device runs,
+ * STOP_COPY on the same fd, and that stream restores the state the device stopped in. */
 #include <fcntl.h>
 #include <linux/iommufd.h>
 #include <linux/vfio.h>
@@ -128,6 +130,45 @@ int main(void) {
   CHECK(r32(0x04) == ~0x1234u, "liveness restored: %#x", r32(0x04));
   dma(EDU_BUF, IOVA + 6 * PG, PG, 1);
   CHECK(memcmp(ram + 6 * PG, ram, PG) == 0, "buffer restored");
+
+  /* PRE_COPY: the record goes while the device runs, then what changed. */
+  struct vfio_precopy_info pi = {.argsz = sizeof pi};
+  int pre = set_state(VFIO_DEVICE_STATE_PRE_COPY);
+  CHECK(pre >= 0, "PRE_COPY: %d", pre);
+  CHECK(ioctl(pre, VFIO_MIG_GET_PRECOPY_INFO, &pi) == 0, "PRECOPY_INFO");
+  CHECK(pi.initial_bytes == len && pi.dirty_bytes == 0, "initial %llu dirty %llu",
+        (unsigned long long)pi.initial_bytes, (unsigned long long)pi.dirty_bytes);
+  size_t plen = 0;
+  for (;;) {
+    ssize_t n = read(pre, rec + plen, 1000);
+    if (n < 0) {
+      CHECK(errno == ENOMSG, "pre-copy read: %d", errno); /* temporary end of stream */
+      break;
+    }
+    plen += (size_t)n;
+  }
+  CHECK(plen == len, "initial data %zu", plen);
+  w32(0x04, 0x4321); /* the running device changes */
+  CHECK(ioctl(pre, VFIO_MIG_GET_PRECOPY_INFO, &pi) == 0 && pi.initial_bytes == 0 &&
+            pi.dirty_bytes > 0, "dirty after a change");
+  CHECK(set_state(VFIO_DEVICE_STATE_STOP_COPY) == -1, "PRE_COPY -> STOP_COPY: same fd");
+  EXPECT_ERRNO(ioctl(pre, VFIO_MIG_GET_PRECOPY_INFO, &pi), EINVAL);
+  for (;;) {
+    ssize_t n = read(pre, rec + plen, 1000);
+    CHECK(n >= 0, "stop-copy read");
+    if (n == 0) break;
+    plen += (size_t)n;
+    CHECK(plen < sizeof rec, "stream too long");
+  }
+  CHECK(plen > len, "the change follows the record");
+  CHECK(close(pre) == 0, "close pre-copy fd");
+  w32(0x04, 0x5555);
+  resume = set_state(VFIO_DEVICE_STATE_RESUMING);
+  CHECK(resume >= 0, "RESUMING: %d", resume);
+  CHECK(write(resume, rec, plen) == (ssize_t)plen, "write pre-copy stream");
+  CHECK(set_state(VFIO_DEVICE_STATE_RUNNING) == -1, "RESUMING -> RUNNING");
+  CHECK(close(resume) == 0, "close resuming fd");
+  CHECK(r32(0x04) == ~0x4321u, "state at STOP_COPY restored: %#x", r32(0x04));
   puts("migration ok");
   return 0;
 }
