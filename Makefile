@@ -34,6 +34,7 @@ demo-qemu: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples tools
+	$(VENV)/bin/ruff format --check src tests benchmarks examples tools
 	$(VENV)/bin/mypy
 	$(PY) tools/check_includes.py
 	$(PY) tools/check_bindings.py

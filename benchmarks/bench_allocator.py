@@ -85,9 +85,7 @@ def rate_table(request):  # type: ignore[no-untyped-def]
 
 def _timing_on(config: pytest.Config) -> bool:
     """pytest-benchmark's own rule for --benchmark-disable / --benchmark-enable."""
-    return not (
-        config.getoption("benchmark_disable") and not config.getoption("benchmark_enable")
-    )
+    return not (config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -52,13 +52,21 @@ def _raise(size: int, free: int, lock_fd: int) -> str:
         old = int(path.read_text())
         path.write_text(str(old + COUNT - free))
     except (OSError, ValueError) as e:
-        return (f"{COUNT} free {size >> 10} KiB huge pages needed, {free} free, and {path} "
-                f"cannot be raised ({e}); run as root or set vm.nr_hugepages")
+        return (
+            f"{COUNT} free {size >> 10} KiB huge pages needed, {free} free, and {path} "
+            f"cannot be raised ({e}); run as root or set vm.nr_hugepages"
+        )
     if not os.pread(lock_fd, 64, 0):
         os.pwrite(lock_fd, str(old).encode(), 0)
     now = free_hugepages(size)
-    return "" if now >= COUNT else (f"raised {path} but only {now} of {COUNT} huge pages "
-                                    "could be allocated (memory short or fragmented)")
+    return (
+        ""
+        if now >= COUNT
+        else (
+            f"raised {path} but only {now} of {COUNT} huge pages "
+            "could be allocated (memory short or fragmented)"
+        )
+    )
 
 
 def reserve() -> HugePages:
@@ -68,9 +76,15 @@ def reserve() -> HugePages:
     try:
         lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        why = "" if free >= COUNT else (f"{COUNT} free {size >> 10} KiB huge pages needed, "
-                                        f"{free} free, and no reserving them here ({e}); "
-                                        "run as root or set vm.nr_hugepages")
+        why = (
+            ""
+            if free >= COUNT
+            else (
+                f"{COUNT} free {size >> 10} KiB huge pages needed, "
+                f"{free} free, and no reserving them here ({e}); "
+                "run as root or set vm.nr_hugepages"
+            )
+        )
         return HugePages(size, free, why, None)
     with _raising():
         fcntl.flock(lock_fd, fcntl.LOCK_SH)

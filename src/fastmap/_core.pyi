@@ -109,9 +109,7 @@ class SimDomain:
         self, iova: int, length: int, no_clear: bool = False
     ) -> list[tuple[int, int]]:
         """[(first_iova, last_iova)] of dirty IOPTEs, adjacent ones merged"""
-    def count_dirty(
-        self, iova: int, length: int, page_size: int, no_clear: bool = False
-    ) -> int:
+    def count_dirty(self, iova: int, length: int, page_size: int, no_clear: bool = False) -> int:
         """Pages of page_size reported dirty: the harvest without building Python objects"""
     def take_faults(self) -> list[tuple[int, bool, int]]:
         """[(iova, write, -errno)] oldest first; empties the log"""
@@ -329,4 +327,3 @@ class IovaAllocator:
     def reserved_count(self) -> int: ...
     def ranges(self, include_reserved: bool) -> tuple[_U64Array, _U64Array, _BoolArray]: ...
     def check_invariants(self) -> bool: ...
-

@@ -278,8 +278,9 @@ def _map_aligned(length: int, align: int, fd: int) -> int:
     if align <= PAGE_SIZE:
         return _mmap(None, length, rw, flags, fd)
     span = length + align
-    reserved = _mmap(None, span, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                     | _MAP_NORESERVE, -1)
+    reserved = _mmap(
+        None, span, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1
+    )
     start = -(-reserved // align) * align
     try:
         _mmap(start, length, rw, flags | _MAP_FIXED, fd)

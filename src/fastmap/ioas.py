@@ -279,7 +279,14 @@ class Ioas(Closing):
         else:
             page_vas, page_lengths = vas, lengths
         out = self._run_map(
-            page_vas, page_lengths, None, prot, coalesce, threads, dense=True, align=align,
+            page_vas,
+            page_lengths,
+            None,
+            prot,
+            coalesce,
+            threads,
+            dense=True,
+            align=align,
             keep=keep,
         )
         if not rounded:
@@ -299,8 +306,11 @@ class Ioas(Closing):
         except (KernelError, ValueError):
             return None
         if align > 1:
-            bad = [f"{n}={v:#x}" for n, v in (("va", va), ("length", length), ("iova", iova))
-                   if v is not None and v % align]
+            bad = [
+                f"{n}={v:#x}"
+                for n, v in (("va", va), ("length", length), ("iova", iova))
+                if v is not None and v % align
+            ]
             if bad:
                 return (
                     f"{', '.join(bad)} not a multiple of this IOAS's IOVA alignment "
@@ -313,9 +323,9 @@ class Ioas(Closing):
                 holes = _reserved_holes(ranges)
                 hit = [h for h in holes if h.start <= last and iova <= h.last]
                 shown = ", ".join(f"[{h.start:#x}, {h.last:#x}]" for h in hit) or "none"
-                msi = " (the MSI window)" if any(
-                    h.start <= 0xFEE00000 <= h.last for h in hit
-                ) else ""
+                msi = (
+                    " (the MSI window)" if any(h.start <= 0xFEE00000 <= h.last for h in hit) else ""
+                )
                 return (
                     f"[{iova:#x}, {last:#x}] is not inside the usable IOVA ranges "
                     f"(Ioas.iova_ranges()); it meets reserved {shown}{msi}"
@@ -414,7 +424,10 @@ class Ioas(Closing):
             if iovas is not None:
                 entry["iova"] = int(iovas[index])
             hint = self._map_hint(
-                errno_value, call, int(vas[index]), int(lengths[index]),
+                errno_value,
+                call,
+                int(vas[index]),
+                int(lengths[index]),
                 None if iovas is None else int(iovas[index]),
             )
             raise BatchError(errno_value, call, index, entry, hint, rollback_failed)
@@ -489,8 +502,13 @@ class Ioas(Closing):
             raise KernelError.from_errno(
                 err,
                 "IOMMU_IOAS_COPY",
-                {"dst_ioas_id": self._id, "src_ioas_id": src.id, "src_iova": src_iova,
-                 "length": length, "dst_iova": dst_iova},
+                {
+                    "dst_ioas_id": self._id,
+                    "src_ioas_id": src.id,
+                    "src_iova": src_iova,
+                    "length": length,
+                    "dst_iova": dst_iova,
+                },
             )
         return int(iova)
 
@@ -545,7 +563,9 @@ class Ioas(Closing):
             if e.errno != _errno.EINVAL or not len(self._mapper):
                 raise
             raise KernelError.from_errno(
-                e.errno, e.call, e.arguments,
+                e.errno,
+                e.call,
+                e.arguments,
                 f"huge_pages cannot change while this IOAS has mappings ({len(self._mapper)}) "
                 "and a device domain attached: unmap everything (unmap_all) first, or set it "
                 "before mapping",
@@ -576,9 +596,7 @@ class Ioas(Closing):
         found[i] is False."""
         return self._mapper.translate_va_bulk(u64_array("vas", vas))
 
-    def translate_iova_bulk(
-        self, iovas: npt.ArrayLike
-    ) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+    def translate_iova_bulk(self, iovas: npt.ArrayLike) -> tuple[U64Array, npt.NDArray[np.bool_]]:
         """translate_iova of every entry in one call: (vas, found)."""
         return self._mapper.translate_iova_bulk(u64_array("iovas", iovas))
 

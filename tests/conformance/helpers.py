@@ -37,8 +37,6 @@ def hugepage_size() -> int:
         return 2 << 20
 
 
-
-
 class Buffer:
     """Shared anonymous memory at a known address, aligned to `align` (like the selftests'
     MAP_SHARED|MAP_ANONYMOUS buffers). Unmapped by close() or at the end of a with block."""

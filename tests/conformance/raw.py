@@ -389,8 +389,10 @@ class Type1:
                      ctypes.create_string_buffer(bdf.encode()))  # fmt: skip
 
     def map(self, vaddr: int, iova: int, size: int, flags: int = 3) -> int:
-        return self.ioctl("VFIO_IOMMU_MAP_DMA", make("vfio_iommu_type1_dma_map", flags=flags,
-                                                     vaddr=vaddr, iova=iova, size=size))
+        return self.ioctl(
+            "VFIO_IOMMU_MAP_DMA",
+            make("vfio_iommu_type1_dma_map", flags=flags, vaddr=vaddr, iova=iova, size=size),
+        )
 
     def unmap(self, iova: int, size: int, flags: int = 0) -> tuple[int, int]:
         s = make("vfio_iommu_type1_dma_unmap", iova=iova, size=size, flags=flags)

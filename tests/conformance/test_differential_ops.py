@@ -57,15 +57,22 @@ iovas = st.one_of(
 )
 ops = st.one_of(
     st.tuples(st.just("alloc")),
-    st.tuples(st.just("map"), st.integers(0, SLOTS - 1), st.integers(0, BUF_PAGES - 1), lengths,
-              st.none() | iovas, st.sampled_from([2, 4, 6])),
+    st.tuples(
+        st.just("map"),
+        st.integers(0, SLOTS - 1),
+        st.integers(0, BUF_PAGES - 1),
+        lengths,
+        st.none() | iovas,
+        st.sampled_from([2, 4, 6]),
+    ),
     st.tuples(st.just("unmap"), st.integers(0, SLOTS - 1), iovas, lengths),
     st.tuples(st.just("unmap_all"), st.integers(0, SLOTS - 1)),
     st.tuples(
         st.just("copy"), st.integers(0, SLOTS - 1), st.integers(0, SLOTS - 1), iovas, lengths
     ),
-    st.tuples(st.just("allow"), st.integers(0, SLOTS - 1),
-              st.lists(st.tuples(iovas, lengths), max_size=2)),
+    st.tuples(
+        st.just("allow"), st.integers(0, SLOTS - 1), st.lists(st.tuples(iovas, lengths), max_size=2)
+    ),
     st.tuples(st.just("reserve"), st.integers(0, SLOTS - 1), iovas, lengths),
     st.tuples(st.just("ranges"), st.integers(0, SLOTS - 1)),
     st.tuples(st.just("mock"), st.integers(0, SLOTS - 1)),
@@ -134,8 +141,13 @@ def replay(kernel: Kernel, seq: list[tuple[object, ...]]) -> list[tuple[str, obj
                 if isinstance(dev, tuple):
                     w.devs.append(dev[2])
             elif kind == "dirty_hwpt" and w.devs:
-                hwpt = rec("dirty_hwpt", hwpt_alloc, slot(w.devs, op[1]), slot(w.ioas, op[1]),
-                           uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+                hwpt = rec(
+                    "dirty_hwpt",
+                    hwpt_alloc,
+                    slot(w.devs, op[1]),
+                    slot(w.ioas, op[1]),
+                    uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+                )
                 if isinstance(hwpt, int):
                     w.dirty.append(hwpt)
                     rec("mock_on_dirty", mock_domain, hwpt)

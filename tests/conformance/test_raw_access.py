@@ -61,26 +61,38 @@ def test_access_rw_pages_and_unmap_notification(mock_core: Any) -> None:
     assert f.destroy(ioas) == -errno.EBUSY  # the access holds the IOAS
 
     buf = (ctypes.c_ubyte * 64)()
-    rc, _ = f.test_cmd("ACCESS_RW", afd, iova=APERTURE + 10, length=64,
-                       uptr=ctypes.addressof(buf))
+    rc, _ = f.test_cmd("ACCESS_RW", afd, iova=APERTURE + 10, length=64, uptr=ctypes.addressof(buf))
     assert rc == 0 and bytes(buf) == b"\x5a" * 64
     buf[0] = 0x11
-    rc, _ = f.test_cmd("ACCESS_RW", afd, iova=APERTURE + 10, length=1,
-                       uptr=ctypes.addressof(buf), flags=K["MOCK_ACCESS_RW_WRITE"])
+    rc, _ = f.test_cmd(
+        "ACCESS_RW",
+        afd,
+        iova=APERTURE + 10,
+        length=1,
+        uptr=ctypes.addressof(buf),
+        flags=K["MOCK_ACCESS_RW_WRITE"],
+    )
     assert rc == 0 and ctypes.c_ubyte.from_address(va + 10).value == 0x11
-    assert f.test_cmd("ACCESS_RW", afd, iova=APERTURE + 4 * PAGE, length=1,
-                      uptr=ctypes.addressof(buf))[0] == -errno.ENOENT
-    assert f.test_cmd("ACCESS_RW", 0x7FFF, iova=APERTURE, length=1,
-                      uptr=ctypes.addressof(buf))[0] == -errno.EBADFD
+    assert (
+        f.test_cmd(
+            "ACCESS_RW", afd, iova=APERTURE + 4 * PAGE, length=1, uptr=ctypes.addressof(buf)
+        )[0]
+        == -errno.ENOENT
+    )
+    assert (
+        f.test_cmd("ACCESS_RW", 0x7FFF, iova=APERTURE, length=1, uptr=ctypes.addressof(buf))[0]
+        == -errno.EBADFD
+    )
 
-    rc, s = f.test_cmd("ACCESS_PAGES", afd, iova=APERTURE + PAGE, length=2 * PAGE,
-                       uptr=va + PAGE)
+    rc, s = f.test_cmd("ACCESS_PAGES", afd, iova=APERTURE + PAGE, length=2 * PAGE, uptr=va + PAGE)
     assert rc == 0
     item = s.u.access_pages.out_access_pages_id
     assert refs(f, va + PAGE, 2 * PAGE, 1) == 0 and refs(f, va, PAGE, 0) == 0
     # Pinned pages must be the ones at uptr.
-    assert f.test_cmd("ACCESS_PAGES", afd, iova=APERTURE, length=PAGE,
-                      uptr=va + PAGE)[0] == -errno.EBADE
+    assert (
+        f.test_cmd("ACCESS_PAGES", afd, iova=APERTURE, length=PAGE, uptr=va + PAGE)[0]
+        == -errno.EBADE
+    )
     # The unmap asks the access to unpin, then succeeds.
     assert f.unmap(ioas, APERTURE, 4 * PAGE)[0] == 0
     assert refs(f, va, 4 * PAGE, 0) == 0

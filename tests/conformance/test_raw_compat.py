@@ -21,15 +21,17 @@ def vfio_ioas(f: Iommufd, op: str, ioas_id: int = 0) -> tuple[int, int]:
     return rc, int(s.ioas_id)
 
 
-def map_dma(f: Iommufd, vaddr: int, iova: int, size: int, flags: int = RD | WR,
-            argsz: int | None = None) -> int:
+def map_dma(
+    f: Iommufd, vaddr: int, iova: int, size: int, flags: int = RD | WR, argsz: int | None = None
+) -> int:
     s = make("vfio_iommu_type1_dma_map", flags=flags, vaddr=vaddr, iova=iova, size=size)
     s.argsz = ctypes.sizeof(s) if argsz is None else argsz
     return f.ioctl("VFIO_IOMMU_MAP_DMA", s)
 
 
-def unmap_dma(f: Iommufd, iova: int, size: int, flags: int = 0,
-              argsz: int | None = None) -> tuple[int, int]:
+def unmap_dma(
+    f: Iommufd, iova: int, size: int, flags: int = 0, argsz: int | None = None
+) -> tuple[int, int]:
     s = make("vfio_iommu_type1_dma_unmap", flags=flags, iova=iova, size=size)
     s.argsz = ctypes.sizeof(s) if argsz is None else argsz
     rc = f.ioctl("VFIO_IOMMU_UNMAP_DMA", s)
@@ -39,9 +41,15 @@ def unmap_dma(f: Iommufd, iova: int, size: int, flags: int = 0,
 def test_simple_ioctls(core: Any) -> None:
     f = Iommufd(core)
     assert f.ioctl("VFIO_GET_API_VERSION", None) == K["VFIO_API_VERSION"]
-    for ext, want in ((TYPE1, 1), (TYPE1V2, 1), (K["VFIO_UNMAP_ALL"], 1),
-                      (K["VFIO_NOIOMMU_IOMMU"], 0), (K["VFIO_UPDATE_VADDR"], 0),
-                      (K["VFIO_TYPE1_NESTING_IOMMU"], 0), (1234, 0)):
+    for ext, want in (
+        (TYPE1, 1),
+        (TYPE1V2, 1),
+        (K["VFIO_UNMAP_ALL"], 1),
+        (K["VFIO_NOIOMMU_IOMMU"], 0),
+        (K["VFIO_UPDATE_VADDR"], 0),
+        (K["VFIO_TYPE1_NESTING_IOMMU"], 0),
+        (1234, 0),
+    ):
         assert f.ioctl("VFIO_CHECK_EXTENSION", ext) == want, ext
     assert f.ioctl("VFIO_CHECK_EXTENSION", K["VFIO_DMA_CC_IOMMU"]) == -errno.ENODEV
     assert f.ioctl("VFIO_IOMMU_DIRTY_PAGES", None) == -errno.ENOTTY

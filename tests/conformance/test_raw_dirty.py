@@ -26,8 +26,9 @@ class Dirty:
     """The selftest's iommufd_dirty_tracking fixture: an IOAS with a mock domain, a
     buffer mapped at MOCK_APERTURE_START, a dirty-tracking HWPT with a device on it."""
 
-    def __init__(self, core: Any | None, buffer_size: int, dev_flags: int = 0,
-                 hugepage: bool = False) -> None:
+    def __init__(
+        self, core: Any | None, buffer_size: int, dev_flags: int = 0, hugepage: bool = False
+    ) -> None:
         self.f = Iommufd(core)
         self.ioas = self.f.ioas()
         rc, self.stdev, self.auto_hwpt, self.idev = self.f.mock_domain(self.ioas, dev_flags or None)
@@ -65,8 +66,9 @@ def mock_dirty_bitmaps(d: Dirty, bitmap: int, pte_page_size: int, flags: int) ->
     for i in range(0, nbits, pteset):
         pattern |= 1 << i
     put_bits(bitmap, nbits, pattern)
-    rc, s = f.test_cmd("DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=ps,
-                       uptr=bitmap)
+    rc, s = f.test_cmd(
+        "DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=ps, uptr=bitmap
+    )
     assert rc == 0
     assert s.u.dirty.out_nr_dirty == max(nbits // pteset, 1)
 
@@ -113,8 +115,9 @@ def test_bits_are_only_ored_in(mock_core: Any) -> None:
     bitmap = d.bitmap_area + 3
     guard = ctypes.string_at(bitmap + d.bitmap_bytes, 64)
     put_bits(bitmap, nbits, 1 << 5)
-    d.f.test_cmd("DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE,
-                 uptr=bitmap)
+    d.f.test_cmd(
+        "DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE, uptr=bitmap
+    )
     old = 0b1010 << 20
     put_bits(bitmap, nbits, old)
     assert d.f.get_dirty(d.hwpt, APERTURE_START, d.size, MOCK_PAGE, bitmap) == 0
@@ -156,11 +159,19 @@ def test_set_dirty_tracking(mock_core: Any) -> None:
     # DIRTY needs tracking on; enabling starts from a clean snapshot.
     bm = d.bitmap_area
     put_bits(bm, d.nbits, 1)
-    assert f.test_cmd("DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE,
-                      uptr=bm)[0] == -errno.EINVAL
+    assert (
+        f.test_cmd(
+            "DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE, uptr=bm
+        )[0]
+        == -errno.EINVAL
+    )
     assert f.set_dirty(d.hwpt, True) == 0
-    assert f.test_cmd("DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE,
-                      uptr=bm)[1].u.dirty.out_nr_dirty == 1
+    assert (
+        f.test_cmd(
+            "DIRTY", d.hwpt, iova=APERTURE_START, length=d.size, page_size=MOCK_PAGE, uptr=bm
+        )[1].u.dirty.out_nr_dirty
+        == 1
+    )
     assert f.set_dirty(d.hwpt, True) == 0
     put_bits(bm, d.nbits, 0)
     assert f.get_dirty(d.hwpt, APERTURE_START, d.size, MOCK_PAGE, bm) == 0
@@ -178,8 +189,13 @@ def test_get_dirty_bitmap_check_order(mock_core: Any) -> None:
     f, bm, start, size = d.f, d.bitmap_area, APERTURE_START, d.size
 
     def call(**kw: int) -> int:
-        fields = {"hwpt_id": d.hwpt, "iova": start, "length": size, "page_size": MOCK_PAGE,
-                  "data": bm} | kw
+        fields = {
+            "hwpt_id": d.hwpt,
+            "iova": start,
+            "length": size,
+            "page_size": MOCK_PAGE,
+            "data": bm,
+        } | kw
         return f.ioctl("IOMMU_HWPT_GET_DIRTY_BITMAP", make("iommu_hwpt_get_dirty_bitmap", **fields))
 
     assert call(flags=2, hwpt_id=99) == -errno.EOPNOTSUPP
@@ -242,8 +258,9 @@ def test_walk_stops_at_a_hole(mock_core: Any) -> None:
     span = tail + 8 * MOCK_PAGE - APERTURE_START
     nbits = span // MOCK_PAGE
     put_bits(bm, nbits, (1 << 3) | (1 << (nbits - 1)))
-    rc, s = f.test_cmd("DIRTY", d.hwpt, iova=APERTURE_START, length=span, page_size=MOCK_PAGE,
-                       uptr=bm)
+    rc, s = f.test_cmd(
+        "DIRTY", d.hwpt, iova=APERTURE_START, length=span, page_size=MOCK_PAGE, uptr=bm
+    )
     assert (rc, s.u.dirty.out_nr_dirty) == (0, 2)
     put_bits(bm, nbits, 0)
     assert f.get_dirty(d.hwpt, APERTURE_START, span, MOCK_PAGE, bm, NO_CLEAR) == 0
@@ -265,8 +282,13 @@ def test_dirty_op_checks(mock_core: Any) -> None:
         p = {"iova": APERTURE_START, "length": d.size, "page_size": MOCK_PAGE, "uptr": bm} | kw
         return f.test_cmd("DIRTY", d.hwpt if obj is None else obj, **p)[0]
 
-    for kw in ({"page_size": 0}, {"length": 0}, {"uptr": 0}, {"iova": APERTURE_START + 1},
-               {"length": d.size + 1}):
+    for kw in (
+        {"page_size": 0},
+        {"length": 0},
+        {"uptr": 0},
+        {"iova": APERTURE_START + 1},
+        {"length": d.size + 1},
+    ):
         assert dirty(obj=99, **kw) == -errno.EINVAL, kw
     assert dirty(obj=99) == -errno.ENOENT
     assert dirty(obj=d.ioas) == -errno.ENOENT
@@ -275,11 +297,15 @@ def test_dirty_op_checks(mock_core: Any) -> None:
 
 
 @settings(max_examples=examples(60), deadline=None)
-@given(marks=st.lists(st.integers(0, 511), max_size=40),
-       span=st.tuples(st.integers(0, 255), st.integers(1, 256)),
-       page_shift=st.sampled_from([11, 12, 13]), offset=st.sampled_from([0, 3, 0xFF1]))
-def test_harvest_matches_reference(marks: list[int], span: tuple[int, int], page_shift: int,
-                                   offset: int) -> None:
+@given(
+    marks=st.lists(st.integers(0, 511), max_size=40),
+    span=st.tuples(st.integers(0, 255), st.integers(1, 256)),
+    page_shift=st.sampled_from([11, 12, 13]),
+    offset=st.sampled_from([0, 3, 0xFF1]),
+)
+def test_harvest_matches_reference(
+    marks: list[int], span: tuple[int, int], page_shift: int, offset: int
+) -> None:
     """Random dirty 2 KiB IOPTEs read back at 2, 4 and 8 KiB over random sub-ranges: bit i
     is set iff an IOPTE inside page i of the range is dirty."""
     d = _DIRTY_1M
@@ -292,8 +318,7 @@ def test_harvest_matches_reference(marks: list[int], span: tuple[int, int], page
         return
     put_bits(d.bitmap_area, d.nbits, sum(1 << m for m in set(marks)))
     assert f.get_dirty(d.hwpt, start, d.size, MOCK_PAGE, anon(PAGE)) == 0  # start clean
-    f.test_cmd("DIRTY", d.hwpt, iova=start, length=d.size, page_size=MOCK_PAGE,
-               uptr=d.bitmap_area)
+    f.test_cmd("DIRTY", d.hwpt, iova=start, length=d.size, page_size=MOCK_PAGE, uptr=d.bitmap_area)
     out = anon(2 * PAGE) + offset
     put_bits(out, npages, 0)
     assert f.get_dirty(d.hwpt, iova, npages * ps, ps, out) == 0

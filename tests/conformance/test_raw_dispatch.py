@@ -34,8 +34,9 @@ TABLE = [
 ]
 
 
-def raw_call(f: Iommufd, req: str, size: int, nbytes: int, fill: int = 0,
-             fill_from: int = 0) -> tuple[int, bytes]:
+def raw_call(
+    f: Iommufd, req: str, size: int, nbytes: int, fill: int = 0, fill_from: int = 0
+) -> tuple[int, bytes]:
     """Call `req` with a zeroed buffer of nbytes whose first u32 says `size`; bytes from
     `fill_from` on hold `fill`. Returns (rc, buffer after the call)."""
     buf = (ctypes.c_uint8 * nbytes)()
@@ -47,8 +48,9 @@ def raw_call(f: Iommufd, req: str, size: int, nbytes: int, fill: int = 0,
 
 
 @pytest.mark.parametrize(("req", "struct", "min_size", "size"), TABLE)
-def test_cmd_length(mock_core: Any, kernel_version: int, req: str, struct: str, min_size: int,
-                    size: int) -> None:
+def test_cmd_length(
+    mock_core: Any, kernel_version: int, req: str, struct: str, min_size: int, size: int
+) -> None:
     """Like the selftest's cmd_length: min_size-1 -> EINVAL, a non-zero tail -> E2BIG, a
     zero tail behaves exactly like the exact size."""
     f = Iommufd(mock_core)
@@ -210,8 +212,13 @@ def _readonly_struct(name: str, **fields: int) -> tuple[int, object]:
 def test_reply_fault_keeps_the_side_effect(core: Any) -> None:
     f = Iommufd(core)
     ioas = f.ioas()
-    page, _ = _readonly_struct("iommu_ioas_map", ioas_id=ioas, user_va=1 << 31, length=PAGE,
-                               flags=K["IOMMU_IOAS_MAP_READABLE"])
+    page, _ = _readonly_struct(
+        "iommu_ioas_map",
+        ioas_id=ioas,
+        user_va=1 << 31,
+        length=PAGE,
+        flags=K["IOMMU_IOAS_MAP_READABLE"],
+    )
     assert f.ioctl("IOMMU_IOAS_MAP", page) == -errno.EFAULT
     # The mapping was made anyway; only the reply was lost.
     assert f.unmap(ioas, 0, (1 << 64) - 1) == (0, PAGE)
@@ -280,8 +287,13 @@ def test_hwpt_alloc_fault_id_by_version() -> None:
         _, _, _, idev = g.mock_domain(ioas)
         s = make("iommu_fault_alloc")
         assert g.ioctl("IOMMU_FAULT_QUEUE_ALLOC", s) == 0
-        h = make("iommu_hwpt_alloc", dev_id=idev, pt_id=ioas, flags=fault_flag,
-                 fault_id=s.out_fault_id + 100)
+        h = make(
+            "iommu_hwpt_alloc",
+            dev_id=idev,
+            pt_id=ioas,
+            flags=fault_flag,
+            fault_id=s.out_fault_id + 100,
+        )
         assert g.ioctl("IOMMU_HWPT_ALLOC", h) == (expect or -errno.ENOENT)
         h.fault_id = s.out_fault_id
         assert g.ioctl("IOMMU_HWPT_ALLOC", h) == expect

@@ -25,9 +25,15 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def reference_alloc(addr: int, length: int, areas: list[tuple[int, int]],
-                    reserved: list[tuple[int, int]], allowed: list[tuple[int, int]],
-                    iova_alignment: int = 1, thp: bool = True) -> int:
+def reference_alloc(
+    addr: int,
+    length: int,
+    areas: list[tuple[int, int]],
+    reserved: list[tuple[int, int]],
+    allowed: list[tuple[int, int]],
+    iova_alignment: int = 1,
+    thp: bool = True,
+) -> int:
     """iopt_alloc_iova as the doc states it: the IOVA, or -errno."""
     if length == 0 or length >= U64_MAX // 2:
         return -errno.EOVERFLOW
@@ -135,8 +141,11 @@ ADDRS = st.one_of(
     st.integers(0, 1 << 20).map(lambda x: x * PAGE),
     st.sampled_from([1 << 21, 1 << 30, (1 << 21) + 0x800, 0x7FF]),
 )
-LENGTHS = st.one_of(st.integers(1, 3 * PAGE), st.integers(1, 64).map(lambda x: x * PAGE),
-                    st.sampled_from([1 << 21, 3 << 20, 1 << 22]))
+LENGTHS = st.one_of(
+    st.integers(1, 3 * PAGE),
+    st.integers(1, 64).map(lambda x: x * PAGE),
+    st.sampled_from([1 << 21, 3 << 20, 1 << 22]),
+)
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("auto"), ADDRS, LENGTHS),
@@ -148,11 +157,11 @@ OPS = st.lists(
 ALLOWED = st.lists(st.tuples(st.integers(0, 1 << 24), st.integers(1, 1 << 22)), max_size=3)
 
 
-@settings(max_examples=examples(300), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, allowed=ALLOWED, thp=st.booleans())
-def test_allocator_matches_reference(ops: list[tuple[str, int, int]],
-                                     allowed: list[tuple[int, int]], thp: bool) -> None:
+def test_allocator_matches_reference(
+    ops: list[tuple[str, int, int]], allowed: list[tuple[int, int]], thp: bool
+) -> None:
     f = Iommufd(transparent_hugepage=thp)
     ioas = f.ioas()
     allow: list[tuple[int, int]] = []

@@ -180,8 +180,12 @@ def test_get_hw_info(mock_core: Any) -> None:
     s = make("iommu_hw_info", dev_id=idev, out_max_pasid_log2=7)
     assert f.ioctl("IOMMU_GET_HW_INFO", s) == 0
     assert (s.data_len, s.out_max_pasid_log2) == (8, 0)
-    cases = (({"flags": 1}, errno.EOPNOTSUPP), ({"reserved": (0, 1, 0)}, errno.EOPNOTSUPP),
-             ({"dev_id": ioas}, errno.ENOENT), ({"data_len": 8, "data_uptr": 8}, errno.EFAULT))
+    cases = (
+        ({"flags": 1}, errno.EOPNOTSUPP),
+        ({"reserved": (0, 1, 0)}, errno.EOPNOTSUPP),
+        ({"dev_id": ioas}, errno.ENOENT),
+        ({"data_len": 8, "data_uptr": 8}, errno.EFAULT),
+    )
     for kw, err in cases:
         s = make("iommu_hw_info", **({"dev_id": idev} | kw))
         assert f.ioctl("IOMMU_GET_HW_INFO", s) == -err, kw

@@ -71,8 +71,9 @@ def test_concurrent_map_unmap_attach_and_harvest(mock_core: Any) -> None:
             rc, _ranges, _align = f.iova_ranges(ioas)
             assert rc == 0, rc
 
-    errors = run_threads([lambda s=s: mapper(s) for s in range(3)]
-                         + [auto_mapper, attacher, harvester])
+    errors = run_threads(
+        [lambda s=s: mapper(s) for s in range(3)] + [auto_mapper, attacher, harvester]
+    )
     assert not errors, errors
     assert f.unmap(ioas, 0, U64_MAX) == (0, 0)
     assert f.destroy(hwpt) == 0

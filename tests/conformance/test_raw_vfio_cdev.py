@@ -55,12 +55,12 @@ def test_get_info_without_bind_fails(s: Setup) -> None:
 
 
 def test_bind_argument_checks(s: Setup) -> None:
-    assert bind(s.dev, -2)[0] == -errno.EINVAL              # negative iommufd
+    assert bind(s.dev, -2)[0] == -errno.EINVAL  # negative iommufd
     assert bind(s.dev, s.ifd.fd, argsz=15)[0] == -errno.EINVAL
     assert bind(s.dev, s.ifd.fd, flags=1)[0] == -errno.EINVAL  # no TOKEN flag in 6.12
-    assert bind(s.dev, 1000)[0] == -errno.EBADF             # not an open fd
+    assert bind(s.dev, 1000)[0] == -errno.EBADF  # not an open fd
     container = track(s.k, s.k.open("/dev/vfio/vfio", os.O_RDWR))
-    assert bind(s.dev, container)[0] == -errno.EBADFD       # open, but not an iommufd
+    assert bind(s.dev, container)[0] == -errno.EBADFD  # open, but not an iommufd
     assert bind(s.dev, s.dev.fd)[0] == -errno.EBADFD
 
 
@@ -80,15 +80,15 @@ def test_bind_then_repeated_bind_fails(s: Setup) -> None:
 
 def test_attach_detach(s: Setup) -> None:
     assert bind(s.dev, s.ifd.fd)[0] == 0
-    assert detach(s.dev) == 0                                 # not attached: a no-op
-    assert attach(s.dev, U32_MAX)[0] == -errno.ENOENT         # invalid pt id fails
+    assert detach(s.dev) == 0  # not attached: a no-op
+    assert attach(s.dev, U32_MAX)[0] == -errno.ENOENT  # invalid pt id fails
     assert attach(s.dev, s.ifd.ioas_id, argsz=11)[0] == -errno.EINVAL
     assert attach(s.dev, s.ifd.ioas_id, flags=1)[0] == -errno.EINVAL
     assert detach(s.dev, argsz=7) == -errno.EINVAL
     assert detach(s.dev, flags=1) == -errno.EINVAL
     rc, hwpt = attach(s.dev, s.ifd.ioas_id)
     assert rc == 0 and hwpt != s.ifd.ioas_id
-    rc, again = attach(s.dev, s.ifd.ioas_id)                     # replace: same auto HWPT
+    rc, again = attach(s.dev, s.ifd.ioas_id)  # replace: same auto HWPT
     assert rc == 0 and again == hwpt
     assert detach(s.dev) == 0
     assert detach(s.dev) == 0
@@ -107,7 +107,7 @@ def test_dma_blocked_after_detach_and_close(s: Setup) -> None:
         s.dev.enable()
         buf.write(b"\x5a" * PAGE)
         s.dev.dma(EDU_DMA_BUF, 0x100000, PAGE, to_ram=True)
-        assert buf.read(PAGE) == bytes(PAGE)                  # the device wrote its buffer
+        assert buf.read(PAGE) == bytes(PAGE)  # the device wrote its buffer
         buf.write(b"\x5a" * PAGE)
         assert detach(s.dev) == 0
         s.dev.dma(EDU_DMA_BUF, 0x100000, PAGE, to_ram=True)
@@ -147,10 +147,10 @@ def test_cdev_and_group_exclude_each_other(s: Setup) -> None:
     group = s.info["group_path"]
     gfd = track(s.k, s.k.open(group, os.O_RDWR))
     assert gfd >= 0
-    assert bind(s.dev, s.ifd.fd)[0] == -errno.EBUSY           # the group is open
+    assert bind(s.dev, s.ifd.fd)[0] == -errno.EBUSY  # the group is open
     assert close(s.k, gfd) == 0
     assert bind(s.dev, s.ifd.fd)[0] == 0
-    assert s.k.open(group, os.O_RDWR) == -errno.EBUSY         # a device is bound
+    assert s.k.open(group, os.O_RDWR) == -errno.EBUSY  # a device is bound
     assert s.dev.close() == 0
     gfd = track(s.k, s.k.open(group, os.O_RDWR))
     assert gfd >= 0
@@ -170,8 +170,8 @@ def test_group_device_fd_refuses_cdev_ioctls(core: Any, pci: dict[str, Any]) -> 
     assert fd >= 0
     dev = Dev(k, fd)
     ifd = IoasFd(k)
-    assert bind(dev, ifd.fd)[0] == -errno.EINVAL               # BIND is for cdev fds only
-    assert attach(dev, ifd.ioas_id)[0] == -errno.ENOTTY           # vfio-pci does not know it
+    assert bind(dev, ifd.fd)[0] == -errno.EINVAL  # BIND is for cdev fds only
+    assert attach(dev, ifd.ioas_id)[0] == -errno.ENOTTY  # vfio-pci does not know it
     assert dev.info()[0] == 0
     # While the group path has the device, its cdev cannot bind.
     cdev = Dev.open(k, info["cdev"])

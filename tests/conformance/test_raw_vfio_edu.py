@@ -125,14 +125,18 @@ def test_unknown_ioctl_and_features(rig: Rig) -> None:
     assert rig.dev.ioctl(0x3B7F, make("vfio_device_info")) == -errno.ENOTTY
     # DMA_LOGGING_START (6): vfio-pci has no device DMA logging ops for edu (migration
     # features: test_sim_vfio_migration.py).
-    probe = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_PROBE"]
-                 | K["VFIO_DEVICE_FEATURE_SET"] | 6)
+    probe = make(
+        "vfio_device_feature",
+        flags=K["VFIO_DEVICE_FEATURE_PROBE"] | K["VFIO_DEVICE_FEATURE_SET"] | 6,
+    )
     assert rig.dev.ioctl("VFIO_DEVICE_FEATURE", probe) == -errno.ENOTTY
-    both = make("vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_GET"]
-                | K["VFIO_DEVICE_FEATURE_SET"] | 1)
+    both = make(
+        "vfio_device_feature", flags=K["VFIO_DEVICE_FEATURE_GET"] | K["VFIO_DEVICE_FEATURE_SET"] | 1
+    )
     assert rig.dev.ioctl("VFIO_DEVICE_FEATURE", both) == -errno.EINVAL
-    assert rig.dev.ioctl("VFIO_DEVICE_FEATURE", make("vfio_device_feature", argsz=4)) \
-        == -errno.EINVAL
+    assert (
+        rig.dev.ioctl("VFIO_DEVICE_FEATURE", make("vfio_device_feature", argsz=4)) == -errno.EINVAL
+    )
 
 
 @only_on_sim  # reads the command register through the simulated machine
@@ -256,8 +260,7 @@ def test_dma_roundtrip_type1(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
     dst.write(b"\xaa" * PAGE)
     rig.dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
     assert dst.read(PAGE) == b"\xaa" * PAGE
-    assert rig.faults() == [{"addr": DST_IOVA, "len": PAGE, "write": True,
-                             "error": -errno.EFAULT}]
+    assert rig.faults() == [{"addr": DST_IOVA, "len": PAGE, "write": True, "error": -errno.EFAULT}]
 
 
 def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
@@ -283,7 +286,8 @@ def test_dma_roundtrip_iommufd(bufs: tuple[Buf, Buf]) -> None:
     assert dev.dma(EDU_DMA_BUF, BAD_IOVA, PAGE, to_ram=True) & EDU_CMD_RUN == 0
     assert dst.read(PAGE) == b"\x11" * PAGE and src.read(PAGE) != b"\x11" * PAGE
     assert k.machine.dma_faults(info["bdf"], True) == [
-        {"addr": BAD_IOVA, "len": PAGE, "write": True, "error": -errno.EFAULT}]
+        {"addr": BAD_IOVA, "len": PAGE, "write": True, "error": -errno.EFAULT}
+    ]
     # After IOAS_UNMAP the device can no longer write the buffer.
     assert ifd.unmap_range(DST_IOVA, PAGE) == 0
     dev.dma(EDU_DMA_BUF, DST_IOVA, PAGE, to_ram=True)
@@ -328,8 +332,9 @@ def test_dma_outside_device_buffer_is_refused(rig: Rig, bufs: tuple[Buf, Buf]) -
     dst.write(b"\x33" * PAGE)
     assert rig.dev.dma(EDU_DMA_BUF + 8, DST_IOVA, PAGE, to_ram=True) & EDU_CMD_RUN == 0
     assert dst.read(PAGE) == b"\x33" * PAGE
-    assert rig.faults() == [{"addr": EDU_DMA_BUF + 8, "len": PAGE, "write": True,
-                             "error": -errno.ERANGE}]
+    assert rig.faults() == [
+        {"addr": EDU_DMA_BUF + 8, "len": PAGE, "write": True, "error": -errno.ERANGE}
+    ]
 
 
 def test_dma_completion_interrupt(rig: Rig, bufs: tuple[Buf, Buf]) -> None:
@@ -350,8 +355,7 @@ def test_dma_read_from_unmapped_iova_zero_fills(rig: Rig, bufs: tuple[Buf, Buf])
     rig.dev.dma(BAD_IOVA, EDU_DMA_BUF, 32, to_ram=False)
     buf = rig.k.machine.edu_buffer(rig.info["bdf"])
     assert buf[:32] == bytes(32) and buf[32:] == b"\x99" * (PAGE - 32)
-    assert rig.faults() == [{"addr": BAD_IOVA, "len": 32, "write": False,
-                             "error": -errno.EFAULT}]
+    assert rig.faults() == [{"addr": BAD_IOVA, "len": 32, "write": False, "error": -errno.EFAULT}]
 
 
 def test_edu_state_survives_close_and_reopen(

@@ -27,6 +27,8 @@ def behind_virtio_iommu(k: Any) -> bool:
         return False
     iommus = os.listdir("/sys/class/iommu") if os.path.isdir("/sys/class/iommu") else []
     return not any(name.startswith("dmar") for name in iommus)
+
+
 R, W = K["VFIO_DMA_MAP_FLAG_READ"], K["VFIO_DMA_MAP_FLAG_WRITE"]
 START = K["VFIO_IOMMU_DIRTY_PAGES_FLAG_START"]
 STOP = K["VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP"]
@@ -79,12 +81,29 @@ def test_container_before_iommu(core: Any, pci: dict[str, Any]) -> None:
     k, info = core, pci
     cfd = track(k, k.open("/dev/vfio/vfio", os.O_RDWR))
     assert ioctl(k, cfd, "VFIO_GET_API_VERSION", None) == 0
-    ext = {n: ioctl(k, cfd, "VFIO_CHECK_EXTENSION", K[n]) for n in (
-        "VFIO_TYPE1_IOMMU", "VFIO_TYPE1v2_IOMMU", "VFIO_UNMAP_ALL", "VFIO_SPAPR_TCE_IOMMU",
-        "VFIO_NOIOMMU_IOMMU", "VFIO_DMA_CC_IOMMU", "VFIO_UPDATE_VADDR", "VFIO_EEH")}
-    assert ext == {"VFIO_TYPE1_IOMMU": 1, "VFIO_TYPE1v2_IOMMU": 1, "VFIO_UNMAP_ALL": 1,
-                   "VFIO_SPAPR_TCE_IOMMU": 0, "VFIO_NOIOMMU_IOMMU": 0, "VFIO_DMA_CC_IOMMU": 0,
-                   "VFIO_UPDATE_VADDR": 0, "VFIO_EEH": 0}
+    ext = {
+        n: ioctl(k, cfd, "VFIO_CHECK_EXTENSION", K[n])
+        for n in (
+            "VFIO_TYPE1_IOMMU",
+            "VFIO_TYPE1v2_IOMMU",
+            "VFIO_UNMAP_ALL",
+            "VFIO_SPAPR_TCE_IOMMU",
+            "VFIO_NOIOMMU_IOMMU",
+            "VFIO_DMA_CC_IOMMU",
+            "VFIO_UPDATE_VADDR",
+            "VFIO_EEH",
+        )
+    }
+    assert ext == {
+        "VFIO_TYPE1_IOMMU": 1,
+        "VFIO_TYPE1v2_IOMMU": 1,
+        "VFIO_UNMAP_ALL": 1,
+        "VFIO_SPAPR_TCE_IOMMU": 0,
+        "VFIO_NOIOMMU_IOMMU": 0,
+        "VFIO_DMA_CC_IOMMU": 0,
+        "VFIO_UPDATE_VADDR": 0,
+        "VFIO_EEH": 0,
+    }
     # SET_IOMMU needs a group; the backend ioctls need SET_IOMMU.
     assert ioctl(k, cfd, "VFIO_SET_IOMMU", K["VFIO_TYPE1v2_IOMMU"]) == -errno.EINVAL
     m = make("vfio_iommu_type1_dma_map", flags=3, vaddr=0x10000, iova=0, size=PAGE)
@@ -102,8 +121,9 @@ def test_container_before_iommu(core: Any, pci: dict[str, Any]) -> None:
     assert ioctl(k, gfd, "VFIO_GROUP_SET_CONTAINER", ctypes.c_int(cfd)) == -errno.EINVAL
     assert ioctl(k, cfd, "VFIO_IOMMU_MAP_DMA", m) == -errno.EINVAL
     assert ioctl(k, gfd, "VFIO_GROUP_GET_DEVICE_FD", name) == -errno.EINVAL  # no backend yet
-    assert ioctl(k, gfd, "VFIO_GROUP_GET_STATUS", make("vfio_group_status", argsz=7)) \
-        == -errno.EINVAL
+    assert (
+        ioctl(k, gfd, "VFIO_GROUP_GET_STATUS", make("vfio_group_status", argsz=7)) == -errno.EINVAL
+    )
     assert ioctl(k, gfd, "VFIO_IOMMU_MAP_DMA", m) == -errno.ENOTTY
 
 
@@ -237,24 +257,24 @@ def test_map_dma_checks_in_order(mem: Buf) -> None:
     va = mem.addr
     short = make("vfio_iommu_type1_dma_map", argsz=31, flags=3, vaddr=va, iova=0, size=PAGE)
     assert t.ioctl("VFIO_IOMMU_MAP_DMA", short) == -errno.EINVAL
-    assert t.map(va, 0, PAGE, flags=8) == -errno.EINVAL          # unknown flag
-    assert t.map(va, 0, PAGE, flags=0) == -errno.EINVAL          # neither READ nor WRITE
-    assert t.map(va, 0, 0) == -errno.EINVAL                      # size 0
-    assert t.map(va, 0x800, PAGE) == -errno.EINVAL               # misaligned iova
-    assert t.map(va + 8, 0, PAGE) == -errno.EINVAL               # misaligned vaddr
+    assert t.map(va, 0, PAGE, flags=8) == -errno.EINVAL  # unknown flag
+    assert t.map(va, 0, PAGE, flags=0) == -errno.EINVAL  # neither READ nor WRITE
+    assert t.map(va, 0, 0) == -errno.EINVAL  # size 0
+    assert t.map(va, 0x800, PAGE) == -errno.EINVAL  # misaligned iova
+    assert t.map(va + 8, 0, PAGE) == -errno.EINVAL  # misaligned vaddr
     assert t.map(va, (1 << 64) - PAGE, 2 * PAGE) == -errno.EINVAL  # wraps
     assert t.map(va, 0x100000, 4 * PAGE) == 0
     assert t.map(va, 0x100000 + 3 * PAGE, PAGE) == -errno.EEXIST
     assert t.map(va, 0x100000 - PAGE, 2 * PAGE) == -errno.EEXIST
-    assert t.map(va, 0xFEE00000, PAGE) == -errno.EINVAL          # the MSI window
-    assert t.map(va, 1 << 48, PAGE) == -errno.EINVAL             # past the aperture
+    assert t.map(va, 0xFEE00000, PAGE) == -errno.EINVAL  # the MSI window
+    assert t.map(va, 1 << 48, PAGE) == -errno.EINVAL  # past the aperture
     gone = Buf(PAGE)
     gone.free()
-    assert t.map(gone.addr, 0x200000, PAGE) == -errno.EFAULT     # pin fails
+    assert t.map(gone.addr, 0x200000, PAGE) == -errno.EFAULT  # pin fails
     for i in range(3):
         assert t.map(va, 0x300000 + i * PAGE, PAGE) == 0
-    assert t.map(va, 0x400000, PAGE) == -errno.ENOSPC            # dma_entry_limit
-    assert t.map(va, 0x100000, PAGE) == -errno.EEXIST            # EEXIST comes first
+    assert t.map(va, 0x400000, PAGE) == -errno.ENOSPC  # dma_entry_limit
+    assert t.map(va, 0x100000, PAGE) == -errno.EEXIST  # EEXIST comes first
     assert t.unmap(0x300000, PAGE) == (0, PAGE)
     assert t.map(va, 0x400000, PAGE) == 0
 
@@ -324,16 +344,16 @@ def test_unmap_v2(core: Any, pci: dict[str, Any], mem: Buf) -> None:
     assert t.map(mem.addr, 0x100000, 4 * PAGE) == 0
     assert t.map(mem.addr, 0x200000, 4 * PAGE) == 0
     assert t.unmap(0x100000 + PAGE, 3 * PAGE) == (-errno.EINVAL, 3 * PAGE)  # bisects start
-    assert t.unmap(0x100000, 2 * PAGE) == (-errno.EINVAL, 2 * PAGE)         # bisects end
-    assert t.unmap(0x100800, PAGE) == (-errno.EINVAL, PAGE)                 # misaligned
+    assert t.unmap(0x100000, 2 * PAGE) == (-errno.EINVAL, 2 * PAGE)  # bisects end
+    assert t.unmap(0x100800, PAGE) == (-errno.EINVAL, PAGE)  # misaligned
     assert t.unmap(0x100000, 0) == (-errno.EINVAL, 0)
     assert t.unmap(0x100000, PAGE + 1) == (-errno.EINVAL, PAGE + 1)
-    assert t.unmap(0x300000, 4 * PAGE) == (0, 0)                            # nothing there
-    assert t.unmap(0, 1 << 30) == (0, 8 * PAGE)                             # both
+    assert t.unmap(0x300000, 4 * PAGE) == (0, 0)  # nothing there
+    assert t.unmap(0, 1 << 30) == (0, 8 * PAGE)  # both
     all_ = K["VFIO_DMA_UNMAP_FLAG_ALL"]
     assert t.unmap(0, PAGE, flags=all_) == (-errno.EINVAL, PAGE)
     assert t.unmap(0, 0, flags=all_) == (0, 0)
-    assert t.unmap(0, PAGE, flags=1 << 3) == (-errno.EINVAL, PAGE)          # unknown flag
+    assert t.unmap(0, PAGE, flags=1 << 3) == (-errno.EINVAL, PAGE)  # unknown flag
 
 
 def test_unmap_v1(core: Any, pci: dict[str, Any], mem: Buf) -> None:
@@ -351,8 +371,9 @@ def test_unmap_v1(core: Any, pci: dict[str, Any], mem: Buf) -> None:
 
 
 # -- dirty pages --------------------------------------------------------------------------
-def dirty_get(t: Type1, iova: int, size: int, bitmap: Any, pgsize: int = PAGE,
-              nbytes: int | None = None) -> int:
+def dirty_get(
+    t: Type1, iova: int, size: int, bitmap: Any, pgsize: int = PAGE, nbytes: int | None = None
+) -> int:
     raw = (ctypes.c_uint8 * (8 + 40))()
     hdr = S["vfio_iommu_type1_dirty_bitmap"].from_buffer(raw)
     hdr.argsz, hdr.flags = 48, GET_BITMAP
@@ -375,11 +396,12 @@ def test_dirty_pages_all_mapped_pages_dirty(core: Any, pci: dict[str, Any], mem:
     for flags in (0, START | STOP, 8):
         s = make("vfio_iommu_type1_dirty_bitmap", flags=flags)
         assert t.ioctl("VFIO_IOMMU_DIRTY_PAGES", s) == -errno.EINVAL
-    assert t.ioctl("VFIO_IOMMU_DIRTY_PAGES", make("vfio_iommu_type1_dirty_bitmap", flags=START)) \
-        == 0
+    assert (
+        t.ioctl("VFIO_IOMMU_DIRTY_PAGES", make("vfio_iommu_type1_dirty_bitmap", flags=START)) == 0
+    )
     assert dirty_get(t, base, 64 * PAGE, bm, pgsize=2 * PAGE) == -errno.EINVAL
     assert dirty_get(t, base, 64 * PAGE, bm, nbytes=4) == -errno.EINVAL  # bitmap too small
-    assert dirty_get(t, base + PAGE, 63 * PAGE, bm) == -errno.EINVAL     # bisects a mapping
+    assert dirty_get(t, base + PAGE, 63 * PAGE, bm) == -errno.EINVAL  # bisects a mapping
     assert dirty_get(t, base, 64 * PAGE, bm) == 0
     assert bm[0] == 0b11_0000_0111 and bm[1] == 0
     # Every query reports every mapped page again (no hardware tracking behind Type1). An
@@ -396,8 +418,7 @@ def test_dirty_pages_all_mapped_pages_dirty(core: Any, pci: dict[str, Any], mem:
     # Word 1 gets the second entry's own bitmap, shifted by 6 with its stale bits, OR'ed
     # with the whole word the first entry had just written there.
     assert bm2[0] == 0xC000_0000_0000_0000 and bm2[1] == 0xC1_C1C1
-    assert t.ioctl("VFIO_IOMMU_DIRTY_PAGES", make("vfio_iommu_type1_dirty_bitmap", flags=STOP)) \
-        == 0
+    assert t.ioctl("VFIO_IOMMU_DIRTY_PAGES", make("vfio_iommu_type1_dirty_bitmap", flags=STOP)) == 0
     assert dirty_get(t, base, 64 * PAGE, bm) == -errno.EINVAL
 
 
@@ -413,8 +434,9 @@ def test_unmap_with_dirty_bitmap(core: Any, pci: dict[str, Any], mem: Buf) -> No
     b = S["vfio_bitmap"].from_buffer(raw, 24)
     b.pgsize, b.size, b.data = PAGE, 8, ctypes.addressof(bm)
     assert t.ioctl("VFIO_IOMMU_UNMAP_DMA", raw) == -errno.EINVAL  # tracking not started
-    assert t.ioctl("VFIO_IOMMU_DIRTY_PAGES", make("vfio_iommu_type1_dirty_bitmap", flags=START)) \
-        == 0
+    assert (
+        t.ioctl("VFIO_IOMMU_DIRTY_PAGES", make("vfio_iommu_type1_dirty_bitmap", flags=START)) == 0
+    )
     u.flags |= K["VFIO_DMA_UNMAP_FLAG_ALL"]
     assert t.ioctl("VFIO_IOMMU_UNMAP_DMA", raw) == -errno.EINVAL
     u.flags = K["VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP"]
@@ -445,8 +467,14 @@ def test_pinned_shared_page_outlives_munmap(core: Any, pci: dict[str, Any]) -> N
     # at the VA, the device still writes the memfd page it pinned, not the new mapping.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     rw = 3  # PROT_READ | PROT_WRITE
     k, info = core, pci

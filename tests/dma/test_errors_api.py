@@ -188,8 +188,9 @@ def test_float_lengths_are_refused(
 
 
 def test_reprs_are_readable() -> None:
-    hw = DeviceHwInfo(uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD, uapi.IOMMU_HW_CAP_DIRTY_TRACKING,
-                      bytes(32))
+    hw = DeviceHwInfo(
+        uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD, uapi.IOMMU_HW_CAP_DIRTY_TRACKING, bytes(32)
+    )
     assert repr(hw) == "DeviceHwInfo(intel-vtd, capabilities=0x1 [DIRTY_TRACKING], data=32 bytes)"
     hiod = HostIOMMUDevice.from_hw_info("0000:00:03.0", hw)
     assert repr(hiod) == (

@@ -41,8 +41,9 @@ def ioas_world(k: FailNthKernel) -> World:
     bufs = [aligned(2) for _ in range(3)]
     iovas = [ioas.map(view, iova=BASE_IOVA + i * 0x10000) for i, (_, view) in enumerate(bufs)]
     src, src_view = aligned(600)
-    return World(k, be, lambda: [ioas], {"ioas": ioas, "bufs": bufs, "iovas": iovas,
-                                         "src": (src, src_view)})
+    return World(
+        k, be, lambda: [ioas], {"ioas": ioas, "bufs": bufs, "iovas": iovas, "src": (src, src_view)}
+    )
 
 
 def batch_args(w: World, n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

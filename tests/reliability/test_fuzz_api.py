@@ -40,9 +40,7 @@ wild_int = st.one_of(
 wild = st.one_of(
     wild_int, st.none(), st.floats(allow_nan=True), st.text(max_size=4), st.binary(max_size=8)
 )
-wild_list = st.one_of(
-    st.lists(wild_int, max_size=4), st.just([]), wild, st.lists(wild, max_size=3)
-)
+wild_list = st.one_of(st.lists(wild_int, max_size=4), st.just([]), wild, st.lists(wild, max_size=3))
 
 
 class Fixture:
@@ -80,8 +78,8 @@ CALLS: dict[str, Callable[..., Call]] = {
     "map_buf": lambda a, b, c: lambda f: f.ioas.map(f.buf[: 2 * PAGE], a, b),
     "unmap": lambda a, b, c: lambda f: f.ioas.unmap(a, b),
     "map_batch": lambda a, b, c: lambda f: f.ioas.map_batch(a, b, c),
-    "map_batch_threads": lambda a, b, c: lambda f: f.ioas.map_batch(
-        [f.buf.ctypes.data], [PAGE], None, threads=a
+    "map_batch_threads": lambda a, b, c: (
+        lambda f: f.ioas.map_batch([f.buf.ctypes.data], [PAGE], None, threads=a)
     ),
     "unmap_batch": lambda a, b, c: lambda f: f.ioas.unmap_batch(a, b),
     "translate_va": lambda a, b, c: lambda f: f.ioas.translate_va(a),
@@ -96,8 +94,10 @@ CALLS: dict[str, Callable[..., Call]] = {
     "set_dirty_tracking": lambda a, b, c: lambda f: f.be.set_dirty_tracking(a, bool(b)),
     "alloc_hwpt": lambda a, b, c: lambda f: f.be.alloc_hwpt(a, b, c),
     "ioctl": lambda a, b, c: lambda f: f.kernel.ioctl(f.be.fd, a, b),
-    "ioctl_struct": lambda a, b, c: lambda f: f.kernel.ioctl(
-        f.be.fd, uapi.IOMMU_IOAS_UNMAP, uapi.new(uapi.iommu_ioas_unmap, ioas_id=a, iova=b)
+    "ioctl_struct": lambda a, b, c: (
+        lambda f: f.kernel.ioctl(
+            f.be.fd, uapi.IOMMU_IOAS_UNMAP, uapi.new(uapi.iommu_ioas_unmap, ioas_id=a, iova=b)
+        )
     ),
     "pread": lambda a, b, c: lambda f: f.kernel.pread(a, b, c),
     "pwrite": lambda a, b, c: lambda f: f.kernel.pwrite(a, b, c),

@@ -23,8 +23,9 @@ R, W = 1, 2
 
 
 # -- reference model ----------------------------------------------------------------------
-def ref_pages(bitmap: int, iova: int, va: int, length: int,
-              largest: bool = True) -> list[tuple[int, int, int]]:
+def ref_pages(
+    bitmap: int, iova: int, va: int, length: int, largest: bool = True
+) -> list[tuple[int, int, int]]:
     """iommu_map's split of [iova, iova+length) into (iova, va, size) IOPTEs."""
     out = []
     smallest = bitmap & -bitmap
@@ -62,9 +63,11 @@ class RefDomain:
         for a, p in self.ptes.items():
             if a < iova + n and iova < a + p[0] and p[2] & W:
                 p[3] = p[3] or self.tracking
-        covered = sum(min(a + p[0], iova + n) - max(a, iova)
-                      for a, p in self.ptes.items()
-                      if a < iova + n and iova < a + p[0] and p[2] & W)
+        covered = sum(
+            min(a + p[0], iova + n) - max(a, iova)
+            for a, p in self.ptes.items()
+            if a < iova + n and iova < a + p[0] and p[2] & W
+        )
         return covered == n
 
     def harvest(self, iova: int, length: int, no_clear: bool) -> list[tuple[int, int]]:
@@ -98,11 +101,11 @@ def test_vtd_model_matches_qemu_intel_iommu() -> None:
         assert m.hw_info_type == _core.uapi_constants()["IOMMU_HW_INFO_TYPE_INTEL_VTD"]
         flags, _res, cap, ecap = struct.unpack("<IIQQ", m.hw_info)
         assert flags == 0
-        assert ((cap >> 16) & 0x3F) + 1 == 48          # MGAW
-        assert (cap >> 8) & 0x1F & 0x4                 # SAGAW: 4-level (48-bit) tables
-        assert (cap >> 34) & 3 == 3                    # SLLPS: 2 MiB and 1 GiB pages
-        assert bool((ecap >> 45) & 1) is dirty         # SLADS: second-stage A/D bits
-        assert bool((ecap >> 43) & 1) is dirty         # SMTS: scalable mode
+        assert ((cap >> 16) & 0x3F) + 1 == 48  # MGAW
+        assert (cap >> 8) & 0x1F & 0x4  # SAGAW: 4-level (48-bit) tables
+        assert (cap >> 34) & 3 == 3  # SLLPS: 2 MiB and 1 GiB pages
+        assert bool((ecap >> 45) & 1) is dirty  # SLADS: second-stage A/D bits
+        assert bool((ecap >> 43) & 1) is dirty  # SMTS: scalable mode
 
 
 def test_mock_model_matches_selftest() -> None:
@@ -140,10 +143,15 @@ def test_map_smallest_pages_when_asked() -> None:
 
 
 @settings(max_examples=examples(200), deadline=None)
-@given(iova_pages=st.integers(0, 3 << 18), va_pages=st.integers(0, 3 << 18),
-       npages=st.integers(1, 1 << 19), largest=st.booleans())
-def test_map_page_choice_matches_iommu_pgsize(iova_pages: int, va_pages: int, npages: int,
-                                              largest: bool) -> None:
+@given(
+    iova_pages=st.integers(0, 3 << 18),
+    va_pages=st.integers(0, 3 << 18),
+    npages=st.integers(1, 1 << 19),
+    largest=st.booleans(),
+)
+def test_map_page_choice_matches_iommu_pgsize(
+    iova_pages: int, va_pages: int, npages: int, largest: bool
+) -> None:
     m = _core.IommuModel.vtd(False)
     d = _core.SimDomain(m)
     # The reference keeps one entry per IOPTE: bound the count where small pages dominate.
@@ -164,25 +172,25 @@ def test_map_page_choice_matches_iommu_pgsize(iova_pages: int, va_pages: int, np
 def test_map_errors() -> None:
     d = _core.SimDomain(_core.IommuModel.vtd(False))
     assert d.map(0x1000, 0x10000, 0) == -errno.EINVAL
-    assert d.map(0x1800, 0x10000, 0x1000) == -errno.EINVAL     # misaligned iova
-    assert d.map(0x1000, 0x10800, 0x1000) == -errno.EINVAL     # misaligned va
-    assert d.map(1 << 48, 0x10000, 0x1000) == -errno.EINVAL    # beyond the aperture
+    assert d.map(0x1800, 0x10000, 0x1000) == -errno.EINVAL  # misaligned iova
+    assert d.map(0x1000, 0x10800, 0x1000) == -errno.EINVAL  # misaligned va
+    assert d.map(1 << 48, 0x10000, 0x1000) == -errno.EINVAL  # beyond the aperture
     assert d.map((1 << 48) - 0x1000, 0x10000, 0x2000) == -errno.EINVAL
     assert d.map(0x10000, 0x10000, 0x4000) == 0
     assert d.map(0xF000, 0x20000, 0x2000) == -errno.EEXIST
     assert d.map(0x13000, 0x20000, 0x1000) == -errno.EEXIST
     mock = _core.SimDomain(_core.IommuModel.mock(True))
     assert mock.min_page_size == PAGE // 2
-    assert mock.map(0, 0x10000, PAGE) == -errno.EINVAL         # below 1 << 24
+    assert mock.map(0, 0x10000, PAGE) == -errno.EINVAL  # below 1 << 24
     assert mock.map(1 << 24, 0x10000 + PAGE // 2, PAGE // 2) == 0
 
 
 def test_unmap_removes_whole_ioptes_and_reports_bytes() -> None:
     d = _core.SimDomain(_core.IommuModel.vtd(False))
-    assert d.map(0, 1 * GIB, 8 * MIB) == 0                     # four 2 MiB IOPTEs
-    assert d.unmap(2 * MIB + 0x1000, 0x1000) == 2 * MIB        # cutting into one drops it
+    assert d.map(0, 1 * GIB, 8 * MIB) == 0  # four 2 MiB IOPTEs
+    assert d.unmap(2 * MIB + 0x1000, 0x1000) == 2 * MIB  # cutting into one drops it
     assert d.iopte_size(2 * MIB) == 0 and d.iopte_size(4 * MIB) == 2 * MIB
-    assert d.unmap(0, 16 * MIB) == 6 * MIB                     # holes are skipped
+    assert d.unmap(0, 16 * MIB) == 6 * MIB  # holes are skipped
     assert d.mapped_bytes == 0 and d.run_count == 0
     assert d.unmap(0, 1 * MIB) == 0
 
@@ -266,7 +274,7 @@ def test_dirty_bits_per_iopte(buf: Buf) -> None:
     assert d.read_and_clear_dirty(0, 4 * MIB, no_clear=True) == [(0, 2 * MIB - 1)]
     assert d.read_and_clear_dirty(0x1000, 0x2000) == [(0x1000, 0x2FFF)]  # clipped
     assert d.read_and_clear_dirty(0, 4 * MIB) == []  # the clipped read cleared the IOPTE
-    assert d.dma_write(2 * MIB - 1, b"yz") == 0      # touches both IOPTEs
+    assert d.dma_write(2 * MIB - 1, b"yz") == 0  # touches both IOPTEs
     assert d.read_and_clear_dirty(0, 4 * MIB) == [(0, 4 * MIB - 1)]
     assert d.mark_dirty(3 * MIB) == 1 and d.mark_dirty(5 * MIB) == 0
     assert d.read_and_clear_dirty(0, 4 * MIB) == [(2 * MIB, 4 * MIB - 1)]
@@ -292,8 +300,14 @@ def test_dirty_walk_cost_is_per_run_not_per_iopte() -> None:
 
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("map"), st.integers(0, 1023), st.integers(1, 600),
-                  st.integers(0, 1023), st.sampled_from([R | W, W, R]), st.booleans()),
+        st.tuples(
+            st.just("map"),
+            st.integers(0, 1023),
+            st.integers(1, 600),
+            st.integers(0, 1023),
+            st.sampled_from([R | W, W, R]),
+            st.booleans(),
+        ),
         st.tuples(st.just("unmap"), st.integers(0, 1023), st.integers(1, 600)),
         st.tuples(st.just("write"), st.integers(0, 1024 * 4096 - 1), st.integers(1, 20000)),
         st.tuples(st.just("track"), st.booleans()),
@@ -303,8 +317,11 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=examples(150), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(ops=OPS)
 def test_domain_matches_reference_model(buf: Buf, ops: list[tuple]) -> None:
     m = _core.IommuModel.vtd(True)

@@ -26,11 +26,16 @@ def test_new_kernel_has_no_devices() -> None:
 def test_add_devices_auto_and_explicit() -> None:
     m = kernel().machine
     a = m.add_pci_device()
-    b = m.add_pci_device(bdf="0000:00:1F.7", vendor=0x1b36, device=0x0010)
+    b = m.add_pci_device(bdf="0000:00:1F.7", vendor=0x1B36, device=0x0010)
     c = m.add_pci_device(group=a["group"])
-    assert a == {"bdf": "0000:00:03.0", "index": 0, "cdev": "/dev/vfio/devices/vfio0",
-                 "group": 0, "group_path": "/dev/vfio/0",
-                 "sysfs": "/sys/bus/pci/devices/0000:00:03.0"}
+    assert a == {
+        "bdf": "0000:00:03.0",
+        "index": 0,
+        "cdev": "/dev/vfio/devices/vfio0",
+        "group": 0,
+        "group_path": "/dev/vfio/0",
+        "sysfs": "/sys/bus/pci/devices/0000:00:03.0",
+    }
     assert (b["bdf"], b["index"], b["group"]) == ("0000:00:1f.7", 1, 1)
     assert (c["bdf"], c["index"], c["group"]) == ("0000:00:04.0", 2, 0)
     assert [d["bdf"] for d in m.devices()] == [a["bdf"], b["bdf"], c["bdf"]]
@@ -38,8 +43,19 @@ def test_add_devices_auto_and_explicit() -> None:
     assert m.add_pci_device()["group"] == 41
 
 
-@pytest.mark.parametrize("bdf", ["0000:00:03", "0:03.0", "0000:00:20.0", "0000:00:03.8",
-                                 "000g:00:03.0", "0000-00:03.0", "00:03.8", "0:003.0"])
+@pytest.mark.parametrize(
+    "bdf",
+    [
+        "0000:00:03",
+        "0:03.0",
+        "0000:00:20.0",
+        "0000:00:03.8",
+        "000g:00:03.0",
+        "0000-00:03.0",
+        "00:03.8",
+        "0:003.0",
+    ],
+)
 def test_malformed_bdf(bdf: str) -> None:
     with pytest.raises(OSError) as e:
         kernel().machine.add_pci_device(bdf=bdf)
@@ -69,9 +85,17 @@ def test_sysfs_view_of_a_device() -> None:
     d = m.add_pci_device(group=7)
     dev = d["sysfs"]
     assert m.read_link(dev) == "../../../devices/pci0000:00/0000:00:03.0"
-    assert sorted(m.list_dir(dev)) == ["class", "device", "driver", "iommu_group",
-                                       "subsystem", "subsystem_device", "subsystem_vendor",
-                                       "vendor", "vfio-dev"]
+    assert sorted(m.list_dir(dev)) == [
+        "class",
+        "device",
+        "driver",
+        "iommu_group",
+        "subsystem",
+        "subsystem_device",
+        "subsystem_vendor",
+        "vendor",
+        "vfio-dev",
+    ]
     assert m.read_file(dev + "/vendor") == "0x1234\n"
     assert m.read_file(dev + "/device") == "0x11e8\n"
     assert m.read_file(dev + "/class") == "0x00ff00\n"
@@ -130,5 +154,5 @@ def test_discovery_like_a_host() -> None:
         assert fd >= 0
         assert k.close(fd) == 0
     fd = k.open(want["cdev"], os.O_RDONLY)  # any access mode opens (access modes:
-    assert fd >= 0                           # tests/conformance/test_raw_access_mode.py)
+    assert fd >= 0  # tests/conformance/test_raw_access_mode.py)
     assert k.close(fd) == 0

@@ -41,13 +41,19 @@ from tests.conformance.raw import (
 )
 from tests.conformance.raw import sim_kernel as kernel
 
-GET, SET, PROBE = (K["VFIO_DEVICE_FEATURE_GET"], K["VFIO_DEVICE_FEATURE_SET"],
-                   K["VFIO_DEVICE_FEATURE_PROBE"])
+GET, SET, PROBE = (
+    K["VFIO_DEVICE_FEATURE_GET"],
+    K["VFIO_DEVICE_FEATURE_SET"],
+    K["VFIO_DEVICE_FEATURE_PROBE"],
+)
 MIGRATION = K["VFIO_DEVICE_FEATURE_MIGRATION"]
 MIG_STATE = K["VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE"]
 DATA_SIZE = K["VFIO_DEVICE_FEATURE_MIG_DATA_SIZE"]
-ERROR, STOP, RUNNING = (K["VFIO_DEVICE_STATE_ERROR"], K["VFIO_DEVICE_STATE_STOP"],
-                        K["VFIO_DEVICE_STATE_RUNNING"])
+ERROR, STOP, RUNNING = (
+    K["VFIO_DEVICE_STATE_ERROR"],
+    K["VFIO_DEVICE_STATE_STOP"],
+    K["VFIO_DEVICE_STATE_RUNNING"],
+)
 STOP_COPY, RESUMING = K["VFIO_DEVICE_STATE_STOP_COPY"], K["VFIO_DEVICE_STATE_RESUMING"]
 RUNNING_P2P, PRE_COPY = K["VFIO_DEVICE_STATE_RUNNING_P2P"], K["VFIO_DEVICE_STATE_PRE_COPY"]
 PRE_COPY_P2P = K["VFIO_DEVICE_STATE_PRE_COPY_P2P"]
@@ -60,13 +66,16 @@ NPAGES = 16
 
 
 class Feature(ctypes.Structure):
-    _fields_ = [("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("u64", ctypes.c_uint64)]
+    _fields_ = [("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("u64", ctypes.c_uint64)]
 
 
 class StateFeature(ctypes.Structure):
-    _fields_ = [("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("device_state", ctypes.c_uint32), ("data_fd", ctypes.c_int32)]
+    _fields_ = [
+        ("argsz", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("device_state", ctypes.c_uint32),
+        ("data_fd", ctypes.c_int32),
+    ]
 
 
 class Side:
@@ -89,13 +98,15 @@ class Side:
         assert self.f.map(self.ioas, self.ram.addr, NPAGES * PAGE, iova=IOVA)[0] == 0
 
     def feature(self, flags: int, value: int = 0, argsz: int | None = None) -> tuple[int, int]:
-        s = Feature(argsz=ctypes.sizeof(Feature) if argsz is None else argsz, flags=flags,
-                    u64=value)
+        s = Feature(
+            argsz=ctypes.sizeof(Feature) if argsz is None else argsz, flags=flags, u64=value
+        )
         return self.dev.ioctl("VFIO_DEVICE_FEATURE", s), int(s.u64)
 
     def set_state(self, state: int) -> tuple[int, int]:
-        s = StateFeature(argsz=ctypes.sizeof(StateFeature), flags=SET | MIG_STATE,
-                         device_state=state, data_fd=-7)
+        s = StateFeature(
+            argsz=ctypes.sizeof(StateFeature), flags=SET | MIG_STATE, device_state=state, data_fd=-7
+        )
         return self.dev.ioctl("VFIO_DEVICE_FEATURE", s), int(s.data_fd)
 
     def state(self) -> int:
@@ -105,14 +116,21 @@ class Side:
 
     def dirty_pages(self) -> list[int]:
         bitmap = (ctypes.c_uint64 * 1)()
-        assert self.f.get_dirty(self.hwpt, IOVA, NPAGES * PAGE, PAGE,
-                                ctypes.addressof(bitmap)) == 0
+        assert self.f.get_dirty(self.hwpt, IOVA, NPAGES * PAGE, PAGE, ctypes.addressof(bitmap)) == 0
         return [i for i in range(NPAGES) if bitmap[0] >> i & 1]
 
     def registers(self) -> tuple[int, ...]:
         d = self.dev
-        return (d.r32(EDU_ALIVE), d.r32(EDU_FACT), d.r32(EDU_STATUS), d.r32(EDU_IRQ_STATUS),
-                d.r64(EDU_DMA_SRC), d.r64(EDU_DMA_DST), d.r64(EDU_DMA_CNT), d.r64(EDU_DMA_CMD))
+        return (
+            d.r32(EDU_ALIVE),
+            d.r32(EDU_FACT),
+            d.r32(EDU_STATUS),
+            d.r32(EDU_IRQ_STATUS),
+            d.r64(EDU_DMA_SRC),
+            d.r64(EDU_DMA_DST),
+            d.r64(EDU_DMA_CNT),
+            d.r64(EDU_DMA_CMD),
+        )
 
 
 def read_all(k: object, fd: int) -> bytes:
@@ -131,8 +149,10 @@ def src() -> Side:
 
 
 def test_migration_features(src: Side) -> None:
-    assert src.feature(GET | MIGRATION) == (0, K["VFIO_MIGRATION_STOP_COPY"]
-                                            | K["VFIO_MIGRATION_PRE_COPY"])
+    assert src.feature(GET | MIGRATION) == (
+        0,
+        K["VFIO_MIGRATION_STOP_COPY"] | K["VFIO_MIGRATION_PRE_COPY"],
+    )
     assert src.feature(PROBE | GET | MIGRATION)[0] == 0
     assert src.feature(PROBE | SET | MIGRATION)[0] == -errno.EINVAL  # GET only
     assert src.feature(SET | MIGRATION)[0] == -errno.EINVAL
@@ -190,7 +210,7 @@ def test_full_migration_between_machines(src: Side) -> None:
     assert rc == 0 and resume_fd >= 0
     assert dst.k.read(resume_fd, 8) == -errno.EINVAL  # write-only
     for off in range(0, len(data), 1000):
-        assert dst.k.write(resume_fd, data[off:off + 1000]) == len(data[off:off + 1000])
+        assert dst.k.write(resume_fd, data[off : off + 1000]) == len(data[off : off + 1000])
     assert dst.set_state(RUNNING) == (0, -1)  # RESUMING -> STOP -> RUNNING
     assert dst.k.write(resume_fd, b"x") == -errno.ENODEV
     assert dst.k.close(resume_fd) == 0
@@ -322,8 +342,12 @@ BASE_ARCS = [
     (STOP, RESUMING),
 ]  # fmt: skip
 # The arcs that "return a new data_fd"; moving inside the saving group keeps the session.
-NEW_FD_ARCS = {(RUNNING, PRE_COPY), (RUNNING_P2P, PRE_COPY_P2P), (STOP, STOP_COPY),
-               (STOP, RESUMING)}
+NEW_FD_ARCS = {
+    (RUNNING, PRE_COPY),
+    (RUNNING_P2P, PRE_COPY_P2P),
+    (STOP, STOP_COPY),
+    (STOP, RESUMING),
+}
 SAVING_GROUP = {PRE_COPY, PRE_COPY_P2P, STOP_COPY}
 # The edu offers STOP_COPY and PRE_COPY, no P2P.
 EDU_STATES = {STOP, RUNNING, STOP_COPY, RESUMING, PRE_COPY}
@@ -376,8 +400,18 @@ def test_every_arc_against_the_uapi_model() -> None:
     assert rc == 0
     record = read_all(first.k, fd)  # a valid stream, so that RESUMING can be left
     for cur in sorted(EDU_STATES):
-        for target in (ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY,
-                       PRE_COPY_P2P, 8, 1000):
+        for target in (
+            ERROR,
+            STOP,
+            RUNNING,
+            STOP_COPY,
+            RESUMING,
+            RUNNING_P2P,
+            PRE_COPY,
+            PRE_COPY_P2P,
+            8,
+            1000,
+        ):
             side = Side()
             if cur != RUNNING:
                 rc, fd = side.set_state(cur)
@@ -393,8 +427,12 @@ def test_every_arc_against_the_uapi_model() -> None:
 
 
 class PrecopyInfo(ctypes.Structure):
-    _fields_ = [("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("initial_bytes", ctypes.c_uint64), ("dirty_bytes", ctypes.c_uint64)]
+    _fields_ = [
+        ("argsz", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("initial_bytes", ctypes.c_uint64),
+        ("dirty_bytes", ctypes.c_uint64),
+    ]
 
 
 class PrecopyInfoLonger(ctypes.Structure):
@@ -470,7 +508,7 @@ def test_pre_copy_session(src: Side) -> None:
     assert rc == 0
     assert precopy_info(dst, rfd)[0] == -errno.ENOTTY  # a resuming fd has no ioctl
     for off in range(0, len(stream), 5):  # patch headers split across writes
-        assert dst.k.write(rfd, stream[off:off + 5]) == len(stream[off:off + 5])
+        assert dst.k.write(rfd, stream[off : off + 5]) == len(stream[off : off + 5])
     assert dst.set_state(RUNNING) == (0, -1)
     assert dst.k.close(rfd) == 0
     assert dst.registers() == saved_regs
@@ -511,8 +549,13 @@ def test_stream_format_and_broken_patches(src: Side) -> None:
     bad_off = struct.pack("<III", magic, RECORD - 2, 4) + b"\0" * 4
     bad_magic = struct.pack("<III", magic ^ 1, alive_off, 4) + b"\0" * 4
     empty = struct.pack("<III", magic, alive_off, 0)
-    for tail, ok in ((patch, True), (patch[:-1], False), (bad_off, False),
-                     (bad_magic, False), (empty, False)):
+    for tail, ok in (
+        (patch, True),
+        (patch[:-1], False),
+        (bad_off, False),
+        (bad_magic, False),
+        (empty, False),
+    ):
         dst = Side()
         rc, rfd = dst.set_state(RESUMING)
         assert rc == 0

@@ -73,11 +73,17 @@ def test_trace_shows_dirty_tracking(cc: Callable[..., Path], tmp_path: Path) -> 
         text,
     ), text
     # The migration arcs by name, and the pre-copy figures migration.c checked.
-    assert re.search(r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=(\d+) = 0\n"
-                     r".* ioctl fd=\1 VFIO_MIG_GET_PRECOPY_INFO -> initial_bytes=4168 "
-                     r"dirty_bytes=0 = 0\n", text), text
-    assert re.search(r"state=STOP_COPY -> data_fd=-1 = 0\n.* VFIO_MIG_GET_PRECOPY_INFO .* = "
-                     r"-EINVAL", text), text
+    assert re.search(
+        r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=(\d+) = 0\n"
+        r".* ioctl fd=\1 VFIO_MIG_GET_PRECOPY_INFO -> initial_bytes=4168 "
+        r"dirty_bytes=0 = 0\n",
+        text,
+    ), text
+    assert re.search(
+        r"state=STOP_COPY -> data_fd=-1 = 0\n.* VFIO_MIG_GET_PRECOPY_INFO .* = "
+        r"-EINVAL",
+        text,
+    ), text
 
 
 #: What the trace shows of each ioctl trace_ioctls.c makes (fd and result left out): input

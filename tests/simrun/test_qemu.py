@@ -144,8 +144,11 @@ def test_qemu_vfio_pci_guest_dma(tmp_path: Path) -> None:
         # 0, the destination's cue to acknowledge the switchover.
         assert "vfio_load_state  (0000:00:03.0) data 0xffffffffef100005" in dst, dst
     for label in ("fast link", "slow link"):
-        m = re.search(rf"migration verified \({label}\): .* device state (\d+) bytes pre-copy "
-                      rf"\+ (\d+) bytes stop-copy", result.stdout)
+        m = re.search(
+            rf"migration verified \({label}\): .* device state (\d+) bytes pre-copy "
+            rf"\+ (\d+) bytes stop-copy",
+            result.stdout,
+        )
         assert m and int(m.group(1)) >= 4168, result.stdout
     # The guest's own IOAS_MAP at IOVA 0x200000 (its vIOMMU's page table) reaches the simulator
     # as QEMU's shadow map; the guest's INTx unmasks after each interrupt become QEMU's, then

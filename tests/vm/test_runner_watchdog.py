@@ -57,7 +57,7 @@ def _run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess[str
 def _fake_args(tmp_path: Path, mode: str) -> list[str]:
     fake = tmp_path / "fake_qemu.py"
     fake.write_text(FAKE_QEMU)
-    kernel = tmp_path / "bzImage"   # never read by the fake
+    kernel = tmp_path / "bzImage"  # never read by the fake
     kernel.write_bytes(b"")
     return [
         "--kernel", str(kernel), "--out", str(tmp_path / "out"),

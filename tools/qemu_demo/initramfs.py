@@ -9,11 +9,25 @@ import stat
 from pathlib import Path
 
 
-def _entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
-           ino: int = 0) -> bytes:
+def _entry(
+    name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), ino: int = 0
+) -> bytes:
     encoded = name.encode() + b"\0"
-    fields = [ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data), 0, 0,
-              rdev[0], rdev[1], len(encoded), 0]
+    fields = [
+        ino,
+        mode,
+        0,
+        0,
+        2 if stat.S_ISDIR(mode) else 1,
+        0,
+        len(data),
+        0,
+        0,
+        rdev[0],
+        rdev[1],
+        len(encoded),
+        0,
+    ]
     head = b"070701" + b"".join(f"{v:08x}".encode() for v in fields) + encoded
     head += b"\0" * (-len(head) % 4)
     return head + data + b"\0" * (-len(data) % 4)
@@ -29,8 +43,8 @@ def build(init_program: Path, out: Path) -> Path:
         ("init", stat.S_IFREG | 0o755, init_program.read_bytes(), (0, 0)),
     ]
     archive = b"".join(
-        _entry(name, mode, data, rdev, ino=i + 1) for i, (name, mode, data, rdev) in
-        enumerate(entries)
+        _entry(name, mode, data, rdev, ino=i + 1)
+        for i, (name, mode, data, rdev) in enumerate(entries)
     )
     archive += _entry("TRAILER!!!", 0)
     out.write_bytes(gzip.compress(archive, compresslevel=6, mtime=0))

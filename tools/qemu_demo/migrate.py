@@ -131,8 +131,14 @@ def _copy(proc: subprocess.Popen[bytes], path: Path) -> None:
         shutil.copyfileobj(proc.stderr, f)
 
 
-def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
-        params: dict[str, int], steps: list[tuple[int, dict[str, int]]]) -> MigResult:
+def run(
+    sim_argv: list[str],
+    qemu_argv: list[str],
+    out: Path,
+    timeout: float,
+    params: dict[str, int],
+    steps: list[tuple[int, dict[str, int]]],
+) -> MigResult:
     """sim_argv: `fastmap sim-run --device ...` up to `--`; qemu_argv: the guest's QEMU
     command line (its kernel command line set for the migration loop), without -incoming
     and -qmp. `params` go to migrate-set-parameters before `migrate`; each (round, params)
@@ -149,11 +155,21 @@ def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
     def start(side: str, extra: list[str]) -> subprocess.Popen[bytes]:
         # The sim-run trace and QEMU's trace events share stderr, a pipe, so they stay in
         # the order they happened (a regular file reopened as /dev/stderr would not).
-        argv = [*sim_argv, "--trace", "/dev/stderr", "--", *qemu_argv, *trace,
-                "-qmp", f"unix:{out / side}.qmp,server=on,wait=off", *extra]
+        argv = [
+            *sim_argv,
+            "--trace",
+            "/dev/stderr",
+            "--",
+            *qemu_argv,
+            *trace,
+            "-qmp",
+            f"unix:{out / side}.qmp,server=on,wait=off",
+            *extra,
+        ]
         with open(out / f"mig-{side}.console", "wb") as console:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=console,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=console, stderr=subprocess.PIPE
+            )
         drain = threading.Thread(target=_copy, args=(proc, out / f"mig-{side}.log"))
         drain.start()
         drains.append(drain)
@@ -229,11 +245,21 @@ def run(sim_argv: list[str], qemu_argv: list[str], out: Path, timeout: float,
     seconds = time.monotonic() - t0
     src_log = (out / "mig-src.log").read_text(errors="replace").splitlines()
     dst_log = (out / "mig-dst.log").read_text(errors="replace").splitlines()
-    return MigResult(bool(verified and dma_verified), seconds, info, rounds, count_at, frames,
-                     verified, dma_verified,
-                     (out / "mig-src.console").read_text(errors="replace"),
-                     (out / "mig-dst.console").read_text(errors="replace"),
-                     src_log, dst_log, notes)
+    return MigResult(
+        bool(verified and dma_verified),
+        seconds,
+        info,
+        rounds,
+        count_at,
+        frames,
+        verified,
+        dma_verified,
+        (out / "mig-src.console").read_text(errors="replace"),
+        (out / "mig-dst.console").read_text(errors="replace"),
+        src_log,
+        dst_log,
+        notes,
+    )
 
 
 def dirty_syncs(log: list[str]) -> list[int]:
@@ -276,8 +302,7 @@ def device_state(log: list[str]) -> DeviceState:
                 ds.stop_copy += int(m.group(1))
         elif "VFIO_MIG_GET_PRECOPY_INFO" in ln and ln.endswith(" = 0"):
             ds.precopy_infos += 1
-        elif re.search(r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=\d+ = 0$",
-                       ln):
+        elif re.search(r"VFIO_DEVICE_FEATURE flags=0x20002 state=PRE_COPY -> data_fd=\d+ = 0$", ln):
             ds.entered_pre_copy = True
     return ds
 
@@ -293,8 +318,9 @@ def report(r: MigResult, label: str, expect_writes: bool) -> tuple[bool, list[st
     tracked them; a migration at full speed may be over before the guest's vCPU runs."""
     ram = r.info.get("ram", {})
     syncs = dirty_syncs(r.src_log)
-    tracking = any("IOMMU_HWPT_SET_DIRTY_TRACKING" in ln and "flags=0x1 = 0" in ln
-                   for ln in r.src_log)
+    tracking = any(
+        "IOMMU_HWPT_SET_DIRTY_TRACKING" in ln and "flags=0x1 = 0" in ln for ln in r.src_log
+    )
     writes = r.count_at[1] - r.count_at[0] if len(r.count_at) == 2 else 0
     bound = r.frames * PAGES_PER_FRAME
     over = [n for n in syncs if n > bound]
@@ -320,8 +346,9 @@ def report(r: MigResult, label: str, expect_writes: bool) -> tuple[bool, list[st
         f"  IOMMU dirty pages per sync (GET_DIRTY_BITMAP): {', '.join(map(str, syncs))}; "
         f"bound {bound} = the device's frames x {PAGES_PER_FRAME} (IOPTE granularity): "
         + ("over-reported!" if over else "none over-reported")
-        + ("; none lost: the destination checked every page the device wrote" if r.verified
-           else ""),
+        + (
+            "; none lost: the destination checked every page the device wrote" if r.verified else ""
+        ),
     ]
     lines += [f"  note: {n}" for n in r.notes]
     ok = r.ok and tracking and bool(syncs) and not over
@@ -337,10 +364,14 @@ def report(r: MigResult, label: str, expect_writes: bool) -> tuple[bool, list[st
         lines.append("  QEMU did not use the device's PRE_COPY")
     if ds.pre_copy + ds.stop_copy != vfio_bytes:
         ok = False
-        lines.append(f"  device state read ({ds.pre_copy + ds.stop_copy}) != QEMU's vfio "
-                     f"transferred ({vfio_bytes})")
-    summary = (f"migration verified ({label}): {rounds} rounds, {ram.get('normal', 0)} pages "
-               f"sent, downtime {r.info.get('downtime', '?')} ms, {writes} device page writes "
-               f"during migration, IOMMU reported {sum(syncs)} dirty pages, device state "
-               f"{ds.pre_copy} bytes pre-copy + {ds.stop_copy} bytes stop-copy")
+        lines.append(
+            f"  device state read ({ds.pre_copy + ds.stop_copy}) != QEMU's vfio "
+            f"transferred ({vfio_bytes})"
+        )
+    summary = (
+        f"migration verified ({label}): {rounds} rounds, {ram.get('normal', 0)} pages "
+        f"sent, downtime {r.info.get('downtime', '?')} ms, {writes} device page writes "
+        f"during migration, IOMMU reported {sum(syncs)} dirty pages, device state "
+        f"{ds.pre_copy} bytes pre-copy + {ds.stop_copy} bytes stop-copy"
+    )
     return ok, [*lines, summary if ok else f"migration FAILED ({label})"]

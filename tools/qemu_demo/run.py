@@ -77,8 +77,9 @@ class RunResult:
     console: str
 
 
-def qemu_argv(qemu: str, kernel: Path, initrd: Path, backend: str,
-              cmdline: str = "", viommu: bool = False) -> list[str]:
+def qemu_argv(
+    qemu: str, kernel: Path, initrd: Path, backend: str, cmdline: str = "", viommu: bool = False
+) -> list[str]:
     device = f"vfio-pci,host={BDF}"
     extra: list[str] = []
     if viommu:
@@ -122,8 +123,15 @@ def fastmap_cmd() -> list[str]:
     return [sys.executable, "-m", "fastmap.cli"]
 
 
-def run_one(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path,
-            timeout: float, irq: bool = False) -> RunResult:
+def run_one(
+    backend: str,
+    qemu: str,
+    kernel: Path,
+    initrd: Path,
+    out: Path,
+    timeout: float,
+    irq: bool = False,
+) -> RunResult:
     """One QEMU run; `irq`: the interrupt guest (guest_irq.c) behind a vIOMMU."""
     # The sim-run trace and QEMU's trace events both go to stderr (a pipe), so they stay
     # in the order they happened.
@@ -135,15 +143,17 @@ def run_one(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path,
     marker = IRQ_VERIFIED if irq else VERIFIED
     with vm_lock():
         t0 = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         seconds = time.monotonic() - t0
     log = proc.stderr.splitlines()
     (out / f"{name}.log").write_text(proc.stderr)
     (out / f"{name}.console").write_text(proc.stdout)
     verified = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker)), "")
-    return RunResult(backend, proc.returncode == 0 and bool(verified), seconds, verified,
-                     log, proc.stdout)
+    return RunResult(
+        backend, proc.returncode == 0 and bool(verified), seconds, verified, log, proc.stdout
+    )
 
 
 def excerpt(log: list[str], limit: int) -> list[str]:
@@ -168,14 +178,16 @@ def excerpt(log: list[str], limit: int) -> list[str]:
 # QEMU keeps resending it round after round until, at round 5, the link is opened again.
 MIGRATIONS: dict[str, tuple[dict[str, int], list[tuple[int, dict[str, int]]]]] = {
     "fast link": ({"downtime-limit": 300, "max-bandwidth": 0}, []),
-    "slow link": ({"downtime-limit": 20, "max-bandwidth": 32 << 20},
-                  [(2, {"max-bandwidth": 1 << 20}),
-                   (5, {"max-bandwidth": 0, "downtime-limit": 300})]),
+    "slow link": (
+        {"downtime-limit": 20, "max-bandwidth": 32 << 20},
+        [(2, {"max-bandwidth": 1 << 20}), (5, {"max-bandwidth": 0, "downtime-limit": 300})],
+    ),
 }
 
 
-def run_migration(label: str, qemu: str, kernel: Path, initrd: Path, out: Path,
-                  timeout: float) -> bool:
+def run_migration(
+    label: str, qemu: str, kernel: Path, initrd: Path, out: Path, timeout: float
+) -> bool:
     sim = [*fastmap_cmd(), "sim-run", "--device", f"edu,bdf={BDF},dirty=1"]
     argv = qemu_argv(qemu, kernel, initrd, "iommufd", " fastmap_demo=migrate")
     params, steps = MIGRATIONS[label]
@@ -184,13 +196,18 @@ def run_migration(label: str, qemu: str, kernel: Path, initrd: Path, out: Path,
     with vm_lock():
         r = migrate.run(sim, argv, mig_out, timeout, params, steps)
     ok, lines = migrate.report(r, label, expect_writes=bool(steps))
-    print(f"== live migration ({label}): QEMU to QEMU, each under its own sim-run, edu over "
-          f"IOMMUFD doing DMA throughout ({'ok' if ok else 'FAILED'}; logs in {mig_out})")
+    print(
+        f"== live migration ({label}): QEMU to QEMU, each under its own sim-run, edu over "
+        f"IOMMUFD doing DMA throughout ({'ok' if ok else 'FAILED'}; logs in {mig_out})"
+    )
     if not ok:
-        print("  source console:\n" + "\n".join("    " + ln for ln in
-                                                 r.src_console.splitlines()[-8:]))
-        print("  destination console:\n" + "\n".join("    " + ln for ln in
-                                                      r.dst_console.splitlines()[-8:]))
+        print(
+            "  source console:\n" + "\n".join("    " + ln for ln in r.src_console.splitlines()[-8:])
+        )
+        print(
+            "  destination console:\n"
+            + "\n".join("    " + ln for ln in r.dst_console.splitlines()[-8:])
+        )
     print("\n".join(lines))
     return ok
 
@@ -200,27 +217,32 @@ def figures(r: RunResult) -> list[str]:
     maps = sum(1 for ln in ioctls if "IOAS_MAP " in ln or "MAP_DMA " in ln)
     unmaps = sum(1 for ln in ioctls if "IOAS_UNMAP " in ln or "UNMAP_DMA " in ln)
     failed = sorted({re.sub(r"^\s*\d+ ioctl fd=\d+ ", "", ln) for ln in ioctls if " = -E" in ln})
-    access = next((ln.split(":", 1)[1].strip() for ln in r.log
-                   if ln.startswith("# region accesses")), "")
+    access = next(
+        (ln.split(":", 1)[1].strip() for ln in r.log if ln.startswith("# region accesses")), ""
+    )
     out = [
         f"  wall time (sim-run + QEMU boot + DMA + power off): {r.seconds:.1f} s",
         f"  uAPI ioctls: {len(ioctls)} ({maps} maps, {unmaps} unmaps of guest RAM as QEMU's"
         " memory listener saw it change)",
         f"  region accesses through the simulator (reads/writes): {access}",
         "  BAR0 mmap'd by QEMU (guest BAR accesses are loads/stores on the trapped mapping): "
-        + ("yes" if any(re.search(r" mmap fd=\d+ len=\S+ off=0x0 = 0$", ln) for ln in r.log)
-           else "no"),
+        + (
+            "yes"
+            if any(re.search(r" mmap fd=\d+ len=\S+ off=0x0 = 0$", ln) for ln in r.log)
+            else "no"
+        ),
     ]
     out += [f"  error answered (QEMU goes on): {f}" for f in failed]
     return out
 
 
-def run_irq(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path,
-            timeout: float) -> bool:
+def run_irq(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path, timeout: float) -> bool:
     """The interrupt guest's run on `backend`, reported; True when it verified."""
     r = run_one(backend, qemu, kernel, initrd, out, timeout, irq=True)
-    print(f"== guest interrupts over {backend}: the guest's own vfio-pci (behind QEMU's "
-          f"intel-iommu) takes edu's INTx and MSI ({'ok' if r.ok else 'FAILED'})")
+    print(
+        f"== guest interrupts over {backend}: the guest's own vfio-pci (behind QEMU's "
+        f"intel-iommu) takes edu's INTx and MSI ({'ok' if r.ok else 'FAILED'})"
+    )
     if r.ok:
         print(f"  {r.verified}")
     else:
@@ -270,8 +292,9 @@ def kernel_headers() -> str:
 
 
 def find_kernel() -> Path:
-    found = subprocess.run([str(ROOT / "tools" / "vmtest" / "kernel.sh"), "--no-build"],
-                           capture_output=True, text=True)
+    found = subprocess.run(
+        [str(ROOT / "tools" / "vmtest" / "kernel.sh"), "--no-build"], capture_output=True, text=True
+    )
     if found.returncode != 0 or not found.stdout.strip():
         raise SystemExit("no guest kernel: tools/vmtest/kernel.sh builds one (about 18 min)")
     return Path(found.stdout.strip())
@@ -280,16 +303,26 @@ def find_kernel() -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=("iommufd", "legacy", "both"), default="both")
-    p.add_argument("--qemu", default=os.environ.get("QEMU", "qemu-system-x86_64"),
-                   help="the QEMU binary to run (default: $QEMU or qemu-system-x86_64)")
+    p.add_argument(
+        "--qemu",
+        default=os.environ.get("QEMU", "qemu-system-x86_64"),
+        help="the QEMU binary to run (default: $QEMU or qemu-system-x86_64)",
+    )
     p.add_argument("--kernel", type=Path, help="guest bzImage (default: the VM tier's)")
     p.add_argument("--out", type=Path, help="keep the logs here (default: a temporary dir)")
     p.add_argument("--timeout", type=float, default=240, help="seconds per QEMU run")
-    p.add_argument("--migration", choices=(*MIGRATIONS, "both", "none"), default="both",
-                   help="live migration runs after the DMA runs")
+    p.add_argument(
+        "--migration",
+        choices=(*MIGRATIONS, "both", "none"),
+        default="both",
+        help="live migration runs after the DMA runs",
+    )
     p.add_argument("--log-lines", type=int, default=60, help="call-log lines to print")
-    p.add_argument("--no-irq", action="store_true",
-                   help="skip the interrupt runs (guest vIOMMU, guest vfio-pci, INTx and MSI)")
+    p.add_argument(
+        "--no-irq",
+        action="store_true",
+        help="skip the interrupt runs (guest vIOMMU, guest vfio-pci, INTx and MSI)",
+    )
     args = p.parse_args(argv)
     if shutil.which(args.qemu) is None:
         raise SystemExit(f"{args.qemu} not found (tools/vmtest/install-qemu.sh installs it)")
@@ -297,14 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     kernel = args.kernel or find_kernel()
     initrd = build_guest(out)
-    irq_initrd = None if args.no_irq else build_guest(
-        out, "guest_irq", ("-isystem", kernel_headers()))
+    irq_initrd = (
+        None if args.no_irq else build_guest(out, "guest_irq", ("-isystem", kernel_headers()))
+    )
     backends = ("iommufd", "legacy") if args.backend == "both" else (args.backend,)
     ok = True
     for backend in backends:
         r = run_one(backend, args.qemu, kernel, initrd, out, args.timeout)
-        print(f"== QEMU vfio-pci over {backend} on the simulated kernel "
-              f"({'ok' if r.ok else 'FAILED'})")
+        print(
+            f"== QEMU vfio-pci over {backend} on the simulated kernel "
+            f"({'ok' if r.ok else 'FAILED'})"
+        )
         if r.ok:
             print(f"  {r.verified}")
         else:
@@ -317,8 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         if irq_initrd is not None:
             ok &= run_irq(backend, args.qemu, kernel, irq_initrd, out, args.timeout)
-    migrations = (list(MIGRATIONS) if args.migration == "both" else
-                  [] if args.migration == "none" else [args.migration])
+    migrations = (
+        list(MIGRATIONS)
+        if args.migration == "both"
+        else []
+        if args.migration == "none"
+        else [args.migration]
+    )
     for label in migrations:
         ok &= run_migration(label, args.qemu, kernel, initrd, out, args.timeout)
     return 0 if ok else 1

@@ -257,7 +257,6 @@ def bitmap_rows(
 # --- harvest on the simulated kernel ----------------------------------------------------------
 
 
-
 class MockDirtyBed:
     """`count` IOASes on a kernel with the iommufd selftest (the simulator by default),
     each mapping `window` bytes at `iova` into one dirty-tracking mock HWPT, tracking on.
@@ -453,7 +452,9 @@ def harvest_rows(
 
             best, med = measure(
                 partial(_harvest_some, bed, h, hwpts, outs_k),
-                rounds, setup=partial(bed.mark, marks, hwpts), seconds=seconds
+                rounds,
+                setup=partial(bed.mark, marks, hwpts),
+                seconds=seconds,
             )
             whole = k == count
             rows.append(

@@ -201,8 +201,13 @@ class Lifecycle:
 
 
 def run_lifecycle_benchmark(
-    kernel: Kernel, entries: int = 100_000, length: int = 4 << 10, repeat: int = 3,
-    threads: int = 2, seconds: float | None = None, on_step: Callable[[str], object] = quiet,
+    kernel: Kernel,
+    entries: int = 100_000,
+    length: int = 4 << 10,
+    repeat: int = 3,
+    threads: int = 2,
+    seconds: float | None = None,
+    on_step: Callable[[str], object] = quiet,
 ) -> Lifecycle:
     """Time each whole operation against its floor, interleaved within each round."""
     import threading
@@ -217,9 +222,7 @@ def run_lifecycle_benchmark(
     def separate(parallel: bool) -> float:
         ioases = [Ioas.allocate(kernel, fd) for _ in range(threads)]
         parts = np.array_split(np.arange(entries), threads)
-        jobs = [
-            (io, vas[p], lengths[p], iovas[p]) for io, p in zip(ioases, parts, strict=True)
-        ]
+        jobs = [(io, vas[p], lengths[p], iovas[p]) for io, p in zip(ioases, parts, strict=True)]
         t0 = time.perf_counter()
         if parallel:
             pool = [threading.Thread(target=io.map_batch, args=(v, n, i)) for io, v, n, i in jobs]

@@ -64,7 +64,9 @@ def measure(exe: Path, mode: str, calls: int) -> Row:
 
 
 def run_simrun_benchmark(
-    calls: int = 200_000, child_calls: int = 20_000, repeat: int = 3,
+    calls: int = 200_000,
+    child_calls: int = 20_000,
+    repeat: int = 3,
     seconds: float | None = None,
 ) -> list[Row]:
     """Best of `repeat` runs per mode; no new run of a mode starts once its runs have
