@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fastmap._libc import libc
 from tests.facilities import only_on_sim
 
 from .raw import EDU_DMA_BUF, PAGE, Buf, Dev, K, S, Type1, close, ioctl, make, sim_kernel, track
@@ -465,17 +466,6 @@ def test_attach_group_conflicting_with_mappings(mem: Buf) -> None:
 def test_pinned_shared_page_outlives_munmap(core: Any, pci: dict[str, Any]) -> None:
     # Type1 holds what MAP_DMA pinned (sim/core/page_hold.h): after munmap and a new mmap
     # at the VA, the device still writes the memfd page it pinned, not the new mapping.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     rw = 3  # PROT_READ | PROT_WRITE
     k, info = core, pci
     t = Type1(k, info["group"])

@@ -21,31 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
-/* edu registers (QEMU docs/specs/edu.rst) */
-#define EDU_IDENT 0x00
-#define EDU_LIVENESS 0x04
-#define EDU_DMA_SRC 0x80
-#define EDU_DMA_DST 0x88
-#define EDU_DMA_COUNT 0x90
-#define EDU_DMA_CMD 0x98
-#define EDU_DMA_RUN 0x1
-#define EDU_DMA_TO_RAM 0x2
-#define EDU_BUF 0x40000
-#define EDU_BUF_SIZE 4096
-#define PAGE 4096
-
-static void die(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  printf("guest DMA FAILED: ");
-  vprintf(fmt, ap);
-  printf(" (errno %d: %s)\n", errno, strerror(errno));
-  va_end(ap);
-  fflush(stdout);
-  sync();
-  reboot(RB_POWER_OFF);
-  _exit(1);
-}
+#define GUEST_WHAT "guest DMA"
+#include "guest.h"
 
 static int cmdline_has(const char *word) {
   char buf[1024] = {0};
@@ -62,40 +39,6 @@ static double now(void) {
   return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-static unsigned long read_hex(const char *dir, const char *name) {
-  char path[512], buf[64] = {0};
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  int fd = open(path, O_RDONLY);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  return n > 0 ? strtoul(buf, NULL, 16) : 0;
-}
-
-static int find_edu(char *out, size_t len) {
-  DIR *d = opendir("/sys/bus/pci/devices");
-  if (!d) die("opendir /sys/bus/pci/devices");
-  struct dirent *e;
-  int found = 0;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char dir[300];
-    snprintf(dir, sizeof dir, "/sys/bus/pci/devices/%s", e->d_name);
-    if (read_hex(dir, "vendor") == 0x1234 && read_hex(dir, "device") == 0x11e8) {
-      snprintf(out, len, "%s", dir);
-      found = 1;
-      break;
-    }
-  }
-  closedir(d);
-  return found;
-}
-
-static volatile uint8_t *bar;
-static uint32_t rd32(unsigned off) { return *(volatile uint32_t *)(bar + off); }
-static void wr32(unsigned off, uint32_t v) { *(volatile uint32_t *)(bar + off) = v; }
-static uint64_t rd64(unsigned off) { return *(volatile uint64_t *)(bar + off); }
-static void wr64(unsigned off, uint64_t v) { *(volatile uint64_t *)(bar + off) = v; }
 
 static uint64_t phys_of(void *va) {
   int fd = open("/proc/self/pagemap", O_RDONLY);
@@ -279,9 +222,10 @@ int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
   printf("guest: init started\n");
 
+  const char *bdf = find_edu();
   char dir[300];
-  if (!find_edu(dir, sizeof dir)) die("no 1234:11e8 device in /sys/bus/pci/devices");
-  printf("guest: edu at %s, class 0x%06lx\n", dir + 21, read_hex(dir, "class"));
+  snprintf(dir, sizeof dir, "/sys/bus/pci/devices/%s", bdf);
+  printf("guest: edu at %s, class 0x%06lx\n", bdf, read_hex(dir, "class"));
 
   /* Memory space and bus master on (no driver binds it, so nobody else does). */
   char path[400];

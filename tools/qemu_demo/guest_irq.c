@@ -28,72 +28,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* edu registers (QEMU docs/specs/edu.rst) */
-#define EDU_IDENT 0x00
-#define EDU_IRQ_STATUS 0x24
-#define EDU_IRQ_ACK 0x64
-#define EDU_DMA_SRC 0x80
-#define EDU_DMA_DST 0x88
-#define EDU_DMA_COUNT 0x90
-#define EDU_DMA_CMD 0x98
-#define EDU_DMA_RUN 0x1u
-#define EDU_DMA_TO_RAM 0x2u
-#define EDU_DMA_IRQ 0x4u
-#define EDU_IRQ_DMA 0x100u
-#define EDU_BUF 0x40000u
-#define PAGE 4096
+#define GUEST_WHAT "guest interrupts"
+#include "guest.h"
+
 #define IOVA 0x200000ull
 #define DMAS_PER_MODE 8
 /* How long a DMA may take to interrupt: TCG is slow, a lost interrupt never comes. */
 #define IRQ_WAIT_MS 10000
-
-static void die(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  printf("guest interrupts FAILED: ");
-  vprintf(fmt, ap);
-  printf(" (errno %d: %s)\n", errno, strerror(errno));
-  va_end(ap);
-  fflush(stdout);
-  sync();
-  reboot(RB_POWER_OFF);
-  _exit(1);
-}
-
-static unsigned long read_hex(const char *dir, const char *name) {
-  char path[512], buf[64] = {0};
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  int fd = open(path, O_RDONLY);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  return n > 0 ? strtoul(buf, NULL, 16) : 0;
-}
 
 static void write_str(const char *path, const char *s) {
   int fd = open(path, O_WRONLY);
   if (fd < 0) die("open %s", path);
   if (write(fd, s, strlen(s)) != (ssize_t)strlen(s)) die("write %s to %s", s, path);
   close(fd);
-}
-
-static const char *find_edu(void) {
-  static char bdf[256];
-  DIR *d = opendir("/sys/bus/pci/devices");
-  if (!d) die("opendir /sys/bus/pci/devices");
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char dir[300];
-    snprintf(dir, sizeof dir, "/sys/bus/pci/devices/%s", e->d_name);
-    if (read_hex(dir, "vendor") == 0x1234 && read_hex(dir, "device") == 0x11e8) {
-      snprintf(bdf, sizeof bdf, "%s", e->d_name);
-      closedir(d);
-      return bdf;
-    }
-  }
-  die("no 1234:11e8 device in /sys/bus/pci/devices");
-  return NULL;
 }
 
 /* driver_override + drivers_probe: the guest's vfio-pci takes the device. */
@@ -144,10 +91,6 @@ static unsigned long kernel_count(const char *name) {
   return total;
 }
 
-static volatile uint8_t *bar;
-static uint32_t rd32(unsigned off) { return *(volatile uint32_t *)(bar + off); }
-static void wr32(unsigned off, uint32_t v) { *(volatile uint32_t *)(bar + off) = v; }
-static void wr64(unsigned off, uint64_t v) { *(volatile uint64_t *)(bar + off) = v; }
 
 static void set_irqs(int dev, uint32_t flags, uint32_t index, uint32_t count, int efd) {
   char buf[sizeof(struct vfio_irq_set) + sizeof(int32_t)];

@@ -239,16 +239,25 @@ def figures(r: RunResult) -> list[str]:
 def run_irq(backend: str, qemu: str, kernel: Path, initrd: Path, out: Path, timeout: float) -> bool:
     """The interrupt guest's run on `backend`, reported; True when it verified."""
     r = run_one(backend, qemu, kernel, initrd, out, timeout, irq=True)
-    print(
-        f"== guest interrupts over {backend}: the guest's own vfio-pci (behind QEMU's "
-        f"intel-iommu) takes edu's INTx and MSI ({'ok' if r.ok else 'FAILED'})"
+    report(
+        r,
+        f"guest interrupts over {backend}: the guest's own vfio-pci (behind QEMU's "
+        "intel-iommu) takes edu's INTx and MSI",
+        with_log=False,
     )
-    if r.ok:
-        print(f"  {r.verified}")
-    else:
-        print("  console:\n" + "\n".join("    " + ln for ln in r.console.splitlines()[-15:]))
     print("\n".join(irq_figures(r, out)))
     return r.ok
+
+
+def report(r: RunResult, title: str, with_log: bool = True) -> None:
+    """A run's heading and outcome: the verified line, or the console's (and log's) tail."""
+    print(f"== {title} ({'ok' if r.ok else 'FAILED'})")
+    if r.ok:
+        print(f"  {r.verified}")
+        return
+    print("  console:\n" + "\n".join("    " + ln for ln in r.console.splitlines()[-15:]))
+    if with_log:
+        print("  log:\n" + "\n".join("    " + ln for ln in r.log[-15:]))
 
 
 def irq_figures(r: RunResult, out: Path) -> list[str]:
@@ -337,15 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for backend in backends:
         r = run_one(backend, args.qemu, kernel, initrd, out, args.timeout)
-        print(
-            f"== QEMU vfio-pci over {backend} on the simulated kernel "
-            f"({'ok' if r.ok else 'FAILED'})"
-        )
-        if r.ok:
-            print(f"  {r.verified}")
-        else:
-            print("  console:\n" + "\n".join("    " + ln for ln in r.console.splitlines()[-15:]))
-            print("  log:\n" + "\n".join("    " + ln for ln in r.log[-15:]))
+        report(r, f"QEMU vfio-pci over {backend} on the simulated kernel")
         print("\n".join(figures(r)))
         print(f"  call log, QEMU's trace events and the uAPI calls in order ({out}/{backend}.log):")
         print("\n".join(excerpt(r.log, args.log_lines)))

@@ -174,6 +174,12 @@ int MigDataFile::precopy_info(std::uint64_t* initial, std::uint64_t* dirty) noex
 
 int MigDataFile::enter_stop_copy() noexcept {
   std::lock_guard<std::mutex> g(mu_);
+  if (const int rc = queue_changes()) return rc;
+  kind_ = Kind::kStopCopy;
+  return 0;
+}
+
+int MigDataFile::queue_changes() noexcept {
   try {
     out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(pos_));
     pos_ = 0;
@@ -183,7 +189,6 @@ int MigDataFile::enter_stop_copy() noexcept {
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   }
-  kind_ = Kind::kStopCopy;
   return 0;
 }
 
@@ -193,15 +198,7 @@ ssize_t MigDataFile::read(void* buf, std::size_t count) noexcept {
   if (disabled_) return -ENODEV;
   if (pos_ == out_.size() && kind_ == Kind::kPreCopy) {
     // Everything queued was read: send what the running device changed since.
-    try {
-      out_.clear();
-      pos_ = 0;
-      std::vector<std::uint8_t> now = pci_->save_state();
-      encode_patches(sent_, now, &out_);
-      sent_ = std::move(now);
-    } catch (const std::bad_alloc&) {
-      return -ENOMEM;
-    }
+    if (const int rc = queue_changes()) return rc;
     // PRE_COPY's temporary end of stream: nothing changed (yet).
     if (out_.empty()) return -ENOMSG;
   }

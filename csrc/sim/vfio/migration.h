@@ -80,6 +80,9 @@ class MigDataFile final : public File {
   MigDataFile(Kind kind, Migration* mig, std::shared_ptr<PciDevice> pci,
               std::vector<std::uint8_t> rec);
   ssize_t consume(const std::uint8_t* p, std::size_t count);
+  // Saving, mu_ held: drop what was read, then queue patches of what the device changed
+  // since the destination's copy (sent_). 0 or -ENOMEM.
+  int queue_changes() noexcept;
 
   mutable std::mutex mu_;  // taken after Migration's
   Kind kind_;
